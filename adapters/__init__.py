@@ -1,0 +1,1 @@
+"""Channel adapters: one package per config ``type``, all behind :mod:`adapters.base`."""

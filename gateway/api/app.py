@@ -1,0 +1,622 @@
+"""The aiohttp application: routes, auth, JSON errors, provider hook dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api.openapi import openapi_document
+from gateway.config import TokenConfig
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    MalformedPayload,
+    NotFound,
+    OmnirelayError,
+    StoreError,
+    Unauthorized,
+    ValidationFailed,
+)
+from gateway.http import MAX_BODY_KEY, json_response, read_body
+from gateway.store.base import OutboundRequest, Route
+from normalizer.api import decode_attachments
+from normalizer.identity import InvalidIdentity, normalize_party
+from normalizer.model import Party
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+log = structlog.get_logger(__name__)
+GATEWAY_KEY = web.AppKey("gateway", Any)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json")
+
+
+def gw(request: web.Request) -> Gateway:
+    """The daemon behind this request."""
+    return request.app[GATEWAY_KEY]  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into ``{"error": {"code", "message"}}`` with the right status."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        log.error("api.store_unavailable", path=request.path, error=exc.message)
+        return json_response(exc.to_json(), status=503, headers={"Retry-After": "5"})
+    except OmnirelayError as exc:
+        if exc.status >= 500:
+            log.error("api.error", path=request.path, code=exc.code, error=exc.message)
+        return json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else f"no route for {request.path}"
+        return json_response({"error": {"code": code, "message": message}}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("api.unhandled", path=request.path, method=request.method)
+        return json_response({"error": {"code": "internal_error",
+                                        "message": "internal error; see the daemon log"}},
+                             status=500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the bearer token of ``/v1`` requests (scopes are checked per route)."""
+    if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
+        if "access_token" in request.query or "token" in request.query:
+            raise Unauthorized("tokens are accepted only in the Authorization header")
+        token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
+        if token is None:
+            raise Unauthorized("missing or invalid bearer token")
+        request["token"] = token
+    return await handler(request)
+
+
+def authenticate(tokens: tuple[TokenConfig, ...], header: str | None) -> TokenConfig | None:
+    """Return the token config matching an ``Authorization: Bearer`` header."""
+    if not header or not header.startswith("Bearer "):
+        return None
+    presented = header[7:].strip().encode()
+    found = None
+    for token in tokens:  # compare against all, in constant time each
+        if hmac.compare_digest(presented, token.token.reveal().encode()):
+            found = token
+    return found
+
+
+def require(request: web.Request, scope: str) -> TokenConfig:
+    """Check that the request's token grants ``scope`` (``admin`` grants all)."""
+    token: TokenConfig = request["token"]
+    if scope not in token.scopes and "admin" not in token.scopes:
+        raise Forbidden(f"the token {token.name!r} lacks the {scope!r} scope")
+    return token
+
+
+def token_allows(request: web.Request, scope: str) -> bool:
+    """For provider hooks that also accept a bearer token (the API channel)."""
+    token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
+    return token is not None and (scope in token.scopes or "admin" in token.scopes)
+
+
+# ---------------------------------------------------------------- params
+
+
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """Read an integer query parameter within [low, high]; 400 otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def cursor_param(raw: str | None, name: str = "after") -> int | None:
+    """Parse an opaque cursor (ours are decimal seqs)."""
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"{name} is not a valid cursor")
+    return int(raw)
+
+
+async def json_body(request: web.Request) -> Any:
+    """Read and parse a JSON body, with the size limit."""
+    body = await read_body(request)
+    if not body:
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload(f"the body is not valid JSON: {exc}") from exc
+
+
+# ---------------------------------------------------------------- health
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store answers and every required adapter runs."""
+    problems = await gw(request).readiness_problems()
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, status=503)
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = generate_latest(gw(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of this API."""
+    return json_response(openapi_document())
+
+
+# ---------------------------------------------------------------- feed
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /v1/events?after=&limit=&wait=``: the feed, long-polling when asked."""
+    require(request, "read")
+    allowed = {"after", "limit", "wait"}
+    unknown = set(request.query) - allowed
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    after = cursor_param(request.query.get("after")) or 0
+    limit = int_param(request, "limit", 100, 1, 1000)
+    wait = int_param(request, "wait", 0, 0, 60)
+    gateway = gw(request)
+    page = await gateway.store.events_after(after, limit)
+    if not page.bodies and wait > 0:
+        waiter = asyncio.ensure_future(gateway.feed.wait_beyond(after, wait))
+        stop = asyncio.ensure_future(gateway.stopping.wait())
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, stop):
+                task.cancel()
+            await asyncio.gather(waiter, stop, return_exceptions=True)
+        page = await gateway.store.events_after(after, limit)
+    body = b'{"events":[' + b",".join(page.bodies) + b'],"next":"' + str(page.next).encode() \
+        + b'"}'
+    return web.Response(body=body, content_type="application/json")
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events/stream``: Server-Sent Events; ``id:`` is the cursor."""
+    require(request, "read")
+    gateway = gw(request)
+    resume = request.headers.get("Last-Event-ID") or request.query.get("after")
+    cursor = cursor_param(resume, "Last-Event-ID")
+    if cursor is None:
+        cursor = await gateway.store.head_seq()
+    heartbeat = float(request.query.get("heartbeat", "15"))
+    heartbeat = min(60.0, max(0.05, heartbeat))
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    await response.write(b"retry: 2000\n\n")
+    gateway.streams += 1
+    try:
+        while not gateway.stopping.is_set():
+            page = await gateway.store.events_after(cursor, 500)
+            if page.bodies:
+                chunks = [b"id: %d\ndata: %s\n\n" % (seq, body)
+                          for seq, body in zip(page.seqs, page.bodies, strict=True)]
+                await response.write(b"".join(chunks))
+                cursor = page.next
+                continue
+            waiter = asyncio.ensure_future(gateway.feed.wait_beyond(cursor, heartbeat))
+            stop = asyncio.ensure_future(gateway.stopping.wait())
+            try:
+                done, _ = await asyncio.wait({waiter, stop},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiter, stop):
+                    task.cancel()
+                await asyncio.gather(waiter, stop, return_exceptions=True)
+            if waiter in done and not waiter.cancelled() and waiter.result() is False:
+                await response.write(b": heartbeat\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        gateway.streams -= 1
+    return response
+
+
+# ---------------------------------------------------------------- conversations
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """``GET /v1/conversations``."""
+    require(request, "read")
+    status = request.query.get("status")
+    if status not in (None, "open", "closed"):
+        raise BadRequest("status must be open or closed")
+    limit = int_param(request, "limit", 100, 1, 1000)
+    items = await gw(request).store.list_conversations(
+        status=status, customer_id=request.query.get("customer_id"),
+        after=request.query.get("after"), limit=limit)
+    return json_response({"conversations": items,
+                          "next": items[-1]["id"] if len(items) == limit else None})
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    """``GET /v1/conversations/{id}``."""
+    require(request, "read")
+    return json_response(await gw(request).store.get_conversation(request.match_info["id"]))
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """``GET /v1/conversations/{id}/messages``."""
+    require(request, "read")
+    limit = int_param(request, "limit", 100, 1, 1000)
+    items = await gw(request).store.list_messages(request.match_info["id"],
+                                                  request.query.get("after"), limit)
+    return json_response({"messages": items,
+                          "next": items[-1]["id"] if len(items) == limit else None})
+
+
+async def get_message(request: web.Request) -> web.Response:
+    """``GET /v1/messages/{id}``."""
+    require(request, "read")
+    return json_response(await gw(request).store.get_message(request.match_info["id"]))
+
+
+async def get_message_raw(request: web.Request) -> web.Response:
+    """``GET /v1/messages/{id}/raw``: the provider payload as received."""
+    require(request, "read")
+    raw = await gw(request).store.get_raw(request.match_info["id"])
+    if raw is None:
+        raise NotFound("no raw payload is kept for this message")
+    content_type, body = raw
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def set_status(request: web.Request, status: str) -> web.Response:
+    """Close or reopen; the optional body names the agent."""
+    require(request, "write")
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"agent"}:
+        raise ValidationFailed("the body may only hold an agent")
+    agent = _agent(body.get("agent"))
+    conversation = await gw(request).store.set_conversation_status(
+        request.match_info["id"], status, agent)
+    return json_response(conversation)
+
+
+async def close_conversation(request: web.Request) -> web.Response:
+    """``POST /v1/conversations/{id}/close``."""
+    return await set_status(request, "closed")
+
+
+async def reopen_conversation(request: web.Request) -> web.Response:
+    """``POST /v1/conversations/{id}/reopen``."""
+    return await set_status(request, "open")
+
+
+def _agent(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or set(value) - {"id", "name"}
+            or not isinstance(value.get("id"), str)
+            or not isinstance(value.get("name", ""), str | None)):
+        raise ValidationFailed("agent must be {\"id\": \"…\", \"name\": \"…\"}")
+    return {"id": value["id"], "name": value.get("name")}
+
+
+_REPLY_FIELDS = {"text", "attachments", "agent", "channel", "account", "template", "variables",
+                 "html", "subject"}
+
+
+async def _outbound_request(request: web.Request, body: Any, *,
+                            proactive: bool) -> OutboundRequest:
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    unknown = set(body) - _REPLY_FIELDS
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+    text = body.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ValidationFailed("text must be a string")
+    template = body.get("template")
+    if template is not None and (not isinstance(template, str) or not template):
+        raise ValidationFailed("template must be a non-empty string")
+    variables = body.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise ValidationFailed("variables must be an object")
+    for key in ("channel", "account", "html", "subject"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ValidationFailed(f"{key} must be a string")
+    if proactive and not body.get("channel"):
+        raise ValidationFailed("a proactive message needs a channel")
+    attachments = decode_attachments(body.get("attachments"))
+    if not text and not attachments and not template:
+        raise ValidationFailed("a message needs text, attachments or a template")
+    gateway = gw(request)
+    limit = gateway.config.store.max_attachment_bytes
+    for att in attachments:
+        if len(att.data) > limit:
+            raise ValidationFailed(f"attachment {att.filename!r} is over {limit} bytes")
+    stored = await gateway.store.put_blobs(
+        [(a.filename, a.content_type, a.data, False, None) for a in attachments])
+    return OutboundRequest(
+        text=text or "", attachments=tuple(stored), agent=_agent(body.get("agent")),
+        html=body.get("html"), subject=body.get("subject"), template=template,
+        variables=variables, channel=body.get("channel"), account=body.get("account"))
+
+
+def _idempotency(request: web.Request, token: TokenConfig,
+                 body: Any) -> tuple[str, str, str] | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    digest = hashlib.sha256(request.path.encode() + b"\n"
+                            + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return token.name, key, digest
+
+
+async def _queue(request: web.Request, *, conversation_id: str | None,
+                 customer_id: str | None, proactive: bool) -> web.Response:
+    token = require(request, "write")
+    body = await json_body(request)
+    idempotency = _idempotency(request, token, body)
+    gateway = gw(request)
+    outbound = await _outbound_request(request, body, proactive=proactive)
+    status, message = await gateway.store.enqueue_outbound(
+        conversation_id=conversation_id, customer_id=customer_id, request=outbound,
+        routes=gateway.routes(), idempotency=idempotency)
+    gateway.outbox.wake()
+    log.info("api.reply_queued", message_id=message["id"],
+             conversation_id=message["conversation_id"], channel=message["channel"])
+    return json_response(message, status=status)
+
+
+async def post_reply(request: web.Request) -> web.Response:
+    """``POST /v1/conversations/{id}/messages``: queue an agent's reply (202)."""
+    return await _queue(request, conversation_id=request.match_info["id"], customer_id=None,
+                        proactive=False)
+
+
+async def post_proactive(request: web.Request) -> web.Response:
+    """``POST /v1/customers/{id}/messages``: a message the shop starts (202)."""
+    return await _queue(request, conversation_id=None, customer_id=request.match_info["id"],
+                        proactive=True)
+
+
+# ---------------------------------------------------------------- customers
+
+
+def _identity(value: Any, region: str) -> Party:
+    if not isinstance(value, dict) or set(value) - {"kind", "address"}:
+        raise ValidationFailed('an identity is {"kind": "…", "address": "…"}')
+    kind, address = value.get("kind"), value.get("address")
+    kinds = {"email", "phone", "telegram", "messenger", "instagram", "line", "navertalk",
+             "whatsapp", "webchat", "external"}
+    if kind not in kinds:
+        raise ValidationFailed(f"kind must be one of {', '.join(sorted(kinds))}")
+    if not isinstance(address, str) or not address.strip():
+        raise ValidationFailed("address must be a non-empty string")
+    try:
+        return normalize_party(Party(kind, address), region)
+    except InvalidIdentity as exc:
+        raise ValidationFailed(str(exc)) from exc
+
+
+async def find_customers(request: web.Request) -> web.Response:
+    """``GET /v1/customers?identity=kind:address``."""
+    require(request, "read")
+    raw = request.query.get("identity")
+    if not raw or ":" not in raw:
+        raise BadRequest("identity=kind:address is required")
+    kind, address = raw.split(":", 1)
+    party = _identity({"kind": kind, "address": address},
+                      gw(request).config.store.default_region)
+    try:
+        customer = await gw(request).store.find_customer(party.kind, party.address)
+    except NotFound:
+        return json_response({"customers": []})
+    return json_response({"customers": [customer]})
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    """``GET /v1/customers/{id}``; a merged-away id answers with the survivor."""
+    require(request, "read")
+    return json_response(await gw(request).store.get_customer(request.match_info["id"]))
+
+
+async def add_identity(request: web.Request) -> web.Response:
+    """``POST /v1/customers/{id}/identities``."""
+    require(request, "write")
+    party = _identity(await json_body(request), gw(request).config.store.default_region)
+    customer = await gw(request).store.add_identity(request.match_info["id"], party.kind,
+                                                    party.address)
+    return json_response(customer)
+
+
+async def merge_customer(request: web.Request) -> web.Response:
+    """``POST /v1/customers/{id}/merge`` with ``{"from": "cus_…"}``."""
+    require(request, "write")
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) != {"from"} or not isinstance(body["from"], str):
+        raise ValidationFailed('the body is {"from": "cus_…"}')
+    customer = await gw(request).store.merge_customers(request.match_info["id"], body["from"])
+    return json_response(customer)
+
+
+async def erase_customer(request: web.Request) -> web.Response:
+    """``DELETE /v1/customers/{id}``: erase everything of the customer (admin)."""
+    require(request, "admin")
+    result = await gw(request).store.erase_customer(request.match_info["id"])
+    log.info("api.customer_erased", customer_id=result["customer_id"],
+             messages=result["messages"])
+    return json_response(result)
+
+
+# ---------------------------------------------------------------- attachments, channels
+
+
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/attachments/{id}``: the stored bytes."""
+    require(request, "read")
+    attachment, path = await gw(request).store.get_attachment(request.match_info["id"])
+    if not await asyncio.to_thread(path.exists):
+        raise NotFound("the attachment's bytes were purged by the retention setting")
+    safe = attachment.filename.replace('"', "").replace("\r", "").replace("\n", "")
+    return web.FileResponse(path, headers={
+        "Content-Type": attachment.content_type,
+        "Content-Disposition": f'attachment; filename="{safe}"',
+        "X-Content-Type-Options": "nosniff"})
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    """``GET /v1/channels``: every configured account, its state and counters."""
+    require(request, "read")
+    return json_response({"channels": gw(request).channel_report()})
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    """``GET /v1/webhooks/dead-letters``."""
+    require(request, "admin")
+    limit = int_param(request, "limit", 100, 1, 1000)
+    items = await gw(request).store.list_dead_letters(request.query.get("subscription"), limit)
+    return json_response({"dead_letters": items})
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    """``POST /v1/webhooks/dead-letters/replay`` with ``{"ids": [...]}`` or ``{}`` for all."""
+    require(request, "admin")
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"ids", "subscription"}:
+        raise ValidationFailed('the body is {"ids": [1, 2]} and/or {"subscription": "…"}')
+    ids = body.get("ids")
+    if ids is not None and (not isinstance(ids, list)
+                            or not all(isinstance(i, int) for i in ids)):
+        raise ValidationFailed("ids must be a list of integers")
+    count = await gw(request).store.replay_dead_letters(ids, body.get("subscription"))
+    for dispatcher in gw(request).webhooks.values():
+        dispatcher.wake()
+    return json_response({"replayed": count})
+
+
+# ---------------------------------------------------------------- provider hooks
+
+
+async def provider_hook(request: web.Request) -> web.StreamResponse:
+    """Dispatch ``/hooks/{type}/{account}[/…]`` to the running adapter's handler."""
+    gateway = gw(request)
+    adapter = gateway.adapter_for_hook(request.match_info["type"], request.match_info["account"])
+    if adapter is None:
+        raise NotFound(f"no {request.match_info['type']} account "
+                       f"{request.match_info['account']!r}")
+    tail = request.match_info.get("tail", "")
+    path = f"/{tail}" if tail else ""
+    for route in adapter.routes():
+        if route.path == path and route.method in (request.method, "*"):
+            try:
+                return await route.handler(request)  # type: ignore[no-any-return,call-arg]
+            except OmnirelayError as exc:
+                if exc.status < 500:
+                    gateway.metrics.rejected.labels(adapter.type, exc.code).inc()
+                    log.warning("hook.rejected", channel_type=adapter.type,
+                                account=adapter.name, code=exc.code, error=exc.message)
+                raise
+    if any(route.path == path for route in adapter.routes()):
+        raise web.HTTPMethodNotAllowed(request.method, [r.method for r in adapter.routes()
+                                                        if r.path == path])
+    raise NotFound(f"no route for {request.path}")
+
+
+def client_address(request: web.Request, trusted: tuple[Any, ...]) -> str:
+    """The client's address; ``X-Forwarded-For`` counts only from a trusted proxy."""
+    peer = request.remote or ""
+    try:
+        peer_ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if any(peer_ip in net for net in trusted):
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        while hops:
+            hop = hops.pop()
+            try:
+                if not any(ipaddress.ip_address(hop) in net for net in trusted):
+                    return hop
+            except ValueError:
+                return peer
+    return peer
+
+
+# ---------------------------------------------------------------- app
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    """Build the application; ``gateway`` supplies store, adapters and config."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=gateway.config.server.max_body_bytes)
+    app[GATEWAY_KEY] = gateway
+    app[MAX_BODY_KEY] = gateway.config.server.max_body_bytes
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/stream", stream_events)
+    app.router.add_get("/v1/conversations", list_conversations)
+    app.router.add_get("/v1/conversations/{id}", get_conversation)
+    app.router.add_get("/v1/conversations/{id}/messages", list_messages)
+    app.router.add_post("/v1/conversations/{id}/messages", post_reply)
+    app.router.add_post("/v1/conversations/{id}/close", close_conversation)
+    app.router.add_post("/v1/conversations/{id}/reopen", reopen_conversation)
+    app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_get("/v1/messages/{id}/raw", get_message_raw)
+    app.router.add_get("/v1/customers", find_customers)
+    app.router.add_get("/v1/customers/{id}", get_customer)
+    app.router.add_delete("/v1/customers/{id}", erase_customer)
+    app.router.add_post("/v1/customers/{id}/identities", add_identity)
+    app.router.add_post("/v1/customers/{id}/merge", merge_customer)
+    app.router.add_post("/v1/customers/{id}/messages", post_proactive)
+    app.router.add_get("/v1/attachments/{id}", get_attachment)
+    app.router.add_get("/v1/channels", list_channels)
+    app.router.add_get("/v1/webhooks/dead-letters", list_dead_letters)
+    app.router.add_post("/v1/webhooks/dead-letters/replay", replay_dead_letters)
+    app.router.add_route("*", "/hooks/{type}/{account}", provider_hook)
+    app.router.add_route("*", "/hooks/{type}/{account}/{tail:.+}", provider_hook)
+    return app
+
+
+def routes_of(adapters: dict[Any, Any]) -> list[Route]:
+    """Which account sends on which channel, as the store needs it for replies."""
+    return [Route(channel, adapter.name, adapter.sender(channel))
+            for adapter in adapters.values() for channel in sorted(adapter.channels)]

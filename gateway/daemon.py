@@ -1,0 +1,353 @@
+"""The daemon: start in order, serve, reload on SIGHUP, drain on SIGTERM.
+
+Start: store (migrations) → feed → outbox → adapters → webhooks → HTTP → READY=1.
+Stop runs in reverse: STOPPING=1, stop intake (HTTP listener, adapters), let in-flight
+ingest and sends finish within ``shutdown_timeout``, then close the store, which commits
+everything queued before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from adapters.base import AdapterContext, AdapterState, ChannelAdapter
+from adapters.registry import ADAPTERS
+from gateway.api.app import create_app, routes_of, token_allows
+from gateway.config import ChannelConfig, Config
+from gateway.errors import AdapterConfigError, ConfigErrors, OmnirelayError, StoreError
+from gateway.feed import FeedNotifier
+from gateway.ingest import IngestService
+from gateway.metrics import Metrics
+from gateway.store.base import Route
+from gateway.store.sqlite import SQLiteStore
+from gateway.systemd import Notifier
+from gateway.webhooks import WebhookDispatcher
+from outbox.worker import OutboxWorker
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """Owns every long-lived part of a running omnirelay."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.feed = FeedNotifier()
+        self.store = SQLiteStore(config.store, on_commit=self._committed)
+        self.ingest = IngestService(self.store, self.metrics,
+                                    default_region=config.store.default_region,
+                                    max_attachment_bytes=config.store.max_attachment_bytes)
+        self.outbox = OutboxWorker(self.store, self.adapters_get, config.outbox, self.metrics)
+        self.adapters: dict[tuple[str, str], ChannelAdapter] = {}
+        self.adapter_errors: dict[tuple[str, str], str] = {}
+        self.webhooks: dict[str, WebhookDispatcher] = {}
+        self.notifier = notifier or Notifier()
+        self.stopping = asyncio.Event()
+        self.streams = 0
+        self.http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
+        self.started_at = time.time()
+        self.bound_port: int | None = None
+
+    # ------------------------------------------------------------------ wiring
+
+    def _committed(self, seq: int) -> None:
+        self.feed.notify(seq)
+
+    def adapters_get(self, channel: str, account: str) -> ChannelAdapter | None:
+        """The running adapter sending on ``channel`` as ``account`` (the outbox asks)."""
+        for adapter in self.adapters.values():
+            if adapter.name == account and channel in adapter.channels:
+                if adapter.state in (AdapterState.RUNNING, AdapterState.DEGRADED):
+                    return adapter
+                return None
+        return None
+
+    def adapter_for_hook(self, type_: str, account: str) -> ChannelAdapter | None:
+        """The adapter serving ``/hooks/{type}/{account}``."""
+        return self.adapters.get((type_, account))
+
+    def routes(self) -> list[Route]:
+        """Where replies can go: every configured account and its channels."""
+        return routes_of(self.adapters)
+
+    def _context(self) -> AdapterContext:
+        assert self.http is not None
+        return AdapterContext(
+            ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
+            authorize=token_allows, store=self.store,
+        )
+
+    def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
+        cls = ADAPTERS[channel.type]
+        return cls(channel.name, channel.options, self._context())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bring everything up; READY=1 only when the store and every adapter run."""
+        await self.store.open()
+        self.feed.notify(await self.store.head_seq())
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "omnirelay"})
+        await self.outbox.start()
+        for channel in self.config.channels:
+            adapter = self._make_adapter(channel)
+            self.adapters[channel.key] = adapter
+            await self._start_adapter(adapter, channel)
+        for hook in self.config.webhooks:
+            dispatcher = WebhookDispatcher(hook, self.store, self.feed, self.http, self.metrics)
+            await dispatcher.start()
+            self.webhooks[hook.name] = dispatcher
+        app = create_app(self)
+        self._runner = web.AppRunner(app, access_log=None,
+                                     shutdown_timeout=self.config.server.shutdown_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port,
+                           reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.bound_port = server.sockets[0].getsockname()[1]
+        self._spawn(self.notifier.watchdog(), "systemd-watchdog")
+        self._spawn(self._status_loop(), "systemd-status")
+        if self.config.store.retention_days:
+            self._spawn(self._retention_loop(self.config.store.retention_days), "retention")
+        self.notifier.ready(self.status_line())
+        log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
+                 channels=[c.name for c in self.config.channels], config=self.config.source)
+
+    async def _start_adapter(self, adapter: ChannelAdapter, channel: ChannelConfig) -> None:
+        try:
+            await adapter.start()
+            self.adapter_errors.pop(channel.key, None)
+            log.info("adapter.started", account=adapter.name, channel_type=adapter.type)
+        except AdapterConfigError as exc:
+            self.adapter_errors[channel.key] = exc.message
+            log.error("adapter.misconfigured", account=adapter.name, error=exc.message)
+        except Exception as exc:
+            self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+            log.error("adapter.start_failed", account=adapter.name, error=str(exc),
+                      exc_info=not isinstance(exc, OmnirelayError | OSError))
+            self._retries[channel.key] = asyncio.create_task(
+                self._retry_adapter(channel), name=f"adapter-retry:{adapter.name}")
+
+    async def _retry_adapter(self, channel: ChannelConfig) -> None:
+        """Restart a failed adapter with capped backoff until it runs or is replaced."""
+        delay = 1.0
+        while not self.stopping.is_set():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            if self.adapters.get(channel.key) is None:
+                return
+            adapter = self._make_adapter(channel)
+            try:
+                await adapter.start()
+            except Exception as exc:
+                self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+                continue
+            self.adapters[channel.key] = adapter
+            self.adapter_errors.pop(channel.key, None)
+            log.info("adapter.recovered", account=channel.name)
+            return
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Drain and stop, in reverse start order; errors are logged and unwinding goes on."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.notifier.stopping()
+        timeout = self.config.server.shutdown_timeout
+        log.info("daemon.draining", timeout=timeout)
+        for task in self._retries.values():
+            task.cancel()
+        steps: list[tuple[str, Any]] = []
+        if self._runner is not None:
+            steps.append(("http", self._runner.cleanup()))
+        for adapter in list(self.adapters.values()):
+            steps.append((f"adapter:{adapter.name}", adapter.stop()))
+        steps.append(("outbox", self.outbox.stop(timeout)))
+        for dispatcher in self.webhooks.values():
+            steps.append((f"webhook:{dispatcher.config.name}", dispatcher.stop(timeout)))
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step, timeout + 5)
+            except Exception:
+                log.exception("daemon.stop_step_failed", step=name)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+        await self.store.close()
+        self.notifier.close()
+        log.info("daemon.stopped")
+
+    async def reload(self, new: Config) -> None:
+        """Apply a new config: changed adapters restart, unchanged ones keep running."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            old = {c.key: c for c in self.config.channels}
+            wanted = {c.key: c for c in new.channels}
+            for key, channel in old.items():
+                if key not in wanted or wanted[key] != channel:
+                    adapter = self.adapters.pop(key, None)
+                    self.adapter_errors.pop(key, None)
+                    if (task := self._retries.pop(key, None)) is not None:
+                        task.cancel()
+                    if adapter is not None:
+                        await adapter.stop()
+                        log.info("adapter.stopped_for_reload", account=key[1],
+                                 channel_type=key[0])
+            self.config = _replace_config(self.config, new)
+            for key, channel in wanted.items():
+                if key not in self.adapters:
+                    adapter = self._make_adapter(channel)
+                    self.adapters[key] = adapter
+                    await self._start_adapter(adapter, channel)
+            old_hooks = {h.name: h for h in self.webhooks.values()}
+            for name, dispatcher in list(old_hooks.items()):
+                if dispatcher.config not in new.webhooks:
+                    await dispatcher.stop(5)
+                    self.webhooks.pop(name)
+            assert self.http is not None
+            for hook in new.webhooks:
+                if hook.name not in self.webhooks:
+                    dispatcher = WebhookDispatcher(hook, self.store, self.feed, self.http,
+                                                   self.metrics)
+                    await dispatcher.start()
+                    self.webhooks[hook.name] = dispatcher
+            self.notifier.ready(self.status_line())
+            log.info("daemon.reloaded", channels=[f"{t}:{n}" for t, n in sorted(wanted)])
+
+    # ------------------------------------------------------------------ status
+
+    def channel_report(self) -> list[dict[str, Any]]:
+        """Each configured account: type, state, last error, counters."""
+        report = []
+        for channel in self.config.channels:
+            adapter = self.adapters.get(channel.key)
+            health = adapter.health() if adapter is not None else None
+            report.append({
+                "name": channel.name, "type": channel.type,
+                "channels": sorted(adapter.channels) if adapter else [],
+                "required": channel.required,
+                "state": health.state.value if health else "stopped",
+                "last_error": self.adapter_errors.get(channel.key)
+                or (health.last_error if health else None),
+                "counters": health.counters if health else {},
+            })
+        return report
+
+    async def readiness_problems(self) -> list[str]:
+        """Why the daemon is not ready (empty when it is)."""
+        problems = []
+        if self.stopping.is_set():
+            problems.append("draining")
+        try:
+            await asyncio.wait_for(self.store.ping(), 5)
+        except (StoreError, TimeoutError) as exc:
+            problems.append(f"store: {exc}")
+        for entry in self.channel_report():
+            if entry["required"] and entry["state"] not in ("running", "degraded"):
+                problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}"
+                                + (f" ({entry['last_error']})" if entry["last_error"] else ""))
+        return problems
+
+    def status_line(self) -> str:
+        """The systemd STATUS= line: live counts an operator can read at a glance."""
+        received = sum(a.counters.get("received", 0) for a in self.adapters.values())
+        sent = sum(a.counters.get("sent", 0) for a in self.adapters.values())
+        running = sum(1 for a in self.adapters.values() if a.state is AdapterState.RUNNING)
+        return (f"{running}/{len(self.config.channels)} channels running, "
+                f"{received} received, {sent} sent, {self.streams} feed streams")
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            self.notifier.status(self.status_line())
+
+    async def _retention_loop(self, days: int) -> None:
+        while True:
+            try:
+                result = await self.store.purge_older_than(days)
+                if any(result.values()):
+                    log.info("retention.purged", days=days, **result)
+            except StoreError as exc:
+                log.warning("retention.failed", error=exc.message)
+            await asyncio.sleep(3600)
+
+
+def _replace_config(old: Config, new: Config) -> Config:
+    """Settings that need a restart (listener, store) keep their running values."""
+    if (new.server.host, new.server.port) != (old.server.host, old.server.port) or \
+            new.store != old.store:
+        log.warning("daemon.reload_needs_restart",
+                    hint="server.listen and [store] take effect after a restart")
+    return Config(old.server, old.store, new.outbox, new.logging, new.tokens, new.webhooks,
+                  new.channels, new.source, new.warnings)
+
+
+async def run(config: Config, *, config_loader: Any = None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads via ``config_loader()``. Returns exit code."""
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+    try:
+        await gateway.start()
+    except OmnirelayError as exc:
+        log.error("daemon.start_failed", error=exc.message)
+        with contextlib.suppress(Exception):
+            await gateway.stop()
+        return 75 if isinstance(exc, StoreError) else 1
+    except OSError as exc:
+        log.error("daemon.start_failed", error=str(exc))
+        with contextlib.suppress(Exception):
+            await gateway.stop()
+        return 71
+
+    async def reload_loop() -> None:
+        while True:
+            await reloads.get()
+            if config_loader is None:
+                log.warning("daemon.reload_ignored", reason="running the embedded default")
+                continue
+            try:
+                new = config_loader()
+            except ConfigErrors as exc:
+                gateway.notifier.ready(gateway.status_line())
+                for error in exc.errors:
+                    log.error("daemon.reload_refused", error=str(error), key=error.key,
+                              line=error.line)
+                continue
+            try:
+                await gateway.reload(new)
+            except Exception:
+                log.exception("daemon.reload_failed")
+
+    reloader = asyncio.create_task(reload_loop(), name="reload")
+    await stop.wait()
+    reloader.cancel()
+    await gateway.stop()
+    return 0

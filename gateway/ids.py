@@ -1,0 +1,66 @@
+"""Prefixed, time-sortable identifiers (``msg_…``, ``cnv_…``) and timestamps."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, sorts like the numbers
+_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """Return ``prefix_`` + a 26-character ULID that sorts by creation time.
+
+    Within one millisecond the random part is incremented, so ids made by one process
+    sort in creation order (monotonic ULID).
+    """
+    global _last_ms, _last_rand
+    with _lock:
+        now = time.time_ns() // 1_000_000
+        if now <= _last_ms:
+            now = _last_ms
+            _last_rand += 1
+        else:
+            _last_ms = now
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        rand = _last_rand
+    return f"{prefix}_{_encode(now, 10)}{_encode(rand, 16)}"
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """Format a datetime as the contract's ``2026-11-22T10:00:00.000Z``."""
+    if dt is None:
+        return None
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    """Return the current UTC time in the contract's format."""
+    return iso(utcnow())  # type: ignore[return-value]
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp; naive ones are taken as UTC."""
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt

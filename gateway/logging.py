@@ -1,0 +1,65 @@
+"""structlog setup: JSON lines for journald, console rendering on a TTY, secrets masked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key")
+
+
+def _mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        lowered = key.lower()
+        if any(word in lowered for word in _SECRET_WORDS) and event[key] is not None:
+            event[key] = "********"
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog and the standard library to write one JSON event per line."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    renderer: Any = (structlog.dev.ConsoleRenderer() if use_console
+                     else structlog.processors.JSONRenderer(serializer=_orjson_dumps))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_secrets,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    # Library loggers (aiohttp access logs, aiosmtpd) go through the same JSON lines.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_StdlibJsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+def _orjson_dumps(obj: Any, **_kw: Any) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str).decode()
+
+
+class _StdlibJsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        payload = {"event": record.getMessage(), "logger": record.name,
+                   "level": record.levelname.lower(),
+                   "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")}
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload).decode()

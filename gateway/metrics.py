@@ -1,0 +1,48 @@
+"""Prometheus metrics, one registry per daemon (so tests can run several daemons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The daemon's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter("omnirelay_messages_received_total",
+                                   "Inbound messages stored (new, not repeats)",
+                                   ["channel", "account"], registry=r)
+        self.duplicates = Counter("omnirelay_messages_duplicate_total",
+                                  "Inbound repeat deliveries acknowledged without a new message",
+                                  ["channel", "account"], registry=r)
+        self.messages_out = Counter("omnirelay_messages_sent_total",
+                                    "Outbound messages by final outcome",
+                                    ["channel", "account", "status"], registry=r)
+        self.send_retries = Counter("omnirelay_send_retries_total",
+                                    "Outbound send attempts that will be retried",
+                                    ["channel", "account"], registry=r)
+        self.outbox_depth = Gauge("omnirelay_outbox_depth",
+                                  "Outbound messages not yet sent or failed", ["state"],
+                                  registry=r)
+        self.webhook_deliveries = Counter("omnirelay_webhook_deliveries_total",
+                                          "Webhook deliveries acknowledged by the receiver",
+                                          ["subscription"], registry=r)
+        self.webhook_failures = Counter("omnirelay_webhook_failures_total",
+                                        "Webhook delivery attempts that failed",
+                                        ["subscription"], registry=r)
+        self.webhook_dead = Counter("omnirelay_webhook_dead_letters_total",
+                                    "Webhook deliveries given up and dead-lettered",
+                                    ["subscription"], registry=r)
+        self.ingest_latency = Histogram(
+            "omnirelay_ingest_latency_seconds",
+            "Time from receiving an inbound message to its commit",
+            ["channel"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+        self.rejected = Counter("omnirelay_inbound_rejected_total",
+                                "Inbound requests refused (bad signature, malformed, too large)",
+                                ["channel", "reason"], registry=r)
+        self.store_batch = Histogram("omnirelay_store_batch_size",
+                                     "Write jobs committed together (group commit)",
+                                     registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))

@@ -1,0 +1,130 @@
+"""The store interface every backend implements, and the values it passes around.
+
+Objects handed to the API (messages, conversations, customers, events) are the JSON
+shapes of CONTRACT.md, so the API serializes them without another mapping layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from normalizer.model import InboundMessage, Party
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """An attachment whose bytes are already in the blob store."""
+
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool = False
+    content_id: str | None = None
+
+    def to_json(self) -> JSON:
+        """Return the contract's attachment object."""
+        return {"id": self.id, "filename": self.filename, "content_type": self.content_type,
+                "size": self.size, "sha256": self.sha256, "url": f"/v1/attachments/{self.id}"}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What storing one inbound message did. ``created`` is False for a repeat delivery."""
+
+    message: JSON
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """An agent's reply or a proactive message, validated, attachments already stored."""
+
+    text: str
+    attachments: tuple[StoredAttachment, ...] = ()
+    agent: JSON | None = None
+    html: str | None = None
+    subject: str | None = None
+    template: str | None = None
+    variables: JSON | None = None
+    channel: str | None = None
+    account: str | None = None
+    automatic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which accounts serve a channel, and the sender identity of each account."""
+
+    channel: str
+    account: str
+    sender: Party
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One claimed outbound message, with what the adapter needs to send it."""
+
+    seq: int
+    message: JSON
+    conversation: JSON
+    attempts: int
+    created_at: datetime
+    thread_refs: tuple[str, ...] = ()  # provider ids of the conversation's earlier messages
+    reply_to_provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One claimed webhook delivery."""
+
+    id: int
+    subscription: str
+    seq: int
+    ordering_key: str
+    attempts: int
+    body: bytes
+    event_id: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class Page:
+    """A page of events: their JSON bodies and the cursor after them."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    next: int = 0
+    seqs: list[int] = field(default_factory=list)
+
+
+class Store(Protocol):
+    """What the gateway needs from persistence. Every write commits before it returns."""
+
+    async def open(self) -> None:
+        """Open the store, applying pending migrations."""
+
+    async def close(self) -> None:
+        """Finish queued writes and close."""
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot be reached."""
+
+    async def ingest(self, inbound: InboundMessage,
+                     attachments: list[StoredAttachment]) -> IngestResult:
+        """Store one inbound message once; resolve customer and conversation; emit events."""
+
+    async def enqueue_outbound(self, *, conversation_id: str | None, customer_id: str | None,
+                               request: OutboundRequest, routes: list[Route],
+                               idempotency: tuple[str, str, str] | None) -> tuple[int, JSON]:
+        """Queue an outbound message and its outbox row in one transaction."""
+
+    async def events_after(self, after: int, limit: int) -> Page:
+        """Return events with seq > after, oldest first."""
+
+    async def head_seq(self) -> int:
+        """Return the newest event's seq (0 when empty)."""

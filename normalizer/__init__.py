@@ -1,0 +1,1 @@
+"""Turn provider payloads into omnirelay's normalized message: pure functions, no I/O."""

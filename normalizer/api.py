@@ -1,0 +1,104 @@
+"""The generic API channel's inbound JSON → :class:`InboundMessage`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from gateway.errors import MalformedPayload, ValidationFailed
+from gateway.ids import parse_iso
+from normalizer.model import AttachmentData, InboundMessage, Party
+
+_KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
+          "context", "in_reply_to"}
+_KNOWN_FROM = {"id", "name", "email", "phone"}
+
+
+def decode_attachments(items: Any, *, field: str = "attachments") -> list[AttachmentData]:
+    """Decode ``[{"filename", "content_type", "content_base64"}]``; raise on bad input."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ValidationFailed(f"{field} must be a list")
+    decoded = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationFailed(f"{field}[{index}] must be an object")
+        filename = item.get("filename")
+        content_type = item.get("content_type") or "application/octet-stream"
+        data = item.get("content_base64")
+        if not isinstance(filename, str) or not filename:
+            raise ValidationFailed(f"{field}[{index}].filename is required")
+        if not isinstance(content_type, str) or "/" not in content_type:
+            raise ValidationFailed(f"{field}[{index}].content_type must be a MIME type")
+        if not isinstance(data, str):
+            raise ValidationFailed(f"{field}[{index}].content_base64 is required")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValidationFailed(f"{field}[{index}].content_base64 is not base64") from exc
+        decoded.append(AttachmentData(filename.replace("/", "_").replace("\\", "_"),
+                                      content_type, raw))
+    return decoded
+
+
+def parse_api_inbound(body: Any, account: str) -> InboundMessage:
+    """Validate an API-channel inbound body (see CONTRACT.md) and normalize it.
+
+    Unknown top-level fields are refused, so a typo (``"txt"``) is an error, not a silently
+    empty message.
+    """
+    if not isinstance(body, dict):
+        raise MalformedPayload("the body must be a JSON object")
+    unknown = set(body) - _KNOWN
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
+        raise ValidationFailed("message_id must be a non-empty string of at most 255 characters")
+    sender = body.get("from")
+    if not isinstance(sender, dict):
+        raise ValidationFailed("from must be an object with an id")
+    if set(sender) - _KNOWN_FROM:
+        raise ValidationFailed(f"unknown field(s) in from: "
+                               f"{', '.join(sorted(set(sender) - _KNOWN_FROM))}")
+    external_id = sender.get("id")
+    if not isinstance(external_id, str) or not external_id.strip():
+        raise ValidationFailed("from.id must be a non-empty string")
+    name = sender.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValidationFailed("from.name must be a string")
+    linked = []
+    for key in ("email", "phone"):
+        value = sender.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValidationFailed(f"from.{key} must be a string")
+        linked.append(Party(key, value, name))
+    text = body.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ValidationFailed("text must be a string")
+    attachments = decode_attachments(body.get("attachments"))
+    if not text and not attachments:
+        raise ValidationFailed("a message needs text or attachments")
+    sent_at = None
+    if body.get("sent_at") is not None:
+        try:
+            sent_at = parse_iso(str(body["sent_at"]))
+        except ValueError as exc:
+            raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+    for key in ("subject", "html", "in_reply_to"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ValidationFailed(f"{key} must be a string")
+    context = body.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise ValidationFailed("context must be an object")
+    return InboundMessage(
+        channel="api", account=account, provider_message_id=message_id.strip(),
+        sender=Party("external", external_id.strip(), name), text=text or "",
+        subject=body.get("subject"), html=body.get("html"), attachments=attachments,
+        sent_at=sent_at, linked_identities=linked, context=context,
+        reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
+    )

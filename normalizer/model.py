@@ -1,0 +1,70 @@
+"""The normalized inbound message that every adapter hands to the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+IdentityKind = Literal[
+    "email", "phone", "telegram", "messenger", "instagram", "line", "navertalk",
+    "whatsapp", "webchat", "external",
+]
+Automatic = Literal["auto_reply", "bounce", "bulk", "acknowledgement", "survey", "rule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """Who sent or received a message: an identity plus a display name."""
+
+    kind: str
+    address: str
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the contract's ``from``/``to`` object."""
+        return {"kind": self.kind, "address": self.address, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentData:
+    """An attachment's bytes as received, before the gateway stores them."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass(slots=True)
+class InboundMessage:
+    """One customer message, decoded and normalized, not yet stored.
+
+    ``provider_message_id`` is the dedupe key within (channel, account). ``reply_refs``
+    are provider message ids this message answers (e-mail In-Reply-To/References, a
+    WhatsApp context id); the first one found in the store threads the message.
+    ``linked_identities`` are further identities of the *sender* (an e-mail address given
+    through the API channel) that link to an existing customer.
+    """
+
+    channel: str
+    account: str
+    provider_message_id: str
+    sender: Party
+    text: str
+    recipient: Party | None = None
+    subject: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentData] = field(default_factory=list)
+    sent_at: datetime | None = None
+    provider_thread_id: str | None = None
+    reply_refs: list[str] = field(default_factory=list)
+    linked_identities: list[Party] = field(default_factory=list)
+    automatic: str | None = None
+    content: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    headers: dict[str, Any] | None = None
+    raw: bytes | None = None
+    raw_content_type: str = "application/octet-stream"
+    reply_token: str | None = None

@@ -1,0 +1,1 @@
+"""Durable outbound delivery: queued rows, workers, retries with backoff."""
