@@ -86,7 +86,7 @@ class AdapterContext:
     ingest: Ingest
     http: ClientSession
     public_url: str
-    authorize: Callable[[web.Request, str], bool]
+    authorize: Callable[[web.Request, str], None]  # raises Unauthorized / Forbidden
     store: Any = None  # checkpoints (get_checkpoint/set_checkpoint) and blob_dir
     log: Any = field(default_factory=lambda: structlog.get_logger("adapters"))
 

@@ -282,6 +282,8 @@ class WebhookConfig:
     events: tuple[str, ...] = ("*",)
     timeout: float = 10.0
     max_age_seconds: float = 24 * 3600.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 3600.0
 
     def wants(self, event_type: str) -> bool:
         """Whether this subscription takes events of ``event_type`` (``message.*`` globs)."""
@@ -465,9 +467,14 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
         events = section.str_list("events", ["*"])
         timeout = float(section.get("timeout", (int, float), 10.0))
         max_age = float(section.get("max_age_seconds", (int, float), 86400.0))
+        base = float(section.get("retry_base_seconds", (int, float), 2.0))
+        cap = float(section.get("retry_max_seconds", (int, float), 3600.0))
+        if base <= 0 or cap < base:
+            section.error("retry_base_seconds", "must be > 0 and <= retry_max_seconds")
         section.finish()
         if secret is not None and url:
-            hooks.append(WebhookConfig(name, url, secret, tuple(events), timeout, max_age))
+            hooks.append(WebhookConfig(name, url, secret, tuple(events), timeout, max_age,
+                                       base, cap))
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         ctx.error("webhooks", "webhook names must be unique")

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from adapters.base import AdapterContext, AdapterState, ChannelAdapter
 from adapters.registry import ADAPTERS
-from gateway.api.app import create_app, routes_of, token_allows
+from gateway.api.app import check_token, create_app, routes_of
 from gateway.config import ChannelConfig, Config
 from gateway.errors import AdapterConfigError, ConfigErrors, OmnirelayError, StoreError
 from gateway.feed import FeedNotifier
@@ -87,7 +87,7 @@ class Gateway:
         assert self.http is not None
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
-            authorize=token_allows, store=self.store,
+            authorize=check_token, store=self.store,
         )
 
     def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:

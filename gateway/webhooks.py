@@ -38,7 +38,8 @@ class WebhookDispatcher:
         self.feed = feed
         self.http = http
         self.metrics = metrics
-        self.backoff = backoff or Backoff(base=2.0, cap=3600.0)
+        self.backoff = backoff or Backoff(base=config.retry_base_seconds,
+                                          cap=config.retry_max_seconds)
         self.concurrency = concurrency
         self.log = log.bind(subscription=config.name)
         self._stopping = False

@@ -110,10 +110,13 @@ def require(request: web.Request, scope: str) -> TokenConfig:
     return token
 
 
-def token_allows(request: web.Request, scope: str) -> bool:
-    """For provider hooks that also accept a bearer token (the API channel)."""
+def check_token(request: web.Request, scope: str) -> None:
+    """For provider hooks that also accept a bearer token (the API channel): 401 or 403."""
     token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
-    return token is not None and (scope in token.scopes or "admin" in token.scopes)
+    if token is None:
+        raise Unauthorized("missing or invalid bearer token")
+    request["token"] = token
+    require(request, scope)
 
 
 # ---------------------------------------------------------------- params
