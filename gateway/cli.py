@@ -7,6 +7,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import urllib.parse
 from pathlib import Path
 
 from gateway import __version__
@@ -17,9 +18,16 @@ from gateway.logging import configure_logging
 EX_CONFIG = 78
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, *, resolve_secrets: bool = True) -> Config:
+    """The config of ``--config``/``$OMNIRELAY_CONFIG``, else the embedded default.
+
+    Store-only commands pass ``resolve_secrets=False``: they run from an admin shell
+    (``runuser -u omnirelay --``) where the unit's credentials are not available.
+    """
     path = args.config or os.environ.get("OMNIRELAY_CONFIG")
-    return load_config(path) if path else embedded_default()
+    if path:
+        return load_config(path, resolve_secrets=resolve_secrets)
+    return embedded_default()
 
 
 def _print_config_errors(exc: ConfigErrors, source: str) -> None:
@@ -58,6 +66,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for warning in config.warnings:
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    for warning in _privileged_ports(config):
+        print(f"{args.file}: note: {warning}", file=sys.stderr)
     print(f"{args.file}: OK — {len(config.channels)} channel(s): "
           + ", ".join(f"{c.name} ({c.type})" for c in config.channels))
     for channel in config.channels:
@@ -68,23 +78,47 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privileged_ports(config: Config) -> list[str]:
+    """Listeners below 1024 need CAP_NET_BIND_SERVICE, which the unit does not grant."""
+    notes = []
+    if config.server.port and config.server.port < 1024:
+        notes.append(f"server.listen port {config.server.port} is privileged")
+    for channel in config.channels:
+        listen = getattr(channel.options, "smtp_listen", None)
+        if listen and 0 < listen[1] < 1024:
+            notes.append(f"{channel.type}:{channel.name} smtp_listen port {listen[1]} "
+                         "is privileged")
+    return [f"{note}: under systemd install systemd/smtp-port-25.conf as a drop-in "
+            "(grants CAP_NET_BIND_SERVICE)" for note in notes]
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations (the daemon does this at start too)."""
+    from gateway.daemon import StoreLock
     from gateway.store.sqlite import apply_migrations
 
     try:
-        config = _config(args)
+        config = _config(args, resolve_secrets=False)
     except ConfigErrors as exc:
         _print_config_errors(exc, str(args.config))
         return EX_CONFIG
     path = config.store.sqlite_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
+    lock = StoreLock(path)
     try:
-        applied = apply_migrations(conn)
+        lock.acquire()
+    except OmnirelayError as exc:
+        print(f"omnirelay: {exc.message}; the daemon migrates at start", file=sys.stderr)
+        return 1
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            applied = apply_migrations(conn)
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        lock.release()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
     return 0
 
@@ -95,9 +129,6 @@ async def _with_store(config: Config, action: str, arg: str) -> object:
     store = SQLiteStore(config.store)
     await store.open()
     try:
-        if action == "backup":
-            await store.backup(Path(arg))
-            return f"backup written to {arg}"
         if action == "erase":
             return await store.erase_customer(arg)
         if action == "purge":
@@ -107,25 +138,98 @@ async def _with_store(config: Config, action: str, arg: str) -> object:
         await store.close()
 
 
+_ONLINE_HINT = {
+    "erase": "erase through the running daemon: DELETE /v1/customers/{id} with an admin token",
+    "purge": "the running daemon purges by itself when [store] retention_days is set",
+}
+
+
 def _store_command(args: argparse.Namespace, action: str, arg: str) -> int:
+    """Run a store write offline; refused while a daemon runs on the same store.
+
+    The daemon numbers events in memory, so a second writer would collide with its next
+    event; the running daemon offers the same operations through its API.
+    """
+    from gateway.daemon import StoreLock
+
     try:
-        config = _config(args)
+        config = _config(args, resolve_secrets=False)
     except ConfigErrors as exc:
         _print_config_errors(exc, str(args.config))
         return EX_CONFIG
     configure_logging("warning", "json")
+    lock = StoreLock(config.store.sqlite_path)
+    try:
+        lock.acquire()
+    except OmnirelayError as exc:
+        hint = _ONLINE_HINT.get(action, "stop the service first").format(id=arg)
+        print(f"omnirelay: {exc.message}; {hint}", file=sys.stderr)
+        return 1
     try:
         result = asyncio.run(_with_store(config, action, arg))
     except OmnirelayError as exc:
         print(f"omnirelay: {exc.message}", file=sys.stderr)
         return 1
-    print(result)
+    finally:
+        lock.release()
+    import orjson
+
+    print(orjson.dumps(result).decode() if isinstance(result, dict) else result)
     return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    """Write an online, consistent copy of the SQLite database."""
-    return _store_command(args, "backup", args.file)
+    """Write an online, consistent copy of the SQLite database (safe while the daemon runs).
+
+    The copy is written beside the target and renamed into place only once complete and
+    checked, so a half-written file never looks like a backup. Attachment bytes live in
+    ``<data_dir>/blobs`` (immutable, content-addressed files): copy that directory after.
+    """
+    try:
+        config = _config(args, resolve_secrets=False)
+    except ConfigErrors as exc:
+        _print_config_errors(exc, str(args.config))
+        return EX_CONFIG
+    source = config.store.sqlite_path
+    target = Path(args.file)
+    if not source.exists():
+        print(f"omnirelay: no database at {source}", file=sys.stderr)
+        return 1
+    if target.exists() and target.resolve() == source.resolve():
+        print("omnirelay: the backup target is the live database", file=sys.stderr)
+        return 1
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        summary = _backup(source, partial)
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        print(f"omnirelay: backup failed: {exc}", file=sys.stderr)
+        return 1
+    os.replace(partial, target)
+    print(f"backup written to {target}: {summary}; attachment bytes are in "
+          f"{config.store.data_dir / 'blobs'} (copy that directory too)")
+    return 0
+
+
+def _backup(source: Path, target: Path) -> str:
+    """SQLite's online backup from a read-only connection; the copy is checked."""
+    uri = f"file:{urllib.parse.quote(str(source.resolve()))}?mode=ro"
+    src = sqlite3.connect(uri, uri=True, timeout=30.0)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        check = dst.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"the copy failed its check: {check}")
+        messages = dst.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        seq = dst.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        version = dst.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+    finally:
+        dst.close()
+        src.close()
+    return f"{messages} messages, events up to seq {seq}, schema version {version}, check ok"
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
@@ -166,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = add("migrate", cmd_migrate, "apply schema migrations")
     p.add_argument("--config", "-c")
-    p = add("backup", cmd_backup, "online backup of the SQLite store")
+    p = add("backup", cmd_backup, "online backup of the SQLite store (daemon may run)")
     p.add_argument("file")
     p.add_argument("--config", "-c")
     p = add("erase-customer", cmd_erase, "erase a customer's data (personal-data request)")

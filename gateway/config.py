@@ -9,6 +9,7 @@ credential under ``$CREDENTIALS_DIRECTORY``) and are wrapped in :class:`Secret`,
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -46,6 +47,18 @@ class Secret:
         return hash(self._value)
 
 
+def check_host(host: str) -> None:
+    """Raise ValueError unless ``host`` is an IP address or a plausible host name."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}))*\.?", host):
+        raise ValueError(f"{host!r} is not an IP address or host name")
+
+
 def parse_hostport(value: str, default_port: int = 0) -> tuple[str, int]:
     """Parse ``host:port`` (``[::1]:25`` too)."""
     match = re.fullmatch(r"\[(?P<h6>[^\]]+)\]:(?P<p6>\d+)|(?P<h>[^:]+):(?P<p>\d+)", value)
@@ -69,6 +82,7 @@ class LineIndex:
 
     def __init__(self, text: str) -> None:
         self.lines: dict[str, int] = {}
+        self.keys: dict[int, str] = {}
         counters: dict[str, int] = {}
         prefix = ""
         for number, line in enumerate(text.splitlines(), start=1):
@@ -81,17 +95,24 @@ class LineIndex:
                 counters[name] = index
                 prefix = f"{name}[{index}]"
                 self.lines.setdefault(prefix, number)
+                self.keys[number] = prefix
             elif stripped.startswith("["):
                 prefix = stripped.strip("[]").strip()
                 self.lines.setdefault(prefix, number)
+                self.keys[number] = prefix
             else:
                 key = re.match(r"([A-Za-z0-9_\-\"'.]+)\s*=", stripped)
                 if key:
                     name = key.group(1).strip("\"'")
                     full = f"{prefix}.{name}" if prefix else name
                     self.lines.setdefault(full, number)
+                    self.keys[number] = full
                     for inner in re.finditer(r"([A-Za-z0-9_\-]+)\s*=", stripped[key.end():]):
                         self.lines.setdefault(f"{full}.{inner.group(1)}", number)
+
+    def key_at(self, line: int) -> str | None:
+        """The key assigned (or table opened) on ``line``, if any."""
+        return self.keys.get(line)
 
     def find(self, key: str) -> int | None:
         """Return the line of ``key`` or of its nearest enclosing table."""
@@ -132,11 +153,12 @@ class Section:
         value = self.data[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if bool not in kinds and isinstance(value, bool) and int in kinds:
-            self.error(name, f"must be {kinds[0].__name__}, got a boolean", hint)
+            self.error(name, f"must be {_kind_names(kinds)}, got a boolean",
+                       hint or _kind_hint(name, kinds))
             return default
         if not isinstance(value, kinds):
-            expected = " or ".join(k.__name__ for k in kinds)
-            self.error(name, f"must be {expected}, got {type(value).__name__}", hint)
+            self.error(name, f"must be {_kind_names(kinds)}, got {_kind_name(type(value))}",
+                       hint or _kind_hint(name, kinds))
             return default
         return value
 
@@ -144,7 +166,7 @@ class Section:
         """Read a list of strings."""
         value = self.get(name, list, list(default))
         if not all(isinstance(item, str) for item in value):
-            self.error(name, "must be a list of strings")
+            self.error(name, "must be a list of strings", f'{name} = ["…", "…"]')
             return list(default)
         return value
 
@@ -159,46 +181,62 @@ class Section:
         A literal ``name = "…"`` is accepted too (for tests and throwaway setups) but
         ``check-config`` warns about it.
         """
-        sources = [s for s in (name, f"{name}_file", f"{name}_env", f"{name}_credential")
-                   if s in self.data]
-        for source in sources:
-            self.used.add(source)
+        names = (name, f"{name}_file", f"{name}_env", f"{name}_credential")
+        sources = [s for s in names if s in self.data]
+        self.used.update(names)  # known keys, so a typo gets "did you mean …?"
         if not sources:
             if required:
                 self.error(f"{name}_file", "is required (or "
-                           f"{name}_env / {name}_credential)", hint)
+                           f"{name}_env / {name}_credential)",
+                           hint or f'e.g. {name}_credential = "…" with the file in '
+                           "/etc/omnirelay/credentials/ (the unit's LoadCredential=)")
             return None
         if len(sources) > 1:
-            self.error(sources[1], f"give only one of {', '.join(sources)}")
+            self.error(sources[1], f"give only one of {', '.join(sources)}",
+                       f"keep {sources[0]} and delete the others")
             return None
         source = sources[0]
         value = self.data[source]
         if not isinstance(value, str) or not value:
-            self.error(source, "must be a non-empty string")
+            # Never echo the value: it may be the secret itself.
+            self.error(source, "must be a non-empty string",
+                       f'e.g. {name}_file = "/etc/omnirelay/credentials/…"')
             return None
         if source == name:
             self.ctx.warn(self.key(name), "secret written in the config file; prefer "
                           f"{name}_file, {name}_env or {name}_credential")
             return Secret(value)
+        if not self.ctx.resolve_secrets:
+            return Secret("")
         if source.endswith("_env"):
             env = self.ctx.environ.get(value)
             if env is None:
-                self.error(source, f"environment variable {value} is not set")
+                self.error(source, f"environment variable {value} is not set",
+                           "set it in the unit (Environment=/EnvironmentFile=) or use "
+                           f"{name}_credential / {name}_file")
                 return None
             return Secret(env.strip())
         if source.endswith("_credential"):
             directory = self.ctx.environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
                 self.error(source, "CREDENTIALS_DIRECTORY is not set",
-                           "use LoadCredential= in the systemd unit")
+                           "run under the systemd unit (LoadCredential=), or set "
+                           "CREDENTIALS_DIRECTORY=/etc/omnirelay/credentials to check by hand")
                 return None
             path = Path(directory) / value
+            if not path.exists() and (Path(directory) / f"{CREDENTIAL_PREFIX}{value}").exists():
+                # The unit loads /etc/omnirelay/credentials/<file> as omnirelay_<file>.
+                path = Path(directory) / f"{CREDENTIAL_PREFIX}{value}"
         else:
             path = Path(value)
         try:
             return Secret(path.read_text(encoding="utf-8").strip())
         except OSError as exc:
-            self.error(source, f"cannot read secret file {path}: {exc.strerror}")
+            hint = ("put the file in /etc/omnirelay/credentials/ (the unit's LoadCredential=)"
+                    if source.endswith("_credential") else
+                    "check the path and that the service user can read it; under systemd "
+                    f"prefer {name}_credential")
+            self.error(source, f"cannot read secret file {path}: {exc.strerror}", hint)
             return None
 
     def finish(self, extra_known: Iterable[str] = ()) -> None:
@@ -206,23 +244,32 @@ class Section:
         known = self.used | set(extra_known)
         for name in self.data:
             if name not in known:
-                close = [k for k in known if k.replace("_", "") == name.replace("_", "")
-                         or k.startswith(name[:4])]
-                hint = f"did you mean {sorted(close)[0]!r}?" if close else ""
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+                if close:
+                    hint = f"did you mean {close[0]!r}?"
+                else:
+                    keys = sorted(k for k in known if not k.endswith(("_env", "_credential")))
+                    hint = f"this table takes: {', '.join(keys)}" if keys else \
+                        "this table takes no keys"
                 self.error(name, "unknown key", hint)
 
 
 class ParseContext:
     """Collects errors and warnings while a config is parsed."""
 
-    def __init__(self, text: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, text: str, environ: Mapping[str, str], *,
+                 resolve_secrets: bool = True) -> None:
         self.index = LineIndex(text)
         self.environ = environ
+        self.resolve_secrets = resolve_secrets
         self.errors: list[ConfigError] = []
         self.warnings: list[ConfigError] = []
 
     def error(self, key: str, message: str, hint: str = "") -> None:
-        """Record an error at ``key``."""
+        """Record an error at ``key``; one without a hint points at the reference."""
+        if not hint:
+            section = re.sub(r"\[\d+\]", "", key).split(".")[0] or "top level"
+            hint = f"see docs/configuration.md, [{section}]"
         self.errors.append(ConfigError(message, key=key, line=self.index.find(key), hint=hint))
 
     def warn(self, key: str, message: str) -> None:
@@ -349,6 +396,34 @@ class Config:
 
 
 SCOPES = frozenset({"read", "write", "admin"})
+CREDENTIAL_PREFIX = "omnirelay_"
+"""``LoadCredential=omnirelay:/etc/omnirelay/credentials`` names each file ``omnirelay_<file>``."""
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    if set(kinds) == {int, float}:
+        return "a number"
+    return " or ".join(_kind_name(k) for k in kinds)
+
+
+def _kind_hint(name: str, kinds: tuple[type, ...]) -> str:
+    """Show the TOML spelling of the expected type (never the value given)."""
+    if str in kinds:
+        return f'quote it: {name} = "…"'
+    if bool in kinds:
+        return f"{name} = true or {name} = false, without quotes"
+    if int in kinds or float in kinds:
+        return f"a bare number without quotes, e.g. {name} = 30"
+    if list in kinds:
+        return f'{name} = ["…", "…"]'
+    if dict in kinds:
+        return f"a table: [{name}] or {name} = {{ key = … }}"
+    return ""
 SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -358,12 +433,14 @@ def _parse_server(section: Section | None) -> ServerConfig:
     listen = section.get("listen", str, "127.0.0.1:8080")
     try:
         host, port = parse_hostport(listen)
+        check_host(host)
     except ValueError as exc:
-        section.error("listen", str(exc), 'e.g. listen = "127.0.0.1:8080"')
+        section.error("listen", str(exc), 'e.g. listen = "127.0.0.1:8080" or "[::1]:8080"')
         host, port = "127.0.0.1", 8080
     public_url = section.get("public_url", str, f"http://{host}:{port}").rstrip("/")
     if not re.match(r"https?://", public_url):
-        section.error("public_url", "must start with http:// or https://")
+        section.error("public_url", "must start with http:// or https://",
+                      'how providers reach us, e.g. "https://support.shop.example"')
     proxies = []
     for item in section.str_list("trusted_proxies"):
         try:
@@ -447,10 +524,14 @@ def _parse_tokens(items: list[Any], ctx: ParseContext) -> tuple[TokenConfig, ...
         bad = set(scopes) - SCOPES
         if bad:
             section.error("scopes", f"unknown scope(s) {sorted(bad)}", "read, write, admin")
+        if name in {t.name for t in tokens}:
+            section.error("name", f"token name {name!r} is used twice",
+                          "token names must be unique; rename one")
         section.finish()
         if token is not None:
-            if len(token.reveal()) < 16:
-                section.error("token", "token is shorter than 16 characters")
+            if ctx.resolve_secrets and len(token.reveal()) < 16:
+                section.error("token", "token is shorter than 16 characters",
+                              "generate one: openssl rand -base64 32")
             tokens.append(TokenConfig(name, token, frozenset(scopes) & SCOPES))
     return tuple(tokens)
 
@@ -463,6 +544,9 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
         if url and not re.match(r"https?://", url):
             section.error("url", "must be an http(s) URL")
         name = section.get("name", str, url)
+        if name in {h.name for h in hooks}:
+            section.error("name", f"webhook name {name!r} is used twice",
+                          "give each [[webhooks]] its own name (it keys the delivery cursor)")
         secret = section.secret("secret", required=True)
         events = section.str_list("events", ["*"])
         timeout = float(section.get("timeout", (int, float), 10.0))
@@ -475,9 +559,6 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
         if secret is not None and url:
             hooks.append(WebhookConfig(name, url, secret, tuple(events), timeout, max_age,
                                        base, cap))
-    names = [h.name for h in hooks]
-    if len(set(names)) != len(names):
-        ctx.error("webhooks", "webhook names must be unique")
     return tuple(hooks)
 
 
@@ -496,7 +577,9 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
             section.error("name", "must be letters, digits, '-', '_' or '.'",
                           "it appears in URLs: /hooks/<type>/<name>")
         if (kind, name) in seen:
-            section.error("name", f"{kind} account name {name!r} is used twice")
+            section.error("name", f"{kind} account name {name!r} is used twice",
+                          "each [[channels]] name must be unique per type: it appears in "
+                          f"/hooks/{kind}/<name>; rename one")
         seen.add((kind, name))
         adapter = ADAPTERS.get(kind)
         if kind and adapter is None:
@@ -512,10 +595,15 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
 
 
 def parse_config(text: str, *, source: str = "<string>",
-                 environ: Mapping[str, str] | None = None) -> Config:
-    """Parse TOML text into a :class:`Config`; raise :class:`ConfigErrors` with all errors."""
+                 environ: Mapping[str, str] | None = None,
+                 resolve_secrets: bool = True) -> Config:
+    """Parse TOML text into a :class:`Config`; raise :class:`ConfigErrors` with all errors.
+
+    ``resolve_secrets=False`` checks where secrets come from without reading them, for
+    commands that only need the store (backup, purge) run outside the unit.
+    """
     env = os.environ if environ is None else environ
-    ctx = ParseContext(text, env)
+    ctx = ParseContext(text, env, resolve_secrets=resolve_secrets)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -523,7 +611,12 @@ def parse_config(text: str, *, source: str = "<string>",
         match = re.search(r"line (\d+)", str(exc))
         if line is None and match:
             line = int(match.group(1))
-        raise ConfigErrors([ConfigError(f"invalid TOML: {exc}", line=line)]) from exc
+        key = ctx.index.key_at(line) if line else None
+        # tomllib's message names the position, never the text, so no secret is echoed.
+        raise ConfigErrors([ConfigError(
+            f"invalid TOML: {exc}", key=key, line=line,
+            hint='strings need double quotes (listen = "127.0.0.1:8080"), each key once per '
+                 "table, [table] and [[array.of.tables]] headers on their own line")]) from exc
     root = Section(data, "", ctx)
     server = _parse_server(root.sub("server"))
     store = _parse_store(root.sub("store"), env)
@@ -539,15 +632,20 @@ def parse_config(text: str, *, source: str = "<string>",
                   tuple(str(w) for w in ctx.warnings))
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *,
+                resolve_secrets: bool = True) -> Config:
     """Read and parse a config file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigErrors([ConfigError(f"cannot read {path}: {exc.strerror}")]) from exc
+        raise ConfigErrors([ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint="check the path; the service reads /etc/omnirelay/omnirelay.toml")]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigErrors([ConfigError(f"{path} is not UTF-8")]) from exc
-    return parse_config(text, source=str(path), environ=environ)
+        raise ConfigErrors([ConfigError(f"{path} is not UTF-8",
+                                        hint="save the file as UTF-8")]) from exc
+    return parse_config(text, source=str(path), environ=environ,
+                        resolve_secrets=resolve_secrets)
 
 
 def embedded_default(environ: Mapping[str, str] | None = None) -> Config:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +29,7 @@ from gateway.config import ChannelConfig, Config
 from gateway.errors import AdapterConfigError, ConfigErrors, OmnirelayError, StoreError
 from gateway.feed import FeedNotifier
 from gateway.ingest import IngestService
+from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.store.base import Route
 from gateway.store.sqlite import SQLiteStore
@@ -33,6 +38,44 @@ from gateway.webhooks import WebhookDispatcher
 from outbox.worker import OutboxWorker
 
 log = structlog.get_logger(__name__)
+TEST_HOOKS_ENV = "OMNIRELAY_TEST_HOOKS"
+
+
+class StoreLock:
+    """An exclusive ``flock`` beside the SQLite file, held by the daemon while it runs.
+
+    Event seqs are numbered in the daemon's memory, so a second writer on the same file
+    (another daemon, or ``omnirelay erase-customer`` from a shell) would collide with its
+    next event. The lock turns that into a clear refusal. The kernel drops it when the
+    process dies, so a crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the pid that holds it."""
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(f"the store {self.path.with_suffix('')} is in use by omnirelay "
+                             f"pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; its content is only informative)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Gateway:
@@ -60,6 +103,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self.bound_port: int | None = None
+        self.lock = StoreLock(config.store.sqlite_path)
+        self.reload_note = ""
 
     # ------------------------------------------------------------------ wiring
 
@@ -97,7 +142,13 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Bring everything up; READY=1 only when the store and every adapter run."""
+        """Bring everything up; READY=1 only when the store is open and adapters started.
+
+        The watchdog pings from the first moment: systemd arms it at start, and migrations
+        run on the writer thread, so a long migration does not stall the loop.
+        """
+        self._spawn(self.notifier.watchdog(), "systemd-watchdog")
+        self.lock.acquire()
         await self.store.open()
         self.feed.notify(await self.store.head_seq())
         self.http = aiohttp.ClientSession(
@@ -121,7 +172,6 @@ class Gateway:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.bound_port = server.sockets[0].getsockname()[1]
-        self._spawn(self.notifier.watchdog(), "systemd-watchdog")
         self._spawn(self._status_loop(), "systemd-status")
         if self.config.store.retention_days:
             self._spawn(self._retention_loop(self.config.store.retention_days), "retention")
@@ -197,13 +247,13 @@ class Gateway:
         if self.http is not None:
             await self.http.close()
         await self.store.close()
+        self.lock.release()
         self.notifier.close()
         log.info("daemon.stopped")
 
     async def reload(self, new: Config) -> None:
         """Apply a new config: changed adapters restart, unchanged ones keep running."""
         async with self._reload_lock:
-            self.notifier.reloading()
             old = {c.key: c for c in self.config.channels}
             wanted = {c.key: c for c in new.channels}
             for key, channel in old.items():
@@ -234,8 +284,38 @@ class Gateway:
                                                    self.metrics)
                     await dispatcher.start()
                     self.webhooks[hook.name] = dispatcher
-            self.notifier.ready(self.status_line())
             log.info("daemon.reloaded", channels=[f"{t}:{n}" for t, n in sorted(wanted)])
+
+    async def handle_reload(self, loader: Callable[[], Config]) -> bool:
+        """SIGHUP: RELOADING=1, read the file, apply it or keep the running one; READY=1.
+
+        A file with errors is refused as a whole: one log line per error (key, line,
+        hint; never a value) and the running configuration stays.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                new = loader()
+            except ConfigErrors as exc:
+                for error in exc.errors:
+                    log.error("daemon.reload_refused", key=error.key, line=error.line,
+                              error=error.message, hint=error.hint)
+                log.error("daemon.reload_refused", errors=len(exc.errors),
+                          config=self.config.source,
+                          hint="the running configuration stays; fix the file and reload "
+                               "(omnirelay check-config shows every error)")
+                self.reload_note = f"; last reload refused ({len(exc.errors)} errors)"
+                return False
+            await self.reload(new)
+            configure_logging(new.logging.level, new.logging.format)
+            self.reload_note = ""
+            return True
+        except Exception:
+            log.exception("daemon.reload_failed")
+            self.reload_note = "; last reload failed"
+            return False
+        finally:
+            self.notifier.ready(self.status_line())
 
     # ------------------------------------------------------------------ status
 
@@ -263,8 +343,18 @@ class Gateway:
             problems.append("draining")
         try:
             await asyncio.wait_for(self.store.ping(), 5)
-        except (StoreError, TimeoutError) as exc:
-            problems.append(f"store: {exc}")
+        except StoreError:
+            # The last commit failed. Probe with a one-row write: otherwise a store that has
+            # recovered (disk space freed) stays "unready", and with traffic routed away on
+            # our 503 nothing else would ever write to prove it.
+            try:
+                await asyncio.wait_for(
+                    self.store.set_checkpoint("readyz.probe", str(time.time())), 5)
+                await asyncio.wait_for(self.store.ping(), 5)
+            except (StoreError, TimeoutError) as exc:
+                problems.append(f"store: {exc}")
+        except TimeoutError:
+            problems.append("store: no answer within 5 s")
         for entry in self.channel_report():
             if entry["required"] and entry["state"] not in ("running", "degraded"):
                 problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}"
@@ -276,8 +366,10 @@ class Gateway:
         received = sum(a.counters.get("received", 0) for a in self.adapters.values())
         sent = sum(a.counters.get("sent", 0) for a in self.adapters.values())
         running = sum(1 for a in self.adapters.values() if a.state is AdapterState.RUNNING)
+        down = "".join(f"; {t}:{n} down" for t, n in sorted(self.adapter_errors))
         return (f"{running}/{len(self.config.channels)} channels running, "
-                f"{received} received, {sent} sent, {self.streams} feed streams")
+                f"{received} received, {sent} sent, {self.streams} feed streams"
+                f"{down}{self.reload_note}")
 
     async def _status_loop(self) -> None:
         while True:
@@ -314,6 +406,7 @@ async def run(config: Config, *, config_loader: Any = None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+    _install_test_hooks(loop)
     try:
         await gateway.start()
     except OmnirelayError as exc:
@@ -333,21 +426,29 @@ async def run(config: Config, *, config_loader: Any = None) -> int:
             if config_loader is None:
                 log.warning("daemon.reload_ignored", reason="running the embedded default")
                 continue
-            try:
-                new = config_loader()
-            except ConfigErrors as exc:
-                gateway.notifier.ready(gateway.status_line())
-                for error in exc.errors:
-                    log.error("daemon.reload_refused", error=str(error), key=error.key,
-                              line=error.line)
-                continue
-            try:
-                await gateway.reload(new)
-            except Exception:
-                log.exception("daemon.reload_failed")
+            await gateway.handle_reload(config_loader)
 
     reloader = asyncio.create_task(reload_loop(), name="reload")
     await stop.wait()
     reloader.cancel()
     await gateway.stop()
     return 0
+
+
+def _install_test_hooks(loop: asyncio.AbstractEventLoop) -> None:
+    """Only with ``OMNIRELAY_TEST_HOOKS=1``: SIGUSR1 blocks the event loop for a while.
+
+    The tests use it to show that a stalled loop stops the WATCHDOG=1 pings. Without the
+    variable nothing is installed, so production behaviour is untouched.
+    """
+    if os.environ.get(TEST_HOOKS_ENV) != "1":
+        return
+    seconds = float(os.environ.get("OMNIRELAY_TEST_BLOCK_SECONDS", "1.0"))
+
+    def block_loop() -> None:
+        log.warning("daemon.test_loop_blocked", seconds=seconds)
+        time.sleep(seconds)  # deliberately on the loop: that is the point
+        log.warning("daemon.test_loop_released")
+
+    loop.add_signal_handler(signal.SIGUSR1, block_loop)
+    log.warning("daemon.test_hooks_enabled", hint=f"never set {TEST_HOOKS_ENV} in production")

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.api.openapi import openapi_document
+from gateway.api.openapi import IDENTITY_KINDS, openapi_document
 from gateway.config import TokenConfig
 from gateway.errors import (
     BadRequest,
@@ -67,7 +67,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status, "http_error")
         message = exc.reason if exc.status != 404 else f"no route for {request.path}"
-        return json_response({"error": {"code": code, "message": message}}, status=exc.status)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return json_response({"error": {"code": code, "message": message}}, status=exc.status,
+                             headers=headers)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -348,18 +350,16 @@ async def _outbound_request(request: web.Request, body: Any, *,
     unknown = set(body) - _REPLY_FIELDS
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
-    text = body.get("text")
-    if text is not None and not isinstance(text, str):
-        raise ValidationFailed("text must be a string")
-    template = body.get("template")
-    if template is not None and (not isinstance(template, str) or not template):
-        raise ValidationFailed("template must be a non-empty string")
-    variables = body.get("variables")
-    if variables is not None and not isinstance(variables, dict):
-        raise ValidationFailed("variables must be an object")
-    for key in ("channel", "account", "html", "subject"):
-        if body.get(key) is not None and not isinstance(body[key], str):
+    for key in ("text", "channel", "account", "html", "subject", "template"):
+        if key in body and not isinstance(body[key], str):
             raise ValidationFailed(f"{key} must be a string")
+    if "variables" in body and not isinstance(body["variables"], dict):
+        raise ValidationFailed("variables must be an object")
+    if "attachments" in body and not isinstance(body["attachments"], list):
+        raise ValidationFailed("attachments must be a list")
+    text, template, variables = body.get("text"), body.get("template"), body.get("variables")
+    if template == "":
+        raise ValidationFailed("template must be a non-empty string")
     if proactive and not body.get("channel"):
         raise ValidationFailed("a proactive message needs a channel")
     attachments = decode_attachments(body.get("attachments"))
@@ -425,10 +425,8 @@ def _identity(value: Any, region: str) -> Party:
     if not isinstance(value, dict) or set(value) - {"kind", "address"}:
         raise ValidationFailed('an identity is {"kind": "…", "address": "…"}')
     kind, address = value.get("kind"), value.get("address")
-    kinds = {"email", "phone", "telegram", "messenger", "instagram", "line", "navertalk",
-             "whatsapp", "webchat", "external"}
-    if kind not in kinds:
-        raise ValidationFailed(f"kind must be one of {', '.join(sorted(kinds))}")
+    if not isinstance(kind, str) or kind not in IDENTITY_KINDS:
+        raise ValidationFailed(f"kind must be one of {', '.join(IDENTITY_KINDS)}")
     if not isinstance(address, str) or not address.strip():
         raise ValidationFailed("address must be a non-empty string")
     try:
@@ -523,9 +521,12 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - {"ids", "subscription"}:
         raise ValidationFailed('the body is {"ids": [1, 2]} and/or {"subscription": "…"}')
+    if "subscription" in body and not isinstance(body["subscription"], str):
+        raise ValidationFailed("subscription must be a string")
     ids = body.get("ids")
-    if ids is not None and (not isinstance(ids, list)
-                            or not all(isinstance(i, int) for i in ids)):
+    if "ids" in body and (not isinstance(ids, list)
+                          or not all(isinstance(i, int) and not isinstance(i, bool)
+                                     for i in ids)):
         raise ValidationFailed("ids must be a list of integers")
     count = await gw(request).store.replay_dead_letters(ids, body.get("subscription"))
     for dispatcher in gw(request).webhooks.values():

@@ -12,6 +12,8 @@ from typing import Any
 from gateway import __version__
 
 JSON = dict[str, Any]
+IDENTITY_KINDS = ("email", "external", "instagram", "line", "messenger", "navertalk", "phone",
+                  "telegram", "webchat", "whatsapp")
 
 
 def _ref(name: str) -> JSON:
@@ -49,13 +51,14 @@ def _ok(schema: JSON, description: str = "OK", status: int = 200) -> JSON:
 
 
 def _op(summary: str, responses: JSON, *, params: list[JSON] | None = None,
-        body: JSON | None = None, auth: bool = True, errors: tuple[int, ...] = ()) -> JSON:
+        body: JSON | None = None, auth: bool = True, errors: tuple[int, ...] = (),
+        body_required: bool = True) -> JSON:
     op: JSON = {"summary": summary, "responses": {**responses, **_error_responses(
         *((401, 403) if auth else ()), *errors)}}
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True,
+        op["requestBody"] = {"required": body_required,
                              "content": {"application/json": {"schema": body}}}
     if not auth:
         op["security"] = []
@@ -118,9 +121,20 @@ def openapi_document() -> JSON:
     reply = _obj({
         "text": _STR, "html": _STR, "subject": _STR,
         "attachments": {"type": "array", "items": _ref("AttachmentInput")},
-        "agent": _ref("Agent"), "channel": _STR, "account": _STR,
-        "template": _STR, "variables": {"type": "object"},
+        "agent": _nullable(_ref("Agent")), "channel": _STR, "account": _STR,
+        "template": {"type": "string", "minLength": 1}, "variables": {"type": "object"},
     }, extra=False)
+    # A message needs text, attachments or a template.
+    reply["anyOf"] = [
+        {"required": ["text"], "properties": {"text": {"minLength": 1}}},
+        {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+        {"required": ["template"]},
+    ]
+    proactive = {"allOf": [_ref("Reply"), {"required": ["channel"],
+                                           "properties": {"channel": {"minLength": 1}}}]}
+    identity_in = _obj({"kind": {"enum": list(IDENTITY_KINDS)},
+                        "address": {"type": "string", "minLength": 1}},
+                       ["kind", "address"], extra=False)
     error = _obj({"error": _obj({"code": _STR, "message": _STR}, ["code", "message"])},
                  ["error"])
     channel = _obj({"name": _STR, "type": _STR, "channels": {"type": "array", "items": _STR},
@@ -195,23 +209,27 @@ def openapi_document() -> JSON:
                         body=_ref("Reply"), errors=(400, 404, 409, 413, 422, 503))},
         "/v1/conversations/{id}/close": {"post": _op(
             "Close", _ok(_ref("Conversation")), params=[_path_id("cnv")],
-            body=_obj({"agent": _ref("Agent")}, extra=False), errors=(400, 404, 422))},
+            body=_obj({"agent": _nullable(_ref("Agent"))}, extra=False), errors=(400, 404, 422),
+            body_required=False)},
         "/v1/conversations/{id}/reopen": {"post": _op(
             "Reopen", _ok(_ref("Conversation")), params=[_path_id("cnv")],
-            body=_obj({"agent": _ref("Agent")}, extra=False), errors=(400, 404, 422))},
+            body=_obj({"agent": _nullable(_ref("Agent"))}, extra=False), errors=(400, 404, 422),
+            body_required=False)},
         "/v1/messages/{id}": {"get": _op("One message", _ok(_ref("Message")),
                                          params=[_path_id("msg")], errors=(404,))},
         "/v1/messages/{id}/raw": {"get": {
             "summary": "The provider payload as received (until retention purges it)",
             "parameters": [_path_id("msg")],
-            "responses": {"200": {"description": "raw bytes", "content": {
-                "*/*": {"schema": {"type": "string"}}}}, **_error_responses(401, 403, 404)}}},
+            "responses": {"200": {"description": "raw bytes, in the provider's content type",
+                                  "content": {"*/*": {"schema": {}}}},
+                          **_error_responses(401, 403, 404)}}},
         "/v1/customers": {"get": _op(
             "Find the customer owning an identity",
             _ok(_obj({"customers": {"type": "array", "items": _ref("Customer")}},
                      ["customers"])),
             params=[{"name": "identity", "in": "query", "required": True,
-                     "schema": {"type": "string", "pattern": "^[a-z]+:.+$"},
+                     "schema": {"type": "string",
+                                "pattern": f"^({'|'.join(IDENTITY_KINDS)}):.+$"},
                      "description": "kind:address, e.g. phone:+821012345678"}],
             errors=(400, 422))},
         "/v1/customers/{id}": {
@@ -223,7 +241,7 @@ def openapi_document() -> JSON:
                           params=[_path_id("cus")], errors=(404,))},
         "/v1/customers/{id}/identities": {"post": _op(
             "Link an identity", _ok(_ref("Customer")), params=[_path_id("cus")],
-            body=_obj({"kind": _STR, "address": _STR}, ["kind", "address"], extra=False),
+            body=_ref("IdentityInput"),
             errors=(400, 404, 409, 422))},
         "/v1/customers/{id}/merge": {"post": _op(
             "Merge another customer into this one", _ok(_ref("Customer")),
@@ -235,11 +253,12 @@ def openapi_document() -> JSON:
             params=[_path_id("cus"),
                     {"name": "Idempotency-Key", "in": "header", "required": False,
                      "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-            body=_ref("Reply"), errors=(400, 404, 409, 413, 422, 503))},
+            body=_ref("ProactiveMessage"), errors=(400, 404, 409, 413, 422, 503))},
         "/v1/attachments/{id}": {"get": {
             "summary": "The stored bytes", "parameters": [_path_id("att")],
-            "responses": {"200": {"description": "the attachment", "content": {
-                "*/*": {"schema": {"type": "string"}}}}, **_error_responses(401, 403, 404)}}},
+            "responses": {"200": {"description": "the attachment",
+                                  "content": {"*/*": {"schema": {}}}},
+                          **_error_responses(401, 403, 404)}}},
         "/v1/channels": {"get": _op(
             "Each configured account: running, last error, counters",
             _ok(_obj({"channels": {"type": "array", "items": _ref("Channel")}},
@@ -257,7 +276,8 @@ def openapi_document() -> JSON:
             "Deliver dead letters again (all, or the given ids)",
             _ok(_obj({"replayed": {"type": "integer"}}, ["replayed"])),
             body=_obj({"ids": {"type": "array", "items": {"type": "integer"}},
-                       "subscription": _STR}, extra=False), errors=(400, 422))},
+                       "subscription": _STR}, extra=False), errors=(400, 422),
+            body_required=False)},
         "/hooks/api/{account}/messages": {"post": {
             "summary": "Generic API channel inbound (Omnirelay-Signature or bearer token)",
             "security": [{"bearer": []}, {"signature": []}],
@@ -291,6 +311,7 @@ def openapi_document() -> JSON:
                 "Message": message, "Conversation": conversation, "Identity": identity,
                 "Customer": customer, "Event": event, "Agent": agent, "Reply": reply,
                 "Error": error, "Channel": channel, "ApiInbound": api_inbound,
+                "ProactiveMessage": proactive, "IdentityInput": identity_in,
             },
         },
     }
