@@ -1,0 +1,156 @@
+"""The SQLite store: migrations, group commit, dedupe under concurrency, threading rules."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.config import StoreConfig
+from gateway.errors import StoreError
+from gateway.ids import iso, utcnow
+from gateway.store.sqlite import SQLiteStore, apply_migrations, migration_scripts
+from normalizer.model import InboundMessage, Party
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A fresh store in a temp dir."""
+    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
+                         synchronous="NORMAL")
+    seqs: list[int] = []
+    s = SQLiteStore(config, on_commit=seqs.append)
+    await s.open()
+    s.commits = seqs  # type: ignore[attr-defined]
+    yield s
+    await s.close()
+
+
+def inbound(provider_id: str, sender: str = "u1", *, channel: str = "api",
+            refs: list[str] | None = None, text: str = "hi") -> InboundMessage:
+    """An inbound message from an external id."""
+    kind = "email" if channel == "email" else "external"
+    return InboundMessage(channel=channel, account="a", provider_message_id=provider_id,
+                          sender=Party(kind, sender), text=text, reply_refs=refs or [])
+
+
+def test_migrations_apply_once_and_build_the_whole_schema(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    assert apply_migrations(conn) == [v for v, _ in migration_scripts()]
+    assert apply_migrations(conn) == []
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"customers", "identities", "conversations", "messages", "events", "outbox",
+            "webhook_deliveries", "idempotency_keys", "checkpoints"} <= tables
+    # Every hot-path lookup is an index, not a scan.
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT data FROM messages WHERE channel='api' AND account='a' "
+        "AND provider_message_id='x'"))
+    assert "USING INDEX messages_by_provider_id" in plan
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM conversations WHERE customer_id='c' "
+        "ORDER BY last_message_at DESC LIMIT 1"))
+    assert "USING INDEX conversations_by_customer" in plan
+    conn.close()
+
+
+async def test_concurrent_ingest_of_one_message_stores_it_once(store: SQLiteStore) -> None:
+    results = await asyncio.gather(*(store.ingest(inbound("same"), []) for _ in range(50)))
+    assert sum(r.created for r in results) == 1
+    assert len({r.message["id"] for r in results}) == 1
+    page = await store.events_after(0, 100)
+    assert len(page.bodies) == 3  # customer.created, conversation.opened, message.received
+
+
+async def test_concurrent_writes_share_commits(store: SQLiteStore) -> None:
+    batches_before = store.batches
+    await asyncio.gather(*(store.ingest(inbound(f"m{i}", f"u{i % 7}"), [])
+                           for i in range(300)))
+    batches = store.batches - batches_before
+    assert batches < 300 / 4, f"{batches} commits for 300 messages: no group commit"
+    assert store.jobs >= 300
+
+
+async def test_a_failing_job_does_not_undo_the_others_in_its_batch(
+        store: SQLiteStore) -> None:
+    def boom(tx: object) -> None:
+        raise ValueError("job failed")
+
+    results = await asyncio.gather(store.ingest(inbound("before"), []), store.write(boom),
+                                   store.ingest(inbound("after"), []), return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert results[0].created and results[2].created  # type: ignore[union-attr]
+    assert await store.find_message_by_provider_id("api", "a", "before") is not None
+    assert await store.find_message_by_provider_id("api", "a", "after") is not None
+
+
+async def test_database_errors_reach_callers_as_store_errors(store: SQLiteStore) -> None:
+    def broken(tx: object) -> None:
+        tx.conn.execute("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
+
+    with pytest.raises(StoreError):
+        await store.write(broken)
+
+
+async def test_feed_is_notified_only_after_commit(store: SQLiteStore) -> None:
+    await store.ingest(inbound("n1"), [])
+    assert store.commits[-1] == await store.head_seq() == 3  # type: ignore[attr-defined]
+
+
+async def test_reply_reference_joins_the_referenced_conversation(store: SQLiteStore) -> None:
+    first = await store.ingest(inbound("a@x", "kim@x.com", channel="email"), [])
+    # A second conversation of the same customer is newer, but the reference wins.
+    await store.set_conversation_status(first.message["conversation_id"], "closed", None)
+    await store.write(lambda tx: tx.conn.execute(
+        "UPDATE conversations SET closed_at = ? WHERE id = ?",
+        (iso(utcnow() - timedelta(days=30)), first.message["conversation_id"])))
+    fresh = await store.ingest(inbound("b@x", "kim@x.com", channel="email"), [])
+    assert fresh.message["conversation_id"] != first.message["conversation_id"]
+    reply = await store.ingest(inbound("c@x", "kim@x.com", channel="email",
+                                       refs=["unknown@x", "a@x"]), [])
+    assert reply.message["conversation_id"] == first.message["conversation_id"]
+    assert reply.message["in_reply_to"] == first.message["id"]
+    conversation = await store.get_conversation(first.message["conversation_id"])
+    assert conversation["status"] == "open"  # a threaded reply reopens
+
+
+async def test_a_reference_into_another_customers_conversation_is_ignored(
+        store: SQLiteStore) -> None:
+    theirs = await store.ingest(inbound("t@x", "lee@x.com", channel="email"), [])
+    mine = await store.ingest(inbound("m@x", "kim@x.com", channel="email", refs=["t@x"]), [])
+    assert mine.message["conversation_id"] != theirs.message["conversation_id"]
+    assert mine.message["in_reply_to"] is None
+
+
+async def test_closed_conversation_reopens_within_the_window_not_after(
+        store: SQLiteStore) -> None:
+    first = await store.ingest(inbound("w1"), [])
+    conversation_id = first.message["conversation_id"]
+    await store.set_conversation_status(conversation_id, "closed", {"id": "a1", "name": None})
+    again = await store.ingest(inbound("w2"), [])
+    assert again.message["conversation_id"] == conversation_id
+    await store.set_conversation_status(conversation_id, "closed", None)
+    await store.write(lambda tx: tx.conn.execute(
+        "UPDATE conversations SET closed_at = ? WHERE id = ?",
+        (iso(utcnow() - timedelta(days=8)), conversation_id)))
+    later = await store.ingest(inbound("w3"), [])
+    assert later.message["conversation_id"] != conversation_id
+    types = [b for b in (await store.events_after(0, 100)).bodies]
+    assert sum(b"conversation.reopened" in b for b in types) == 1
+    assert sum(b"conversation.opened" in b for b in types) == 2
+
+
+async def test_status_receipts_never_step_back(store: SQLiteStore) -> None:
+    msg = await store.ingest(inbound("s1"), [])
+    await store.write(lambda tx: tx.conn.execute(
+        "UPDATE messages SET direction = 'outbound', status = 'sent', "
+        "data = json_set(data, '$.status', 'sent') WHERE id = ?", (msg.message["id"],)))
+    read = await store.update_status("api", "a", "s1", "read")
+    assert read is not None
+    assert read["status"] == "read"
+    late = await store.update_status("api", "a", "s1", "delivered")
+    assert late is not None
+    assert late["status"] == "read"
