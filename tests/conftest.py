@@ -60,6 +60,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     attempts: list[Received] = field(default_factory=list)
     fail_with: int | None = None
+    fail_paths: dict[str, int] = field(default_factory=dict)
     headers_on_fail: dict[str, str] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     runner: web.AppRunner | None = None
@@ -73,8 +74,10 @@ class Receiver:
         """Record the request and answer as configured."""
         item = Received(request.path, dict(request.headers), await request.read())
         self.attempts.append(item)
-        if self.fail_with is not None:
-            return web.Response(status=self.fail_with, headers=self.headers_on_fail)
+        status = self.fail_paths.get(request.path, self.fail_with)
+        if status is not None:
+            return web.Response(status=status, headers=self.headers_on_fail,
+                                text='{"error": "refused by the test"}')
         self.requests.append(item)
         self.arrived.set()
         return web.json_response({"ok": True})

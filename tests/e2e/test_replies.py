@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from tests.conftest import WRITE_TOKEN, Daemon, Receiver
-from tests.helpers import get_json, post_inbound, post_json, unique
+from tests.helpers import get_json, post_inbound, post_json, unique, wait_until
 
 
 async def new_conversation(http: aiohttp.ClientSession, daemon: Daemon) -> dict:
@@ -136,3 +136,25 @@ async def test_close_and_reopen_emit_events_with_the_agent(
     status, closed = await post_json(http, f"{base}/close", agent)
     status, reopened = await post_json(http, f"{base}/reopen", {})
     assert reopened["status"] == "open"
+
+
+async def test_callback_refusing_the_reply_fails_it_with_a_clear_error(
+        daemon: Daemon, http: aiohttp.ClientSession, receiver: Receiver) -> None:
+    message = await new_conversation(http, daemon)
+    receiver.fail_paths["/callback"] = 400
+    try:
+        status, queued = await post_json(
+            http, f"{daemon.url}/v1/conversations/{message['conversation_id']}/messages",
+            {"text": "will be refused"})
+        assert status == 202
+
+        async def failed() -> dict | None:
+            _, msg = await get_json(http, f"{daemon.url}/v1/messages/{queued['id']}")
+            return msg if msg["status"] == "failed" else None
+
+        msg = await wait_until(failed)
+    finally:
+        receiver.fail_paths.pop("/callback")
+    assert msg["error"]["code"] == "callback_rejected"
+    assert "400" in msg["error"]["message"]
+    assert "refused by the test" in msg["error"]["message"]
