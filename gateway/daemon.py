@@ -272,8 +272,7 @@ class Gateway:
                     adapter = self._make_adapter(channel)
                     self.adapters[key] = adapter
                     await self._start_adapter(adapter, channel)
-            old_hooks = {h.name: h for h in self.webhooks.values()}
-            for name, dispatcher in list(old_hooks.items()):
+            for name, dispatcher in list(self.webhooks.items()):
                 if dispatcher.config not in new.webhooks:
                     await dispatcher.stop(5)
                     self.webhooks.pop(name)

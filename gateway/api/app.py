@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 GATEWAY_KEY = web.AppKey("gateway", Any)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 def gw(request: web.Request) -> Gateway:
@@ -181,7 +181,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 description of this API."""
+    """The OpenAPI 3.1 description of this API (any valid token; CONTRACT: all of /v1)."""
     return json_response(openapi_document())
 
 

@@ -164,7 +164,8 @@ def openapi_document() -> JSON:
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
             "200": {"description": "Prometheus text format",
                     "content": {"text/plain": {"schema": _STR}}}}}},
-        "/v1/openapi.json": {"get": _op("This document", _ok({"type": "object"}), auth=False)},
+        "/v1/openapi.json": {"get": _op("This document (any valid token)",
+                                        _ok({"type": "object"}))},
         "/v1/events": {"get": _op(
             "The feed: events after a cursor, oldest first; `wait` long-polls",
             _ok(_obj({"events": {"type": "array", "items": _ref("Event")}, "next": _STR},
