@@ -672,6 +672,7 @@ type = "email"
 name = "default"
 address = "support@localhost"
 smtp_listen = {smtp_listen!r}
+accept_any_recipient = true
 [[channels]]
 type = "api"
 name = "default"
