@@ -128,6 +128,9 @@ class SQLiteStore:
         self._seq = 0
         self._committed_seq = 0
         self._healthy = True
+        # Backpressure: at most this many writes wait for the writer; more callers wait
+        # here, so memory stays bounded however fast requests arrive.
+        self._slots = asyncio.Semaphore(max(64, config.batch_max * 16))
         self.last_error: str | None = None
         self.batches = 0
         self.jobs = 0
@@ -247,9 +250,10 @@ class SQLiteStore:
         if self._writer is None:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, future, loop))
-        return await future
+        async with self._slots:
+            future: asyncio.Future[T] = loop.create_future()
+            self._queue.put((fn, args, future, loop))
+            return await future
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread."""
@@ -1035,19 +1039,22 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
         tx.conn.execute(f"DELETE FROM attachments WHERE message_id IN ({m})", chunk)
         tx.conn.execute(f"DELETE FROM raw_payloads WHERE message_id IN ({m})", chunk)
         tx.conn.execute(f"DELETE FROM outbox WHERE message_id IN ({m})", chunk)
+        # A kept Idempotency-Key response is the reply itself: recipient, name, text.
+        tx.conn.execute(f"DELETE FROM idempotency_keys WHERE json_extract(response, '$.id') "
+                        f"IN ({m})", chunk)
     tx.conn.execute(f"DELETE FROM messages WHERE customer_id IN ({marks})", ids)
     if conversations:
         c = ",".join("?" * len(conversations))
         # Events keep their seq (cursors stay valid) but lose everything personal.
-        tx.conn.execute(
-            f"UPDATE events SET body = json_object('id', id, 'seq', CAST(seq AS TEXT), "
+        tx.conn.execute(  # bodies are BLOBs: the feed serves them as bytes
+            f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
             f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true')"
-            f")) WHERE conversation_id IN ({c})", conversations)
+            f")) AS BLOB) WHERE conversation_id IN ({c})", conversations)
         tx.conn.execute(f"DELETE FROM conversations WHERE id IN ({c})", conversations)
     tx.conn.execute(
-        f"UPDATE events SET body = json_object('id', id, 'seq', CAST(seq AS TEXT), "
+        f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
         f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true'))) "
-        f"WHERE customer_id IN ({marks})", ids)
+        f"AS BLOB) WHERE customer_id IN ({marks})", ids)
     tx.conn.execute(f"DELETE FROM identities WHERE customer_id IN ({marks})", ids)
     tx.conn.execute(f"DELETE FROM customers WHERE id IN ({marks})", ids)
     tx.emit("customer.erased", {"customer_id": cid, "erased_ids": ids})
