@@ -468,7 +468,9 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
             section.error("url", "the PostgreSQL store is not available in this build",
                           "use a sqlite:/// URL")
         else:
-            section.error("url", f"unsupported store URL {url!r}",
+            # The scheme only: a database URL may carry a password.
+            scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+            section.error("url", f"unsupported store URL scheme {scheme!r}",
                           "sqlite:////abs/path.db or sqlite:///relative.db")
     sync = section.get("synchronous", str, "FULL").upper()
     if sync not in SYNC_MODES:

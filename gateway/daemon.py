@@ -4,6 +4,9 @@ Start: store (migrations) → feed → outbox → adapters → webhooks → HTTP
 Stop runs in reverse: STOPPING=1, stop intake (HTTP listener, adapters), let in-flight
 ingest and sends finish within ``shutdown_timeout``, then close the store, which commits
 everything queued before it returns.
+
+While it runs the daemon holds :class:`StoreLock` on its store, pings the systemd watchdog
+from the event loop, and answers SIGHUP with RELOADING=1 … READY=1 around the reload.
 """
 
 from __future__ import annotations

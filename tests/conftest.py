@@ -74,6 +74,7 @@ class Receiver:
         """Record the request and answer as configured."""
         item = Received(request.path, dict(request.headers), await request.read())
         self.attempts.append(item)
+        self.arrived.set()  # waiters re-check their condition on every request
         status = self.fail_paths.get(request.path, self.fail_with)
         if status is not None:
             return web.Response(status=status, headers=self.headers_on_fail,

@@ -231,6 +231,10 @@ class SQLiteStore:
             outcomes = [(False, error) for _ in batch]
         self.batches += 1
         self.jobs += len(batch)
+        # The feed hears of the commit before any caller resumes, so a caller that reads the
+        # feed head right after its write sees its own events.
+        if self._seq > seq_before and self.on_commit is not None:
+            batch[0][3].call_soon_threadsafe(self.on_commit, self._seq)
         for (ok, value), (_fn, _args, future, loop) in zip(outcomes, batch, strict=True):
             if ok:
                 loop.call_soon_threadsafe(_set_result, future, value)
@@ -238,8 +242,6 @@ class SQLiteStore:
                 if isinstance(value, sqlite3.Error):
                     value = StoreError(str(value))
                 loop.call_soon_threadsafe(_set_exception, future, value)
-        if self._seq > seq_before and self.on_commit is not None:
-            batch[0][3].call_soon_threadsafe(self.on_commit, self._seq)
 
     def _next_seq(self) -> int:
         self._seq += 1

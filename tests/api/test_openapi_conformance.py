@@ -63,7 +63,7 @@ async def test_running_daemon_conforms_to_its_openapi_document(tmp_path: Path) -
             # a schema can say, so a schema-valid request may rightly get a 4xx.
             "--exclude-checks", "positive_data_acceptance",
             "--exclude-path", "/v1/events/stream",  # endless by design; tested in e2e
-            "--max-examples", "15", "--request-timeout", "10", "--workers", "2",
+            "--max-examples", "15", "--request-timeout", "10", "--workers", "1",
             "--seed", "1", "--no-color",
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 240)

@@ -1,0 +1,1 @@
+"""Ops tests: systemd, sd_notify, reload, config checks, logs, readiness, data hygiene."""

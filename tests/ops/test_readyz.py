@@ -1,0 +1,150 @@
+"""``/readyz`` says 503 with reasons when the store cannot write or a required account is down."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import API_SECRET, base_config, free_port
+from tests.helpers import get_json, post_inbound, unique
+from tests.ops.conftest import NotifySocket, OpsDaemon
+
+
+@pytest.fixture
+def taken_ports() -> Iterator[list[socket.socket]]:
+    """Listening sockets holding ports, so an adapter cannot bind them."""
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+def hold_port(sockets: list[socket.socket]) -> int:
+    """Occupy a port on 127.0.0.1 the way another mail server would."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sockets.append(sock)
+    return int(sock.getsockname()[1])
+
+
+async def readyz(http: aiohttp.ClientSession, base: str) -> tuple[int, Any]:
+    """GET /readyz (no token: load balancers call it)."""
+    async with http.get(f"{base}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_readyz(http: aiohttp.ClientSession, base: str, status: int,
+                      timeout: float = 15.0) -> Any:
+    """Poll /readyz until it answers ``status`` (the daemon changes state on its own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, body = await readyz(http, base)
+        if code == status:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz stayed {code}: {body}")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_required_account_that_cannot_start_fails_readyz_until_it_recovers(
+        tmp_path: Path, notify_socket: NotifySocket, daemons: list[OpsDaemon],
+        taken_ports: list[socket.socket]) -> None:
+    http_port = free_port()
+    support_port, optional_port = hold_port(taken_ports), hold_port(taken_ports)
+    extra = f"""
+        [[channels]]
+        type = "email"
+        name = "backup-mx"
+        address = "backup@shop.example"
+        smtp_listen = "127.0.0.1:{optional_port}"
+        required = false
+        """
+    daemon = OpsDaemon(tmp_path, base_config(tmp_path / "data", http_port, support_port,
+                                             extra=extra),
+                       http_port, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemons.append(daemon)
+    daemon.start()
+    # The daemon still comes up (other accounts work) and says what is down.
+    _, ready = await notify_socket.wait_for(lambda n: "READY=1" in n)
+    assert "1/3 channels running" in ready.fields["STATUS"]
+    assert "email:support down" in ready.fields["STATUS"]
+    await daemon.wait_healthy()
+    async with aiohttp.ClientSession() as http:
+        status, body = await readyz(http, daemon.url)
+        assert status == 503
+        assert body["status"] == "unavailable"
+        [problem] = body["problems"]  # the optional account does not count
+        assert problem.startswith("channel email:support: failed (")
+        assert "address already in use" in problem
+        status, report = await get_json(http, f"{daemon.url}/v1/channels")
+        by_name = {c["name"]: c for c in report["channels"]}
+        assert by_name["support"]["state"] == "failed" and by_name["support"]["required"]
+        assert "address already in use" in by_name["support"]["last_error"]
+        assert by_name["backup-mx"]["state"] == "failed"
+        assert not by_name["backup-mx"]["required"]
+        assert by_name["default"]["state"] == "running"
+
+        # The other mail server goes away: the adapter is retried and readiness returns.
+        taken_ports[0].close()
+        await wait_readyz(http, daemon.url, 200)
+        status, report = await get_json(http, f"{daemon.url}/v1/channels")
+        by_name = {c["name"]: c for c in report["channels"]}
+        assert by_name["support"]["state"] == "running"
+        assert by_name["support"]["last_error"] is None
+        assert by_name["backup-mx"]["state"] == "failed"
+    assert await daemon.stop() == 0
+    assert any(e["event"] == "adapter.recovered" for e in daemon.lines())
+
+
+async def test_a_store_that_cannot_write_fails_readyz_and_recovers_by_itself(
+        tmp_path: Path, daemons: list[OpsDaemon]) -> None:
+    """A full disk, for real: the daemon's file-size limit drops to one byte, so SQLite's
+    next WAL append fails the way it does on ENOSPC; the limit is put back after."""
+    http_port, smtp_port = free_port(), free_port()
+    extra = f"""
+        [[channels]]
+        type = "api"
+        name = "crm"
+        secret = "{API_SECRET}"
+        """
+    daemon = OpsDaemon(tmp_path, base_config(tmp_path / "data", http_port, smtp_port,
+                                             extra=extra), http_port)
+    daemons.append(daemon)
+    daemon.start()  # output on a pipe: the log keeps working under the limit
+    await daemon.wait_ready()
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+
+    def post(http: aiohttp.ClientSession) -> Any:
+        return post_inbound(http, daemon.url, {
+            "message_id": unique("m"), "from": {"id": "c"}, "text": "hello"})
+
+    async with aiohttp.ClientSession() as http:
+        assert (await post(http))[0] == 201
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))
+        try:
+            status, body = await post(http)
+            assert status == 503
+            assert body["error"]["code"] == "store_unavailable"
+            status, body = await readyz(http, daemon.url)
+            assert status == 503
+            [problem] = body["problems"]
+            assert problem.startswith("store: ")
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+        # No message needed: /readyz probes the store itself once it has failed.
+        status, body = await readyz(http, daemon.url)
+        assert (status, body) == (200, {"status": "ready"})
+        assert (await post(http))[0] == 201
+    assert await daemon.stop() == 0
+    assert any(e["event"] == "store.commit_failed" for e in daemon.lines())
