@@ -148,6 +148,8 @@ class SQLiteStore:
         else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.config.synchronous}")
+            # Deleted rows (an erased customer) are overwritten, not just unlinked.
+            conn.execute("PRAGMA secure_delete = ON")
             conn.execute("PRAGMA wal_autocheckpoint = 4000")
         conn.execute("PRAGMA cache_size = -16000")
         return conn
@@ -472,7 +474,22 @@ class SQLiteStore:
         """Delete everything of a customer (support data is personal data)."""
         result = await self.write(_erase_customer, customer_id)
         await asyncio.to_thread(self._delete_unreferenced_blobs, result.pop("_blobs"))
+        await asyncio.to_thread(self._checkpoint)
         return result
+
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so erased rows' old page images
+        do not linger in the WAL file (secure_delete zeroes them in the database itself)."""
+        conn = sqlite3.connect(self.path, timeout=5.0)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                log.warning("store.checkpoint_busy", hint="readers held the WAL; it is "
+                            "truncated at the next idle checkpoint")
+        except sqlite3.Error as exc:
+            log.warning("store.checkpoint_failed", error=str(exc))
+        finally:
+            conn.close()
 
     def _delete_unreferenced_blobs(self, digests: list[str]) -> None:
         conn = self._connect(readonly=True)

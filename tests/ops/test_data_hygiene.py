@@ -254,6 +254,10 @@ async def test_erasure_by_api_and_cli_leaves_nothing_of_the_customer(
             events = await all_events(http, daemon.url)
             assert [e["data"]["customer_id"] for e in events
                     if e["type"] == "customer.erased"] == [erased]
+            # Not even in the files' free pages or the WAL (secure_delete + checkpoint).
+            raw = b"".join(p.read_bytes() for p in data.glob("omnirelay.db*"))
+            for value in (by_api["email"], by_api["phone"], *by_api["texts"]):
+                assert value.encode() not in raw, f"{value!r} left in the database file"
     finally:
         assert await daemon.stop() == 0
         await callback.stop()
