@@ -2,299 +2,1006 @@
 
 Never raises on bad input: a malformed message still yields its text (decoded leniently)
 and its raw bytes are kept, so nothing a customer sent is lost.
+
+Why the stdlib ``compat32`` parser with our own header decoding, not ``policy.default``:
+the modern header registry costs about half of an SMTP listener's intake (profiled, see
+docs/benchmarks.md) and mangles what real mailers send (raw 8-bit EUC-KR subjects, encoded
+words split in the middle of a multibyte character, charsets it has no alias for). Here a
+header is decoded only when it is used, with the charset aliases and detection below.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
+import base64
+import binascii
+import codecs
+import email.parser
 import email.utils
 import hashlib
 import html as html_lib
+import quopri
 import re
-from datetime import datetime
-from email.message import EmailMessage, Message
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+from email.policy import Compat32
+from html.parser import HTMLParser
 from typing import Any
 
 from normalizer.model import AttachmentData, InboundMessage, Party
 
-_POLICY = email.policy.default.clone(raise_on_defect=False)
+# ---------------------------------------------------------------- parsing
 
-# Aliases Python lacks or gets wrong in the wild: Korean and Japanese mail first.
+
+class _RawHeaderPolicy(Compat32):
+    """compat32, but header values come back as the raw (unfolded later) string.
+
+    compat32 turns a header with 8-bit bytes into an ``email.header.Header`` that has lost
+    which charset it was in; we keep the bytes (as surrogate escapes) and decode them with
+    the same detection the body gets.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
+        """Return the stored value unchanged."""
+        return value
+
+
+_POLICY = _RawHeaderPolicy(linesep="\r\n")
+_PARSER = email.parser.BytesParser(policy=_POLICY)
+
+# ---------------------------------------------------------------- charsets
+
+# Labels Python lacks or gets wrong in the wild. Supersets win: Korean mail labeled EUC-KR
+# routinely contains CP949 (UHC) syllables, Japanese Shift_JIS means Windows-31J, GB2312
+# means GBK/GB18030, and ISO-8859-1 means windows-1252 (as every browser decides).
 _CHARSET_ALIASES = {
-    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "euc-kr": "cp949", "euc_kr": "cp949",
-    "x-windows-949": "cp949", "ksc5601": "cp949", "unicode-1-1-utf-7": "utf-7",
-    "iso-2022-jp": "iso2022_jp_ext", "shift_jis": "cp932", "shift-jis": "cp932",
-    "x-sjis": "cp932", "gb2312": "gb18030", "gbk": "gb18030", "iso-8859-1": "cp1252",
-    "latin1": "cp1252", "us-ascii": "utf-8", "ascii": "utf-8", "x-unknown": "utf-8",
-    "unknown-8bit": "utf-8",
+    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "ks_c_5601-1989": "cp949",
+    "ksc5601": "cp949", "ksc_5601": "cp949", "euc-kr": "cp949", "euc_kr": "cp949",
+    "euckr": "cp949", "x-windows-949": "cp949", "windows-949": "cp949", "uhc": "cp949",
+    "iso-2022-jp": "iso2022_jp_ext", "csiso2022jp": "iso2022_jp_ext",
+    "shift_jis": "cp932", "shift-jis": "cp932", "x-sjis": "cp932", "sjis": "cp932",
+    "ms_kanji": "cp932", "windows-31j": "cp932", "csshiftjis": "cp932",
+    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "cp936": "gb18030",
+    "euc-cn": "gb18030", "big5": "cp950", "x-big5": "cp950",
+    "iso-8859-1": "cp1252", "iso8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
+    "l1": "cp1252", "iso_8859-1": "cp1252", "windows-1252": "cp1252",
+    "iso-8859-8-i": "iso8859-8", "windows-874": "cp874", "tis-620": "cp874",
+    "unicode-1-1-utf-7": "utf-7", "utf8": "utf-8", "x-unicode20utf8": "utf-8",
 }
+# Labels that say nothing about 8-bit bytes: treated as if no charset were given.
+_NO_CHARSET = {"us-ascii", "ascii", "ansi_x3.4-1968", "x-unknown", "unknown-8bit",
+               "unknown", "default", "8bit", "none", "binary", "charset", "x-user-defined"}
+# When one ISO-2022-JP table fails (NEC or IBM extensions from Windows), try the others.
+_FALLBACKS = {"iso2022_jp_ext": ("iso2022_jp_2004", "iso2022_jp_3", "iso2022_jp_2")}
+_CJK = ("cp949", "euc_kr", "johab", "iso2022_kr", "cp932", "shift_jis", "euc_jp",
+        "iso2022_jp", "gb18030", "gb2312", "gbk", "hz", "big5", "cp950", "big5hkscs")
+_SINGLE_BYTE_WESTERN = ("cp1252", "cp1250", "cp1254", "cp1257", "iso8859_1", "iso8859_2",
+                        "iso8859_9", "iso8859_15", "latin_1", "mac_roman", "cp850", "cp437")
+# What detection may answer: the charsets mail is actually written in. Open-ended detection
+# on a short text picks exotic code pages (cp1006, mac_iceland) that no mailer uses.
+_DETECT_CANDIDATES = ["utf_8", "cp1252", "cp949", "cp932", "gb18030", "cp1250", "cp1251",
+                      "big5", "euc_jp", "koi8_r", "cp1253", "cp1254", "cp1255", "cp1256",
+                      "cp1257", "cp1258", "cp874", "iso8859_7"]
+_HIGH = re.compile(rb"[\x80-\xff]")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def charset_codec(label: str | None) -> str | None:
+    """The Python codec for a MIME charset label, or None when unknown or meaningless."""
+    if not label:
+        return None
+    name = re.sub(r"[^a-z0-9_\-:.]", "", label.strip().lower())
+    name = name.split("*", 1)[0]  # RFC 2231 language suffix: utf-8*ko
+    if not name or name in _NO_CHARSET:
+        return None
+    name = _CHARSET_ALIASES.get(name, name)
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return None
+    if not getattr(info, "_is_text_encoding", True):
+        return None  # base64, zlib, rot13… are not charsets
+    return info.name.replace("-", "_")
 
 
 def decode_bytes(data: bytes, declared: str | None) -> str:
-    """Decode ``data`` using the declared charset, checking it, else by detection.
+    """Decode ``data`` using the declared charset when it fits the bytes, else by detection.
 
-    A part labeled ``iso-8859-1`` that is really UTF-8 (common from web forms) or
-    ``us-ascii`` that is really EUC-KR decodes correctly: a declared charset is trusted
-    only when it decodes without errors and is not a mislabeled 8-bit UTF-8 text.
+    A label is trusted only as far as the bytes agree: UTF-8 labeled as Latin-1 (web forms),
+    EUC-KR labeled as ISO-8859-1 or US-ASCII (old Korean mailers) and undeclared 8-bit text
+    all come out right. Never raises.
     """
-    charset = (declared or "").strip().strip('"').lower()
-    charset = _CHARSET_ALIASES.get(charset, charset)
+    return _decode(data, declared)[0]
+
+
+def _decode(data: bytes, declared: str | None) -> tuple[str, str | None]:
+    """:func:`decode_bytes`, also naming the codec that was used (None for plain ASCII)."""
     if not data:
-        return ""
-    if charset and charset not in ("utf-8", "utf8"):
-        # Mislabeled UTF-8 is the most common lie: prefer UTF-8 when it decodes cleanly
-        # and the bytes are not plain ASCII.
-        if re.search(rb"[\x80-\xff]", data) and charset.startswith(("cp125", "iso8859",
-                                                                     "iso-8859")):
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
+        return "", None
+    codec = charset_codec(declared)
+    if codec and codec.startswith(("utf_16", "utf_32")):
+        text = _strict(data, codec)
+        if text is not None:
+            return text, codec
+        codec = None
+    if not _HIGH.search(data):
+        if codec and (codec.startswith("iso2022") or codec == "utf_7"):
+            text = _strict(data, codec)
+            if text is not None:
+                return text, codec
+        if b"\x1b" in data:  # undeclared ISO-2022: the escape sequence names it
+            guess = "iso2022_kr" if b"\x1b$)C" in data else "iso2022_jp_ext"
+            text = _strict(data, guess)
+            if text is not None:
+                return text, guess
+        return data.decode("ascii", "replace"), None
+    multibyte = codec is not None and codec.startswith(_CJK)
+    if not multibyte:
+        text = _strict(data, "utf_8")
+        if text is not None:
+            return text, "utf_8"
+    if codec == "utf_8":
+        # Declared UTF-8 with a few bad bytes (a truncated part, a broken gateway) is still
+        # UTF-8; only mostly-invalid text is a mislabel worth detecting.
+        text = data.decode("utf-8", "replace")
+        if text.count("\ufffd") <= max(2, len(_HIGH.findall(data)) // 20):
+            return text, codec
+    elif codec:
+        text = _strict(data, codec)
+        if text is not None:
+            if codec.startswith(_SINGLE_BYTE_WESTERN) and _looks_legacy_cjk(data):
+                detected = _detect(data)
+                if detected is not None and detected[0].startswith(_CJK):
+                    return detected[1], detected[0]
+            return text, codec
+    detected = _detect(data)
+    if detected is not None:
+        return detected[1], detected[0]
+    return data.decode(codec or "utf_8", "replace"), codec
+
+
+def _strict(data: bytes, codec: str) -> str | None:
+    for name in (codec, *_FALLBACKS.get(codec, ())):
         try:
-            return data.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass
+            return data.decode(name)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    if codec.startswith("iso2022_jp"):
+        return _iso2022jp_windows(data)
+    return None
+
+
+def _iso2022jp_windows(data: bytes) -> str | None:
+    """ISO-2022-JP as Windows writes it (CP50220: NEC ①, ㈱, IBM kanji) via Windows-31J.
+
+    Python has no CP5022x codec; the JIS X 0208 pairs map arithmetically onto Shift_JIS
+    positions, where cp932 knows the vendor rows that the ISO tables lack.
+    """
+    out = bytearray()
+    mode = "ascii"
+    i = 0
+    while i < len(data):
+        if data[i] == 0x1B:
+            seq = data[i + 1:i + 3]
+            if seq in (b"$B", b"$@"):
+                mode = "jis"
+            elif seq == b"(I":
+                mode = "kana"
+            elif seq in (b"(B", b"(J"):
+                mode = "ascii"
+            else:
+                return None
+            i += 3
+            continue
+        byte = data[i]
+        if byte == 0x0E:
+            mode, i = "kana", i + 1
+            continue
+        if byte == 0x0F:
+            mode, i = "ascii", i + 1
+            continue
+        if mode == "jis" and 0x21 <= byte <= 0x7E and i + 1 < len(data):
+            j1, j2 = byte, data[i + 1]
+            s1 = (j1 + 0xE1) >> 1 if j1 <= 0x5E else (j1 + 0x161) >> 1
+            s2 = j2 + (0x1F + (j2 >= 0x60) if j1 % 2 else 0x7E)
+            out += bytes((s1, s2))
+            i += 2
+            continue
+        out.append(byte | 0x80 if mode == "kana" and 0x21 <= byte <= 0x5F else byte)
+        i += 1
     try:
-        return data.decode("utf-8")
+        return bytes(out).decode("cp932")
     except UnicodeDecodeError:
-        pass
+        return None
+
+
+def _looks_legacy_cjk(data: bytes) -> bool:
+    """Mostly-high bytes in pairs: Hangul/Kanji/Hanzi, not accented Latin."""
+    letters = len(re.sub(rb"[\s\x00-\x40\x5b-\x60\x7b-\x7f]", b"", data)) or 1
+    return len(_HIGH.findall(data)) / letters > 0.3
+
+
+def _detect(data: bytes) -> tuple[str, str] | None:
+    """charset-normalizer's answer; on short texts, ties go to the commoner mail charset."""
+    sample = data[:65536]
     try:
         from charset_normalizer import from_bytes
 
-        best = from_bytes(data).best()
-        if best is not None:
-            return str(best)
+        matches = list(from_bytes(sample, cp_isolation=_DETECT_CANDIDATES))
     except Exception:
-        pass
-    return data.decode("utf-8", errors="replace")
+        return None
+    if not matches:
+        return None
+    best = matches[0]
+    encoding = best.encoding
+    if len(sample) < 256:
+        def rank(charset: str) -> int:
+            return _DETECT_CANDIDATES.index(charset) if charset in _DETECT_CANDIDATES else 99
+
+        close = [m for m in matches if m.chaos <= best.chaos + 0.05
+                 and m.coherence >= best.coherence - 0.05]
+        encoding = min((c for m in close for c in m.could_be_from_charset), key=rank,
+                       default=encoding)
+    return encoding, data.decode(encoding, "replace")
 
 
-def _part_text(part: Message) -> str:
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
-    if payload is None:
-        raw = part.get_payload()
-        payload = raw.encode("utf-8", "replace") if isinstance(raw, str) else b""
-    assert isinstance(payload, bytes)
-    return decode_bytes(payload, part.get_content_charset())
+# ---------------------------------------------------------------- headers
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_SPACE = re.compile(r"[ \t\r\n]+")
 
 
-def _header(msg: Message, name: str) -> str | None:
-    try:
-        value = msg.get(name)
-    except Exception:
-        raw = msg.get_all(name, failobj=[])
-        value = raw[0] if raw else None
+def decode_header(value: str | None, fallback_charset: str | None = None) -> str | None:
+    """A header value as Unicode: unfolded, RFC 2047 words decoded, raw 8-bit detected.
+
+    Adjacent encoded words are joined *before* decoding because some mailers split one
+    multibyte character across two words (RFC 2047 forbids it; Korean webmail does it).
+    """
     if value is None:
         return None
-    text = str(value)
+    text = _FOLD.sub("", value)
+    if _SURROGATE.search(text):
+        text = _raw_header_text(text, fallback_charset)
     if "=?" in text:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except Exception:
-            pass
-    return re.sub(r"\s+", " ", text).strip() or None
+        text = _decode_words(text)
+    return _SPACE.sub(" ", text).strip() or None
+
+
+def _raw_header_text(text: str, fallback_charset: str | None) -> str:
+    """Raw 8-bit header bytes: UTF-8 first (RFC 6532), else the message's own charset."""
+    data = text.encode("ascii", "surrogateescape")
+    return _strict(data, "utf-8") or decode_bytes(data, fallback_charset)
+
+
+def _decode_words(text: str) -> str:
+    out: list[str] = []
+    pending: list[tuple[str | None, bytes]] = []  # consecutive words, same charset
+    pos = 0
+
+    def flush() -> None:
+        if pending:
+            out.append(decode_bytes(b"".join(d for _, d in pending), pending[0][0]))
+            pending.clear()
+
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[pos:match.start()]
+        if between and (between.strip() or not pending):
+            flush()
+            out.append(between)
+        charset, encoding, payload = match.groups()
+        data = _word_bytes(encoding.lower(), payload)
+        if data is None:  # not decodable: keep the word as it was
+            flush()
+            out.append(match.group(0))
+        else:
+            if pending and (pending[0][0] or "").lower() != charset.lower():
+                flush()
+            pending.append((charset, data))
+        pos = match.end()
+    flush()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _word_bytes(encoding: str, payload: str) -> bytes | None:
+    try:
+        if encoding == "b":
+            raw = payload.encode("ascii")
+            return base64.b64decode(raw + b"=" * (-len(raw) % 4))
+        return quopri.decodestring(payload.replace("_", " ").encode("ascii"), header=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
+def _raw_header(msg: Message, name: str) -> str | None:
+    value = msg.get(name)
+    return None if value is None else str(value)
+
+
+def _header_map(msg: Message) -> dict[str, str]:
+    """The first value of each header by lower-cased name (one pass, not one per lookup)."""
+    found: dict[str, str] = {}
+    for name, value in msg.raw_items():
+        found.setdefault(name.lower(), str(value))
+    return found
+
+
+_SIMPLE_ADDRESS = re.compile(
+    r'^\s*(?:"?(?P<name>[^"<>,;:@\\()]*?)"?\s*<(?P<a1>[^\s<>,;:"()@]+@[^\s<>,;:"()@]+)>'
+    r'|(?P<a2>[^\s<>,;:"()@]+@[^\s<>,;:"()@]+))\s*$')
+
+
+def _addresses(raw: str | None, fallback: str | None) -> list[tuple[str | None, str]]:
+    """(display name, lower-cased address) pairs of an address header's raw value."""
+    if not raw:
+        return []
+    unfolded = _FOLD.sub("", raw)
+    simple = _SIMPLE_ADDRESS.match(unfolded)
+    if simple and "=?" not in unfolded and not _SURROGATE.search(unfolded):
+        address = (simple.group("a1") or simple.group("a2")).lower()
+        return [((simple.group("name") or "").strip() or None, address)]
+    if _SURROGATE.search(unfolded):
+        unfolded = _raw_header_text(unfolded, fallback)
+    pairs = []
+    try:
+        parsed = email.utils.getaddresses([unfolded])
+    except Exception:
+        parsed = []
+    for display, address in parsed:
+        address = address.strip().strip("<>")
+        if "@" in address and " " not in address:
+            pairs.append((decode_header(display, fallback), address.lower()))
+    if not pairs:  # a header too broken for the parser still names an address
+        for found in re.findall(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+", unfolded):
+            pairs.append((None, found.lower()))
+    return pairs
+
+
+def _message_ids(value: str | None) -> list[str]:
+    if value and _SURROGATE.search(value):  # raw 8-bit in an id: keep it, as valid text
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    ids = re.findall(r"<([^<>\s]+)>", value or "")
+    if not ids and value and "@" in value:
+        ids = [v for v in re.split(r"[\s,]+", value.strip()) if "@" in v]  # brackets dropped
+    return ids
+
+
+# ---------------------------------------------------------------- HTML → text
+
+
+class _TextExtractor(HTMLParser):
+    """Readable text from HTML: blocks become lines, links keep their target, quotes ``>``."""
+
+    _BLOCK = {"p", "div", "tr", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5",
+              "h6", "pre", "blockquote", "hr", "section", "article", "header", "footer",
+              "address", "dd", "dt", "center", "form"}
+    _SKIP = {"script", "style", "head", "title", "template", "noscript"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = []
+        self.current: list[str] = []
+        self.skip = 0
+        self.quote = 0
+        self.pre = 0
+        self.links: list[str | None] = []
+
+    def _break(self) -> None:
+        line = "".join(self.current)
+        if not self.pre:
+            line = _SPACE.sub(" ", line).strip()
+        self.lines.append(("> " * self.quote) + line if line else "")
+        self.current = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self.skip += 1
+        elif tag == "br":
+            self._break()
+        elif tag in self._BLOCK:
+            if self.current:
+                self._break()
+            if tag == "blockquote":
+                self.quote += 1
+            elif tag == "pre":
+                self.pre += 1
+            elif tag == "li":
+                self.current.append("- ")
+            elif tag == "hr":
+                self.lines.append("")
+        elif tag in ("td", "th") and self.current:
+            self.current.append("  ")
+        elif tag == "a":
+            href = dict(attrs).get("href")
+            self.links.append(href if href and href.startswith(("http://", "https://"))
+                              else None)
+            self.current.append("\x00")  # where the link text starts
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt:
+                self.current.append(f"[{alt}]")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("a", "blockquote", "pre") or tag in self._SKIP:
+            return
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in self._BLOCK:
+            if self.current:
+                self._break()
+            if tag == "blockquote":
+                self.quote = max(0, self.quote - 1)
+            elif tag == "pre":
+                self.pre = max(0, self.pre - 1)
+            elif tag in ("p", "table", "ul", "ol"):
+                self.lines.append("")
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            joined = "".join(self.current)
+            start = joined.rfind("\x00")
+            label = joined[start + 1:] if start >= 0 else joined
+            prefix = joined[:start] if start >= 0 else ""
+            if href and href not in label and href.removeprefix("mailto:") not in label:
+                label = f"{label} ({href})" if label.strip() else href
+            self.current = [prefix + label]
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.current.append(data)
+
+    def text(self) -> str:
+        """The collected text."""
+        if self.current:
+            self._break()
+        text = "\n".join(self.lines).replace("\x00", "").replace("\xa0", " ")
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def html_to_text(markup: str) -> str:
     """Readable plain text from HTML: blocks become lines, links keep their target."""
-    text = re.sub(r"(?is)<(script|style|head)[^>]*>.*?</\1>", "", markup)
-    text = re.sub(r"(?is)<br\s*/?>", "\n", text)
-    text = re.sub(r"(?is)</(p|div|tr|li|h[1-6]|blockquote)>", "\n", text)
-    text = re.sub(r"(?is)<li[^>]*>", "- ", text)
-    text = re.sub(r'(?is)<a\s[^>]*href="(https?://[^"]+)"[^>]*>(.*?)</a>',
-                  lambda m: m.group(2) if m.group(1) in m.group(2)
-                  else f"{m.group(2)} ({m.group(1)})", text)
-    text = re.sub(r"(?s)<[^>]+>", "", text)
-    text = html_lib.unescape(text).replace("\xa0", " ")
-    lines = [line.strip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+        return parser.text()
+    except Exception:  # HTMLParser is lenient; this is for the truly broken
+        text = re.sub(r"(?s)<[^>]*>", " ", markup)
+        return _SPACE.sub(" ", html_lib.unescape(text)).strip()
 
 
-_QUOTE_HEADERS = [
-    re.compile(r"^On .{5,200}wrote:\s*$", re.MULTILINE),                      # Gmail, Apple
-    re.compile(r"^\d{4}[.년/-]\s?\d{1,2}[.월/-]\s?\d{1,2}.{0,80}(작성|wrote).*:\s*$",
-               re.MULTILINE),
-    re.compile(r"^-{2,}\s*Original Message\s*-{2,}", re.MULTILINE | re.IGNORECASE),
-    re.compile(r"^-{2,}\s*원본 메시지\s*-{2,}", re.MULTILINE),
-    re.compile(r"^From: .+\n(Sent|Date|보낸 날짜): ", re.MULTILINE),             # Outlook
-    re.compile(r"^보낸 사람: .+", re.MULTILINE),
-    re.compile(r"^_{20,}\s*$", re.MULTILINE),
+# ---------------------------------------------------------------- quoting and signatures
+
+# (pattern, words one of which must occur for it to match): the cheap substring test
+# keeps a long body from being scanned by every pattern.
+_QUOTE_HEADERS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
+    # Gmail/Apple/Thunderbird: "On Mon, 20 Nov 2026 at 10:00, Kim <kim@x> wrote:" (Gmail
+    # wraps the line at ~78 characters, so allow one break inside it).
+    (re.compile(r"^(On|Am|Le|El|Il|Op|Em|W dniu)\b[^\n]{0,250}(\n[^\n]{0,250})?"
+                r"\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|napisał)"
+                r"\b[^\n]{0,250}:[ \t]*$", re.MULTILINE),
+     ("wrote", "schrieb", "écrit", "escribió", "scritto", "schreef", "escreveu", "napisał")),
+    (re.compile(r"^\d{4}년 ?\d{1,2}월 ?\d{1,2}일[^\n]{0,200}(\n[^\n]{0,200})?작성:?[ \t]*$",
+                re.MULTILINE), ("작성",)),                                     # Gmail ko
+    (re.compile(r"^\d{4}年\d{1,2}月\d{1,2}日[^\n]{0,200}(\n[^\n]{0,200})?"
+                r"(:|\uff1a|のメッセージ:?)[ \t]*$", re.MULTILINE), ("年",)),  # Gmail ja/zh
+    (re.compile(r"^\d{4}[.\-/] ?\d{1,2}[.\-/] ?\d{1,2}\.?[^\n]{0,200}(wrote|작성|쓴 글):?"
+                r"[ \t]*$", re.MULTILINE), ("wrote", "작성", "쓴 글")),
+    (re.compile(r"^-{2,}\s*(Original Message|Forwarded message|원본 메시지|전달된 메시지|"
+                r"元のメッセージ|原始邮件)\s*-{2,}", re.MULTILINE | re.IGNORECASE),
+     ("-----", "--- ")),
+    (re.compile(r"^\*?(From|Von|De|보낸 사람|差出人|发件人):\*? [^\n]+\n\*?(Sent|Date|"
+                r"Gesendet|Envoyé|보낸 날짜|날짜|送信日時|发送时间):\*? ", re.MULTILINE),
+     ("From:", "Von:", "De:", "보낸 사람:", "差出人:", "发件人:")),                # Outlook
+    (re.compile(r"^_{20,}[ \t]*\n\*?(From|보낸 사람|差出人):", re.MULTILINE), ("_" * 20,)),
 ]
-_SIGNATURE = re.compile(r"^(-- ?|Sent from my \w+.*|iPhone에서 보냄.*)$", re.MULTILINE)
+_SIGNATURE = re.compile(
+    r"^(-- ?|—|Sent from my [\w ]+|Sent from (Mail|Outlook) for \w+|Get Outlook for \w+.*|"
+    r"iPhone에서 보냄|iPad에서 보냄|Galaxy에서 보냄|.{0,30}스마트폰에서 보냈습니다\.?|"
+    r"iPhoneから送信|从我的iPhone发送)[ \t]*$", re.MULTILINE)
+_SIGNATURE_WORDS = ("--", "—", "Sent from", "Get Outlook", "보냄", "보냈습니다", "送信", "发送")
+_TRIGGERS = tuple({w for _, words in _QUOTE_HEADERS for w in words} | set(_SIGNATURE_WORDS))
+_ASCII_TRIGGERS = tuple(w for w in _TRIGGERS if w.isascii())
 
 
 def strip_reply(text: str) -> str:
-    """The new part of a reply: quoted history and signature removed."""
+    """The new part of a reply: quoted history and signature removed.
+
+    Falls back to the whole text when stripping would leave nothing (a bare forward).
+    """
+    # str.isascii() is O(1): an ASCII text cannot contain the Korean/Japanese words.
+    present = {word for word in (_ASCII_TRIGGERS if text.isascii() else _TRIGGERS)
+               if word in text}
+    if not present and ">" not in text:
+        return text.strip()
     cut = len(text)
-    for pattern in _QUOTE_HEADERS:
+    for pattern, words in _QUOTE_HEADERS:
+        if present.isdisjoint(words):
+            continue
         match = pattern.search(text)
-        if match and match.start() > 0:
-            cut = min(cut, match.start())
+        if match and 0 < match.start() < cut:
+            cut = match.start()
     lines = text[:cut].splitlines()
-    # Trailing ">" quoted blocks (interleaved quoting keeps its answers).
-    while lines and (lines[-1].startswith(">") or not lines[-1].strip()):
+    # Trailing ">" quoted blocks go; interleaved quoting keeps its answers.
+    while lines and (lines[-1].lstrip().startswith(">") or not lines[-1].strip()):
         lines.pop()
     result = "\n".join(lines)
-    signature = _SIGNATURE.search(result)
-    if signature and signature.start() > 0:
+    signature = _SIGNATURE.search(result) if not present.isdisjoint(_SIGNATURE_WORDS) \
+        else None
+    if signature and result[:signature.start()].strip():
         result = result[:signature.start()]
     result = result.strip()
     return result or text.strip()
 
 
-def classify_automatic(msg: Message) -> str | None:
-    """``bounce``, ``auto_reply`` or ``bulk`` for mail no person wrote (RFC 3834 et al.)."""
+def unflow(text: str, delsp: bool) -> str:
+    """Undo RFC 3676 format=flowed: soft line breaks joined, space-stuffing removed."""
+    out: list[str] = []
+    buffer = ""
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        body = line[depth:]
+        if body.startswith(" "):
+            body = body[1:]
+        flowed = body.endswith(" ") and body != "-- "
+        if flowed and delsp:
+            body = body[:-1]
+        buffer += (">" * depth + " " if depth and not buffer else "") + body
+        if not flowed:
+            out.append(buffer)
+            buffer = ""
+    if buffer:
+        out.append(buffer)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- automatic mail
+
+
+def classify_automatic(msg: Message, headers: dict[str, str] | None = None) -> str | None:
+    """``bounce``, ``auto_reply`` or ``bulk`` for mail no person wrote (RFC 3834, 3464).
+
+    Replies to these are never sent automatically; that is what keeps mail loops from
+    forming between omnirelay and an out-of-office responder.
+    """
+    h = headers if headers is not None else _header_map(msg)
     content_type = msg.get_content_type()
-    if content_type == "multipart/report" and (msg.get_param("report-type") or "").lower() in (
-            "delivery-status", "disposition-notification"):
+    report = ""
+    if content_type == "multipart/report":
+        report = _info(msg).param("report-type")
+        if report == "delivery-status":
+            return "bounce"
+    sender = (h.get("from") or "").lower()
+    if "x-failed-recipients" in h or re.search(r"\b(mailer-daemon|postmaster)@", sender):
         return "bounce"
-    sender = (_header(msg, "From") or "").lower()
-    if re.search(r"mailer-daemon@|postmaster@", sender) or (msg.get("Return-Path") or "") == "<>":
-        return "bounce"
-    auto = (_header(msg, "Auto-Submitted") or "").lower()
+    if report == "disposition-notification":
+        return "auto_reply"  # a read receipt
+    auto = (decode_header(h.get("auto-submitted")) or "").lower()
+    auto = auto.split(";", 1)[0].strip()
+    if auto.startswith(("auto-replied", "auto-notified")):
+        return "auto_reply"
     if auto and auto != "no":
+        return "bulk"  # auto-generated: notifications, robots
+    if (h.get("x-autoreply") or "").strip().lower() in ("yes", "true", "1") \
+            or "x-autorespond" in h or "x-autoresponder" in h:
         return "auto_reply"
-    if msg.get("X-Autoreply") or msg.get("X-Autorespond"):
-        return "auto_reply"
-    precedence = (_header(msg, "Precedence") or "").lower()
+    suppress = (h.get("x-auto-response-suppress") or "").lower()
+    if re.search(r"\b(all|oof)\b", suppress) and re.match(
+            r"^\s*(automatic reply|auto(matic)?[- ]?reply|out of office|자동 회신|자동회신|"
+            r"부재중|自動応答|自动回复)", decode_header(h.get("subject")) or "", re.IGNORECASE):
+        return "auto_reply"  # Exchange OOF without Auto-Submitted (old servers)
+    precedence = (h.get("precedence") or h.get("x-precedence") or "").strip().lower()
     if precedence == "auto_reply":
         return "auto_reply"
     if precedence in ("bulk", "junk", "list"):
         return "bulk"
-    if msg.get("List-Id") or msg.get("List-Unsubscribe"):
+    if "list-id" in h or "list-unsubscribe" in h:
         return "bulk"
+    if (h.get("return-path") or "").strip() == "<>":
+        return "auto_reply"  # null sender: only automatic mail uses it (RFC 3834 §3.3)
     return None
 
 
-def _message_ids(value: str | None) -> list[str]:
-    return re.findall(r"<([^<>\s]+)>", value or "")
+# ---------------------------------------------------------------- MIME walk
+
+
+@dataclass(slots=True)
+class _Body:
+    """What walking the MIME tree found."""
+
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[AttachmentData] = field(default_factory=list)
+    dsn: dict[str, Any] | None = None
+    original_ids: list[str] = field(default_factory=list)
+    codec: str | None = None  # what the first 8-bit text part turned out to be
+
+
+@dataclass(slots=True)
+class _Info:
+    """One part's Content-Type and Content-Disposition, each parsed once."""
+
+    ctype: str
+    params: dict[str, Any]
+    disposition: str
+    dparams: dict[str, Any]
+
+    @property
+    def maintype(self) -> str:
+        """``text`` of ``text/plain``."""
+        return self.ctype.partition("/")[0]
+
+    @property
+    def subtype(self) -> str:
+        """``plain`` of ``text/plain``."""
+        return self.ctype.partition("/")[2]
+
+    def param(self, name: str) -> str:
+        """A Content-Type parameter as a lower-cased plain string ('' when absent)."""
+        value = self.params.get(name)
+        if isinstance(value, tuple):
+            value = value[2]
+        return str(value).strip().lower() if value else ""
+
+
+def _info(part: Message) -> _Info:
+    ctype = part.get_content_type()
+    params: dict[str, Any] = {}
+    dparams: dict[str, Any] = {}
+    disposition = ""
+    try:
+        for key, value in (part.get_params(header="content-type") or [])[1:]:
+            params.setdefault(key.lower(), value)
+        found = part.get_params(header="content-disposition")
+        if found:
+            disposition = found[0][0].strip().lower()
+            for key, value in found[1:]:
+                dparams.setdefault(key.lower(), value)
+    except Exception:  # a parameter list too broken to parse: keep what we have
+        pass
+    return _Info(ctype, params, disposition, dparams)
+
+
+def _filename(info: _Info, fallback_charset: str | None) -> str | None:
+    """The part's filename: RFC 2231 (any charset), RFC 2047 words, or raw 8-bit bytes."""
+    value: Any = info.dparams.get("filename") or info.params.get("name")
+    if not value:
+        return None
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, percent-decoded text)
+        charset, _lang, text = value
+        raw = text.encode("latin-1", "surrogateescape") if isinstance(text, str) else b""
+        name = decode_bytes(raw, charset or fallback_charset)
+    else:
+        name = email.utils.unquote(str(value))
+        name = decode_header(name, fallback_charset) or ""
+    name = re.sub(r"[\x00-\x1f\x7f/\\]", "_", name).strip().strip(".") or ""
+    while len(name.encode("utf-8")) > 255:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[:-1] + dot + ext) if stem else name[:-1]
+    return name or None
+
+
+def _part_bytes(part: Message) -> bytes:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("ascii", "surrogateescape")
+    if isinstance(raw, list):  # message/delivery-status: blocks of fields
+        return b"".join(m.as_bytes() for m in raw if isinstance(m, Message))
+    return b""
+
+
+def _part_text(part: Message, info: _Info, fallback_charset: str | None, body: _Body) -> str:
+    text, codec = _decode(_part_bytes(part), info.param("charset") or fallback_charset)
+    if body.codec is None and codec not in (None, "utf_8", "ascii"):
+        body.codec = codec
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\ufeff", "")
+    if info.subtype == "plain" and info.param("format") == "flowed":
+        text = unflow(text, info.param("delsp") == "yes")
+    return text
+
+
+def _is_attachment(info: _Info, filename: str | None) -> bool:
+    """Explicit attachments, and named parts unless they are text shown inline."""
+    if info.disposition == "attachment":
+        return True
+    if filename is None:
+        return False
+    return not (info.disposition == "inline" and info.maintype == "text")
+
+
+def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: bool) -> None:
+    info = _info(part)
+    ctype = info.ctype
+    if part.is_multipart() and ctype.startswith("multipart/"):
+        children = [p for p in part.get_payload() if isinstance(p, Message)]
+        subtype = info.subtype
+        if subtype == "alternative":
+            chosen = _Body()
+            for child in children:
+                alt = _Body()
+                _walk(child, alt, fallback, inline_context=inline_context)
+                body.codec = body.codec or alt.codec
+                if alt.plain and not chosen.plain:
+                    chosen.plain = alt.plain
+                if alt.html:
+                    chosen.html = alt.html  # the last (richest) HTML alternative
+                chosen.attachments += alt.attachments
+            body.plain += chosen.plain
+            body.html += chosen.html
+            body.attachments += chosen.attachments
+        elif subtype == "related":
+            for index, child in enumerate(children):
+                _walk(child, body, fallback, inline_context=index > 0)
+        else:
+            for child in children:
+                _walk(child, body, fallback, inline_context=inline_context)
+        return
+    if ctype.startswith("multipart/"):
+        _salvage_multipart(part, body, fallback)
+        return
+    if not _MIME_TYPE.match(ctype):  # a mangled Content-Type: keep the bytes, untyped
+        ctype = info.ctype = "application/octet-stream"
+    filename = _filename(info, fallback)
+    if ctype == "message/delivery-status":
+        body.dsn = _delivery_status(part)
+    elif ctype == "text/rfc822-headers":
+        headers = email.parser.HeaderParser(policy=_POLICY).parsestr(
+            _part_bytes(part).decode("ascii", "surrogateescape"))
+        body.original_ids += _message_ids(_raw_header(headers, "Message-ID"))
+    elif ctype == "message/rfc822" and part.is_multipart():
+        inner = part.get_payload(0)
+        if isinstance(inner, Message):
+            body.original_ids += _message_ids(_raw_header(inner, "Message-ID"))
+    if ctype in ("text/plain", "text/html") and not inline_context and \
+            not _is_attachment(info, filename):
+        text = _part_text(part, info, fallback, body)
+        (body.plain if ctype == "text/plain" else body.html).append(text)
+        return
+    if ctype == "message/rfc822" and part.is_multipart():
+        inner = part.get_payload(0)
+        data = inner.as_bytes() if isinstance(inner, Message) else b""
+        subject = decode_header(_raw_header(inner, "Subject"), fallback) \
+            if isinstance(inner, Message) else None
+        filename = filename or _safe_name(subject or "forwarded message") + ".eml"
+    else:
+        data = _part_bytes(part)
+    content_id = _message_ids(_raw_header(part, "Content-ID"))[0:1]
+    content_id = content_id[0] if content_id else None
+    inline = info.disposition == "inline" or (info.disposition != "attachment"
+                                              and content_id is not None)
+    body.attachments.append(AttachmentData(
+        filename or _default_name(ctype, len(body.attachments) + 1),
+        ctype, data, inline=inline, content_id=content_id))
+
+
+_MIME_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+
+
+def _salvage_multipart(part: Message, body: _Body, fallback: str | None) -> None:
+    """A multipart whose boundary is missing or wrong: find the parts by their delimiters.
+
+    The parser leaves such a body as one string; the delimiter lines are still in it, so
+    split on the most common one and parse each chunk as a MIME entity of its own.
+    """
+    data = _part_bytes(part)
+    candidates = re.findall(rb"^--([^\s][^\r\n]{0,200}?)(?:--)?[ \t]*\r?$", data, re.MULTILINE)
+    if candidates:
+        delimiter = max(set(candidates), key=candidates.count)
+        chunks = re.split(rb"^--" + re.escape(delimiter) + rb"(?:--)?[ \t]*\r?$", data,
+                          flags=re.MULTILINE)
+        found = _Body()
+        for chunk in chunks[1:]:
+            chunk = chunk.lstrip(b"\r\n")
+            if chunk.strip():
+                _walk(_PARSER.parsebytes(chunk), found, fallback, inline_context=False)
+        if found.plain or found.html:
+            body.plain += found.plain
+            body.html += found.html
+            body.attachments += found.attachments
+            return
+    text = decode_bytes(data, _info(part).param("charset") or fallback).replace("\r\n", "\n")
+    body.plain.append(text)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", text).strip()[:100] or "message"
+
+
+_EXTENSIONS = {"message/rfc822": ".eml", "message/delivery-status": ".txt",
+               "text/rfc822-headers": ".txt", "text/plain": ".txt", "text/html": ".html",
+               "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif",
+               "application/pdf": ".pdf", "text/calendar": ".ics"}
+
+
+def _default_name(content_type: str, index: int) -> str:
+    if content_type == "message/delivery-status":
+        return "delivery-status.txt"
+    if content_type == "text/rfc822-headers":
+        return "original-headers.txt"
+    if content_type not in _EXTENSIONS:
+        import mimetypes
+
+        return f"attachment-{index}{mimetypes.guess_extension(content_type) or '.bin'}"
+    return f"attachment-{index}{_EXTENSIONS[content_type]}"
+
+
+def _delivery_status(part: Message) -> dict[str, Any]:
+    """RFC 3464 fields an agent needs: who bounced, why."""
+    blocks: list[Message] = []
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        blocks = [b for b in payload if isinstance(b, Message)]
+    else:
+        text = _part_bytes(part).decode("utf-8", "replace").replace("\r\n", "\n")
+        blocks = [email.parser.HeaderParser(policy=_POLICY).parsestr(chunk)
+                  for chunk in re.split(r"\n\s*\n", text) if chunk.strip()]
+    recipients = []
+    for block in blocks[1:] if len(blocks) > 1 else blocks:
+        final = decode_header(_raw_header(block, "Final-Recipient"))
+        if not final:
+            continue
+        recipients.append({
+            "recipient": final.split(";", 1)[-1].strip(),
+            "action": (decode_header(_raw_header(block, "Action")) or "").lower() or None,
+            "status": decode_header(_raw_header(block, "Status")),
+            "diagnostic": decode_header(_raw_header(block, "Diagnostic-Code")),
+        })
+    return {"recipients": recipients}
+
+
+# ---------------------------------------------------------------- the entry point
 
 
 def parse_email(raw: bytes, account: str, *, recipient: str | None = None) -> InboundMessage:
-    """Parse raw mail into a normalized inbound message (never raises on bad MIME)."""
-    msg: EmailMessage = email.message_from_bytes(raw, policy=_POLICY)  # type: ignore[assignment]
-    message_ids = _message_ids(_header(msg, "Message-ID"))
+    """Parse raw mail into a normalized inbound message (never raises on bad MIME).
+
+    ``recipient`` is the envelope recipient when known (SMTP ``RCPT TO``); it carries the
+    plus-address reply token and becomes the message's ``to``.
+    """
+    try:
+        msg = _PARSER.parsebytes(raw)
+    except Exception:  # pragma: no cover - the feed parser is lenient; belt and braces
+        msg = Message(policy=_POLICY)
+        msg.set_payload(raw.decode("utf-8", "replace"))
+    h = _header_map(msg)
+    fallback = _first_charset(msg) if msg.is_multipart() else None
+
+    message_ids = _message_ids(_FOLD.sub("", h.get("message-id") or ""))
     provider_id = message_ids[0] if message_ids else "sha256:" + hashlib.sha256(raw).hexdigest()
 
-    from_header = _header(msg, "From") or ""
-    name, address = email.utils.parseaddr(from_header)
-    if not address or "@" not in address:
-        fallback = _header(msg, "Sender") or _header(msg, "Return-Path") or ""
-        name2, address = email.utils.parseaddr(fallback)
-        name = name or name2
-    address = address.lower() if "@" in address else "unknown@invalid"
-    reply_to = _header(msg, "Reply-To")
+    body = _Body()
+    try:
+        _walk(msg, body, fallback, inline_context=False)
+    except Exception:  # a structure too broken to walk still has its text
+        body = _Body(plain=[_broken_text(raw)])
+    # Raw 8-bit headers are most likely in whatever the body turned out to be written in
+    # (which may not be what it was labeled).
+    header_charset = body.codec or fallback
 
-    text_part = html_part = None
-    attachments: list[AttachmentData] = []
-    parts = list(msg.walk()) if msg.is_multipart() else [msg]
-    for part in parts:
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        disposition = (part.get_content_disposition() or "").lower()
-        filename = _filename(part)
-        if ctype == "text/plain" and disposition != "attachment" and not filename:
-            text_part = text_part or part
-        elif ctype == "text/html" and disposition != "attachment" and not filename:
-            html_part = html_part or part
-        elif ctype in ("message/delivery-status", "message/disposition-notification"):
-            continue
-        else:
-            try:
-                data = part.get_payload(decode=True) or b""
-            except Exception:
-                data = b""
-            if not isinstance(data, bytes):
-                data = b""
-            cid = (part.get("Content-ID") or "").strip("<> ") or None
-            attachments.append(AttachmentData(
-                filename or f"attachment-{len(attachments) + 1}{_extension(ctype)}",
-                ctype, data, inline=disposition == "inline", content_id=cid))
-
-    html_text = _part_text(html_part) if html_part is not None else None
-    if text_part is not None:
-        full_text = _part_text(text_part)
-    elif html_text is not None:
-        full_text = html_to_text(html_text)
+    senders = _addresses(h.get("from"), header_charset) \
+        or _addresses(h.get("sender"), header_charset) \
+        or _addresses(h.get("return-path"), header_charset)
+    name, address = senders[0] if senders else (None, "unknown@invalid")
+    reply_to = _addresses(h.get("reply-to"), header_charset)
+    to = _addresses(h.get("to"), header_charset)
+    cc = _addresses(h.get("cc"), header_charset)
+    html = "\n".join(body.html) if body.html else None
+    if body.plain:
+        full_text = "\n\n".join(t.strip("\n") for t in body.plain if t.strip())
+    elif html is not None:
+        full_text = html_to_text(html)
     else:
         full_text = ""
-    if not msg.is_multipart() and text_part is None and html_part is None:
-        full_text = _part_text(msg)
-    full_text = full_text.replace("\r\n", "\n")
+    if not full_text.strip() and not body.attachments and not msg.is_multipart():
+        full_text = _broken_text(raw)
+    full_text = full_text.strip()
+    text = strip_reply(full_text) if full_text else ""
 
-    date = None
-    try:
-        parsed = email.utils.parsedate_to_datetime(_header(msg, "Date") or "")
-        date = parsed if parsed.tzinfo else None
-    except (TypeError, ValueError):
-        date = None
+    refs = _message_ids(h.get("in-reply-to"))
+    refs += list(reversed(_message_ids(h.get("references"))))
+    refs += body.original_ids  # a bounce or receipt names the message it is about
+    refs = [r for r in dict.fromkeys(refs) if r != provider_id]
 
-    refs = _message_ids(_header(msg, "In-Reply-To"))
-    refs += list(reversed(_message_ids(_header(msg, "References"))))
-    token = _reply_token(recipient, msg)
-    headers = {k: _header(msg, k) for k in ("Reply-To", "To", "Cc", "Auto-Submitted")
-               if _header(msg, k)}
-    if reply_to:
-        headers["Reply-To"] = reply_to
+    envelope_to = recipient.strip().strip("<>").lower() if recipient else None
+    if envelope_to is None:
+        for header in ("Delivered-To", "X-Original-To"):
+            found = _addresses(h.get(header.lower()), header_charset)
+            if found:
+                envelope_to = found[0][1]
+                break
+    if envelope_to is None and to:
+        envelope_to = to[0][1]
+
+    content: dict[str, Any] = {"type": "email"}
+    if text != full_text:
+        content["full_text"] = full_text
+    if reply_to and reply_to[0][1] != address:
+        content["reply_to"] = [a for _, a in reply_to]
+    if cc:
+        content["cc"] = [a for _, a in cc]
+    if body.dsn is not None:
+        content["dsn"] = body.dsn
+    cids = {a.content_id: hashlib.sha256(a.data).hexdigest()
+            for a in body.attachments if a.content_id and a.inline}
+    if cids:
+        # The HTML says <img src="cid:…">; the stored attachments are known by sha256.
+        content["cid"] = cids
 
     return InboundMessage(
         channel="email", account=account, provider_message_id=provider_id,
         sender=Party("email", address, name or None),
-        recipient=Party("email", recipient.lower(), None) if recipient else None,
-        subject=_header(msg, "Subject"), text=strip_reply(full_text) if full_text else "",
-        html=html_text, attachments=attachments, sent_at=_as_utc(date),
-        reply_refs=list(dict.fromkeys(refs)), automatic=classify_automatic(msg),
-        headers=headers, raw=raw, raw_content_type="message/rfc822", reply_token=token,
-        content={"type": "email", "full_text": full_text} if full_text else None,
+        recipient=Party("email", envelope_to, None) if envelope_to else None,
+        subject=decode_header(h.get("subject"), header_charset),
+        text=text, html=html, attachments=body.attachments,
+        sent_at=_date(h.get("date")),
+        reply_refs=refs, automatic=classify_automatic(msg, h),
+        headers={"reply_to": [a for _, a in reply_to], "to": [a for _, a in to],
+                 "cc": [a for _, a in cc]},
+        raw=raw, raw_content_type="message/rfc822",
+        reply_token=_reply_token(envelope_to, h, to + cc),
+        content=content if len(content) > 1 else None,
     )
 
 
-def _filename(part: Message) -> str | None:
-    try:
-        name = part.get_filename()
-    except Exception:
-        name = None
-    if not name:
-        return None
-    if "=?" in name:
-        try:
-            name = str(email.header.make_header(email.header.decode_header(name)))
-        except Exception:
-            pass
-    return name.replace("/", "_").replace("\\", "_").strip() or None
-
-
-def _extension(content_type: str) -> str:
-    import mimetypes
-
-    return mimetypes.guess_extension(content_type) or ""
-
-
-def _reply_token(recipient: str | None, msg: Message) -> str | None:
-    """``support+c-<token>@shop`` plus-address, or the X-Omnirelay-Conversation header."""
-    header = _header(msg, "X-Omnirelay-Conversation")
-    if header:
-        return header
-    for addr in filter(None, [recipient, *[a for _, a in email.utils.getaddresses(
-            [str(msg.get("To", "")), str(msg.get("Cc", ""))])]]):
-        match = re.match(r"[^+@]+\+c-([A-Za-z0-9]+)@", addr)
-        if match:
-            return match.group(1)
+def _first_charset(msg: Message) -> str | None:
+    """The first charset the message declares anywhere: the best guess for parts and raw
+    headers that declare none."""
+    for part in msg.walk():
+        if not part.is_multipart():
+            charset = _info(part).param("charset")
+            if charset_codec(charset):
+                return charset
     return None
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    from datetime import UTC
+def _broken_text(raw: bytes) -> str:
+    """Text of a message whose MIME structure cannot be trusted: the body, leniently."""
+    _head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        _head, sep, rest = raw.partition(b"\n\n")
+    return decode_bytes(rest if sep else raw, None).replace("\r\n", "\n").strip()
 
-    return value.astimezone(UTC) if value else None
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(_SPACE.sub(" ", value).strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": UTC with no local offset known (RFC 5322 3.3)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+_TOKEN = re.compile(r"^[^+@\s]+\+c-([0-9a-z]{26})@", re.IGNORECASE)
+
+
+def _reply_token(envelope_to: str | None, headers: dict[str, str],
+                 addressed: list[tuple[str | None, str]]) -> str | None:
+    """``support+c-<token>@shop`` plus-address, or the X-Omnirelay-Conversation header."""
+    header = decode_header(headers.get("x-omnirelay-conversation"))
+    if header and re.fullmatch(r"[0-9A-Za-z]{26}", header):
+        return header.lower()
+    for address in filter(None, [envelope_to, *(a for _, a in addressed)]):
+        match = _TOKEN.match(address)
+        if match:
+            return match.group(1).lower()
+    return None
 
 
 def make_attachment_json(items: list[AttachmentData]) -> list[dict[str, Any]]:
-    """Debug helper for tests: attachments without their bytes."""
-    return [{"filename": a.filename, "content_type": a.content_type, "size": len(a.data)}
-            for a in items]
+    """Attachments without their bytes (tests and debugging)."""
+    return [{"filename": a.filename, "content_type": a.content_type, "size": len(a.data),
+             "inline": a.inline, "content_id": a.content_id} for a in items]

@@ -1,4 +1,4 @@
-"""The e-mail channel: SMTP in, SMTP submission out."""
+"""The e-mail channel: SMTP and IMAP in, SMTP submission out."""
 
 from __future__ import annotations
 

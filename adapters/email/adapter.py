@@ -1,27 +1,45 @@
-"""E-mail adapter: an aiosmtpd listener for inbound mail, aiosmtplib for replies."""
+"""E-mail adapter: SMTP listener and IMAP mailboxes in, SMTP submission out.
+
+Inbound mail of every source goes through :meth:`EmailAdapter.accept_raw`: parse (in a
+thread when large), hand to the gateway, return after the commit. Only then is the source
+acknowledged: ``250`` to the sending server, ``\\Seen`` (or a move) on the IMAP server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from typing import Any
 
-import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP
 
-from adapters.base import ChannelAdapter, SendResult
+from adapters.base import AdapterHealth, AdapterState, ChannelAdapter, SendResult
 from adapters.email.config import EmailConfig
-from adapters.email.outbound import send_reply
-from gateway.errors import AdapterConfigError, OmnirelayError, StoreError
-from gateway.store.base import OutboxItem
+from adapters.email.imap import Mailbox, append_copy
+from adapters.email.inbound import SmtpHandler, SmtpSession
+from adapters.email.outbound import render, submit, thread_of
+from gateway.errors import (
+    AdapterConfigError,
+    AdapterNotReady,
+    NotFound,
+    OmnirelayError,
+    PayloadTooLarge,
+    PermanentSendError,
+    RetryableSendError,
+    StoreError,
+)
+from gateway.store.base import IngestResult, OutboxItem
 from normalizer.email import parse_email
 from normalizer.model import Party
 
-log = structlog.get_logger(__name__)
+# Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
+# ones (attachments) go to a thread so the loop keeps serving other sessions.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 class EmailAdapter(ChannelAdapter):
-    """One mailbox: inbound over SMTP (and IMAP), replies over SMTP submission."""
+    """One e-mail account: inbound over SMTP and IMAP, replies over SMTP submission."""
 
     type = "email"
     channels = frozenset({"email"})
@@ -31,17 +49,38 @@ class EmailAdapter(ChannelAdapter):
     def __init__(self, name: str, config: Any, ctx: Any) -> None:
         super().__init__(name, config, ctx)
         self._server: asyncio.base_events.Server | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self.mailboxes: list[Mailbox] = []
         self.smtp_port: int | None = None
+        self.counters.update({"smtp_accepted": 0, "smtp_rejected": 0, "smtp_deferred": 0,
+                              "imap_imported": 0, "imap_reconnects": 0,
+                              "sent_copy_errors": 0})
 
     def sender(self, channel: str) -> Party:
         """Replies come from the account's address."""
         return Party("email", self.config.address, self.config.display_name)
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def on_start(self) -> None:
-        """Open the SMTP listener when one is configured."""
-        if self.config.smtp_listen is None:
-            return
+        """Open the SMTP listener and start one task per IMAP mailbox.
+
+        A listener that cannot bind is transient (AdapterNotReady: the daemon retries); a
+        certificate that cannot be loaded is a configuration error. IMAP servers are not
+        waited for: each mailbox reconnects on its own, and health shows its last error.
+        """
+        if self.config.smtp_listen is not None:
+            await self._listen()
+        for settings in self.config.imap:
+            mailbox = Mailbox(settings, account=self.name, deliver=self._deliver_imap,
+                              store=self.ctx.store,
+                              max_message_bytes=self.config.max_message_bytes)
+            self.mailboxes.append(mailbox)
+            mailbox.start()
+
+    async def _listen(self) -> None:
+        assert self.config.smtp_listen is not None
         host, port = self.config.smtp_listen
         tls_context = None
         if self.config.tls_cert_file:
@@ -52,71 +91,149 @@ class EmailAdapter(ChannelAdapter):
             except (OSError, ssl.SSLError) as exc:
                 raise AdapterConfigError(f"cannot load the TLS certificate: {exc}",
                                          channel="email", account=self.name) from exc
-        handler = _SmtpHandler(self)
+        handler = SmtpHandler(self)
         loop = asyncio.get_running_loop()
 
         def factory() -> SMTP:
-            return SMTP(handler, data_size_limit=self.config.max_message_bytes,
-                        enable_SMTPUTF8=True, hostname=self.config.address.split("@")[-1],
-                        ident="omnirelay ESMTP", tls_context=tls_context,
-                        require_starttls=False, timeout=300)
+            session = SmtpSession(handler, data_size_limit=self.config.max_message_bytes,
+                           enable_SMTPUTF8=True, hostname=self.config.domain,
+                           ident="omnirelay ESMTP", tls_context=tls_context,
+                           require_starttls=False, timeout=300)
+            self._sessions.add(session)
+            return session
 
-        self._server = await loop.create_server(factory, host=host, port=port,
-                                                reuse_address=True)
+        try:
+            self._server = await loop.create_server(factory, host=host, port=port,
+                                                    reuse_address=True)
+        except OSError as exc:
+            raise AdapterNotReady(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                  channel="email", account=self.name) from exc
         self.smtp_port = self._server.sockets[0].getsockname()[1]
-        self.log.info("email.smtp_listening", host=host, port=self.smtp_port)
+        self.log.info("email.smtp_listening", host=host, port=self.smtp_port,
+                      starttls=tls_context is not None)
 
     async def on_stop(self) -> None:
-        """Stop accepting connections; sessions mid-DATA finish their commit."""
+        """Stop intake: no new SMTP sessions, mailboxes stop; commits in flight finish."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        for mailbox in self.mailboxes:
+            await mailbox.stop()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=30)
+        for session in list(self._sessions):
+            transport = getattr(session, "transport", None)
+            if transport is not None:
+                transport.close()
+
+    def health(self) -> AdapterHealth:
+        """SMTP and every mailbox; DEGRADED while a mailbox cannot reach its server."""
+        counters = dict(self.counters)
+        counters["imap_imported"] = sum(m.imported for m in self.mailboxes)
+        counters["imap_reconnects"] = sum(m.reconnects for m in self.mailboxes)
+        failing = [m.last_error for m in self.mailboxes if m.last_error and not m.connected]
+        state = self.state
+        if state is AdapterState.RUNNING and failing:
+            state = AdapterState.DEGRADED
+        return AdapterHealth(state, failing[0] if failing else self.last_error, counters)
+
+    # ------------------------------------------------------------------ inbound
+
+    async def accept_raw(self, raw: bytes, recipient: str | None) -> IngestResult:
+        """Parse and ingest one message; returns after commit. Raises what ingest raises."""
+        if len(raw) <= INLINE_PARSE_BYTES:
+            inbound = parse_email(raw, self.name, recipient=recipient)
+        else:
+            inbound = await asyncio.to_thread(parse_email, raw, self.name,
+                                              recipient=recipient)
+        return await self.ingest(inbound)
 
     async def accept_mail(self, raw: bytes, recipient: str | None) -> str:
-        """Parse (off the loop), store, and return the SMTP reply line."""
+        """SMTP DATA: store the message and return the reply line (250 after commit)."""
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            inbound = await asyncio.to_thread(parse_email, raw, self.name, recipient=recipient)
-            result = await self.ingest(inbound)
+            result = await self.accept_raw(raw, recipient)
         except StoreError as exc:
             self.last_error = exc.message
+            self.counters["smtp_deferred"] += 1
+            self.log.warning("email.store_unavailable", error=exc.message)
             return "451 4.3.0 Temporary failure storing the message; try again later"
+        except PayloadTooLarge as exc:
+            self.counters["smtp_rejected"] += 1
+            return f"552 5.3.4 {exc.message}"
         except OmnirelayError as exc:
+            self.counters["smtp_rejected"] += 1
             self.log.warning("email.rejected", error=exc.message)
             return f"554 5.6.0 {exc.message}"
+        except Exception:
+            # Not stored, so not ours yet: a temporary failure keeps it at the sender.
+            self.counters["smtp_deferred"] += 1
+            self.log.exception("email.accept_failed")
+            return "451 4.3.0 Temporary failure; try again later"
         finally:
             if task is not None:
                 self._inflight.discard(task)
-        self.log.info("email.accepted", message_id=result.message["id"],
-                      duplicate=not result.created)
+        self.counters["smtp_accepted"] += 1
+        if not result.created:
+            self.log.info("email.duplicate", message_id=result.message["id"])
         return "250 2.0.0 Message accepted"
 
+    async def _deliver_imap(self, raw: bytes) -> bool:
+        """IMAP: ingest one fetched message; True when it was new."""
+        result = await self.accept_raw(raw, None)
+        return result.created
+
+    # ------------------------------------------------------------------ outbound
+
     async def send(self, item: OutboxItem) -> SendResult:
-        """Send a reply over SMTP submission."""
-        return await send_reply(self.config, item, self.name, self.ctx.store.blob_dir)
+        """Send one message over SMTP submission, then file a copy in Sent if configured."""
+        smtp = self.config.smtp
+        if smtp is None:
+            raise PermanentSendError(
+                f"e-mail account {self.name!r} has no [smtp] server for replies",
+                error_code="no_smtp_server")
+        parent, parent_raw = await self._parent(item)
+        thread = thread_of(item, parent, parent_raw)
+        store = self.ctx.store
+        message_id, data = await render(self.config, item, thread, store.blob_path,
+                                        plus_addressing=self.config.plus_addressing)
+        recipient = item.message["to"]["address"]
+        try:
+            await submit(smtp, self.config.address, [recipient], data)
+        except (RetryableSendError, PermanentSendError) as exc:
+            self.last_error = exc.message
+            raise
+        self.log.info("email.sent", message_id=item.message["id"], smtp_id=message_id)
+        await self._copy_to_sent(data)
+        return SendResult(message_id, "sent")
 
+    async def _parent(self, item: OutboxItem) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The message being answered, and its raw bytes (for its References)."""
+        parent_id = item.message.get("in_reply_to")
+        if not parent_id:
+            return None, None
+        store = self.ctx.store
+        try:
+            parent = await store.get_message(parent_id)
+        except NotFound:
+            return None, None
+        raw = await store.get_raw(parent_id)
+        return parent, raw[1] if raw else None
 
-class _SmtpHandler:
-    """aiosmtpd handler: 550 for foreign recipients, 250 only after commit."""
+    async def _copy_to_sent(self, data: bytes) -> None:
+        """APPEND to the Sent folder. The mail is already sent: a failure only logs."""
+        settings = self.config.sent_copy
+        if settings is None:
+            return
+        try:
+            async with asyncio.timeout(settings.timeout * 2):
+                await append_copy(settings, data)
+        except Exception as exc:
+            self.counters["sent_copy_errors"] += 1
+            error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.last_error = f"copy to {settings.sent_folder!r} failed: {error}"
+            self.log.warning("email.sent_copy_failed", folder=settings.sent_folder,
+                             error=error)
 
-    def __init__(self, adapter: EmailAdapter) -> None:
-        self.adapter = adapter
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        if not self.adapter.config.accepts(address):
-            return f"550 5.1.1 <{address}>: no such mailbox here"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session,
-                          envelope: Envelope) -> str:
-        raw = envelope.original_content or envelope.content or b""
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogateescape")
-        recipient = envelope.rcpt_tos[0] if envelope.rcpt_tos else None
-        return await self.adapter.accept_mail(raw, recipient)

@@ -1,4 +1,4 @@
-"""Settings of an e-mail account."""
+"""Settings of an e-mail account: its address, SMTP listener, IMAP mailboxes, SMTP relay."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.base import AdapterConfig
-from gateway.config import Secret, parse_hostport
+from gateway.config import Secret, Section, parse_hostport
 
 if TYPE_CHECKING:
-    from gateway.config import Section
+    from gateway.config import ParseContext
 
 SECURITY = ("tls", "starttls", "none")
+FIRST_SYNC = ("unseen", "all", "none")
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """An IMAP or SMTP server the account connects to."""
+    """An IMAP or SMTP server the account connects to.
+
+    ``ca_file`` trusts a private CA (or a self-signed server certificate) in addition to the
+    system store; certificates are always verified when ``security`` is tls or starttls.
+    """
 
     host: str
     port: int
@@ -25,11 +30,40 @@ class ServerSettings:
     password: Secret | None
     folder: str = "INBOX"
     timeout: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings(ServerSettings):
+    """One IMAP mailbox (a folder on a server) that omnirelay imports mail from.
+
+    ``processed_folder``: move imported mail there (MOVE, else COPY + expunge) instead of
+    marking it ``\\Seen``. ``first_sync``: what to import the first time a mailbox is seen
+    (or when its UIDVALIDITY changes): ``unseen`` mail, ``all`` of it, or ``none`` (only
+    what arrives from now on). ``sent_folder``: append a copy of every reply sent over SMTP.
+    """
+
+    poll_interval: float = 60.0
+    idle: bool = True
+    idle_timeout: float = 600.0
+    processed_folder: str | None = None
+    first_sync: str = "unseen"
+    sent_folder: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs and health name this mailbox (no secrets)."""
+        return f"{self.username or '-'}@{self.host}:{self.port}/{self.folder}"
 
 
 @dataclass(frozen=True, slots=True)
 class EmailConfig(AdapterConfig):
-    """``address`` is the account's own; ``smtp_listen`` takes inbound mail."""
+    """``address`` is the account's own; ``smtp_listen`` takes inbound mail.
+
+    ``plus_addressing``: replies carry ``Reply-To: local+c-<conversation>@domain`` so a
+    client that drops In-Reply-To still threads; turn it off when the mail host does not
+    deliver ``local+tag@`` addresses to ``local@``.
+    """
 
     address: str
     display_name: str | None = None
@@ -40,15 +74,26 @@ class EmailConfig(AdapterConfig):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     smtp: ServerSettings | None = None
-    imap: ServerSettings | None = None
+    imap: tuple[ImapSettings, ...] = ()
     send_concurrency: int = 4
     send_rate: float | None = None
+    plus_addressing: bool = True
+
+    @property
+    def domain(self) -> str:
+        """The account's mail domain (Message-IDs of replies live there)."""
+        return self.address.rpartition("@")[2]
+
+    @property
+    def sent_copy(self) -> ImapSettings | None:
+        """The mailbox whose server keeps copies of sent replies, if any."""
+        return next((m for m in self.imap if m.sent_folder), None)
 
     def accepts(self, recipient: str) -> bool:
-        """Whether mail to ``recipient`` belongs to this account."""
+        """Whether mail to ``recipient`` belongs to this account (plus-addresses included)."""
         if self.accept_any_recipient:
             return True
-        address = recipient.strip("<>").lower()
+        address = recipient.strip().strip("<>").lower()
         local, _, domain = address.partition("@")
         base = local.split("+", 1)[0] + "@" + domain
         for entry in (self.address, *self.recipients):
@@ -78,37 +123,84 @@ class EmailConfig(AdapterConfig):
         if bool(cert) != bool(key):
             section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
         rate = section.get("send_rate", (int, float), None)
+        max_bytes = section.get("max_message_bytes", int, 25 * 1024 * 1024)
+        if max_bytes < 1024:
+            section.error("max_message_bytes", "must be at least 1024")
+        smtp_section = section.sub("smtp")
+        smtp = None
+        if smtp_section is not None:
+            smtp = _server(smtp_section, 587, "starttls", folder=False)
+            smtp_section.finish()
         return cls(
             address=address.lower(),
             display_name=section.get("display_name", str, None),
             smtp_listen=listen,
             recipients=tuple(r.lower() for r in section.str_list("recipients")),
             accept_any_recipient=section.get("accept_any_recipient", bool, False),
-            max_message_bytes=section.get("max_message_bytes", int, 25 * 1024 * 1024),
+            max_message_bytes=max_bytes,
             tls_cert_file=cert, tls_key_file=key,
-            smtp=_server(section.sub("smtp"), 587, "starttls"),
-            imap=_server(section.sub("imap"), 993, "tls"),
+            smtp=smtp,
+            imap=_mailboxes(section),
             send_concurrency=section.get("send_concurrency", int, 4),
             send_rate=None if rate is None else float(rate),
+            plus_addressing=section.get("plus_addressing", bool, True),
         )
 
 
-def _server(section: Section | None, default_port: int, default_security: str
-            ) -> ServerSettings | None:
-    if section is None:
-        return None
+def _mailboxes(section: Section) -> tuple[ImapSettings, ...]:
+    """``imap = {…}`` for one mailbox, or ``imap = [{…}, {…}]`` / ``[[channels.imap]]``."""
+    value = section.get("imap", (dict, list), None)
+    if value is None:
+        return ()
+    tables = [value] if isinstance(value, dict) else value
+    mailboxes = []
+    ctx: ParseContext = section.ctx
+    for index, table in enumerate(tables):
+        key = "imap" if isinstance(value, dict) else f"imap[{index}]"
+        if not isinstance(table, dict):
+            section.error(key, "each mailbox is a table: { host = …, username = … }")
+            continue
+        sub = Section(table, section.key(key), ctx)
+        server = _server(sub, 993, "tls")
+        poll = float(sub.get("poll_interval", (int, float), 60.0))
+        if poll <= 0:
+            sub.error("poll_interval", "must be more than 0 seconds")
+        idle_timeout = float(sub.get("idle_timeout", (int, float), 600.0))
+        if not 10 <= idle_timeout <= 29 * 60:
+            sub.error("idle_timeout", "must be between 10 and 1740 seconds (RFC 2177)")
+        first_sync = sub.get("first_sync", str, "unseen")
+        if first_sync not in FIRST_SYNC:
+            sub.error("first_sync", f"must be one of {', '.join(FIRST_SYNC)}")
+        mailboxes.append(ImapSettings(
+            server.host, server.port, server.security, server.username, server.password,
+            server.folder, server.timeout, server.ca_file,
+            poll_interval=poll, idle=sub.get("idle", bool, True), idle_timeout=idle_timeout,
+            processed_folder=sub.get("processed_folder", str, None) or None,
+            first_sync=first_sync,
+            sent_folder=sub.get("sent_folder", str, None) or None,
+        ))
+        sub.finish()
+    labels = [m.label for m in mailboxes]
+    if len(set(labels)) != len(labels):
+        section.error("imap", "the same mailbox is listed twice")
+    return tuple(mailboxes)
+
+
+def _server(section: Section, default_port: int, default_security: str, *,
+            folder: bool = True) -> ServerSettings:
     host = section.get("host", str, "", required=True)
     security = section.get("security", str, default_security)
     if security not in SECURITY:
         section.error("security", f"must be one of {', '.join(SECURITY)}")
-    port = section.get("port", int, default_port if security != "none" else
-                       (143 if default_port == 993 else 25))
+    plain_port = 143 if default_port == 993 else 25
+    port = section.get("port", int, plain_port if security == "none" else default_port)
     username = section.get("username", str, None)
     password = section.secret("password")
     if username and password is None:
         section.error("password_file", "is required with username")
-    settings = ServerSettings(host, port, security, username, password,
-                              section.get("folder", str, "INBOX"),
-                              float(section.get("timeout", (int, float), 30.0)))
-    section.finish()
-    return settings
+    timeout = float(section.get("timeout", (int, float), 30.0))
+    if timeout <= 0:
+        section.error("timeout", "must be more than 0 seconds")
+    return ServerSettings(host, port, security, username, password,
+                          section.get("folder", str, "INBOX") if folder else "INBOX", timeout,
+                          section.get("ca_file", str, None))

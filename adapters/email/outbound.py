@@ -1,89 +1,202 @@
-"""Replies as MIME mail over SMTP submission, threaded with In-Reply-To/References."""
+"""Replies as MIME mail over SMTP submission, threaded the way mail clients expect.
+
+Threading (RFC 5322 §3.6.4): ``In-Reply-To`` names the customer's last message and
+``References`` is that message's own References plus its Message-ID, so Gmail, Outlook
+and Apple Mail file the reply under the customer's thread. Our ``Message-ID`` is
+``<msg_…@account-domain>``: the customer's next reply names it, and the store threads that
+reply into the same conversation. ``Reply-To: support+c-<conversation>@domain`` is the
+fallback for clients that drop the headers.
+
+Errors (translated once, here): a 4xx answer and connection problems retry; a 5xx answer
+fails the message with the server's own text.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
-from adapters.base import SendResult
-from adapters.email.config import EmailConfig
+from adapters.email.config import EmailConfig, ServerSettings
+from adapters.email.imap import tls_context
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import OutboxItem
 
-_RE_PREFIX = re.compile(r"^\s*((re|aw|sv|fw|fwd|답장|회신)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+_RE_PREFIX = re.compile(
+    r"^\s*((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*"
+    r"(\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE)  # noqa: RUF001 - full-width colon
+_MAX_REFERENCES = 20
 
 
-def reply_subject(subject: str | None) -> str:
-    """``Re: <original>`` without piling up ``Re: Re: AW:`` prefixes."""
+def reply_subject(subject: str | None) -> str | None:
+    """``Re: <original>`` without piling up ``Re: Re: AW:`` (or 답장:, 回复:) prefixes."""
     base = _RE_PREFIX.sub("", subject or "").strip()
-    return f"Re: {base}" if base else "Re: your message"
+    return f"Re: {base}" if base else None
 
 
-def build_reply(config: EmailConfig, item: OutboxItem, blob_dir: Path | None = None
-                ) -> EmailMessage:
-    """The MIME message for an outbound reply."""
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """What the reply needs to know about the message it answers."""
+
+    subject: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+
+
+def thread_of(item: OutboxItem, parent: dict[str, Any] | None,
+              parent_raw: bytes | None) -> Thread:
+    """In-Reply-To, References and subject for ``item`` (pure; the adapter reads the store)."""
+    parent_id = item.reply_to_provider_id
+    refs: list[str] = []
+    if parent_raw is not None:
+        refs = _header_ids(parent_raw, "References") or _header_ids(parent_raw, "In-Reply-To")
+    if not refs:
+        refs = [r for r in item.thread_refs if r != parent_id]
+    if parent_id:
+        refs = [r for r in refs if r != parent_id] + [parent_id]
+    refs = [r for r in dict.fromkeys(refs) if _is_msgid(r)]
+    if len(refs) > _MAX_REFERENCES:  # keep the thread's root and the newest ones
+        refs = refs[:1] + refs[-(_MAX_REFERENCES - 1):]
+    subject = item.message.get("subject")
+    if not subject and parent is not None:
+        subject = reply_subject(parent.get("subject"))
+    return Thread(subject, parent_id if parent_id and _is_msgid(parent_id) else None,
+                  tuple(refs))
+
+
+def _is_msgid(value: str) -> bool:
+    return "@" in value and not value.startswith("sha256:") and not re.search(r"[\s<>]", value)
+
+
+def _header_ids(raw: bytes, name: str) -> list[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    match = re.search(rb"(?im)^" + name.encode() + rb":((?:.*)(?:\r?\n[ \t].*)*)", head)
+    if match is None:
+        return []
+    return re.findall(r"<([^<>\s]+)>", match.group(1).decode("ascii", "replace"))
+
+
+def build_reply(config: EmailConfig, item: OutboxItem, thread: Thread,
+                attachments: Sequence[tuple[dict[str, Any], bytes]] = (),
+                *, plus_addressing: bool = True) -> EmailMessage:
+    """The MIME message for an outbound message (no I/O: attachment bytes are passed in)."""
     message = item.message
-    domain = config.address.split("@")[-1]
     msg = EmailMessage()
     msg["From"] = email.utils.formataddr((config.display_name or "", config.address))
     to = message["to"]
     msg["To"] = email.utils.formataddr((to.get("name") or "", to["address"]))
-    msg["Subject"] = message.get("subject") or reply_subject(_last_subject(item))
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    msg["Message-ID"] = f"<{message['id']}@{domain}>"
-    msg["Auto-Submitted"] = "auto-replied" if message.get("automatic") else "no"
-    local, _, _dom = config.address.partition("@")
+    msg["Subject"] = thread.subject or (
+        f"Message from {config.display_name or config.domain}")
+    msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = f"<{message['id']}@{config.domain}>"
     token = message["conversation_id"].removeprefix("cnv_").lower()
-    msg["Reply-To"] = f"{local}+c-{token}@{domain}"
-    if item.reply_to_provider_id:
-        msg["In-Reply-To"] = f"<{item.reply_to_provider_id}>"
-    refs = [r for r in item.thread_refs if "@" in r and not r.startswith("sha256:")]
-    if refs:
-        msg["References"] = " ".join(f"<{r}>" for r in refs[-20:])
+    if plus_addressing:
+        local = config.address.partition("@")[0].split("+", 1)[0]
+        msg["Reply-To"] = email.utils.formataddr(
+            (config.display_name or "", f"{local}+c-{token}@{config.domain}"))
+    msg["X-Omnirelay-Conversation"] = token
+    if thread.in_reply_to:
+        msg["In-Reply-To"] = f"<{thread.in_reply_to}>"
+    if thread.references:
+        msg["References"] = " ".join(f"<{r}>" for r in thread.references)
+    if message.get("automatic"):
+        # RFC 3834: mark it, and ask Exchange not to answer it with an out-of-office.
+        msg["Auto-Submitted"] = "auto-replied"
+        msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"
     msg.set_content(message.get("text") or "")
     if message.get("html"):
         msg.add_alternative(message["html"], subtype="html")
-    for att in message.get("attachments", []):
-        if blob_dir is None:
-            break
-        sha = att["sha256"]
-        data = (blob_dir / sha[:2] / sha[2:4] / sha).read_bytes()
-        maintype, _, subtype = att["content_type"].partition("/")
+    for meta, data in attachments:
+        maintype, _, subtype = (meta.get("content_type") or "application/octet-stream"
+                                ).partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
-                           filename=att["filename"])
+                           filename=meta.get("filename") or "attachment")
     return msg
 
 
-def _last_subject(item: OutboxItem) -> str | None:
-    return item.conversation.get("subject") or item.message.get("reply_subject")
+def read_attachments(item: OutboxItem, blob_path: Any) -> list[tuple[dict[str, Any], bytes]]:
+    """The bytes of each attachment (blocking: run it in a thread)."""
+    found = []
+    for att in item.message.get("attachments", []):
+        path: Path = blob_path(att["sha256"])
+        try:
+            found.append((att, path.read_bytes()))
+        except FileNotFoundError as exc:
+            raise PermanentSendError(
+                f"attachment {att.get('filename')!r} is no longer stored (retention?)",
+                error_code="attachment_missing") from exc
+    return found
 
 
-async def send_reply(config: EmailConfig, item: OutboxItem, account: str,
-                     blob_dir: Path | None = None) -> SendResult:
-    """Submit the reply; 4xx and connection errors retry, 5xx fails with the server text."""
-    if config.smtp is None:
-        raise PermanentSendError(f"e-mail account {account!r} has no [smtp] server for replies",
-                                 error_code="no_smtp_server")
-    msg = build_reply(config, item, blob_dir)
-    smtp = config.smtp
+def smtp_tls(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The TLS context for the relay (None for security = none)."""
+    return tls_context(settings) if settings.security in ("tls", "starttls") else None
+
+
+async def submit(settings: ServerSettings, sender: str, recipients: list[str],
+                 data: bytes) -> None:
+    """Hand ``data`` to the SMTP relay; raise Retryable/PermanentSendError on failure."""
     try:
         await aiosmtplib.send(
-            msg, hostname=smtp.host, port=smtp.port, username=smtp.username,
-            password=smtp.password.reveal() if smtp.password else None,
-            use_tls=smtp.security == "tls", start_tls=smtp.security == "starttls",
-            timeout=smtp.timeout)
-    except aiosmtplib.SMTPResponseException as exc:
-        if 400 <= exc.code < 500:
-            raise RetryableSendError(f"SMTP {exc.code}", provider_code=str(exc.code),
-                                     provider_message=exc.message) from exc
-        raise PermanentSendError(f"SMTP {exc.code}: {exc.message}",
+            data, sender=sender, recipients=recipients, hostname=settings.host,
+            port=settings.port, username=settings.username,
+            password=settings.password.reveal() if settings.password else None,
+            use_tls=settings.security == "tls",
+            start_tls=settings.security == "starttls",
+            tls_context=smtp_tls(settings), timeout=settings.timeout)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refusals = exc.recipients
+        if any(400 <= r.code < 500 for r in refusals):
+            first = next(r for r in refusals if 400 <= r.code < 500)
+            raise _retry(first.code, first.message) from exc
+        first = refusals[0]
+        raise _permanent(first.code, first.message) from exc
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        # Our credentials, not the message: keep it queued until someone fixes the password.
+        raise RetryableSendError(f"SMTP authentication failed ({exc.code})",
                                  provider_code=str(exc.code), provider_message=exc.message,
-                                 error_code="smtp_rejected") from exc
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        raise RetryableSendError(f"SMTP server unreachable: {exc}",
+                                 error_code="smtp_auth_failed") from exc
+    except aiosmtplib.SMTPResponseException as exc:
+        if 400 <= exc.code < 500 or exc.code < 200:
+            raise _retry(exc.code, exc.message) from exc
+        raise _permanent(exc.code, exc.message) from exc
+    except aiosmtplib.SMTPNotSupported as exc:
+        raise RetryableSendError(f"SMTP server: {exc.message}",
+                                 error_code="smtp_unsupported") from exc
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+        raise RetryableSendError(f"SMTP server unreachable: {str(exc) or type(exc).__name__}",
                                  error_code="smtp_unavailable") from exc
-    return SendResult(msg["Message-ID"].strip("<>"), "sent")
+
+
+def _retry(code: int, text: str) -> RetryableSendError:
+    return RetryableSendError(f"SMTP {code}", provider_code=str(code), provider_message=text,
+                              error_code="smtp_deferred")
+
+
+def _permanent(code: int, text: str) -> PermanentSendError:
+    return PermanentSendError(f"SMTP {code}: {text}", provider_code=str(code),
+                              provider_message=text, error_code="smtp_rejected")
+
+
+async def render(config: EmailConfig, item: OutboxItem, thread: Thread, blob_path: Any, *,
+                 plus_addressing: bool) -> tuple[str, bytes]:
+    """(Message-ID without brackets, wire bytes); big MIME work happens off the loop."""
+    def work() -> tuple[str, bytes]:
+        attachments = read_attachments(item, blob_path) if item.message.get("attachments") \
+            else []
+        msg = build_reply(config, item, thread, attachments, plus_addressing=plus_addressing)
+        return msg["Message-ID"].strip("<>"), msg.as_bytes(policy=SMTP_POLICY)
+
+    if item.message.get("attachments"):
+        return await asyncio.to_thread(work)
+    return work()
