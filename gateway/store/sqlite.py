@@ -83,11 +83,14 @@ class Tx:
     store: SQLiteStore
     now: datetime
     events: list[int] = field(default_factory=list)
+    _now_iso: str | None = None
 
     @property
     def now_iso(self) -> str:
         """The job's timestamp in the contract's format."""
-        return iso(self.now)  # type: ignore[return-value]
+        if self._now_iso is None:
+            self._now_iso = iso(self.now)
+        return self._now_iso
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
@@ -152,6 +155,7 @@ class SQLiteStore:
             conn.execute("PRAGMA secure_delete = ON")
             conn.execute("PRAGMA wal_autocheckpoint = 4000")
         conn.execute("PRAGMA cache_size = -16000")
+        conn.execute("PRAGMA temp_store = MEMORY")  # savepoint journals: no temp-file writes
         return conn
 
     async def open(self) -> None:
@@ -774,7 +778,7 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, bool]:
     primary = inbound.sender
     others = [p for p in inbound.linked_identities
               if (p.kind, p.address) != (primary.kind, primary.address)]
-    owner = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+    owner = tx.one("SELECT customer_id, channels FROM identities WHERE kind = ? AND address = ?",
                    (primary.kind, primary.address))
     customer_id: str | None = None
     if owner is not None:
@@ -795,15 +799,17 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, bool]:
     elif primary.name:
         tx.conn.execute("UPDATE customers SET name = ?, updated_at = ? "
                         "WHERE id = ? AND name IS NULL", (primary.name, tx.now_iso, customer_id))
-    _link(tx, customer_id, primary, inbound.channel)
+    _link(tx, customer_id, primary, inbound.channel, (owner,))
     for other in others:
         _link(tx, customer_id, other, None)
     return customer_id, created
 
 
-def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
-    row = tx.one("SELECT customer_id, channels FROM identities WHERE kind = ? AND address = ?",
-                 (party.kind, party.address))
+def _link(tx: Tx, customer_id: str, party: Party, channel: str | None,
+          known: tuple[sqlite3.Row | None] | None = None) -> None:
+    row = known[0] if known is not None else tx.one(
+        "SELECT customer_id, channels FROM identities WHERE kind = ? AND address = ?",
+        (party.kind, party.address))
     if row is None:
         tx.conn.execute("INSERT INTO identities (kind, address, customer_id, channels, "
                         "created_at) VALUES (?, ?, ?, ?, ?)",
@@ -899,10 +905,9 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
         tx.conn.execute("INSERT INTO raw_payloads (message_id, content_type, body, created_at) "
                         "VALUES (?, ?, ?, ?)",
                         (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso))
-    tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
-                    (tx.now_iso, conversation_id))
-    conversation = _conversation_json(tx.one("SELECT * FROM conversations WHERE id = ?",
-                                             (conversation_id,)))  # type: ignore[arg-type]
+    conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
+        "UPDATE conversations SET last_message_at = ? WHERE id = ? RETURNING *",
+        (tx.now_iso, conversation_id)))
     tx.emit("message.received", {"message": message, "conversation": conversation},
             conversation_id=conversation_id, customer_id=customer_id)
     return IngestResult(message, created=True)
