@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import time
@@ -178,6 +179,9 @@ class Gateway:
         self._spawn(self._status_loop(), "systemd-status")
         if self.config.store.retention_days:
             self._spawn(self._retention_loop(self.config.store.retention_days), "retention")
+        # Everything built at start lives for the whole run: keep it out of the cyclic
+        # collector's scans, which otherwise walk it on every full collection.
+        gc.freeze()
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
                  channels=[c.name for c in self.config.channels], config=self.config.source)

@@ -25,8 +25,10 @@ async def read_body(request: web.Request) -> bytes:
     """Read the body, refusing with 413 before reading more than ``max_body_bytes``."""
     limit = request.app[MAX_BODY_KEY]
     length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit}")
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"the body is {length} bytes; the limit is {limit}")
+        return await request.read()  # the declared length is within the limit
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):

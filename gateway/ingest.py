@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import structlog
 
@@ -32,6 +33,7 @@ class IngestService:
         self.metrics = metrics
         self.default_region = default_region
         self.max_attachment_bytes = max_attachment_bytes
+        self._counters: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, inbound: InboundMessage) -> IngestResult:
         """Store ``inbound`` once and return after its commit."""
@@ -47,25 +49,31 @@ class IngestService:
             except InvalidIdentity as exc:
                 # A bad extra field must not lose the message: keep it, skip the link.
                 log.warning("ingest.identity_skipped", kind=party.kind, error=str(exc))
-        inbound = dataclasses.replace(inbound, sender=sender, linked_identities=linked)
+        if sender != inbound.sender or linked != inbound.linked_identities:
+            inbound = dataclasses.replace(inbound, sender=sender, linked_identities=linked)
         for att in inbound.attachments:
             if len(att.data) > self.max_attachment_bytes:
                 raise PayloadTooLarge(f"attachment {att.filename!r} is {len(att.data)} bytes; "
                                       f"the limit is {self.max_attachment_bytes}")
         stored = await self.store.put_blobs([
             (a.filename, a.content_type, a.data, a.inline, a.content_id)
-            for a in inbound.attachments])
+            for a in inbound.attachments]) if inbound.attachments else []
         result = await self.store.ingest(inbound, stored)
-        labels = (inbound.channel, inbound.account)
+        counters = self._counters.get((inbound.channel, inbound.account))
+        if counters is None:
+            labels = (inbound.channel, inbound.account)
+            counters = (self.metrics.messages_in.labels(*labels),
+                        self.metrics.duplicates.labels(*labels),
+                        self.metrics.ingest_latency.labels(inbound.channel))
+            self._counters[labels] = counters
         if result.created:
-            self.metrics.messages_in.labels(*labels).inc()
-            self.metrics.ingest_latency.labels(inbound.channel).observe(
-                time.perf_counter() - started)
+            counters[0].inc()
+            counters[2].observe(time.perf_counter() - started)
             log.info("ingest.stored", message_id=result.message["id"],
                      conversation_id=result.message["conversation_id"],
                      channel=inbound.channel, account=inbound.account)
         else:
-            self.metrics.duplicates.labels(*labels).inc()
+            counters[1].inc()
             log.info("ingest.duplicate", message_id=result.message["id"],
                      channel=inbound.channel, account=inbound.account)
         return result

@@ -545,20 +545,20 @@ async def provider_hook(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"no {request.match_info['type']} account "
                        f"{request.match_info['account']!r}")
     tail = request.match_info.get("tail", "")
-    path = f"/{tail}" if tail else ""
-    for route in adapter.routes():
-        if route.path == path and route.method in (request.method, "*"):
-            try:
-                return await route.handler(request)  # type: ignore[no-any-return,call-arg]
-            except OmnirelayError as exc:
-                if exc.status < 500:
-                    gateway.metrics.rejected.labels(adapter.type, exc.code).inc()
-                    log.warning("hook.rejected", channel_type=adapter.type,
-                                account=adapter.name, code=exc.code, error=exc.message)
-                raise
-    if any(route.path == path for route in adapter.routes()):
-        raise web.HTTPMethodNotAllowed(request.method, [r.method for r in adapter.routes()
-                                                        if r.path == path])
+    methods = adapter.route_table().get(f"/{tail}" if tail else "")
+    if methods is None:
+        raise NotFound(f"no route for {request.path}")
+    handler = methods.get(request.method) or methods.get("*")
+    if handler is None:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except OmnirelayError as exc:
+        if exc.status < 500:
+            gateway.metrics.rejected.labels(adapter.type, exc.code).inc()
+            log.warning("hook.rejected", channel_type=adapter.type,
+                        account=adapter.name, code=exc.code, error=exc.message)
+        raise
     raise NotFound(f"no route for {request.path}")
 
 

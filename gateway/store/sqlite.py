@@ -86,6 +86,11 @@ class Tx:
     _now_iso: str | None = None
 
     @property
+    def cache(self) -> WriterCache:
+        """The writer's cache (see :class:`WriterCache`)."""
+        return self.store.cache
+
+    @property
     def now_iso(self) -> str:
         """The job's timestamp in the contract's format."""
         if self._now_iso is None:
@@ -115,6 +120,34 @@ class Tx:
 _STOP = object()
 
 
+class WriterCache:
+    """What the writer thread learnt from rows it read or wrote, to skip re-reading them.
+
+    Valid because the writer is the only thread that writes: every job function that
+    changes identities, customers or conversations keeps it current or clears it, and any
+    rollback clears it. Bounded: a map that grows past ``limit`` entries starts again.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        # (kind, address) -> [surviving customer id, the identity's channels]
+        self.identities: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        self.named: set[str] = set()  # customers known to have a name
+        self.latest: dict[str, JSON] = {}  # customer id -> their latest conversation
+
+    def clear(self) -> None:
+        """Forget everything (after a rollback, a merge, an erasure)."""
+        self.identities.clear()
+        self.named.clear()
+        self.latest.clear()
+
+    def trim(self) -> None:
+        """Keep memory bounded."""
+        for store in (self.identities, self.named, self.latest):
+            if len(store) > self.limit:
+                store.clear()
+
+
 class SQLiteStore:
     """The embedded default store. See the module docstring for the design."""
 
@@ -133,7 +166,10 @@ class SQLiteStore:
         self._healthy = True
         # Backpressure: at most this many writes wait for the writer; more callers wait
         # here, so memory stays bounded however fast requests arrive.
-        self._slots = asyncio.Semaphore(max(64, config.batch_max * 16))
+        self.cache = WriterCache()
+        self._max_pending = max(64, config.batch_max * 16)
+        self._pending = 0
+        self._room = asyncio.Event()
         self.last_error: str | None = None
         self.batches = 0
         self.jobs = 0
@@ -206,29 +242,23 @@ class SQLiteStore:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
         seq_before = self._seq
-        now = utcnow()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, args, _future, _loop in batch:
-                tx = Tx(conn, self, now)
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = fn(tx, *args)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((True, result))
+            outcomes = self._execute(conn, batch, optimistic=True)
+            if outcomes is None:
+                # A job without a savepoint failed: undo the batch, run it again with one
+                # savepoint per job so that only the failing job is undone.
+                self._seq = seq_before
+                outcomes = self._execute(conn, batch, optimistic=False)
+            assert outcomes is not None
             conn.execute("COMMIT")
+            self.cache.trim()
             self._committed_seq = self._seq
             self._healthy = True
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self.cache.clear()
             self._seq = seq_before
             self._healthy = False
             self.last_error = str(exc)
@@ -249,6 +279,40 @@ class SQLiteStore:
                     value = StoreError(str(value))
                 loop.call_soon_threadsafe(_set_exception, future, value)
 
+    def _execute(self, conn: sqlite3.Connection, batch: list[Any], *,
+                 optimistic: bool) -> list[tuple[bool, Any]] | None:
+        """Run a batch inside one open transaction; return each job's outcome.
+
+        Savepoints cost two statements per job, so jobs that almost never fail (ingest) run
+        without one when ``optimistic``; if such a job does fail, the transaction is rolled
+        back and None is returned so the caller can run the batch again the careful way.
+        """
+        outcomes: list[tuple[bool, Any]] = []
+        now = utcnow()
+        conn.execute("BEGIN IMMEDIATE")
+        for fn, args, _future, _loop in batch:
+            tx = Tx(conn, self, now)
+            if optimistic and fn in _NO_SAVEPOINT:
+                try:
+                    outcomes.append((True, fn(tx, *args)))
+                except Exception:
+                    conn.execute("ROLLBACK")
+                    self.cache.clear()
+                    return None
+                continue
+            conn.execute("SAVEPOINT job")
+            try:
+                result = fn(tx, *args)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                self.cache.clear()
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE job")
+                outcomes.append((True, result))
+        return outcomes
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -258,10 +322,18 @@ class SQLiteStore:
         if self._writer is None:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
-        async with self._slots:
+        while self._pending >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+        self._pending += 1
+        try:
             future: asyncio.Future[T] = loop.create_future()
             self._queue.put((fn, args, future, loop))
             return await future
+        finally:
+            self._pending -= 1
+            if self._pending < self._max_pending:
+                self._room.set()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread."""
@@ -773,55 +845,79 @@ def _message_json(*, message_id: str, conversation_id: str, customer_id: str, ch
     return message
 
 
-def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, bool]:
-    """Return (customer id, created) for the sender, linking further identities."""
+def _owner(tx: Tx, party: Party) -> tuple[str, list[str]] | None:
+    """The surviving customer owning an identity, and the identity's channels."""
+    key = (party.kind, party.address)
+    entry = tx.cache.identities.get(key)
+    if entry is None:
+        row = tx.one("SELECT customer_id, channels FROM identities WHERE kind = ? "
+                     "AND address = ?", key)
+        if row is None:
+            return None
+        entry = (_resolve_customer_id(tx.conn, row["customer_id"]), _loads(row["channels"]))
+        tx.cache.identities[key] = entry
+    return entry
+
+
+def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
+    """Return (customer id, the new customer's JSON or None) for the sender.
+
+    Further identities the message carries are linked to the customer.
+    """
     primary = inbound.sender
     others = [p for p in inbound.linked_identities
               if (p.kind, p.address) != (primary.kind, primary.address)]
-    owner = tx.one("SELECT customer_id, channels FROM identities WHERE kind = ? AND address = ?",
-                   (primary.kind, primary.address))
-    customer_id: str | None = None
-    if owner is not None:
-        customer_id = _resolve_customer_id(tx.conn, owner["customer_id"])
-    else:
+    owner = _owner(tx, primary)
+    customer_id = owner[0] if owner is not None else None
+    if customer_id is None:
         for other in others:
-            row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
-                         (other.kind, other.address))
-            if row is not None:
-                customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+            found = _owner(tx, other)
+            if found is not None:
+                customer_id = found[0]
                 break
-    created = customer_id is None
     if customer_id is None:
         customer_id = new_id("cus")
         tx.conn.execute("INSERT INTO customers (id, name, created_at, updated_at) "
                         "VALUES (?, ?, ?, ?)", (customer_id, primary.name, tx.now_iso,
                                                 tx.now_iso))
-    elif primary.name:
+        _link(tx, customer_id, primary, inbound.channel)
+        for other in others:
+            _link(tx, customer_id, other, None)
+        if primary.name:
+            tx.cache.named.add(customer_id)
+        identities = sorted(
+            ({"kind": p.kind, "address": p.address,
+              "channels": [inbound.channel] if p is primary else []}
+             for p in [primary, *others] if tx.cache.identities.get(
+                 (p.kind, p.address), ("",))[0] == customer_id),
+            key=lambda i: (i["kind"], i["address"]))
+        return customer_id, {"id": customer_id, "name": primary.name, "merged_into": None,
+                             "identities": identities, "created_at": tx.now_iso}
+    if primary.name and customer_id not in tx.cache.named:
         tx.conn.execute("UPDATE customers SET name = ?, updated_at = ? "
                         "WHERE id = ? AND name IS NULL", (primary.name, tx.now_iso, customer_id))
-    _link(tx, customer_id, primary, inbound.channel, (owner,))
+        tx.cache.named.add(customer_id)
+    _link(tx, customer_id, primary, inbound.channel)
     for other in others:
         _link(tx, customer_id, other, None)
-    return customer_id, created
+    return customer_id, None
 
 
-def _link(tx: Tx, customer_id: str, party: Party, channel: str | None,
-          known: tuple[sqlite3.Row | None] | None = None) -> None:
-    row = known[0] if known is not None else tx.one(
-        "SELECT customer_id, channels FROM identities WHERE kind = ? AND address = ?",
-        (party.kind, party.address))
-    if row is None:
+def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
+    """Give ``party`` to the customer unless someone owns it; note the channel it used."""
+    entry = _owner(tx, party)
+    if entry is None:
+        channels = [channel] if channel else []
         tx.conn.execute("INSERT INTO identities (kind, address, customer_id, channels, "
                         "created_at) VALUES (?, ?, ?, ?, ?)",
-                        (party.kind, party.address, customer_id,
-                         _dumps([channel] if channel else []), tx.now_iso))
+                        (party.kind, party.address, customer_id, _dumps(channels), tx.now_iso))
+        tx.cache.identities[(party.kind, party.address)] = (customer_id, channels)
         return
-    if channel and row["customer_id"] == customer_id:
-        channels = _loads(row["channels"])
-        if channel not in channels:
-            channels.append(channel)
-            tx.conn.execute("UPDATE identities SET channels = ? WHERE kind = ? AND address = ?",
-                            (_dumps(channels), party.kind, party.address))
+    owner, channels = entry
+    if channel and owner == customer_id and channel not in channels:
+        channels.append(channel)  # the cached list, kept in step with the row
+        tx.conn.execute("UPDATE identities SET channels = ? WHERE kind = ? AND address = ?",
+                        (_dumps(channels), party.kind, party.address))
 
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
@@ -832,63 +928,66 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
     if existing is not None:
         return IngestResult(_loads(existing["data"]), created=False)
 
-    customer_id, customer_created = _resolve_sender(tx, inbound)
-    if customer_created:
-        customer = _customer_json(tx.conn, customer_id)
-        tx.emit("customer.created", {"customer": customer}, customer_id=customer_id)
+    customer_id, new_customer = _resolve_sender(tx, inbound)
+    if new_customer is not None:
+        tx.emit("customer.created", {"customer": new_customer}, customer_id=customer_id)
 
-    conversation_row: sqlite3.Row | None = None
+    conversation: JSON | None = None
     in_reply_to: str | None = None
     for ref in inbound.reply_refs:
         row = tx.one("SELECT id, conversation_id FROM messages WHERE provider_message_id = ? "
                      "AND channel = ? ORDER BY id LIMIT 1", (ref, inbound.channel))
         if row is not None:
             in_reply_to = row["id"]
-            conversation_row = tx.one("SELECT * FROM conversations WHERE id = ?",
-                                      (row["conversation_id"],))
+            conversation = _conversation_by_id(tx, row["conversation_id"])
             break
-    if conversation_row is None and inbound.reply_token:
+    if conversation is None and inbound.reply_token:
         # The token is the conversation id's random part (support+c-<token>@shop).
-        conversation_row = tx.one("SELECT * FROM conversations WHERE id = ?",
-                                  ("cnv_" + inbound.reply_token.upper(),))
-    if conversation_row is not None and conversation_row["customer_id"] != customer_id:
+        conversation = _conversation_by_id(tx, "cnv_" + inbound.reply_token.upper())
+    if conversation is not None and conversation["customer_id"] != customer_id:
         # A thread reference into another customer's conversation (a forwarded mail,
         # a colleague replying) must not leak it: fall back to the sender's own.
-        conversation_row = None
+        conversation = None
         in_reply_to = None
-    if conversation_row is None:
-        latest = tx.one("SELECT * FROM conversations WHERE customer_id = ? "
-                        "ORDER BY last_message_at DESC, id DESC LIMIT 1", (customer_id,))
+    if conversation is None and new_customer is None:
+        latest = _latest_conversation(tx, customer_id)
         window_start = tx.now - timedelta(days=reopen_window_days)
         if latest is not None and (
                 latest["status"] == "open"
                 or (latest["closed_at"] and parse_iso(latest["closed_at"]) >= window_start)):
-            conversation_row = latest
+            conversation = latest
 
     sent_at = iso(inbound.sent_at) if inbound.sent_at else tx.now_iso
-    if conversation_row is None:
+    if conversation is None:
         conversation_id = new_id("cnv")
+        conversation = {
+            "id": conversation_id, "customer_id": customer_id, "channel": inbound.channel,
+            "account": inbound.account, "status": "open", "opened_at": tx.now_iso,
+            "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
+            "priority": "normal", "queue": None, "context": inbound.context or {}}
         tx.conn.execute(
             "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
             "last_message_at, context) VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
             (conversation_id, customer_id, inbound.channel, inbound.account, tx.now_iso,
-             tx.now_iso, _dumps(inbound.context or {})))
-        conversation = _conversation_json(tx.one("SELECT * FROM conversations WHERE id = ?",
-                                                 (conversation_id,)))  # type: ignore[arg-type]
+             tx.now_iso, _dumps(conversation["context"])))
         tx.emit("conversation.opened", {"conversation": conversation},
                 conversation_id=conversation_id, customer_id=customer_id)
     else:
-        conversation_id = conversation_row["id"]
-        if conversation_row["status"] == "closed":
+        conversation_id = conversation["id"]
+        if conversation["status"] == "closed":
             tx.conn.execute("UPDATE conversations SET status = 'open', closed_at = NULL "
                             "WHERE id = ?", (conversation_id,))
-            conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
-                "SELECT * FROM conversations WHERE id = ?", (conversation_id,)))
+            conversation["status"], conversation["closed_at"] = "open", None
             tx.emit("conversation.reopened", {"conversation": conversation, "agent": None},
                     conversation_id=conversation_id, customer_id=customer_id)
         if inbound.context:
             tx.conn.execute("UPDATE conversations SET context = ? WHERE id = ?",
                             (_dumps(inbound.context), conversation_id))
+            conversation["context"] = inbound.context
+        tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
+                        (tx.now_iso, conversation_id))
+        conversation["last_message_at"] = tx.now_iso
+    tx.cache.latest[customer_id] = conversation
 
     message_id = new_id("msg")
     message = _message_json(
@@ -905,12 +1004,35 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
         tx.conn.execute("INSERT INTO raw_payloads (message_id, content_type, body, created_at) "
                         "VALUES (?, ?, ?, ?)",
                         (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso))
-    conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
-        "UPDATE conversations SET last_message_at = ? WHERE id = ? RETURNING *",
-        (tx.now_iso, conversation_id)))
     tx.emit("message.received", {"message": message, "conversation": conversation},
             conversation_id=conversation_id, customer_id=customer_id)
     return IngestResult(message, created=True)
+
+
+def _conversation_by_id(tx: Tx, conversation_id: str) -> JSON | None:
+    """A conversation as JSON (the cached copy when it is its customer's latest)."""
+    row = tx.one("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+    if row is None:
+        return None
+    cached = tx.cache.latest.get(row["customer_id"])
+    if cached is not None and cached["id"] == conversation_id:
+        return cached
+    return _conversation_json(row)
+
+
+def _latest_conversation(tx: Tx, customer_id: str) -> JSON | None:
+    """The customer's most recently active conversation."""
+    cached = tx.cache.latest.get(customer_id)
+    if cached is not None:
+        return cached
+    row = tx.one("SELECT * FROM conversations WHERE customer_id = ? "
+                 "ORDER BY last_message_at DESC, id DESC LIMIT 1", (customer_id,))
+    return None if row is None else _conversation_json(row)
+
+
+# Jobs run without a per-job savepoint (see SQLiteStore._execute): they fail only on a
+# broken database, which fails the whole batch anyway.
+_NO_SAVEPOINT = frozenset({_ingest})
 
 
 def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachment]) -> None:
@@ -996,6 +1118,7 @@ def _set_conversation_status(tx: Tx, conversation_id: str, status: str,
     closed_at = tx.now_iso if status == "closed" else None
     tx.conn.execute("UPDATE conversations SET status = ?, closed_at = ? WHERE id = ?",
                     (status, closed_at, conversation_id))
+    tx.cache.latest.pop(row["customer_id"], None)
     conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
         "SELECT * FROM conversations WHERE id = ?", (conversation_id,)))
     event = "conversation.closed" if status == "closed" else "conversation.reopened"
@@ -1027,6 +1150,7 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     if survivor == merged:
         raise ValidationFailed("a customer cannot be merged into itself")
     merged_before = _customer_json(tx.conn, merged)
+    tx.cache.clear()  # identities and conversations change owner
     for table in ("identities", "conversations", "messages"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
                         (survivor, merged))
@@ -1047,6 +1171,7 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
 
 def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     cid = _resolve_customer_id(tx.conn, customer_id)
+    tx.cache.clear()
     ids = [cid] + [r[0] for r in tx.conn.execute(
         "SELECT id FROM customers WHERE merged_into = ?", (cid,))]
     marks = ",".join("?" * len(ids))
@@ -1188,6 +1313,7 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
         (message["id"], conv["id"], route.channel, route.account, time.time(), time.time()))
     tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
                     (tx.now_iso, conv["id"]))
+    tx.cache.latest.pop(cid, None)
     tx.emit("message.queued", {"message": message}, conversation_id=conv["id"], customer_id=cid)
     if idempotency is not None:
         tx.conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, response, "

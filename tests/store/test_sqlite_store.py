@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.config import StoreConfig
-from gateway.errors import StoreError
+from gateway.errors import NotFound, StoreError
 from gateway.ids import iso, utcnow
 from gateway.store.sqlite import SQLiteStore, apply_migrations, migration_scripts
 from normalizer.model import InboundMessage, Party
@@ -154,3 +155,19 @@ async def test_status_receipts_never_step_back(store: SQLiteStore) -> None:
     late = await store.update_status("api", "a", "s1", "delivered")
     assert late is not None
     assert late["status"] == "read"
+
+
+async def test_a_failing_ingest_in_a_batch_is_undone_alone(store: SQLiteStore) -> None:
+    bad = inbound("bad", "sender-of-bad")
+    bad.context = {"not json": object()}  # fails after the customer row was written
+    results = await asyncio.gather(store.ingest(inbound("good1", "g1"), []),
+                                   store.ingest(bad, []),
+                                   store.ingest(inbound("good2", "g2"), []),
+                                   return_exceptions=True)
+    assert isinstance(results[1], TypeError)
+    assert results[0].created and results[2].created  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        await store.find_customer("external", "sender-of-bad")
+    seqs = [int(orjson.loads(b)["seq"]) for b in (await store.events_after(0, 100)).bodies]
+    assert seqs == sorted(seqs)
+    assert len(seqs) == 6
