@@ -142,6 +142,16 @@ class ChannelAdapter(ABC):
         """HTTP routes, relative to ``/hooks/{type}/{account}``."""
         return ()
 
+    def route_table(self) -> dict[str, dict[str, Hook]]:
+        """``{path: {method: handler}}`` of :meth:`routes`, built once (hot path)."""
+        table = self.__dict__.get("_route_table")
+        if table is None:
+            table = {}
+            for route in self.routes():
+                table.setdefault(route.path, {})[route.method] = route.handler
+            self.__dict__["_route_table"] = table
+        return table
+
     @abstractmethod
     async def send(self, item: OutboxItem) -> SendResult:
         """Send one outbound message or raise RetryableSendError / PermanentSendError."""
