@@ -182,8 +182,8 @@ class Daemon:
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             cwd=self.tmp, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    async def wait_ready(self, timeout: float = 20.0) -> None:
-        """Poll /readyz until 200 (or fail with the daemon's log)."""
+    async def wait_ready(self, timeout: float = 20.0, path: str = "/readyz") -> None:
+        """Poll ``path`` (/readyz) until 200, or fail with the daemon's log."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -191,13 +191,13 @@ class Daemon:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
                 try:
-                    async with session.get(f"{self.url}/readyz") as resp:
+                    async with session.get(f"{self.url}{path}") as resp:
                         if resp.status == 200:
                             return
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-        raise AssertionError(f"daemon not ready in {timeout}s:\n{self.logs()}")
+        raise AssertionError(f"{path} not 200 in {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
         """Everything the daemon wrote."""

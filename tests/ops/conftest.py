@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -177,20 +176,7 @@ class OpsDaemon(Daemon):
 
     async def wait_healthy(self, timeout: float = 20.0) -> None:
         """Wait for /healthz (the daemon serves even when /readyz says 503)."""
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
-                try:
-                    async with session.get(f"{self.url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"daemon not up in {timeout}s:\n{self.logs()}")
+        await self.wait_ready(timeout, path="/healthz")
 
 
 @pytest.fixture
