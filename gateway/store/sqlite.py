@@ -1151,11 +1151,14 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
         raise ValidationFailed("a customer cannot be merged into itself")
     merged_before = _customer_json(tx.conn, merged)
     tx.cache.clear()  # identities and conversations change owner
-    for table in ("identities", "conversations", "messages"):
+    # Messages are reached through their conversations (indexed), before those move.
+    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
+                    "'$.customer_id', ?) WHERE conversation_id IN "
+                    "(SELECT id FROM conversations WHERE customer_id = ?)",
+                    (survivor, survivor, merged))
+    for table in ("identities", "conversations"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
                         (survivor, merged))
-    tx.conn.execute("UPDATE messages SET data = json_set(data, '$.customer_id', ?) "
-                    "WHERE customer_id = ?", (survivor, survivor))
     tx.conn.execute("UPDATE customers SET merged_into = ?, updated_at = ? WHERE id = ?",
                     (survivor, tx.now_iso, merged))
     # Older merges pointing at the merged customer now point straight at the survivor.
@@ -1178,7 +1181,8 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     conversations = [r[0] for r in tx.conn.execute(
         f"SELECT id FROM conversations WHERE customer_id IN ({marks})", ids)]
     messages = [r[0] for r in tx.conn.execute(
-        f"SELECT id FROM messages WHERE customer_id IN ({marks})", ids)]
+        f"SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+        f"WHERE c.customer_id IN ({marks})", ids)]
     blobs: list[str] = []
     for chunk_start in range(0, len(messages), 500):
         chunk = messages[chunk_start:chunk_start + 500]
@@ -1191,7 +1195,8 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
         # A kept Idempotency-Key response is the reply itself: recipient, name, text.
         tx.conn.execute(f"DELETE FROM idempotency_keys WHERE json_extract(response, '$.id') "
                         f"IN ({m})", chunk)
-    tx.conn.execute(f"DELETE FROM messages WHERE customer_id IN ({marks})", ids)
+    tx.conn.execute(f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM "
+                    f"conversations WHERE customer_id IN ({marks}))", ids)
     if conversations:
         c = ",".join("?" * len(conversations))
         # Events keep their seq (cursors stay valid) but lose everything personal.

@@ -55,6 +55,14 @@ def test_migrations_apply_once_and_build_the_whole_schema(tmp_path: Path) -> Non
         "EXPLAIN QUERY PLAN SELECT * FROM conversations WHERE customer_id='c' "
         "ORDER BY last_message_at DESC LIMIT 1"))
     assert "USING INDEX conversations_by_customer" in plan
+    plan = " ".join(r[3] for r in conn.execute(  # e-mail threading, any account
+        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE provider_message_id = 'x' "
+        "AND channel = 'email' ORDER BY id LIMIT 1"))
+    assert "USING INDEX messages_by_provider_id" in plan
+    plan = " ".join(r[3] for r in conn.execute(  # merges and erasure
+        "EXPLAIN QUERY PLAN SELECT m.id FROM messages m JOIN conversations c "
+        "ON c.id = m.conversation_id WHERE c.customer_id = 'c'"))
+    assert "SCAN" not in plan
     conn.close()
 
 
