@@ -175,5 +175,4 @@ class ChannelAdapter(ABC):
         return result
 
 
-AdapterFactory = Callable[[str, Any, AdapterContext], ChannelAdapter]
 Hook = Callable[[web.Request], Awaitable[web.StreamResponse]]

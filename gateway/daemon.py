@@ -89,7 +89,8 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.store = SQLiteStore(config.store, on_commit=self._committed)
+        self.store = SQLiteStore(config.store, on_commit=self._committed,
+                                  on_batch=self.metrics.store_batch.observe)
         self.ingest = IngestService(self.store, self.metrics,
                                     default_region=config.store.default_region,
                                     max_attachment_bytes=config.store.max_attachment_bytes)

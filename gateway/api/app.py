@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -560,26 +559,6 @@ async def provider_hook(request: web.Request) -> web.StreamResponse:
                         account=adapter.name, code=exc.code, error=exc.message)
         raise
     raise NotFound(f"no route for {request.path}")
-
-
-def client_address(request: web.Request, trusted: tuple[Any, ...]) -> str:
-    """The client's address; ``X-Forwarded-For`` counts only from a trusted proxy."""
-    peer = request.remote or ""
-    try:
-        peer_ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if any(peer_ip in net for net in trusted):
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-        while hops:
-            hop = hops.pop()
-            try:
-                if not any(ipaddress.ip_address(hop) in net for net in trusted):
-                    return hop
-            except ValueError:
-                return peer
-    return peer
 
 
 # ---------------------------------------------------------------- app

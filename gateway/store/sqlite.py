@@ -152,11 +152,12 @@ class SQLiteStore:
     """The embedded default store. See the module docstring for the design."""
 
     def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
-                 readers: int = 4) -> None:
+                 on_batch: Callable[[int], None] | None = None, readers: int = 4) -> None:
         self.config = config
         self.path = config.sqlite_path
         self.blob_dir = config.data_dir / "blobs"
         self.on_commit = on_commit
+        self.on_batch = on_batch  # called on the writer thread with each batch's job count
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
@@ -252,6 +253,8 @@ class SQLiteStore:
                 outcomes = self._execute(conn, batch, optimistic=False)
             assert outcomes is not None
             conn.execute("COMMIT")
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             self.cache.trim()
             self._committed_seq = self._seq
             self._healthy = True
@@ -400,10 +403,6 @@ class SQLiteStore:
         """Store one inbound message once; see :func:`_ingest`."""
         return await self.write(_ingest, inbound, attachments,
                                 self.config.reopen_window_days)
-
-    async def record_outbound_echo(self, inbound: InboundMessage) -> IngestResult | None:
-        """Store a reply typed elsewhere (a provider echo) as an outbound message."""
-        return await self.write(_record_echo, inbound)
 
     async def update_status(self, channel: str, account: str, provider_message_id: str,
                             status: str, error: JSON | None = None) -> JSON | None:
@@ -593,7 +592,7 @@ class SQLiteStore:
         return await self.write(_enqueue_outbound, conversation_id, customer_id, request,
                                 routes, idempotency)
 
-    async def claim_outbox(self, limit: int, lease_seconds: float = 300.0) -> list[OutboxItem]:
+    async def claim_outbox(self, limit: int) -> list[OutboxItem]:
         """Claim due outbox rows, at most one per conversation (keeps reply order)."""
         return await self.write(_claim_outbox, limit, time.time())
 
@@ -1054,38 +1053,6 @@ def _save_message(tx: Tx, message: JSON) -> None:
     tx.conn.execute("UPDATE messages SET status = ?, provider_message_id = ?, data = ? "
                     "WHERE id = ?", (message["status"], message["provider"]["message_id"],
                                      _dumps(message), message["id"]))
-
-
-def _record_echo(tx: Tx, inbound: InboundMessage) -> IngestResult | None:
-    """An echo of a reply typed in the provider's own app: store it as outbound, agent null."""
-    existing = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
-                      "AND provider_message_id = ?",
-                      (inbound.channel, inbound.account, inbound.provider_message_id))
-    if existing is not None:
-        return IngestResult(_loads(existing["data"]), created=False)
-    if inbound.recipient is None:
-        return None
-    owner = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
-                   (inbound.recipient.kind, inbound.recipient.address))
-    if owner is None:
-        return None
-    customer_id = _resolve_customer_id(tx.conn, owner["customer_id"])
-    conv = tx.one("SELECT * FROM conversations WHERE customer_id = ? "
-                  "ORDER BY last_message_at DESC, id DESC LIMIT 1", (customer_id,))
-    if conv is None:
-        return None
-    message = _message_json(
-        message_id=new_id("msg"), conversation_id=conv["id"], customer_id=customer_id,
-        channel=inbound.channel, account=inbound.account, direction="outbound",
-        sender=inbound.sender, recipient=inbound.recipient, subject=inbound.subject,
-        text=inbound.text, html=inbound.html, attachments=(), in_reply_to=None,
-        provider_message_id=inbound.provider_message_id, thread_id=None, status="sent",
-        agent=None, automatic=None, sent_at=iso(inbound.sent_at) or tx.now_iso,
-        received_at=tx.now_iso)
-    _insert_message(tx, message, ())
-    tx.emit("message.status", {"message": message}, conversation_id=conv["id"],
-            customer_id=customer_id)
-    return IngestResult(message, created=True)
 
 
 def _update_status_by_provider(tx: Tx, channel: str, account: str, provider_message_id: str,

@@ -156,3 +156,6 @@ async def test_metrics_count_messages_by_channel(daemon: Daemon,
     assert "omnirelay_ingest_latency_seconds_bucket" in text
     assert "omnirelay_outbox_depth" in text
     assert 'omnirelay_inbound_rejected_total{channel="api",reason="invalid_signature"}' in text
+    batches = next(line for line in text.splitlines()
+                   if line.startswith("omnirelay_store_batch_size_count"))
+    assert float(batches.split()[-1]) > 0  # group commits are observed
