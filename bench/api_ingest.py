@@ -756,6 +756,7 @@ class Bench:
         out = RESULTS / f"profile-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
         cmd = [spy, "record", "--pid", str(pid), "--rate", "250", "--threads",
                "--nonblocking", "--duration", str(int(self.args.duration)),
+               *(["--gil"] if self.args.profile_gil else []),
                "--format", "raw", "-o", f"{out}.txt"]
         time.sleep(self.args.warmup)
         self.spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -922,6 +923,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy record the daemon during each measured window "
                              "(collapsed stacks under bench/results/)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL "
+                             "(where the Python CPU goes)")
     args = parser.parse_args()
 
     if args.role == "bare":

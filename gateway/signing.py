@@ -6,7 +6,6 @@ timestamp is part of the signed text so a captured request cannot be replayed la
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 
@@ -16,7 +15,7 @@ TOLERANCE_SECONDS = 300
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     """Return the ``Omnirelay-Signature`` header value for ``body``."""
     t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    mac = hmac.digest(secret.encode(), b"%d." % t + body, "sha256").hex()
     return f"t={t},v1={mac}"
 
 
@@ -38,6 +37,6 @@ def verify(header: str | None, secret: str, body: bytes, *,
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance:
         return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
-                        hashlib.sha256).hexdigest()
+    # hmac.digest is OpenSSL's one-shot HMAC: several times cheaper than hmac.new().
+    expected = hmac.digest(secret.encode(), b"%d." % timestamp + body, "sha256").hex()
     return any(hmac.compare_digest(expected, c) for c in candidates)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -82,20 +82,8 @@ class Tx:
     conn: sqlite3.Connection
     store: SQLiteStore
     now: datetime
-    events: list[int] = field(default_factory=list)
-    _now_iso: str | None = None
-
-    @property
-    def cache(self) -> WriterCache:
-        """The writer's cache (see :class:`WriterCache`)."""
-        return self.store.cache
-
-    @property
-    def now_iso(self) -> str:
-        """The job's timestamp in the contract's format."""
-        if self._now_iso is None:
-            self._now_iso = iso(self.now)
-        return self._now_iso
+    now_iso: str  # ``now`` in the contract's format, formatted once per batch
+    cache: WriterCache
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
@@ -113,7 +101,6 @@ class Tx:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (seq, event_id, event_type, self.now_iso, conversation_id, customer_id, body),
         )
-        self.events.append(seq)
         return seq
 
 
@@ -272,15 +259,28 @@ class SQLiteStore:
         self.jobs += len(batch)
         # The feed hears of the commit before any caller resumes, so a caller that reads the
         # feed head right after its write sees its own events.
-        if self._seq > seq_before and self.on_commit is not None:
-            batch[0][3].call_soon_threadsafe(self.on_commit, self._seq)
+        # One wake-up per event loop for the whole batch, not one per caller.
+        settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (ok, value), (_fn, _args, future, loop) in zip(outcomes, batch, strict=True):
+            if not ok and isinstance(value, sqlite3.Error):
+                value = StoreError(str(value))
+            settle.setdefault(loop, []).append((future, ok, value))
+        seq = self._seq if self._seq > seq_before else None
+        for loop, results in settle.items():
+            loop.call_soon_threadsafe(self._settle, results, seq)
+
+    def _settle(self, results: list[tuple[asyncio.Future[Any], bool, Any]],
+                seq: int | None) -> None:
+        """On the event loop: announce the commit, then resume the batch's callers."""
+        if seq is not None and self.on_commit is not None:
+            self.on_commit(seq)
+        for future, ok, value in results:
+            if future.done():
+                continue
             if ok:
-                loop.call_soon_threadsafe(_set_result, future, value)
+                future.set_result(value)
             else:
-                if isinstance(value, sqlite3.Error):
-                    value = StoreError(str(value))
-                loop.call_soon_threadsafe(_set_exception, future, value)
+                future.set_exception(value)
 
     def _execute(self, conn: sqlite3.Connection, batch: list[Any], *,
                  optimistic: bool) -> list[tuple[bool, Any]] | None:
@@ -292,9 +292,12 @@ class SQLiteStore:
         """
         outcomes: list[tuple[bool, Any]] = []
         now = utcnow()
+        now_iso = iso(now)
+        assert now_iso is not None
+        cache = self.cache
         conn.execute("BEGIN IMMEDIATE")
         for fn, args, _future, _loop in batch:
-            tx = Tx(conn, self, now)
+            tx = Tx(conn, self, now, now_iso, cache)
             if optimistic and fn in _NO_SAVEPOINT:
                 try:
                     outcomes.append((True, fn(tx, *args)))
@@ -1164,18 +1167,16 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
                         f"IN ({m})", chunk)
     tx.conn.execute(f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM "
                     f"conversations WHERE customer_id IN ({marks}))", ids)
-    if conversations:
-        c = ",".join("?" * len(conversations))
-        # Events keep their seq (cursors stay valid) but lose everything personal.
-        tx.conn.execute(  # bodies are BLOBs: the feed serves them as bytes
-            f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
-            f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true')"
-            f")) AS BLOB) WHERE conversation_id IN ({c})", conversations)
-        tx.conn.execute(f"DELETE FROM conversations WHERE id IN ({c})", conversations)
-    tx.conn.execute(
+    # Events keep their seq (cursors stay valid) but lose everything personal. One scan of
+    # the events table (no per-customer index: it would cost every commit a random page).
+    c = ",".join("?" * len(conversations))
+    tx.conn.execute(  # bodies are BLOBs: the feed serves them as bytes
         f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
         f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true'))) "
-        f"AS BLOB) WHERE customer_id IN ({marks})", ids)
+        f"AS BLOB) WHERE customer_id IN ({marks})"
+        + (f" OR conversation_id IN ({c})" if conversations else ""), [*ids, *conversations])
+    if conversations:
+        tx.conn.execute(f"DELETE FROM conversations WHERE id IN ({c})", conversations)
     tx.conn.execute(f"DELETE FROM identities WHERE customer_id IN ({marks})", ids)
     tx.conn.execute(f"DELETE FROM customers WHERE id IN ({marks})", ids)
     tx.emit("customer.erased", {"customer_id": cid, "erased_ids": ids})
