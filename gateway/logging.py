@@ -19,9 +19,19 @@ def _mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
+_level = logging.INFO
+
+
+def info_enabled() -> bool:
+    """Whether info events are written: lets a per-message path skip building one."""
+    return _level <= logging.INFO
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the standard library to write one JSON event per line."""
+    global _level
     numeric = getattr(logging, level.upper(), logging.INFO)
+    _level = numeric
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer() if use_console
                      else structlog.processors.JSONRenderer(serializer=_orjson_dumps))

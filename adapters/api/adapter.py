@@ -65,7 +65,8 @@ class ApiAdapter(ChannelAdapter):
         inbound.raw = body
         inbound.raw_content_type = "application/json"
         result = await self.ingest(inbound)
-        return json_response({"message": result.message, "created": result.created},
+        message = orjson.Fragment(result.message_json) if result.message_json else result.message
+        return json_response({"message": message, "created": result.created},
                              status=201 if result.created else 200)
 
     async def send(self, item: OutboxItem) -> SendResult:

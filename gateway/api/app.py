@@ -49,9 +49,18 @@ def gw(request: web.Request) -> Gateway:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into ``{"error": {"code", "message"}}`` with the right status."""
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer tokens for ``/v1`` (scopes are checked per route); every failure as
+    ``{"error": {"code", "message"}}`` with the right status. One middleware, not two:
+    each layer costs every request a wrapper and a coroutine."""
     try:
+        if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
+            if "access_token" in request.query or "token" in request.query:
+                raise Unauthorized("tokens are accepted only in the Authorization header")
+            token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
+            if token is None:
+                raise Unauthorized("missing or invalid bearer token")
+            request["token"] = token
         return await handler(request)
     except StoreError as exc:
         log.error("api.store_unavailable", path=request.path, error=exc.message)
@@ -76,19 +85,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_response({"error": {"code": "internal_error",
                                         "message": "internal error; see the daemon log"}},
                              status=500)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the bearer token of ``/v1`` requests (scopes are checked per route)."""
-    if request.path.startswith("/v1/") and request.path not in PUBLIC_PATHS:
-        if "access_token" in request.query or "token" in request.query:
-            raise Unauthorized("tokens are accepted only in the Authorization header")
-        token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
-        if token is None:
-            raise Unauthorized("missing or invalid bearer token")
-        request["token"] = token
-    return await handler(request)
 
 
 def authenticate(tokens: tuple[TokenConfig, ...], header: str | None) -> TokenConfig | None:
@@ -566,7 +562,7 @@ async def provider_hook(request: web.Request) -> web.StreamResponse:
 
 def create_app(gateway: Gateway) -> web.Application:
     """Build the application; ``gateway`` supplies store, adapters and config."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[api_middleware],
                           client_max_size=gateway.config.server.max_body_bytes)
     app[GATEWAY_KEY] = gateway
     app[MAX_BODY_KEY] = gateway.config.server.max_body_bytes

@@ -6,6 +6,7 @@ shapes of CONTRACT.md, so the API serializes them without another mapping layer.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ class IngestResult:
 
     message: JSON
     created: bool
+    message_json: bytes | None = None  # ``message`` already encoded, when the store has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +116,11 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise StoreError when the store cannot be reached."""
 
-    async def ingest(self, inbound: InboundMessage,
-                     attachments: list[StoredAttachment]) -> IngestResult:
-        """Store one inbound message once; resolve customer and conversation; emit events."""
+    def ingest(self, inbound: InboundMessage,
+               attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
+        """Store one inbound message once; resolve customer and conversation; emit events.
+
+        Awaiting the result returns after the commit."""
 
     async def enqueue_outbound(self, *, conversation_id: str | None, customer_id: str | None,
                                request: OutboundRequest, routes: list[Route],

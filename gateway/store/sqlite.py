@@ -23,9 +23,9 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -84,6 +84,7 @@ class Tx:
     now: datetime
     now_iso: str  # ``now`` in the contract's format, formatted once per batch
     cache: WriterCache
+    rows: BatchRows | None = None  # set: inserts are deferred to the batch's flush
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
@@ -96,12 +97,73 @@ class Tx:
         event_id = new_id("evt")
         body = orjson.dumps({"id": event_id, "seq": str(seq), "type": event_type,
                              "created_at": self.now_iso, "data": data})
-        self.conn.execute(
-            "INSERT INTO events (seq, id, type, created_at, conversation_id, customer_id, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (seq, event_id, event_type, self.now_iso, conversation_id, customer_id, body),
-        )
+        row = (seq, event_id, event_type, self.now_iso, conversation_id, customer_id, body)
+        if self.rows is not None:
+            self.rows.events.append(row)
+        else:
+            self.conn.execute(_INSERT_EVENT + _VALUES[7], row)
         return seq
+
+
+_INSERT_EVENT = ("INSERT INTO events (seq, id, type, created_at, conversation_id, customer_id,"
+                 " body) VALUES ")
+_INSERT_MESSAGE = ("INSERT INTO messages (id, conversation_id, customer_id, channel, account, "
+                   "direction, provider_message_id, status, created_at, data) VALUES ")
+_INSERT_RAW = "INSERT INTO raw_payloads (message_id, content_type, body, created_at) VALUES "
+_VALUES = {width: "(" + ", ".join("?" * width) + ")" for width in (4, 7, 10)}
+_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """Rows that a batch's ingest jobs wrote, inserted together before anything reads them.
+
+    One multi-row INSERT per table and chunk instead of four statements per message: less
+    Python per message, and fewer times the writer gives the GIL up to the event loop
+    mid-batch. ``messages`` also answers dedupe and threading lookups for rows not yet
+    inserted.
+    """
+
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+    raw: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # conversations whose last_message_at = now
+    by_key: dict[tuple[str, str, str | None], JSON] = field(default_factory=dict)
+    by_ref: dict[tuple[str, str | None], JSON] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.events or self.touched)
+
+    def flush(self, conn: sqlite3.Connection, now_iso: str) -> None:
+        """Insert everything collected so far, then start empty."""
+        _insert_chunked(conn, _INSERT_MESSAGE, 10, self.messages)
+        _insert_chunked(conn, _INSERT_RAW, 4, self.raw)
+        _insert_chunked(conn, _INSERT_EVENT, 7, self.events)
+        touched = sorted(self.touched)
+        start = 0
+        for size in _CHUNKS:
+            while len(touched) - start >= size:
+                conn.execute("UPDATE conversations SET last_message_at = ? WHERE id IN ("
+                             + ", ".join("?" * size) + ")",
+                             (now_iso, *touched[start:start + size]))
+                start += size
+        self.messages.clear()
+        self.raw.clear()
+        self.events.clear()
+        self.touched.clear()
+        self.by_key.clear()
+        self.by_ref.clear()
+
+
+def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
+                    rows: list[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs in power-of-two chunks (a few distinct statements, all cached)."""
+    start = 0
+    for size in _CHUNKS:
+        while len(rows) - start >= size:
+            conn.execute(head + ", ".join([_VALUES[width]] * size),
+                         [value for row in rows[start:start + size] for value in row])
+            start += size
 
 
 _STOP = object()
@@ -161,6 +223,7 @@ class SQLiteStore:
         self.last_error: str | None = None
         self.batches = 0
         self.jobs = 0
+        self.reruns = 0  # batches run again job by job after an optimistic run failed
 
     # ---------------------------------------------------------------- plumbing
 
@@ -237,6 +300,7 @@ class SQLiteStore:
                 # A job without a savepoint failed: undo the batch, run it again with one
                 # savepoint per job so that only the failing job is undone.
                 self._seq = seq_before
+                self.reruns += 1
                 outcomes = self._execute(conn, batch, optimistic=False)
             assert outcomes is not None
             conn.execute("COMMIT")
@@ -295,17 +359,25 @@ class SQLiteStore:
         now_iso = iso(now)
         assert now_iso is not None
         cache = self.cache
+        rows = BatchRows() if optimistic else None
         conn.execute("BEGIN IMMEDIATE")
         for fn, args, _future, _loop in batch:
-            tx = Tx(conn, self, now, now_iso, cache)
             if optimistic and fn in _NO_SAVEPOINT:
                 try:
-                    outcomes.append((True, fn(tx, *args)))
+                    outcomes.append((True, fn(Tx(conn, self, now, now_iso, cache, rows), *args)))
                 except Exception:
                     conn.execute("ROLLBACK")
                     self.cache.clear()
                     return None
                 continue
+            tx = Tx(conn, self, now, now_iso, cache)
+            if rows:
+                try:
+                    rows.flush(conn, now_iso)  # what this job may read must be in the tables
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+                    self.cache.clear()
+                    return None
             conn.execute("SAVEPOINT job")
             try:
                 result = fn(tx, *args)
@@ -317,6 +389,13 @@ class SQLiteStore:
             else:
                 conn.execute("RELEASE job")
                 outcomes.append((True, result))
+        if rows:
+            try:
+                rows.flush(conn, now_iso)
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                self.cache.clear()
+                return None
         return outcomes
 
     def _next_seq(self) -> int:
@@ -401,11 +480,10 @@ class SQLiteStore:
 
     # ---------------------------------------------------------------- ingest
 
-    async def ingest(self, inbound: InboundMessage,
-                     attachments: list[StoredAttachment]) -> IngestResult:
-        """Store one inbound message once; see :func:`_ingest`."""
-        return await self.write(_ingest, inbound, attachments,
-                                self.config.reopen_window_days)
+    def ingest(self, inbound: InboundMessage,
+               attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
+        """Store one inbound message once (see :func:`_ingest`); await the commit."""
+        return self.write(_ingest, inbound, attachments, self.config.reopen_window_days)
 
     async def update_status(self, channel: str, account: str, provider_message_id: str,
                             status: str, error: JSON | None = None) -> JSON | None:
@@ -924,6 +1002,9 @@ def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
             reopen_window_days: float) -> IngestResult:
+    key = (inbound.channel, inbound.account, inbound.provider_message_id)
+    if tx.rows is not None and key in tx.rows.by_key:  # the same message earlier in the batch
+        return IngestResult(tx.rows.by_key[key], created=False)
     existing = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
                       "AND provider_message_id = ?",
                       (inbound.channel, inbound.account, inbound.provider_message_id))
@@ -939,6 +1020,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
     for ref in inbound.reply_refs:
         row = tx.one("SELECT id, conversation_id FROM messages WHERE provider_message_id = ? "
                      "AND channel = ? ORDER BY id LIMIT 1", (ref, inbound.channel))
+        if row is None and tx.rows is not None:  # stored earlier in this batch
+            row = tx.rows.by_ref.get((inbound.channel, ref))
         if row is not None:
             in_reply_to = row["id"]
             conversation = _conversation_by_id(tx, row["conversation_id"])
@@ -986,8 +1069,11 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
             tx.conn.execute("UPDATE conversations SET context = ? WHERE id = ?",
                             (_dumps(inbound.context), conversation_id))
             conversation["context"] = inbound.context
-        tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
-                        (tx.now_iso, conversation_id))
+        if tx.rows is not None:
+            tx.rows.touched.add(conversation_id)
+        else:
+            tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
+                            (tx.now_iso, conversation_id))
         conversation["last_message_at"] = tx.now_iso
     tx.cache.latest[customer_id] = conversation
 
@@ -1001,14 +1087,21 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
         thread_id=inbound.provider_thread_id, status="received", agent=None,
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
         content=inbound.content)
-    _insert_message(tx, message, attachments)
+    encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
+    _insert_message(tx, message, attachments, encoded)
     if inbound.raw is not None:
-        tx.conn.execute("INSERT INTO raw_payloads (message_id, content_type, body, created_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso))
-    tx.emit("message.received", {"message": message, "conversation": conversation},
+        raw = (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso)
+        if tx.rows is not None:
+            tx.rows.raw.append(raw)
+        else:
+            tx.conn.execute(_INSERT_RAW + _VALUES[4], raw)
+    if tx.rows is not None:
+        tx.rows.by_key[key] = message
+        tx.rows.by_ref.setdefault((inbound.channel, inbound.provider_message_id), message)
+    tx.emit("message.received", {"message": orjson.Fragment(encoded),
+                                 "conversation": conversation},
             conversation_id=conversation_id, customer_id=customer_id)
-    return IngestResult(message, created=True)
+    return IngestResult(message, created=True, message_json=encoded)
 
 
 def _conversation_by_id(tx: Tx, conversation_id: str) -> JSON | None:
@@ -1037,13 +1130,16 @@ def _latest_conversation(tx: Tx, customer_id: str) -> JSON | None:
 _NO_SAVEPOINT = frozenset({_ingest})
 
 
-def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachment]) -> None:
-    tx.conn.execute(
-        "INSERT INTO messages (id, conversation_id, customer_id, channel, account, direction, "
-        "provider_message_id, status, created_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (message["id"], message["conversation_id"], message["customer_id"], message["channel"],
-         message["account"], message["direction"], message["provider"]["message_id"],
-         message["status"], message["received_at"], _dumps(message)))
+def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachment],
+                    encoded: bytes | None = None) -> None:
+    row = (message["id"], message["conversation_id"], message["customer_id"],
+           message["channel"], message["account"], message["direction"],
+           message["provider"]["message_id"], message["status"], message["received_at"],
+           (encoded or orjson.dumps(message)).decode())
+    if tx.rows is not None:
+        tx.rows.messages.append(row)
+    else:
+        tx.conn.execute(_INSERT_MESSAGE + _VALUES[10], row)
     for att in attachments:
         tx.conn.execute(
             "INSERT INTO attachments (id, message_id, filename, content_type, size, sha256, "

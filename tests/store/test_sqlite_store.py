@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -179,3 +181,74 @@ async def test_a_failing_ingest_in_a_batch_is_undone_alone(store: SQLiteStore) -
     seqs = [int(orjson.loads(b)["seq"]) for b in (await store.events_after(0, 100)).bodies]
     assert seqs == sorted(seqs)
     assert len(seqs) == 6
+
+
+async def _in_one_batch(store: SQLiteStore, *writes: Any) -> list[Any]:
+    """Run ``writes`` (awaitables of store writes) so that they share one writer batch.
+
+    The writer is held busy by a job that waits on a gate; the writes queue up behind it
+    and the writer then takes them all together.
+    """
+    started, gate = threading.Event(), threading.Event()
+
+    def hold(tx: object) -> None:
+        started.set()
+        gate.wait(10)
+
+    holder = asyncio.ensure_future(store.write(hold))
+    await asyncio.to_thread(started.wait, 10)
+    jobs_before = store.jobs
+    tasks = [asyncio.ensure_future(w) for w in writes]
+    await asyncio.sleep(0)  # each task runs to its queue.put and waits for its future
+    assert store._queue.qsize() == len(writes)
+    batches_before, reruns_before = store.batches, store.reruns
+    gate.set()
+    await holder
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    # The holder's batch, then one batch with every write.
+    assert store.batches == batches_before + 2 and store.jobs == jobs_before + 1 + len(writes)
+    assert store.reruns == reruns_before  # no job failed: the fast path did it all
+    return results
+
+
+async def test_jobs_in_one_batch_see_what_earlier_jobs_of_the_batch_stored(
+        store: SQLiteStore) -> None:
+    count_messages = store.write(lambda tx: tx.conn.execute(
+        "SELECT COUNT(*) FROM messages").fetchone()[0])
+    first, again, reply, seen, other = await _in_one_batch(
+        store,
+        store.ingest(inbound("<a@shop>", "kim@x.com", channel="email"), []),
+        store.ingest(inbound("<a@shop>", "kim@x.com", channel="email"), []),
+        store.ingest(inbound("<b@x>", "kim@x.com", channel="email", refs=["<a@shop>"]), []),
+        count_messages,
+        store.ingest(inbound("<c@x>", "lee@x.com", channel="email"), []))
+    assert first.created and not again.created
+    assert again.message["id"] == first.message["id"]  # the same message, stored once
+    assert reply.message["in_reply_to"] == first.message["id"]
+    assert reply.message["conversation_id"] == first.message["conversation_id"]
+    assert seen == 2  # a non-ingest job reads the rows its batch already wrote
+    assert other.created
+    for result in (first, reply, other):
+        stored = await store.get_message(result.message["id"])
+        assert stored == result.message
+        conversation = await store.get_conversation(result.message["conversation_id"])
+        assert conversation["last_message_at"] == result.message["received_at"]
+    assert (await store.get_raw(first.message["id"])) is None  # these carried no raw bytes
+    bodies = (await store.events_after(0, 100)).bodies
+    events = [orjson.loads(b) for b in bodies]
+    assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
+    received = [e["data"]["message"]["id"] for e in events if e["type"] == "message.received"]
+    assert received == [first.message["id"], reply.message["id"], other.message["id"]]
+
+
+async def test_raw_payloads_of_a_batch_are_kept_with_their_messages(
+        store: SQLiteStore) -> None:
+    def with_raw(provider_id: str) -> InboundMessage:
+        message = inbound(provider_id, f"sender-{provider_id}")
+        message.raw, message.raw_content_type = f"raw {provider_id}".encode(), "text/plain"
+        return message
+
+    results = await _in_one_batch(store, *(store.ingest(with_raw(f"r{i}"), [])
+                                           for i in range(37)))  # 32 + 4 + 1 rows
+    for i, result in enumerate(results):
+        assert await store.get_raw(result.message["id"]) == ("text/plain", f"raw r{i}".encode())
