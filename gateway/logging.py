@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key")
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def _mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in list(event):
-        lowered = key.lower()
-        if any(word in lowered for word in _SECRET_WORDS) and event[key] is not None:
+        if _is_secret_key(key) and event[key] is not None:
             event[key] = "********"
     return event
 
@@ -33,8 +40,11 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     _level = numeric
     use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    # JSON lines go out as the bytes orjson makes, not decoded and re-encoded by print().
     renderer: Any = (structlog.dev.ConsoleRenderer() if use_console
                      else structlog.processors.JSONRenderer(serializer=_orjson_dumps))
+    factory: Any = (structlog.PrintLoggerFactory(sys.stdout) if use_console
+                    else structlog.BytesLoggerFactory(sys.stdout.buffer))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -46,7 +56,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     # Library loggers (aiohttp access logs, aiosmtpd) go through the same JSON lines.
@@ -57,16 +67,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(max(numeric, logging.WARNING))
 
 
-def _orjson_dumps(obj: Any, **_kw: Any) -> str:
-    import orjson
-
-    return orjson.dumps(obj, default=str).decode()
+def _orjson_dumps(obj: Any, **_kw: Any) -> bytes:
+    return orjson.dumps(obj, default=str)
 
 
 class _StdlibJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
         payload = {"event": record.getMessage(), "logger": record.name,
                    "level": record.levelname.lower(),
                    "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")}

@@ -111,17 +111,18 @@ _INSERT_MESSAGE = ("INSERT INTO messages (id, conversation_id, customer_id, chan
                    "direction, provider_message_id, status, created_at, data) VALUES ")
 _INSERT_RAW = "INSERT INTO raw_payloads (message_id, content_type, body, created_at) VALUES "
 _VALUES = {width: "(" + ", ".join("?" * width) + ")" for width in (4, 7, 10)}
-_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+_CHUNK = 64  # rows per multi-row statement: one prepared statement per size up to this
 
 
 @dataclass(slots=True)
 class BatchRows:
     """Rows that a batch's ingest jobs wrote, inserted together before anything reads them.
 
-    One multi-row INSERT per table and chunk instead of four statements per message: less
-    Python per message, and fewer times the writer gives the GIL up to the event loop
-    mid-batch. ``messages`` also answers dedupe and threading lookups for rows not yet
-    inserted.
+    One multi-row INSERT per table instead of four statements per message. Each statement
+    releases the GIL, and under load getting it back means waiting for the event loop's
+    turn: a batch's wall time grew with its statement count, not its CPU. ``by_key`` and
+    ``by_ref`` answer dedupe and threading lookups for rows not yet inserted; ``stored``
+    holds what one query per batch found of the batch's keys already in the table.
     """
 
     messages: list[tuple[Any, ...]] = field(default_factory=list)
@@ -130,40 +131,53 @@ class BatchRows:
     touched: set[str] = field(default_factory=set)  # conversations whose last_message_at = now
     by_key: dict[tuple[str, str, str | None], JSON] = field(default_factory=dict)
     by_ref: dict[tuple[str, str | None], JSON] = field(default_factory=dict)
+    # None: not looked up (or stale: another kind of job ran since), ask the table.
+    stored: dict[tuple[str, str, str | None], str] | None = None
 
-    def __bool__(self) -> bool:
-        return bool(self.messages or self.events or self.touched)
+    def prefetch(self, conn: sqlite3.Connection, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Find which of these (channel, account, provider id) are stored, in few queries."""
+        stored: dict[tuple[str, str, str | None], str] = {}
+        self.stored = stored
+        by_channel: dict[str, list[str]] = {}
+        for channel, _account, provider_id in keys:
+            by_channel.setdefault(channel, []).append(provider_id)
+        for channel, ids in by_channel.items():
+            unique = sorted(set(ids))
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start:start + _CHUNK]
+                for row in conn.execute(
+                        "SELECT account, provider_message_id, data FROM messages WHERE "
+                        "channel = ? AND provider_message_id IN (" + ", ".join("?" * len(chunk))
+                        + ")", (channel, *chunk)):
+                    stored[(channel, row[0], row[1])] = row[2]
 
     def flush(self, conn: sqlite3.Connection, now_iso: str) -> None:
-        """Insert everything collected so far, then start empty."""
+        """Insert everything collected so far, then start empty (and forget the lookup:
+        the job that runs next may change the table)."""
         _insert_chunked(conn, _INSERT_MESSAGE, 10, self.messages)
         _insert_chunked(conn, _INSERT_RAW, 4, self.raw)
         _insert_chunked(conn, _INSERT_EVENT, 7, self.events)
         touched = sorted(self.touched)
-        start = 0
-        for size in _CHUNKS:
-            while len(touched) - start >= size:
-                conn.execute("UPDATE conversations SET last_message_at = ? WHERE id IN ("
-                             + ", ".join("?" * size) + ")",
-                             (now_iso, *touched[start:start + size]))
-                start += size
+        for start in range(0, len(touched), _CHUNK):
+            chunk = touched[start:start + _CHUNK]
+            conn.execute("UPDATE conversations SET last_message_at = ? WHERE id IN ("
+                         + ", ".join("?" * len(chunk)) + ")", (now_iso, *chunk))
         self.messages.clear()
         self.raw.clear()
         self.events.clear()
         self.touched.clear()
         self.by_key.clear()
         self.by_ref.clear()
+        self.stored = None
 
 
 def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
                     rows: list[tuple[Any, ...]]) -> None:
-    """Multi-row INSERTs in power-of-two chunks (a few distinct statements, all cached)."""
-    start = 0
-    for size in _CHUNKS:
-        while len(rows) - start >= size:
-            conn.execute(head + ", ".join([_VALUES[width]] * size),
-                         [value for row in rows[start:start + size] for value in row])
-            start += size
+    """Multi-row INSERTs of up to ``_CHUNK`` rows (each size's statement stays prepared)."""
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        conn.execute(head + ", ".join([_VALUES[width]] * len(chunk)),
+                     [value for row in chunk for value in row])
 
 
 _STOP = object()
@@ -228,8 +242,9 @@ class SQLiteStore:
     # ---------------------------------------------------------------- plumbing
 
     def _connect(self, *, readonly: bool = False) -> sqlite3.Connection:
+        # Room for the batch statements of every size (see BatchRows) besides the rest.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+                               timeout=30.0, cached_statements=512)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = OFF")
@@ -361,6 +376,9 @@ class SQLiteStore:
         cache = self.cache
         rows = BatchRows() if optimistic else None
         conn.execute("BEGIN IMMEDIATE")
+        if rows is not None:
+            rows.prefetch(conn, [(a[0].channel, a[0].account, a[0].provider_message_id)
+                                 for fn, a, _f, _l in batch if fn is _ingest])
         for fn, args, _future, _loop in batch:
             if optimistic and fn in _NO_SAVEPOINT:
                 try:
@@ -371,7 +389,7 @@ class SQLiteStore:
                     return None
                 continue
             tx = Tx(conn, self, now, now_iso, cache)
-            if rows:
+            if rows is not None:
                 try:
                     rows.flush(conn, now_iso)  # what this job may read must be in the tables
                 except sqlite3.Error:
@@ -389,7 +407,7 @@ class SQLiteStore:
             else:
                 conn.execute("RELEASE job")
                 outcomes.append((True, result))
-        if rows:
+        if rows is not None:
             try:
                 rows.flush(conn, now_iso)
             except sqlite3.Error:
@@ -1005,11 +1023,14 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
     key = (inbound.channel, inbound.account, inbound.provider_message_id)
     if tx.rows is not None and key in tx.rows.by_key:  # the same message earlier in the batch
         return IngestResult(tx.rows.by_key[key], created=False)
-    existing = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
-                      "AND provider_message_id = ?",
-                      (inbound.channel, inbound.account, inbound.provider_message_id))
-    if existing is not None:
-        return IngestResult(_loads(existing["data"]), created=False)
+    if tx.rows is not None and tx.rows.stored is not None:  # the batch looked its keys up
+        if key in tx.rows.stored:
+            return IngestResult(_loads(tx.rows.stored[key]), created=False)
+    else:
+        existing = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
+                          "AND provider_message_id = ?", key)
+        if existing is not None:
+            return IngestResult(_loads(existing["data"]), created=False)
 
     customer_id, new_customer = _resolve_sender(tx, inbound)
     if new_customer is not None:

@@ -249,3 +249,49 @@ def test_mutated_corpus_never_raises() -> None:
                 "id": message.provider_message_id, "content": message.content,
                 "files": [(a.filename, a.content_type, a.content_id)
                           for a in message.attachments]})
+
+
+def _single_part_cases() -> list[bytes]:
+    """Corpus mail, its mutations, and header/body boundaries the fast path must get right."""
+    rng = random.Random(20261129)
+    cases = []
+    for path in samples():
+        raw = path.read_bytes()
+        cases.append(raw)
+        cases.append(raw.replace(b"\r\n", b"\n"))
+        for _ in range(20):
+            data = bytearray(raw[: rng.randrange(1, len(raw) + 1)])
+            for _ in range(rng.randrange(0, 8)):
+                if data:
+                    data[rng.randrange(len(data))] = rng.choice(b"\r\n :\t-=\xc3\xa9xX")
+            cases.append(bytes(data))
+    cases += [
+        b"Subject: only headers\r\n",
+        b"Subject: no blank line\r\nthis line is not a header\r\nand more\r\n",
+        b"Subject: s\r\n\r\n",
+        b"Subject: s\r\n\r\n\r\nbody after an empty line\r\n",
+        b"Subject: s\n\nlf only\n",
+        b"Subject: s\r\n folded\r\nFrom: a@b.c\r\n\r\nbody \xea\xb0\x80 8-bit\r\n",
+        b"From a@b.c Sun Nov 22 10:00:00 2026\r\nSubject: mbox line\r\n\r\nbody\r\n",
+        b" leading continuation\r\nSubject: s\r\n\r\nbody\r\n",
+        b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    ]
+    return cases
+
+
+def test_the_single_part_fast_path_gives_exactly_what_the_feed_parser_gives() -> None:
+    from normalizer.email import _PARSER, _parse_single_part
+
+    taken = 0
+    for raw in _single_part_cases():
+        fast = _parse_single_part(raw)
+        if fast is None:
+            continue  # the full parse takes it
+        taken += 1
+        full = _PARSER.parsebytes(raw)
+        assert list(fast.raw_items()) == list(full.raw_items()), raw[:80]
+        assert fast.get_payload() == full.get_payload(), raw[:80]
+        assert fast.defects == full.defects == [], raw[:80]
+        assert fast.get_unixfrom() == full.get_unixfrom(), raw[:80]
+    assert taken > 50  # most single-part mail goes the fast way

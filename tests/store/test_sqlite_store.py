@@ -252,3 +252,20 @@ async def test_raw_payloads_of_a_batch_are_kept_with_their_messages(
                                            for i in range(37)))  # 32 + 4 + 1 rows
     for i, result in enumerate(results):
         assert await store.get_raw(result.message["id"]) == ("text/plain", f"raw r{i}".encode())
+
+
+async def test_a_batch_finds_redeliveries_of_earlier_messages_and_sees_its_own_changes(
+        store: SQLiteStore) -> None:
+    earlier = await store.ingest(inbound("old-1"), [])
+    erased = await store.ingest(inbound("old-2", "u2"), [])
+
+    def forget(tx: object) -> None:  # stands in for any other job between the ingests
+        tx.conn.execute("DELETE FROM messages WHERE id = ?",  # type: ignore[attr-defined]
+                        (erased.message["id"],))
+
+    again, _, after_forget = await _in_one_batch(
+        store, store.ingest(inbound("old-1"), []), store.write(forget),
+        store.ingest(inbound("old-2", "u2"), []))
+    assert not again.created and again.message["id"] == earlier.message["id"]
+    assert after_forget.created  # gone when it came again: stored anew
+    assert after_forget.message["id"] != erased.message["id"]
