@@ -181,6 +181,8 @@ def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
 
 
 _STOP = object()
+_CHECKPOINT_PAGES = 8000  # WAL frames (4 KiB pages) before the writer resets the WAL
+_CHECKPOINT_EVERY = 50  # batches between background checkpoint passes
 
 
 class WriterCache:
@@ -223,11 +225,21 @@ class SQLiteStore:
         self.on_batch = on_batch  # called on the writer thread with each batch's job count
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        # FULL/EXTRA: the writer commits without waiting for the disk; the syncer thread
+        # fsyncs the WAL and only then answers the batch's callers (see _syncer_main).
+        self._pipelined = config.synchronous in ("FULL", "EXTRA")
+        self._synced: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._syncer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_wanted = threading.Event()
+        self._catch_up = False  # set by the checkpointer: the WAL needs resetting
+        self._stopping = False
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
         self._local = threading.local()
         self._seq = 0
         self._committed_seq = 0
-        self._healthy = True
+        self._commit_ok = True  # the writer's last COMMIT
+        self._sync_ok = True  # the syncer's last fsync
         # Backpressure: at most this many writes wait for the writer; more callers wait
         # here, so memory stays bounded however fast requests arrive.
         self.cache = WriterCache()
@@ -252,10 +264,17 @@ class SQLiteStore:
             conn.execute("PRAGMA query_only = ON")
         else:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.config.synchronous}")
+            if self._pipelined:
+                # Durability is the syncer's job (an fsync of the WAL before any caller
+                # hears of its commit) and checkpoints are the checkpointer's, so a commit
+                # never waits for the disk here.
+                conn.execute("PRAGMA synchronous = OFF")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            else:
+                conn.execute(f"PRAGMA synchronous = {self.config.synchronous}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             # Deleted rows (an erased customer) are overwritten, not just unlinked.
             conn.execute("PRAGMA secure_delete = ON")
-            conn.execute("PRAGMA wal_autocheckpoint = 4000")
         conn.execute("PRAGMA cache_size = -16000")
         conn.execute("PRAGMA temp_store = MEMORY")  # savepoint journals: no temp-file writes
         return conn
@@ -269,14 +288,28 @@ class SQLiteStore:
         self._writer = threading.Thread(target=self._writer_main, args=(loop, ready),
                                         name="store-writer", daemon=True)
         self._writer.start()
+        if self._pipelined:
+            self._syncer = threading.Thread(target=self._syncer_main, name="store-sync",
+                                            daemon=True)
+            self._syncer.start()
         await ready
+        if self._pipelined:
+            self._checkpointer = threading.Thread(target=self._checkpointer_main,
+                                                  name="store-checkpoint", daemon=True)
+            self._checkpointer.start()
 
     async def close(self) -> None:
-        """Let queued writes commit, then stop the writer and the readers."""
+        """Let queued writes commit (and reach the disk), then stop the threads."""
         if self._writer is not None:
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
+            await asyncio.to_thread(self._writer.join)  # it stops the syncer after itself
             self._writer = None
+        for thread in (self._syncer, self._checkpointer):
+            if thread is not None:
+                self._stopping = True
+                self._checkpoint_wanted.set()
+                await asyncio.to_thread(thread.join)
+        self._syncer = self._checkpointer = None
         self._readers.shutdown(wait=True)
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
@@ -304,8 +337,97 @@ class SQLiteStore:
                     stopping = True
                     break
                 batch.append(job)
+            if self._catch_up:
+                self._finish_checkpoint(conn)
             self._run_batch(conn, batch)
+        if self._pipelined:
+            self._synced.put(_STOP)
         conn.close()
+
+    # ---------------------------------------------------------------- durability
+
+    def _syncer_main(self) -> None:
+        """fsync the WAL after commits, then answer the callers of every commit it covers.
+
+        One fsync covers every commit written before it started, so while it runs the
+        writer goes on with the next batch, and the next fsync covers all of those.
+        """
+        wal_fd: int | None = None
+        stopping = False
+        while not stopping:
+            first = self._synced.get()
+            done = [] if first is _STOP else [first]
+            stopping = first is _STOP
+            while not stopping:
+                try:
+                    item = self._synced.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    done.append(item)
+            if not done:
+                continue
+            error: str | None = None
+            try:
+                if wal_fd is None:
+                    wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+                os.fdatasync(wal_fd)
+                self._sync_ok = True
+            except OSError as exc:
+                error = f"fsync of the write-ahead log failed: {exc}"
+                self._sync_ok = False
+                self.last_error = error
+                log.error("store.sync_failed", error=str(exc))
+            for seq, settle in done:
+                if error is not None:
+                    failure = StoreError(error)
+                    settle = {loop: [(f, False, failure) for f, _ok, _v in results]
+                              for loop, results in settle.items()}
+                    seq = None
+                self._deliver(settle, seq)
+        if wal_fd is not None:
+            os.close(wal_fd)
+
+    def _checkpointer_main(self) -> None:
+        """Copy the WAL back into the database in the background (PASSIVE: the writer
+        goes on meanwhile), fsyncing both files itself; ask the writer for a short
+        catch-up when the WAL keeps growing, because only a checkpoint that reaches the
+        WAL's end lets the next commit start the WAL over."""
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            while not self._stopping:
+                self._checkpoint_wanted.wait(1.0)
+                self._checkpoint_wanted.clear()
+                if self._stopping:
+                    break
+                try:
+                    _busy, frames, copied = conn.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("store.checkpoint_failed", error=str(exc))
+                    continue
+                # Most of it copied: the writer's share is small. Far too long (readers
+                # held it back): the writer catches up anyway, to keep the WAL bounded.
+                if frames >= _CHECKPOINT_PAGES and (copied >= frames - _CHECKPOINT_PAGES // 4
+                                                    or frames >= 4 * _CHECKPOINT_PAGES):
+                    self._catch_up = True
+        finally:
+            conn.close()
+
+    def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """On the writer, between batches: checkpoint the WAL's last frames (the
+        checkpointer copied the rest) so that the next commit starts the WAL over."""
+        self._catch_up = False
+        try:
+            conn.execute("PRAGMA synchronous = FULL")  # this checkpoint must sync the file
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("store.checkpoint_failed", error=str(exc))
+        finally:
+            conn.execute("PRAGMA synchronous = OFF")
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         seq_before = self._seq
@@ -322,14 +444,13 @@ class SQLiteStore:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             self.cache.trim()
-            self._committed_seq = self._seq
-            self._healthy = True
+            self._commit_ok = True
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self.cache.clear()
             self._seq = seq_before
-            self._healthy = False
+            self._commit_ok = False
             self.last_error = str(exc)
             log.error("store.commit_failed", error=str(exc), jobs=len(batch))
             error = StoreError(f"the store could not commit: {exc}")
@@ -345,6 +466,19 @@ class SQLiteStore:
                 value = StoreError(str(value))
             settle.setdefault(loop, []).append((future, ok, value))
         seq = self._seq if self._seq > seq_before else None
+        if self._pipelined:
+            self._synced.put((seq, settle))
+            if self.batches % _CHECKPOINT_EVERY == 0:
+                self._checkpoint_wanted.set()
+        else:
+            self._deliver(settle, seq)
+
+    def _deliver(self, settle: dict[asyncio.AbstractEventLoop,
+                                    list[tuple[asyncio.Future[Any], bool, Any]]],
+                 seq: int | None) -> None:
+        """The batch is as durable as configured: show it in the feed, answer its callers."""
+        if seq is not None:
+            self._committed_seq = seq
         for loop, results in settle.items():
             loop.call_soon_threadsafe(self._settle, results, seq)
 
@@ -456,7 +590,7 @@ class SQLiteStore:
     async def ping(self) -> None:
         """Raise StoreError unless a read and the last commit succeeded."""
         await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
-        if not self._healthy:
+        if not (self._commit_ok and self._sync_ok):
             raise StoreError(self.last_error or "the last commit failed")
 
     # ---------------------------------------------------------------- blobs
@@ -515,8 +649,10 @@ class SQLiteStore:
         """Return up to ``limit`` event bodies with seq > ``after``."""
 
         def q(conn: sqlite3.Connection) -> Page:
-            rows = conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (after, limit)).fetchall()
+            # Only what reached the disk: a consumer never sees an event a crash could undo.
+            rows = conn.execute("SELECT seq, body FROM events WHERE seq > ? AND seq <= ? "
+                                "ORDER BY seq LIMIT ?", (after, self._committed_seq, limit)
+                                ).fetchall()
             return Page([bytes(r["body"]) for r in rows], rows[-1]["seq"] if rows else after,
                         [r["seq"] for r in rows])
 
