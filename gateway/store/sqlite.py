@@ -16,6 +16,7 @@ the writer commits). The event loop never touches SQLite.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import os
@@ -85,6 +86,7 @@ class Tx:
     now_iso: str  # ``now`` in the contract's format, formatted once per batch
     cache: WriterCache
     rows: BatchRows | None = None  # set: inserts are deferred to the batch's flush
+    emitted: EmittedEvents | None = None  # the batch's events, for the feed's tail
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
@@ -98,11 +100,68 @@ class Tx:
         body = orjson.dumps({"id": event_id, "seq": str(seq), "type": event_type,
                              "created_at": self.now_iso, "data": data})
         row = (seq, event_id, event_type, self.now_iso, conversation_id, customer_id, body)
+        if self.emitted is not None:
+            self.emitted.append((seq, body))
         if self.rows is not None:
             self.rows.events.append(row)
         else:
             self.conn.execute(_INSERT_EVENT + _VALUES[7], row)
         return seq
+
+
+class EmittedEvents(list[tuple[int, bytes]]):
+    """(seq, body) of the events a batch committed; ``rewritten`` when a job of the batch
+    changed stored events (erasure), so the feed's tail must be read from the table again."""
+
+    rewritten: bool = False
+
+
+class FeedTail:
+    """The newest durable events in memory, so that a consumer reading near the head (the
+    usual case: a help desk long-polling the feed) is served without a database read.
+
+    Holds every durable event with ``lo < seq``, at most about ``max_bytes`` of them;
+    older cursors go to the table. Appended to by whichever thread declares batches
+    durable, read on the event loop: a lock keeps the two apart.
+    """
+
+    def __init__(self, lo: int, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.lo = lo
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._seqs: list[int] = []
+        self._bodies: list[bytes] = []
+        self._start = 0  # entries before this index are dropped (trimmed in bulk)
+        self._bytes = 0
+
+    def extend(self, events: EmittedEvents, head: int) -> None:
+        """Add a durable batch's events (``head``: the newest seq now durable)."""
+        with self._lock:
+            if events.rewritten:
+                self._seqs, self._bodies, self._start, self._bytes = [], [], 0, 0
+                self.lo = head
+                return
+            for seq, body in events:
+                self._seqs.append(seq)
+                self._bodies.append(body)
+                self._bytes += len(body)
+            while self._bytes > self.max_bytes and self._start < len(self._seqs):
+                self._bytes -= len(self._bodies[self._start])
+                self.lo = self._seqs[self._start]
+                self._start += 1
+            if self._start > 4096 and self._start * 2 > len(self._seqs):
+                del self._seqs[:self._start]
+                del self._bodies[:self._start]
+                self._start = 0
+
+    def after(self, after: int, limit: int) -> Page | None:
+        """Up to ``limit`` events after ``after``; None when the tail does not reach back."""
+        with self._lock:
+            if after < self.lo:
+                return None
+            first = bisect.bisect_right(self._seqs, after, self._start)
+            seqs = self._seqs[first:first + limit]
+            return Page(self._bodies[first:first + limit], seqs[-1] if seqs else after, seqs)
 
 
 _INSERT_EVENT = ("INSERT INTO events (seq, id, type, created_at, conversation_id, customer_id,"
@@ -238,6 +297,8 @@ class SQLiteStore:
         self._local = threading.local()
         self._seq = 0
         self._committed_seq = 0
+        self.tail = FeedTail(0)
+        self._batch_events = EmittedEvents()
         self._commit_ok = True  # the writer's last COMMIT
         self._sync_ok = True  # the syncer's last fsync
         # Backpressure: at most this many writes wait for the writer; more callers wait
@@ -318,6 +379,7 @@ class SQLiteStore:
             apply_migrations(conn)
             self._seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             self._committed_seq = self._seq
+            self.tail = FeedTail(self._seq)
         except Exception as exc:
             loop.call_soon_threadsafe(_set_exception, ready, StoreError(f"cannot open: {exc}"))
             return
@@ -380,13 +442,13 @@ class SQLiteStore:
                 self._sync_ok = False
                 self.last_error = error
                 log.error("store.sync_failed", error=str(exc))
-            for seq, settle in done:
+            for seq, settle, events in done:
                 if error is not None:
                     failure = StoreError(error)
                     settle = {loop: [(f, False, failure) for f, _ok, _v in results]
                               for loop, results in settle.items()}
                     seq = None
-                self._deliver(settle, seq)
+                self._deliver(settle, seq, events)
         if wal_fd is not None:
             os.close(wal_fd)
 
@@ -453,6 +515,7 @@ class SQLiteStore:
             self._commit_ok = False
             self.last_error = str(exc)
             log.error("store.commit_failed", error=str(exc), jobs=len(batch))
+            self._batch_events = EmittedEvents()
             error = StoreError(f"the store could not commit: {exc}")
             outcomes = [(False, error) for _ in batch]
         self.batches += 1
@@ -466,18 +529,20 @@ class SQLiteStore:
                 value = StoreError(str(value))
             settle.setdefault(loop, []).append((future, ok, value))
         seq = self._seq if self._seq > seq_before else None
+        events = self._batch_events
         if self._pipelined:
-            self._synced.put((seq, settle))
+            self._synced.put((seq, settle, events))
             if self.batches % _CHECKPOINT_EVERY == 0:
                 self._checkpoint_wanted.set()
         else:
-            self._deliver(settle, seq)
+            self._deliver(settle, seq, events)
 
     def _deliver(self, settle: dict[asyncio.AbstractEventLoop,
                                     list[tuple[asyncio.Future[Any], bool, Any]]],
-                 seq: int | None) -> None:
+                 seq: int | None, events: EmittedEvents) -> None:
         """The batch is as durable as configured: show it in the feed, answer its callers."""
         if seq is not None:
+            self.tail.extend(events, seq)
             self._committed_seq = seq
         for loop, results in settle.items():
             loop.call_soon_threadsafe(self._settle, results, seq)
@@ -509,6 +574,7 @@ class SQLiteStore:
         assert now_iso is not None
         cache = self.cache
         rows = BatchRows() if optimistic else None
+        emitted = self._batch_events = EmittedEvents()
         conn.execute("BEGIN IMMEDIATE")
         if rows is not None:
             rows.prefetch(conn, [(a[0].channel, a[0].account, a[0].provider_message_id)
@@ -516,13 +582,15 @@ class SQLiteStore:
         for fn, args, _future, _loop in batch:
             if optimistic and fn in _NO_SAVEPOINT:
                 try:
-                    outcomes.append((True, fn(Tx(conn, self, now, now_iso, cache, rows), *args)))
+                    outcomes.append((True, fn(Tx(conn, self, now, now_iso, cache, rows, emitted),
+                                              *args)))
                 except Exception:
                     conn.execute("ROLLBACK")
                     self.cache.clear()
                     return None
                 continue
-            tx = Tx(conn, self, now, now_iso, cache)
+            tx = Tx(conn, self, now, now_iso, cache, None, emitted)
+            emitted_before = len(emitted)
             if rows is not None:
                 try:
                     rows.flush(conn, now_iso)  # what this job may read must be in the tables
@@ -537,6 +605,7 @@ class SQLiteStore:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 self.cache.clear()
+                del emitted[emitted_before:]  # undone with the job
                 outcomes.append((False, exc))
             else:
                 conn.execute("RELEASE job")
@@ -647,6 +716,9 @@ class SQLiteStore:
 
     async def events_after(self, after: int, limit: int) -> Page:
         """Return up to ``limit`` event bodies with seq > ``after``."""
+        page = self.tail.after(after, limit)
+        if page is not None:
+            return page
 
         def q(conn: sqlite3.Connection) -> Page:
             # Only what reached the disk: a consumer never sees an event a crash could undo.
@@ -1398,6 +1470,8 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
 def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     cid = _resolve_customer_id(tx.conn, customer_id)
     tx.cache.clear()
+    if tx.emitted is not None:
+        tx.emitted.rewritten = True  # stored event bodies change: the feed's tail is stale
     ids = [cid] + [r[0] for r in tx.conn.execute(
         "SELECT id FROM customers WHERE merged_into = ?", (cid,))]
     marks = ",".join("?" * len(ids))

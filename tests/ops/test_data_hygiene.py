@@ -254,6 +254,10 @@ async def test_erasure_by_api_and_cli_leaves_nothing_of_the_customer(
             events = await all_events(http, daemon.url)
             assert [e["data"]["customer_id"] for e in events
                     if e["type"] == "customer.erased"] == [erased]
+            feed = orjson.dumps(events).decode()  # the feed serves erased bodies too
+            for value in (by_api["email"], by_api["name"], *by_api["texts"]):
+                assert value not in feed, f"{value!r} still in the feed"
+            assert keeper["texts"][0] in feed
             # Not even in the files' free pages or the WAL (secure_delete + checkpoint).
             raw = b"".join(p.read_bytes() for p in data.glob("omnirelay.db*"))
             for value in (by_api["email"], by_api["phone"], *by_api["texts"]):

@@ -361,3 +361,25 @@ async def test_the_wal_is_folded_back_and_restarted_under_continuous_writes(
     assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 800
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
+
+
+async def test_the_feed_reads_the_same_from_memory_and_from_the_table(
+        durable_store: SQLiteStore) -> None:
+    store = durable_store
+    store.tail.max_bytes = 20_000  # a short tail: older cursors are read from the table
+    for round_ in range(10):
+        await asyncio.gather(*(store.ingest(inbound(f"t{round_}-{i}", f"u{i % 5}"), [])
+                               for i in range(12)))
+    head = await store.head_seq()
+    assert 0 < store.tail.lo < head - 10  # trimmed, and still holds the newest events
+
+    def from_table(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(r[0], bytes(r[1])) for r in conn.execute(
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))]
+
+    for after in (0, store.tail.lo - 1, store.tail.lo, store.tail.lo + 3, head - 1, head):
+        for limit in (1, 7, 1000):
+            page = await store.events_after(after, limit)
+            expected = await store.read(from_table, after, limit)
+            assert list(zip(page.seqs, page.bodies, strict=True)) == expected, (after, limit)
+            assert page.next == (expected[-1][0] if expected else after)
