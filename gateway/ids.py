@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import random
 import threading
 import time
 from datetime import UTC, datetime
 
-# Crockford base32 (sorts like the numbers), reached from the RFC 4648 alphabet that the
-# C-implemented base64.b32encode produces: encoding is then one C call, not 26 divmods.
+# Crockford base32 (sorts like the numbers). Digits are looked up two at a time (10 bits)
+# from a table: base64.b32encode is pure Python on 3.11 and several times slower.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
 _last_time_digits = ""
 _random = random.SystemRandom()
+
+
+def _base32_80(value: int) -> str:
+    """An 80-bit number as 16 Crockford base32 digits."""
+    p = _PAIRS
+    return (p[value >> 70 & 1023] + p[value >> 60 & 1023] + p[value >> 50 & 1023]
+            + p[value >> 40 & 1023] + p[value >> 30 & 1023] + p[value >> 20 & 1023]
+            + p[value >> 10 & 1023] + p[value & 1023])
 
 
 def new_id(prefix: str) -> str:
@@ -33,13 +40,10 @@ def new_id(prefix: str) -> str:
         else:
             _last_ms = now
             _last_rand = _random.getrandbits(79)
-            # 48-bit time as 10 digits (2 leading zero bits), once per millisecond.
-            _last_time_digits = base64.b32encode((now << 6).to_bytes(7, "big"))[:10] \
-                .translate(_FROM_RFC4648).decode()
+            # 48-bit time as 10 digits (the first holds 3 bits), once per millisecond.
+            _last_time_digits = _base32_80(now)[6:]
         time_digits, rand = _last_time_digits, _last_rand
-    # The 80-bit random part is exactly 16 base32 digits: no padding, one C call.
-    rand_digits = base64.b32encode(rand.to_bytes(10, "big")).translate(_FROM_RFC4648)
-    return f"{prefix}_{time_digits}{rand_digits.decode()}"
+    return f"{prefix}_{time_digits}{_base32_80(rand)}"
 
 
 def utcnow() -> datetime:

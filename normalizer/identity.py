@@ -40,10 +40,12 @@ def normalize_email(value: str) -> str:
 def normalize_party(party: Party, default_region: str = "US") -> Party:
     """Return ``party`` with its address in canonical form for its kind."""
     if party.kind == "phone":
-        return Party("phone", normalize_phone(party.address, default_region), party.name)
-    if party.kind == "email":
-        return Party("email", normalize_email(party.address), party.name)
-    address = party.address.strip()
-    if not address:
-        raise InvalidIdentity(f"empty {party.kind} identity")
-    return Party(party.kind, address, party.name)
+        address = normalize_phone(party.address, default_region)
+    elif party.kind == "email":
+        address = normalize_email(party.address)
+    else:
+        address = party.address.strip()
+        if not address:
+            raise InvalidIdentity(f"empty {party.kind} identity")
+    # Already canonical (the usual case): the same object, so callers can tell by identity.
+    return party if address == party.address else Party(party.kind, address, party.name)

@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import os
@@ -249,8 +250,13 @@ def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
     """Multi-row INSERTs of up to ``_CHUNK`` rows (each size's statement stays prepared)."""
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start:start + _CHUNK]
-        conn.execute(head + ", ".join([_VALUES[width]] * len(chunk)),
-                     [value for row in chunk for value in row])
+        conn.execute(_multi_row_sql(head, width, len(chunk)),
+                     list(itertools.chain.from_iterable(chunk)))
+
+
+@functools.lru_cache(maxsize=512)
+def _multi_row_sql(head: str, width: int, rows: int) -> str:
+    return head + ", ".join([_VALUES[width]] * rows)
 
 
 _STOP = object()
