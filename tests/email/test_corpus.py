@@ -275,6 +275,14 @@ def _single_part_cases() -> list[bytes]:
         b"From a@b.c Sun Nov 22 10:00:00 2026\r\nSubject: mbox line\r\n\r\nbody\r\n",
         b" leading continuation\r\nSubject: s\r\n\r\nbody\r\n",
         b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n",
+        b"X-Empty:\r\nX-Tab:\tvalue\r\nSubject: folded at the end\r\n\tsecond line\r\n\r\nb",
+        b"Bad Name: x\r\nSubject: s\r\n\r\nb\r\n",
+        b": no name\r\nSubject: s\r\n\r\nb\r\n",
+        b"Subject: bare\rcr\r\n\r\nb\r\n",
+        b"Subject: =?utf-8?b?7ZWc6riA?= \xed\x95\x9c\r\nFrom: \xea\xb9\x80 <k@x.kr>\r\n\r\nb",
+        b"Subject: s\r\nFrom me: not a header\r\n\r\nb\r\n",
+        b"Subject: s\r\nFrom x@y Mon Jan  1 00:00:00 2026\r\n\r\nb\r\n",
+        b"subject: lower\r\nSUBJECT: upper\r\nContent-Type: TEXT/PLAIN; charset=utf-8\r\n\r\nb",
         b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
     ]
     return cases
