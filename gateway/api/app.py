@@ -534,12 +534,23 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
 
 async def provider_hook(request: web.Request) -> web.StreamResponse:
     """Dispatch ``/hooks/{type}/{account}[/…]`` to the running adapter's handler."""
+    match = request.match_info
+    return await _dispatch(request, match["type"], match["account"], match.get("tail", ""))
+
+
+def provider_hook_for(type_: str, account: str, tail: str) -> Handler:
+    """The hook of one account known at start, for a plain (exact-path) route."""
+    async def hook(request: web.Request) -> web.StreamResponse:
+        return await _dispatch(request, type_, account, tail)
+    return hook
+
+
+async def _dispatch(request: web.Request, type_: str, account: str,
+                    tail: str) -> web.StreamResponse:
     gateway = gw(request)
-    adapter = gateway.adapter_for_hook(request.match_info["type"], request.match_info["account"])
+    adapter = gateway.adapter_for_hook(type_, account)
     if adapter is None:
-        raise NotFound(f"no {request.match_info['type']} account "
-                       f"{request.match_info['account']!r}")
-    tail = request.match_info.get("tail", "")
+        raise NotFound(f"no {type_} account {account!r}")
     methods = adapter.route_table().get(f"/{tail}" if tail else "")
     if methods is None:
         raise NotFound(f"no route for {request.path}")
@@ -590,6 +601,12 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/channels", list_channels)
     app.router.add_get("/v1/webhooks/dead-letters", list_dead_letters)
     app.router.add_post("/v1/webhooks/dead-letters/replay", replay_dead_letters)
+    # Accounts configured at start get exact-path routes (a dict lookup, not two patterns
+    # tried in turn); the patterns still serve accounts that a reload adds.
+    for (type_, account), adapter in sorted(gateway.adapters.items()):
+        for path in adapter.route_table():
+            app.router.add_route("*", f"/hooks/{type_}/{account}{path}",
+                                 provider_hook_for(type_, account, path.lstrip("/")))
     app.router.add_route("*", "/hooks/{type}/{account}", provider_hook)
     app.router.add_route("*", "/hooks/{type}/{account}/{tail:.+}", provider_hook)
     return app

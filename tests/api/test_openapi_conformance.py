@@ -27,6 +27,7 @@ async def test_every_route_is_documented(daemon: Daemon) -> None:
 
     class Stub:
         config = type("C", (), {"server": type("S", (), {"max_body_bytes": 1024})()})()
+        adapters: dict[tuple[str, str], object] = {}
 
     app = create_app(Stub())  # type: ignore[arg-type]
     documented = openapi_document()["paths"]
