@@ -1,16 +1,20 @@
-"""SQLite store: WAL, one writer thread with group commit, a pool of reader threads.
+"""SQLite store: WAL, one writer thread with group commit, a syncer, a checkpointer, readers.
 
 Why this shape: SQLite allows one writer at a time, and each commit costs an fsync. All
 writes are therefore closures queued to a single writer thread, which runs everything
-queued so far inside one transaction (each job in its own SAVEPOINT, so one failing job
-does not undo the others), commits once, and only then resolves each caller's future. A
-caller that must acknowledge a provider awaits its future, so it acknowledges only what is
-committed, while throughput no longer hinges on one fsync per message. Because a single
-thread does all writing, dedupe and customer resolution need no further locking: the
-same message delivered twice at the same moment is simply found the second time.
+queued so far inside one transaction and commits once. Because a single thread does all
+writing, dedupe and customer resolution need no further locking: the same message delivered
+twice at the same moment is simply found the second time.
+
+With ``synchronous = FULL`` (the default) the writer does not wait for the disk: the syncer
+thread fsyncs the WAL after commits and only then resolves the callers' futures and
+advances the feed, so nothing is acknowledged or shown before it is durable, while the
+writer already runs the next batch. The checkpointer thread folds the WAL back into the
+database in the background. A caller that must acknowledge a provider awaits its future.
 
 Reads run on a small thread pool with their own connections (WAL lets them proceed while
-the writer commits). The event loop never touches SQLite.
+the writer commits); the newest durable events are also served from memory (FeedTail). The
+event loop never touches SQLite. docs/architecture.md tells the whole story.
 """
 
 from __future__ import annotations
