@@ -357,7 +357,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
             else:
                 conn.execute(f"PRAGMA synchronous = {self.config.synchronous}")
-                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+                conn.execute("PRAGMA wal_autocheckpoint = 4000")  # SQLite checkpoints
             # Deleted rows (an erased customer) are overwritten, not just unlinked.
             conn.execute("PRAGMA secure_delete = ON")
         conn.execute("PRAGMA cache_size = -16000")
