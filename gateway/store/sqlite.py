@@ -144,14 +144,19 @@ class FeedTail:
             collections.deque())
         self._bytes = 0
 
+    def drop(self, head: int) -> None:
+        """Forget everything up to ``head``: readers of those events go to the table."""
+        with self._lock:
+            self._batches.clear()
+            self._bytes = 0
+            self.lo = max(self.lo, head)
+
     def extend(self, events: EmittedEvents, head: int) -> None:
         """Add a durable batch's events (``head``: the newest seq now durable)."""
+        if events.rewritten:
+            self.drop(head)
+            return
         with self._lock:
-            if events.rewritten:
-                self._batches.clear()
-                self._bytes = 0
-                self.lo = head
-                return
             if events:
                 ends = list(itertools.accumulate(len(body) for _seq, body in events))
                 self._batches.append(([seq for seq, _ in events],
@@ -471,6 +476,8 @@ class SQLiteStore:
                     failure = StoreError(error)
                     settle = {loop: [(f, False, failure) for f, _ok, _v in results]
                               for loop, results in settle.items()}
+                    if seq is not None:  # its events are not in the tail: read the table
+                        self.tail.drop(seq)
                     seq = None
                 self._deliver(settle, seq, events)
         if wal_fd is not None:

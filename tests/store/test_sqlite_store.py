@@ -319,6 +319,7 @@ async def test_a_failed_fsync_fails_its_callers_and_readiness_until_one_succeeds
 
     store = durable_store
     await store.ingest(inbound("before"), [])
+    head = await store.head_seq()
     real_fdatasync = os.fdatasync
 
     def failing_fdatasync(fd: int) -> None:
@@ -332,6 +333,12 @@ async def test_a_failed_fsync_fails_its_callers_and_readiness_until_one_succeeds
     monkeypatch.setattr(os, "fdatasync", real_fdatasync)
     assert (await store.ingest(inbound("after"), [])).created
     await store.ping()
+    # The failed batch did commit (its sender is told to retry; dedupe will find it): once
+    # an fsync succeeds the feed shows it too, none skipped.
+    in_table = await store.read(lambda conn: [r[0] for r in conn.execute(
+        "SELECT seq FROM events WHERE seq > ? ORDER BY seq", (head,))])
+    assert (await store.events_after(head, 100)).seqs == in_table
+    assert len(in_table) == 2
 
 
 async def test_the_wal_is_folded_back_and_restarted_under_continuous_writes(
