@@ -90,7 +90,12 @@ class Gateway:
         self.metrics = Metrics()
         self.feed = FeedNotifier()
         self.store = SQLiteStore(config.store, on_commit=self._committed,
-                                  on_batch=self.metrics.store_batch.observe)
+                                  on_batch=self.metrics.store_batch.observe,
+                                  on_fatal=self._store_failed)
+        # Set when the store stopped for good (a failed fsync): run() exits 75 so that
+        # systemd restarts the service and SQLite recovers what reached the disk.
+        self.store_stopped = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ingest = IngestService(self.store, self.metrics,
                                     default_region=config.store.default_region,
                                     max_attachment_bytes=config.store.max_attachment_bytes)
@@ -115,6 +120,11 @@ class Gateway:
 
     def _committed(self, seq: int) -> None:
         self.feed.notify(seq)
+
+    def _store_failed(self, _error: str) -> None:
+        """From a store thread: wake run() to exit with a restartable code."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.store_stopped.set)
 
     def adapters_get(self, channel: str, account: str) -> ChannelAdapter | None:
         """The running adapter sending on ``channel`` as ``account`` (the outbox asks)."""
@@ -152,6 +162,7 @@ class Gateway:
         The watchdog pings from the first moment: systemd arms it at start, and migrations
         run on the writer thread, so a long migration does not stall the loop.
         """
+        self._loop = asyncio.get_running_loop()
         self._spawn(self.notifier.watchdog(), "systemd-watchdog")
         self.lock.acquire()
         await self.store.open()
@@ -441,9 +452,17 @@ async def run(config: Config, *, config_loader: Any = None) -> int:
             await gateway.handle_reload(config_loader)
 
     reloader = asyncio.create_task(reload_loop(), name="reload")
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(gateway.store_stopped.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopped, failed):
+        task.cancel()
     reloader.cancel()
     await gateway.stop()
+    if gateway.store_stopped.is_set():
+        log.critical("daemon.exit_store_failed", exit_code=75,
+                     hint="systemd restarts the service (Restart=on-failure)")
+        return 75
     return 0
 
 

@@ -305,8 +305,12 @@ class SQLiteStore:
     """The embedded default store. See the module docstring for the design."""
 
     def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
-                 on_batch: Callable[[int], None] | None = None, readers: int = 4) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
         self.config = config
+        # Called once, from a store thread, when the store stops taking writes for good.
+        self.on_fatal = on_fatal
+        self.fatal: str | None = None
         self.path = config.sqlite_path
         self.blob_dir = config.data_dir / "blobs"
         self.on_commit = on_commit
@@ -428,6 +432,9 @@ class SQLiteStore:
                     stopping = True
                     break
                 batch.append(job)
+            if self.fatal is not None:
+                self._refuse(batch)
+                continue
             if self._catch_up:
                 self._finish_checkpoint(conn)
             self._run_batch(conn, batch)
@@ -436,6 +443,18 @@ class SQLiteStore:
         conn.close()
 
     # ---------------------------------------------------------------- durability
+
+    def _refuse(self, batch: list[Any]) -> None:
+        """Fail a batch unrun: the store has stopped (see _syncer_main)."""
+        error = StoreError(self.fatal or "the store has stopped")
+        settle: dict[asyncio.AbstractEventLoop,
+                     list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for _fn, _args, future, loop in batch:
+            settle.setdefault(loop, []).append((future, False, error))
+        if self._pipelined:
+            self._synced.put((None, settle, EmittedEvents()))
+        else:
+            self._deliver(settle, None, EmittedEvents())
 
     def _syncer_main(self) -> None:
         """fsync the WAL after commits, then answer the callers of every commit it covers.
@@ -467,10 +486,20 @@ class SQLiteStore:
                 os.fdatasync(wal_fd)
                 self._sync_ok = True
             except OSError as exc:
-                error = f"fsync of the write-ahead log failed: {exc}"
+                # Fail-stop, as PostgreSQL does: after a failed fsync the kernel may have
+                # dropped the dirty pages, yet SQLite counts the commit as done, so a retry
+                # would be "found" as a duplicate that is not on disk. Nothing more is
+                # written; a restart recovers from what the disk really holds.
+                error = (f"fsync of the write-ahead log failed ({exc}); the store has "
+                         f"stopped taking writes: restart the service")
                 self._sync_ok = False
                 self.last_error = error
-                log.error("store.sync_failed", error=str(exc))
+                if self.fatal is None:
+                    self.fatal = error
+                    log.critical("store.sync_failed", error=str(exc),
+                                 hint="restart: recovery keeps what reached the disk")
+                    if self.on_fatal is not None:
+                        self.on_fatal(error)
             for seq, settle, events in done:
                 if error is not None:
                     failure = StoreError(error)
@@ -690,6 +719,8 @@ class SQLiteStore:
     async def ping(self) -> None:
         """Raise StoreError unless a read and the last commit succeeded."""
         await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        if self.fatal is not None:
+            raise StoreError(self.fatal)
         if not (self._commit_ok and self._sync_ok):
             raise StoreError(self.last_error or "the last commit failed")
 
