@@ -29,6 +29,7 @@ import itertools
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -269,6 +270,27 @@ def _multi_row_sql(head: str, width: int, rows: int) -> str:
 
 
 _STOP = object()
+
+
+def _take_queued(source: queue.SimpleQueue[Any], limit: int) -> tuple[list[Any], bool]:
+    """Wait for one item, then take what else is queued (at most ``limit`` in all).
+
+    Returns the items and whether the stop marker came (nothing after it is taken).
+    """
+    first = source.get()
+    if first is _STOP:
+        return [], True
+    items = [first]
+    while len(items) < limit:
+        try:
+            item = source.get_nowait()
+        except queue.Empty:
+            break
+        if item is _STOP:
+            return items, True
+        items.append(item)
+    return items, False
+
 _CHECKPOINT_PAGES = 8000  # WAL frames (4 KiB pages) before the writer resets the WAL
 _CHECKPOINT_EVERY = 50  # batches between background checkpoint passes
 
@@ -419,19 +441,9 @@ class SQLiteStore:
         loop.call_soon_threadsafe(_set_result, ready, None)
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            while len(batch) < self.config.batch_max:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stopping = True
-                    break
-                batch.append(job)
+            batch, stopping = _take_queued(self._queue, self.config.batch_max)
+            if not batch:
+                continue
             if self.fatal is not None:
                 self._refuse(batch)
                 continue
@@ -465,18 +477,7 @@ class SQLiteStore:
         wal_fd: int | None = None
         stopping = False
         while not stopping:
-            first = self._synced.get()
-            done = [] if first is _STOP else [first]
-            stopping = first is _STOP
-            while not stopping:
-                try:
-                    item = self._synced.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    done.append(item)
+            done, stopping = _take_queued(self._synced, sys.maxsize)
             if not done:
                 continue
             error: str | None = None

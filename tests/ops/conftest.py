@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import API_SECRET, Daemon, base_config, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -221,3 +221,22 @@ def table_text(db: Path) -> str:
         return "\n".join(chunks)
     finally:
         conn.close()
+
+
+def crm_config(tmp: Path, *, retention_days: int | None = None, callback: str | None = None,
+               data: Path | None = None) -> tuple[str, int]:
+    """base_config plus the signed ``api:crm`` account; returns (config, http port)."""
+    http_port, smtp_port = free_port(), free_port()
+    extra = f"""
+        [[channels]]
+        type = "api"
+        name = "crm"
+        secret = "{API_SECRET}"
+        """
+    if callback:
+        extra += f'callback_url = "{callback}"\n'
+    config = base_config(data or tmp / "data", http_port, smtp_port, extra=extra)
+    if retention_days:
+        config = config.replace('default_region = "KR"',
+                                f'default_region = "KR"\nretention_days = {retention_days}')
+    return config, http_port

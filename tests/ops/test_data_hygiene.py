@@ -14,30 +14,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import API_SECRET, TOKEN, Receiver, base_config, free_port
+from tests.conftest import TOKEN, Receiver
 from tests.helpers import all_events, bearer, get_json, post_inbound, post_json, unique
-from tests.ops.conftest import OpsDaemon, omnirelay_async, table_text
+from tests.ops.conftest import OpsDaemon, crm_config, omnirelay_async, table_text
 
 OLD = "2000-01-01T00:00:00.000Z"
-
-
-def crm_config(tmp: Path, *, retention_days: int | None = None, callback: str | None = None,
-               data: Path | None = None) -> tuple[str, int]:
-    """base_config plus the signed ``api:crm`` account; returns (config, http port)."""
-    http_port, smtp_port = free_port(), free_port()
-    extra = f"""
-        [[channels]]
-        type = "api"
-        name = "crm"
-        secret = "{API_SECRET}"
-        """
-    if callback:
-        extra += f'callback_url = "{callback}"\n'
-    config = base_config(data or tmp / "data", http_port, smtp_port, extra=extra)
-    if retention_days:
-        config = config.replace('default_region = "KR"',
-                                f'default_region = "KR"\nretention_days = {retention_days}')
-    return config, http_port
 
 
 def attachment(filename: str, data: bytes) -> dict[str, str]:

@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import API_SECRET, base_config, free_port
+from tests.conftest import base_config, free_port
 from tests.helpers import get_json, post_inbound, unique
-from tests.ops.conftest import NotifySocket, OpsDaemon
+from tests.ops.conftest import NotifySocket, OpsDaemon, crm_config
 
 
 @pytest.fixture
@@ -109,15 +109,8 @@ async def test_a_store_that_cannot_write_fails_readyz_and_recovers_by_itself(
         tmp_path: Path, daemons: list[OpsDaemon]) -> None:
     """A full disk, for real: the daemon's file-size limit drops to one byte, so SQLite's
     next WAL append fails the way it does on ENOSPC; the limit is put back after."""
-    http_port, smtp_port = free_port(), free_port()
-    extra = f"""
-        [[channels]]
-        type = "api"
-        name = "crm"
-        secret = "{API_SECRET}"
-        """
-    daemon = OpsDaemon(tmp_path, base_config(tmp_path / "data", http_port, smtp_port,
-                                             extra=extra), http_port)
+    config, http_port = crm_config(tmp_path)
+    daemon = OpsDaemon(tmp_path, config, http_port)
     daemons.append(daemon)
     daemon.start()  # output on a pipe: the log keeps working under the limit
     await daemon.wait_ready()

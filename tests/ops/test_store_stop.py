@@ -11,20 +11,14 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.daemon import run
-from tests.conftest import API_SECRET, base_config, free_port
 from tests.helpers import post_inbound, unique
+from tests.ops.conftest import crm_config
 
 
 async def test_a_failed_fsync_answers_503_and_exits_75_for_systemd_to_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    http_port, smtp_port = free_port(), free_port()
-    extra = f"""
-        [[channels]]
-        type = "api"
-        name = "crm"
-        secret = "{API_SECRET}"
-        """
-    config = parse_config(base_config(tmp_path / "data", http_port, smtp_port, extra=extra))
+    text, http_port = crm_config(tmp_path)
+    config = parse_config(text)
     daemon = asyncio.create_task(run(config))
     base = f"http://127.0.0.1:{http_port}"
     async with aiohttp.ClientSession() as http:
