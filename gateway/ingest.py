@@ -50,10 +50,9 @@ class IngestService:
             except InvalidIdentity as exc:
                 # A bad extra field must not lose the message: keep it, skip the link.
                 log.warning("ingest.identity_skipped", kind=party.kind, error=str(exc))
-        # normalize_party returns the same object when nothing changed (the usual case).
-        if sender is not inbound.sender or len(linked) != len(inbound.linked_identities) \
-                or any(a is not b for a, b in zip(linked, inbound.linked_identities,
-                                                  strict=False)):
+        # normalize_party returns the same object when nothing changed (the usual case);
+        # list comparison checks identity before equality.
+        if sender is not inbound.sender or linked != inbound.linked_identities:
             inbound = dataclasses.replace(inbound, sender=sender, linked_identities=linked)
         for att in inbound.attachments:
             if len(att.data) > self.max_attachment_bytes:

@@ -911,7 +911,9 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None) -> In
     plus-address reply token and becomes the message's ``to``.
     """
     try:
-        msg = _parse_single_part(raw) or _PARSER.parsebytes(raw)
+        msg = _parse_single_part(raw)
+        if msg is None:  # not `or`: a Message without headers is falsy
+            msg = _PARSER.parsebytes(raw)
     except Exception:  # pragma: no cover - the feed parser is lenient; belt and braces
         msg = Message(policy=_POLICY)
         msg.set_payload(raw.decode("utf-8", "replace"))

@@ -291,6 +291,7 @@ def _take_queued(source: queue.SimpleQueue[Any], limit: int) -> tuple[list[Any],
         items.append(item)
     return items, False
 
+
 _CHECKPOINT_PAGES = 8000  # WAL frames (4 KiB pages) before the writer resets the WAL
 _CHECKPOINT_EVERY = 50  # batches between background checkpoint passes
 
@@ -420,10 +421,10 @@ class SQLiteStore:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)  # it stops the syncer after itself
             self._writer = None
+        self._stopping = True
+        self._checkpoint_wanted.set()
         for thread in (self._syncer, self._checkpointer):
             if thread is not None:
-                self._stopping = True
-                self._checkpoint_wanted.set()
                 await asyncio.to_thread(thread.join)
         self._syncer = self._checkpointer = None
         self._readers.shutdown(wait=True)
@@ -459,14 +460,7 @@ class SQLiteStore:
     def _refuse(self, batch: list[Any]) -> None:
         """Fail a batch unrun: the store has stopped (see _syncer_main)."""
         error = StoreError(self.fatal or "the store has stopped")
-        settle: dict[asyncio.AbstractEventLoop,
-                     list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for _fn, _args, future, loop in batch:
-            settle.setdefault(loop, []).append((future, False, error))
-        if self._pipelined:
-            self._synced.put((None, settle, EmittedEvents()))
-        else:
-            self._deliver(settle, None, EmittedEvents())
+        self._hand_over(batch, [(False, error)] * len(batch), None, EmittedEvents())
 
     def _syncer_main(self) -> None:
         """fsync the WAL after commits, then answer the callers of every commit it covers.
@@ -581,20 +575,22 @@ class SQLiteStore:
             outcomes = [(False, error) for _ in batch]
         self.batches += 1
         self.jobs += len(batch)
-        # The feed hears of the commit before any caller resumes, so a caller that reads the
-        # feed head right after its write sees its own events.
-        # One wake-up per event loop for the whole batch, not one per caller.
+        self._hand_over(batch, outcomes, self._seq if self._seq > seq_before else None,
+                        self._batch_events)
+        if self._pipelined and self.batches % _CHECKPOINT_EVERY == 0:
+            self._checkpoint_wanted.set()
+
+    def _hand_over(self, batch: list[Any], outcomes: list[tuple[bool, Any]], seq: int | None,
+                   events: EmittedEvents) -> None:
+        """Group a finished batch's outcomes by event loop (one wake-up each, not one per
+        caller) and deliver them once durable: through the syncer, or at once."""
         settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (ok, value), (_fn, _args, future, loop) in zip(outcomes, batch, strict=True):
             if not ok and isinstance(value, sqlite3.Error):
                 value = StoreError(str(value))
             settle.setdefault(loop, []).append((future, ok, value))
-        seq = self._seq if self._seq > seq_before else None
-        events = self._batch_events
         if self._pipelined:
             self._synced.put((seq, settle, events))
-            if self.batches % _CHECKPOINT_EVERY == 0:
-                self._checkpoint_wanted.set()
         else:
             self._deliver(settle, seq, events)
 
@@ -610,7 +606,8 @@ class SQLiteStore:
 
     def _settle(self, results: list[tuple[asyncio.Future[Any], bool, Any]],
                 seq: int | None) -> None:
-        """On the event loop: announce the commit, then resume the batch's callers."""
+        """On the event loop: announce the commit, then resume the batch's callers (so a
+        caller that reads the feed head right after its write sees its own events)."""
         if seq is not None and self.on_commit is not None:
             self.on_commit(seq)
         for future, ok, value in results:
