@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from gateway.errors import PayloadTooLarge, ValidationFailed
-from gateway.logging import info_enabled
+from gateway.logging import info_event
 from gateway.metrics import Metrics
 from gateway.store.base import IngestResult
 from gateway.store.sqlite import SQLiteStore
@@ -72,13 +72,11 @@ class IngestService:
         if result.created:
             counters[0].inc()
             counters[2].observe(time.perf_counter() - started)
-            if info_enabled():
-                log.info("ingest.stored", message_id=result.message["id"],
-                         conversation_id=result.message["conversation_id"],
-                         channel=inbound.channel, account=inbound.account)
+            info_event("ingest.stored", message_id=result.message["id"],
+                       conversation_id=result.message["conversation_id"],
+                       channel=inbound.channel, account=inbound.account)
         else:
             counters[1].inc()
-            if info_enabled():
-                log.info("ingest.duplicate", message_id=result.message["id"],
-                         channel=inbound.channel, account=inbound.account)
+            info_event("ingest.duplicate", message_id=result.message["id"],
+                       channel=inbound.channel, account=inbound.account)
         return result
