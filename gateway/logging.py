@@ -53,12 +53,14 @@ def _is_secret_key(key: str) -> bool:
 # and has no two quantifiers over the same characters next to each other, so the scan is
 # linear in the text whatever a client sends (the text can come from a hostile request).
 _SECRET_TEXT = re.compile(
-    # an Authorization header in any shape: "Authorization: Bearer x", "Authorization x",
-    # "proxy-authorization=Basic x"; an optional scheme word, then the credential
-    r"(?P<header>\b(?:proxy-)?authorization\b[\s:=\"']{0,16}"
+    # an Authorization header: "Authorization: Bearer x", '"authorization": "Basic x"', an
+    # optional scheme word, then the credential, whatever its length
+    r"(?P<header>\b(?:proxy-)?authorization\b[\"']?[ \t]{0,4}[:=][ \t]{0,4}[\"']?"
     r"(?:[a-z][\w.-]{0,31}[ \t]{1,8})?)[^\s'\"]+"
-    # a bearer credential wherever it appears (e.g. after a garbled header name)
-    r"|(?P<bearer>\bbearer[ \t]{1,8})[^\s'\"]+"
+    # a garbled header line ("Authorization Bearer x", "...\\x01 Bearer x"): a credential
+    # of 8 characters or more (so prose such as "invalid bearer token" stays readable)
+    r"|(?P<loose>\b(?:authorization|bearer)[ \t]{1,8}(?:[a-z][\w.-]{0,31}[ \t]{1,8})?)"
+    r"[^\s'\"]{8,}"
     # key=value, key: value, "key": "value" with a secret-sounding key
     r"|(?P<pair>(?<![\w-])[\w-]*(?:secret|token|passw(?:or)?d|api[_-]?key)[\"']?"
     r"[ \t]{0,4}[=:][ \t]{0,4}[\"']?)[^\s'\"&]+"
@@ -198,7 +200,11 @@ def _line_writer() -> LineWriter:
     """The process's one writer, on stdout's descriptor (started on first use)."""
     global _writer
     if _writer is None:
-        _writer = LineWriter(sys.stdout.fileno())
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # replaced (captured) or closed stdout
+            fd = 1
+        _writer = LineWriter(fd)
         atexit.register(_writer.close)
     return _writer
 

@@ -10,8 +10,11 @@ import textwrap
 import threading
 
 import orjson
+import pytest
 
+import gateway.logging
 from gateway.logging import LineWriter, mask_text
+from gateway.metrics import Metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,7 +87,7 @@ def full_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
-def test_a_full_queue_drops_lines_and_says_how_many() -> None:
+def test_a_full_queue_drops_lines_and_says_how_many(monkeypatch: pytest.MonkeyPatch) -> None:
     read_fd, write_fd = full_pipe()
     writer = LineWriter(write_fd, max_lines=10)
     sent = 1000
@@ -105,13 +108,17 @@ def test_a_full_queue_drops_lines_and_says_how_many() -> None:
     report = records[-1]
     assert report["event"] == "log.lines_dropped" and report["level"] == "warning"
     assert report["dropped"] == writer.dropped
+    monkeypatch.setattr(gateway.logging, "_writer", writer)
+    assert Metrics().registry.get_sample_value("omnirelay_log_lines_dropped_total") \
+        == writer.dropped
 
 
 def test_credentials_in_free_text_are_masked() -> None:
     cases = {
         "b'Authorization: Bearer abc.DEF-123\\x01'": "abc.DEF-123",
-        "b'Authorization Bearer abc123'": "abc123",
-        "b'X\\x01 bearer abc123'": "abc123",
+        "b'Authorization Bearer abc1234567'": "abc1234567",
+        "b'X\\x01 bearer abc123456'": "abc123456",
+        "b'Authorization Basic dXNlcjpwYXNz'": "dXNlcjpwYXNz",
         "proxy-authorization=Basic dXNlcjpwYXNz": "dXNlcjpwYXNz",
         "GET https://hooks.example/x?access_token=abc123&page=2": "abc123",
         '{"client_secret": "abc123"}': "abc123",
@@ -120,4 +127,7 @@ def test_credentials_in_free_text_are_masked() -> None:
     for text, secret in cases.items():
         masked = mask_text(text)
         assert secret not in masked and "********" in masked, masked
-    assert mask_text("message msg_01 stored in cnv_01") == "message msg_01 stored in cnv_01"
+    prose = ["message msg_01 stored in cnv_01", "missing or invalid bearer token",
+             "tokens are accepted only in the Authorization header"]
+    for text in prose:
+        assert mask_text(text) == text
