@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import re
+import select
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -164,15 +165,15 @@ class LineWriter:
         lines = [item for item in items if isinstance(item, bytes)]
         if lines:
             self._write(b"".join(lines))
-        for item in items:
-            if isinstance(item, threading.Event):
-                item.set()
         if self.dropped != self._reported:
             with self._drop_lock:
                 count, self._reported = self.dropped - self._reported, self.dropped
             self._write(_render({"dropped": count, "event": "log.lines_dropped",
                                  "level": "warning", "timestamp": datetime.now(UTC),
                                  "hint": "stdout did not keep up; the queue was full"}))
+        for item in items:  # flush() returns once what came before its marker is written
+            if isinstance(item, threading.Event):
+                item.set()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -180,8 +181,6 @@ class LineWriter:
             try:
                 written = os.write(self.fd, view)
             except BlockingIOError:  # a non-blocking stdout that is full: wait for room
-                import select
-
                 select.select([], [self.fd], [], 1.0)
                 continue
             except OSError:  # stdout is gone (EPIPE, EBADF): nowhere to write to
