@@ -25,7 +25,7 @@ from gateway.store.base import IngestResult, OutboxItem
 from normalizer.model import InboundMessage, Party
 
 if TYPE_CHECKING:
-    from gateway.config import Section
+    from gateway.configkit import Section
 
 
 class Ingest(Protocol):
@@ -70,6 +70,14 @@ class SendResult:
     status: str = "sent"
 
 
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """How fast one account may send: parsed once for every account, applied by the outbox."""
+
+    concurrency: int = 4
+    rate: float | None = None  # messages per second; None: no limit
+
+
 class AdapterConfig(ABC):
     """Settings of one account; parsed from its ``[[channels]]`` table."""
 
@@ -98,10 +106,12 @@ class ChannelAdapter(ABC):
     channels: ClassVar[frozenset[str]]
     config_class: ClassVar[type[AdapterConfig]]
 
-    def __init__(self, name: str, config: Any, ctx: AdapterContext) -> None:
+    def __init__(self, name: str, config: Any, ctx: AdapterContext, *,
+                 limits: SendLimits | None = None) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
+        self.limits = limits or SendLimits()
         self.log = structlog.get_logger(f"adapters.{self.type}").bind(
             channel_type=self.type, account=name)
         self.state = AdapterState.NEW

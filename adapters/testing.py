@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.base import AdapterConfig, ChannelAdapter, SendResult
+from adapters.base import AdapterConfig, ChannelAdapter, SendLimits, SendResult
 from gateway.errors import SendError
 from gateway.store.base import OutboxItem
 from normalizer.model import Party
@@ -15,10 +15,7 @@ from normalizer.model import Party
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig(AdapterConfig):
-    """Limits the outbox reads from every adapter config."""
-
-    send_concurrency: int = 4
-    send_rate: float | None = None
+    """Nothing to set: the recording adapter is scripted from the test."""
 
     @classmethod
     def parse(cls, section: Any) -> RecordingConfig:
@@ -42,8 +39,8 @@ class RecordingAdapter(ChannelAdapter):
     config_class = RecordingConfig
 
     def __init__(self, name: str = "rec", config: RecordingConfig | None = None,
-                 ctx: Any = None) -> None:
-        super().__init__(name, config or RecordingConfig(), ctx)
+                 ctx: Any = None, *, limits: SendLimits | None = None) -> None:
+        super().__init__(name, config or RecordingConfig(), ctx, limits=limits)
         self.sent: list[OutboxItem] = []
         self.attempts: list[tuple[str, float]] = []
         self.script = Script()

@@ -26,7 +26,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from adapters.base import AdapterContext, AdapterState, ChannelAdapter
+from adapters.base import AdapterContext, AdapterState, ChannelAdapter, SendLimits
 from adapters.registry import ADAPTERS
 from gateway.api.app import check_token, create_app, routes_of
 from gateway.config import ChannelConfig, Config
@@ -152,7 +152,8 @@ class Gateway:
 
     def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
         cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context())
+        return cls(channel.name, channel.options, self._context(),
+                   limits=SendLimits(channel.send_concurrency, channel.send_rate))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -32,8 +32,9 @@ import orjson
 import structlog
 
 from adapters.email.config import ImapSettings, ServerSettings
+from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
-from outbox.retry import Backoff
+from gateway.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -77,18 +78,6 @@ def quote_mailbox(name: str) -> str:
     return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def tls_context(settings: ServerSettings) -> ssl.SSLContext:
-    """Verified TLS, with the configured CA (a private CA or self-signed cert) trusted too."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if settings.ca_file:
-        try:
-            context.load_verify_locations(settings.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise AdapterConfigError(f"cannot load ca_file {settings.ca_file}: {exc}",
-                                     channel="email") from exc
-    return context
-
-
 class ImapFailure(Exception):
     """The server answered NO/BAD, or the session broke: reconnect with backoff."""
 
@@ -130,7 +119,7 @@ class ImapSession:
     async def open(self) -> None:
         """Connect, upgrade to TLS as configured, log in. Failures are classified."""
         s = self.settings
-        context = tls_context(s) if s.security in ("tls", "starttls") else None
+        context = client_context(s.ca_file) if s.security in ("tls", "starttls") else None
         try:
             self.client = aioimaplib.IMAP4(
                 host=s.host, port=s.port, timeout=s.timeout,

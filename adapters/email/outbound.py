@@ -28,9 +28,9 @@ from typing import Any
 import aiosmtplib
 
 from adapters.email.config import EmailConfig, ServerSettings
-from adapters.email.imap import tls_context
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import OutboxItem
+from gateway.tls import client_context
 
 _RE_PREFIX = re.compile(
     r"^\s*((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*"
@@ -140,7 +140,7 @@ def read_attachments(item: OutboxItem, blob_path: Any) -> list[tuple[dict[str, A
 
 def smtp_tls(settings: ServerSettings) -> ssl.SSLContext | None:
     """The TLS context for the relay (None for security = none)."""
-    return tls_context(settings) if settings.security in ("tls", "starttls") else None
+    return client_context(settings.ca_file) if settings.security in ("tls", "starttls") else None
 
 
 async def submit(settings: ServerSettings, sender: str, recipients: list[str],
