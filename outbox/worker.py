@@ -23,6 +23,7 @@ from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.metrics import Metrics
 from gateway.store.base import OutboxItem
 from gateway.store.sqlite import SQLiteStore
+from outbox.message import outbound_message
 from outbox.retry import TokenBucket
 
 log = structlog.get_logger(__name__)
@@ -134,7 +135,7 @@ class OutboxWorker:
             async with self._limit(adapter):
                 await self._rate(adapter)
                 try:
-                    result = await adapter.send(item)
+                    result = await adapter.send(outbound_message(item))
                 except RetryableSendError as exc:
                     adapter.counters["send_errors"] += 1
                     await self._retry_or_fail(item, bound, exc)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import AdapterConfig
 from gateway.configkit import Secret, Section, parse_hostport
@@ -76,6 +77,8 @@ class EmailConfig(AdapterConfig):
     smtp: ServerSettings | None = None
     imap: tuple[ImapSettings, ...] = ()
     plus_addressing: bool = True
+
+    example: ClassVar[Mapping[str, object]] = {"address": "support@shop.example"}
 
     @property
     def domain(self) -> str:

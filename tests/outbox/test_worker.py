@@ -139,7 +139,7 @@ async def test_replies_of_one_conversation_go_out_in_order(rig: Rig) -> None:
     conversation = await rig.conversation("c5")
     ids = [await rig.reply(conversation, f"part {i}") for i in range(4)]
     await rig.wait_status(ids[-1], "sent")
-    assert [item.message["id"] for item in rig.adapter.sent] == ids
+    assert [message.id for message in rig.adapter.sent] == ids
 
 
 async def test_per_account_concurrency_limit(tmp_path: Path) -> None:
