@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from adapters.registry import ADAPTERS
 from adapters.testing import SocketAdapter
-from gateway.config import parse_config
-from gateway.daemon import Gateway
-
-TOKEN = "route-test-token-0123456789"
-SHUTDOWN_TIMEOUT = 60.0
+from tests.adapters.conftest import SHUTDOWN_TIMEOUT, MakeGateway
 
 
 class SameSocketAdapter(SocketAdapter):
@@ -24,44 +18,15 @@ class SameSocketAdapter(SocketAdapter):
     type = "sockets2"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test adapters, registered like real ones for the length of a test."""
     monkeypatch.setitem(ADAPTERS, SocketAdapter.type, SocketAdapter)
     monkeypatch.setitem(ADAPTERS, SameSocketAdapter.type, SameSocketAdapter)
 
 
-@pytest.fixture
-async def make_gateway(tmp_path: Path, registered: None
-                       ) -> AsyncIterator[Callable[[str], asyncio.Future[Gateway]]]:
-    """Start an in-process gateway with the given ``[[channels]]`` tables; stopped after."""
-    started: list[Gateway] = []
-
-    async def make(channels: str) -> Gateway:
-        config = parse_config(f"""
-[server]
-listen = "127.0.0.1:0"
-shutdown_timeout = {SHUTDOWN_TIMEOUT}
-[store]
-data_dir = "{tmp_path}"
-synchronous = "NORMAL"
-[[tokens]]
-name = "admin"
-token = "{TOKEN}"
-scopes = ["admin"]
-{channels}
-""")
-        gateway = Gateway(config)
-        started.append(gateway)
-        await gateway.start()
-        return gateway
-
-    yield make  # type: ignore[misc]
-    for gateway in started:
-        await gateway.stop()
-
-
-async def test_an_open_websocket_closes_at_once_when_the_daemon_stops(make_gateway) -> None:
+async def test_an_open_websocket_closes_at_once_when_the_daemon_stops(
+        make_gateway: MakeGateway) -> None:
     gateway = await make_gateway('[[channels]]\ntype = "sockets"\nname = "rec"\n')
     async with aiohttp.ClientSession() as client, client.ws_connect(
             f"http://127.0.0.1:{gateway.bound_port}/sockets/rec/ws") as ws:
@@ -77,7 +42,7 @@ async def test_an_open_websocket_closes_at_once_when_the_daemon_stops(make_gatew
     assert gateway.stopping.is_set()
 
 
-async def test_a_path_another_account_serves_is_refused(make_gateway) -> None:
+async def test_a_path_another_account_serves_is_refused(make_gateway: MakeGateway) -> None:
     gateway = await make_gateway('[[channels]]\ntype = "sockets"\nname = "rec"\n'
                                  '[[channels]]\ntype = "sockets2"\nname = "rec"\n'
                                  '[[channels]]\ntype = "sockets"\nname = "other"\n')
