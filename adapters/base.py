@@ -22,6 +22,7 @@ outside ``/hooks/{type}/{account}``, ``route_family`` (e.g. ``"/chat"``).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import enum
 from abc import ABC, abstractmethod
@@ -233,7 +234,7 @@ class ChannelAdapter(ABC):
     type: ClassVar[str]
     channels: ClassVar[frozenset[str]]
     identity_kinds: ClassVar[frozenset[str]]
-    config_class: ClassVar[type[AdapterConfig]]
+    config_class: ClassVar[builtins.type[AdapterConfig]]  # `type` is the attribute above
     route_family: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: Any, ctx: AdapterContext, *,

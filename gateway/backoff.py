@@ -20,7 +20,7 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the next attempt."""
-        exp = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        exp = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
         spread = exp * self.jitter
         value = exp - spread + random.uniform(0, spread)
         if retry_after is not None:

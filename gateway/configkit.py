@@ -162,7 +162,7 @@ class Section:
 
     def str_list(self, name: str, default: Iterable[str] = ()) -> list[str]:
         """Read a list of strings."""
-        value = self.get(name, list, list(default))
+        value: list[str] = self.get(name, list, list(default))
         if not all(isinstance(item, str) for item in value):
             self.error(name, "must be a list of strings", f'{name} = ["…", "…"]')
             return list(default)
