@@ -6,13 +6,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from gateway.config import parse_config
 from gateway.daemon import Gateway
+from gateway.errors import Unauthorized
+from gateway.store.base import IngestResult
+from normalizer.model import InboundMessage
 
 TOKEN = "adapter-test-token-0123456789"
 SHUTDOWN_TIMEOUT = 60.0
 MakeGateway = Callable[[str], Awaitable[Gateway]]
+
+
+async def refuse_ingest(inbound: InboundMessage) -> IngestResult:
+    """Nothing reaches ingest in tests that use it."""
+    raise AssertionError(f"unexpected ingest of {inbound.provider_message_id}")
+
+
+def refuse_token(request: web.Request, scope: str) -> None:
+    """No bearer token is valid here."""
+    raise Unauthorized("missing or invalid bearer token")
 
 
 @pytest.fixture

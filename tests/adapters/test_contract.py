@@ -27,11 +27,10 @@ from adapters.base import (
 from adapters.registry import ADAPTERS, identity_kinds
 from adapters.testing import MemoryStore
 from gateway.config import COMMON_CHANNEL_KEYS, ChannelConfig, parse_config
-from gateway.errors import ConfigErrors, SendError, Unauthorized
-from gateway.store.base import IngestResult
+from gateway.errors import ConfigErrors, SendError
 from gateway.supervisor import LoopHealth
-from normalizer.model import InboundMessage, Party
-from tests.adapters.conftest import MakeGateway
+from normalizer.model import Party
+from tests.adapters.conftest import MakeGateway, refuse_ingest, refuse_token
 
 TYPES = sorted(ADAPTERS)
 CONTRACT_IDENTITY_KINDS = {"email", "phone", "telegram", "messenger", "instagram", "line",
@@ -54,16 +53,6 @@ def example(type_: str) -> Mapping[str, object]:
 def parse_channel(type_: str, options: Mapping[str, object]) -> ChannelConfig:
     """Parse one account the way the daemon does."""
     return parse_config(channels_toml(type_, options), environ={}).channels[0]
-
-
-async def refuse_ingest(inbound: InboundMessage) -> IngestResult:
-    """Nothing reaches ingest in these tests."""
-    raise AssertionError(f"unexpected ingest of {inbound.provider_message_id}")
-
-
-def refuse_token(request: object, scope: str) -> None:
-    """No bearer token is valid here."""
-    raise Unauthorized("missing or invalid bearer token")
 
 
 @pytest.fixture
