@@ -70,11 +70,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: note: {warning}", file=sys.stderr)
     print(f"{args.file}: OK — {len(config.channels)} channel(s): "
           + ", ".join(f"{c.name} ({c.type})" for c in config.channels))
-    for channel in config.channels:
-        describe = getattr(channel.options, "describe", None)
-        if describe:
-            for line in describe():
-                print(f"  {channel.name}: {line}")
     return 0
 
 

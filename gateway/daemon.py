@@ -26,11 +26,17 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from adapters.base import AdapterContext, AdapterState, ChannelAdapter
+from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
 from adapters.registry import ADAPTERS
 from gateway.api.app import check_token, create_app, routes_of
 from gateway.config import ChannelConfig, Config
-from gateway.errors import AdapterConfigError, ConfigErrors, OmnirelayError, StoreError
+from gateway.errors import (
+    AdapterConfigError,
+    ConfigErrors,
+    NotFound,
+    OmnirelayError,
+    StoreError,
+)
 from gateway.feed import FeedNotifier
 from gateway.ingest import IngestService
 from gateway.logging import configure_logging
@@ -110,6 +116,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Paths adapters serve outside /hooks (route families), and the account serving each.
+        self.route_owners: dict[str, tuple[str, str]] = {}
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self.bound_port: int | None = None
@@ -143,16 +151,50 @@ class Gateway:
         """Where replies can go: every configured account and its channels."""
         return routes_of(self.adapters)
 
+    def family_hook(self, path: str, method: str) -> Hook:
+        """The handler of an adapter's route outside ``/hooks`` (404 / 405 otherwise)."""
+        owner = self.route_owners.get(path)
+        adapter = self.adapters.get(owner) if owner is not None else None
+        if adapter is None or adapter.state not in (AdapterState.RUNNING,
+                                                    AdapterState.DEGRADED):
+            raise NotFound(f"no route for {path}")
+        methods = adapter.family_route_table()[path]
+        handler = methods.get(method) or methods.get("*")
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(method, sorted(methods))
+        return handler
+
+    def _claim_routes(self, key: tuple[str, str], adapter: ChannelAdapter) -> None:
+        """Reserve the adapter's family routes; a path another account serves is refused."""
+        try:
+            paths = list(adapter.family_route_table())
+        except ValueError as exc:
+            raise AdapterConfigError(str(exc), channel=key[0], account=key[1]) from exc
+        for path in paths:
+            owner = self.route_owners.get(path)
+            if owner is not None and owner != key:
+                raise AdapterConfigError(
+                    f"{path} is already served by {owner[0]} account {owner[1]!r}",
+                    channel=key[0], account=key[1])
+        for path in paths:
+            self.route_owners[path] = key
+
+    def _release_routes(self, key: tuple[str, str]) -> None:
+        for path in [p for p, owner in self.route_owners.items() if owner == key]:
+            del self.route_owners[path]
+
     def _context(self) -> AdapterContext:
+        """Each adapter its own context: its own supervised loops, the daemon's stop signal."""
         assert self.http is not None
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
-            authorize=check_token, store=self.store,
+            authorize=check_token, store=self.store, stopping=self.stopping,
         )
 
     def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
         cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context())
+        return cls(channel.name, channel.options, self._context(),
+                   limits=SendLimits(channel.send_concurrency, channel.send_rate))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,10 +247,14 @@ class Gateway:
 
     async def _start_adapter(self, adapter: ChannelAdapter, channel: ChannelConfig) -> None:
         try:
+            self._claim_routes(channel.key, adapter)
             await adapter.start()
             self.adapter_errors.pop(channel.key, None)
             log.info("adapter.started", account=adapter.name, channel_type=adapter.type)
         except AdapterConfigError as exc:
+            if adapter.state is AdapterState.NEW:  # refused before it started (its routes)
+                adapter.state = AdapterState.FAILED
+                adapter.last_error = exc.message
             self.adapter_errors[channel.key] = exc.message
             log.error("adapter.misconfigured", account=adapter.name, error=exc.message)
         except Exception as exc:
@@ -284,6 +330,7 @@ class Gateway:
                 if key not in wanted or wanted[key] != channel:
                     adapter = self.adapters.pop(key, None)
                     self.adapter_errors.pop(key, None)
+                    self._release_routes(key)
                     if (task := self._retries.pop(key, None)) is not None:
                         task.cancel()
                     if adapter is not None:
@@ -356,6 +403,7 @@ class Gateway:
                 "last_error": self.adapter_errors.get(channel.key)
                 or (health.last_error if health else None),
                 "counters": health.counters if health else {},
+                "loops": [loop.to_json() for loop in health.loops] if health else [],
             })
         return report
 

@@ -16,13 +16,13 @@ import aiohttp
 import structlog
 
 from gateway import signing
+from gateway.backoff import Backoff
 from gateway.config import WebhookConfig
 from gateway.feed import FeedNotifier
 from gateway.http import retry_after_seconds
 from gateway.metrics import Metrics
 from gateway.store.base import Delivery
 from gateway.store.sqlite import SQLiteStore
-from outbox.retry import Backoff
 
 log = structlog.get_logger(__name__)
 

@@ -17,12 +17,14 @@ from collections.abc import Callable
 import structlog
 
 from adapters.base import ChannelAdapter
+from gateway.backoff import Backoff
 from gateway.config import OutboxConfig
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.metrics import Metrics
 from gateway.store.base import OutboxItem
 from gateway.store.sqlite import SQLiteStore
-from outbox.retry import Backoff, TokenBucket
+from outbox.message import outbound_message
+from outbox.retry import TokenBucket
 
 log = structlog.get_logger(__name__)
 
@@ -105,12 +107,12 @@ class OutboxWorker:
         key = f"{adapter.type}:{adapter.name}"
         sem = self._limits.get(key)
         if sem is None:
-            sem = asyncio.Semaphore(getattr(adapter.config, "send_concurrency", 4) or 4)
+            sem = asyncio.Semaphore(adapter.limits.concurrency)
             self._limits[key] = sem
         return sem
 
     async def _rate(self, adapter: ChannelAdapter) -> None:
-        rate = getattr(adapter.config, "send_rate", None)
+        rate = adapter.limits.rate
         if not rate:
             return
         bucket = self._buckets.setdefault(f"{adapter.type}:{adapter.name}", TokenBucket(rate))
@@ -133,7 +135,7 @@ class OutboxWorker:
             async with self._limit(adapter):
                 await self._rate(adapter)
                 try:
-                    result = await adapter.send(item)
+                    result = await adapter.send(outbound_message(item))
                 except RetryableSendError as exc:
                     adapter.counters["send_errors"] += 1
                     await self._retry_or_fail(item, bound, exc)

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from adapters.api.config import ApiConfig
-from adapters.base import ChannelAdapter, SendResult
+from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from gateway import signing
 from gateway.errors import (
     MalformedPayload,
@@ -18,7 +18,6 @@ from gateway.errors import (
     SignatureInvalid,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
-from gateway.store.base import OutboxItem
 from normalizer.api import parse_api_inbound
 from normalizer.model import Party
 
@@ -28,6 +27,7 @@ class ApiAdapter(ChannelAdapter):
 
     type = "api"
     channels = frozenset({"api"})
+    identity_kinds = frozenset({"external", "email", "phone"})
     config_class = ApiConfig
     config: ApiConfig
 
@@ -69,16 +69,16 @@ class ApiAdapter(ChannelAdapter):
         return json_response({"message": message, "created": result.created},
                              status=201 if result.created else 200)
 
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """POST ``{"message": …}`` to the callback URL, signed; without one, done at once."""
         if not self.config.callback_url:
             return SendResult(None, "sent")
         assert self.config.secret is not None
-        body = orjson.dumps({"message": item.message})
+        body = orjson.dumps({"message": message.snapshot})
         headers = {
             "Content-Type": "application/json",
             "Omnirelay-Signature": signing.sign(self.config.secret.reveal(), body),
-            "Idempotency-Key": item.message["id"],
+            "Idempotency-Key": message.id,
             "User-Agent": "omnirelay",
         }
         try:
@@ -88,7 +88,7 @@ class ApiAdapter(ChannelAdapter):
             ) as response:
                 text = (await response.text(errors="replace"))[:500]
                 if 200 <= response.status < 300:
-                    return SendResult(_provider_id(text) or item.message["id"], "sent")
+                    return SendResult(_provider_id(text) or message.id, "sent")
                 if response.status in (408, 409, 425, 429) or response.status >= 500:
                     raise RetryableSendError(
                         f"callback answered {response.status}",

@@ -14,7 +14,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from adapters.base import AdapterHealth, AdapterState, ChannelAdapter, SendResult
+from adapters.base import (
+    AdapterContext,
+    AdapterHealth,
+    AdapterState,
+    ChannelAdapter,
+    OutboundMessage,
+    SendLimits,
+    SendResult,
+)
 from adapters.email.config import EmailConfig
 from adapters.email.imap import Mailbox, append_copy
 from adapters.email.inbound import SmtpHandler, SmtpSession
@@ -29,7 +37,7 @@ from gateway.errors import (
     RetryableSendError,
     StoreError,
 )
-from gateway.store.base import IngestResult, OutboxItem
+from gateway.store.base import IngestResult
 from normalizer.email import parse_email
 from normalizer.model import Party
 
@@ -43,11 +51,13 @@ class EmailAdapter(ChannelAdapter):
 
     type = "email"
     channels = frozenset({"email"})
+    identity_kinds = frozenset({"email"})
     config_class = EmailConfig
     config: EmailConfig
 
-    def __init__(self, name: str, config: Any, ctx: Any) -> None:
-        super().__init__(name, config, ctx)
+    def __init__(self, name: str, config: EmailConfig, ctx: AdapterContext, *,
+                 limits: SendLimits | None = None) -> None:
+        super().__init__(name, config, ctx, limits=limits)
         self._server: asyncio.base_events.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -64,7 +74,7 @@ class EmailAdapter(ChannelAdapter):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        """Open the SMTP listener and start one task per IMAP mailbox.
+        """Open the SMTP listener and start one supervised loop per IMAP mailbox.
 
         A listener that cannot bind is transient (AdapterNotReady: the daemon retries); a
         certificate that cannot be loaded is a configuration error. IMAP servers are not
@@ -77,7 +87,7 @@ class EmailAdapter(ChannelAdapter):
                               store=self.ctx.store,
                               max_message_bytes=self.config.max_message_bytes)
             self.mailboxes.append(mailbox)
-            mailbox.start()
+            mailbox.start(self.ctx.loops)
 
     async def _listen(self) -> None:
         assert self.config.smtp_listen is not None
@@ -113,12 +123,11 @@ class EmailAdapter(ChannelAdapter):
                       starttls=tls_context is not None)
 
     async def on_stop(self) -> None:
-        """Stop intake: no new SMTP sessions, mailboxes stop; commits in flight finish."""
+        """Stop intake: no new SMTP sessions (the mailbox loops are already cancelled);
+        commits in flight finish."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for mailbox in self.mailboxes:
-            await mailbox.stop()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=30)
         for session in list(self._sessions):
@@ -135,7 +144,8 @@ class EmailAdapter(ChannelAdapter):
         state = self.state
         if state is AdapterState.RUNNING and failing:
             state = AdapterState.DEGRADED
-        return AdapterHealth(state, failing[0] if failing else self.last_error, counters)
+        return AdapterHealth(state, failing[0] if failing else self.last_error, counters,
+                             self.ctx.loops.health())
 
     # ------------------------------------------------------------------ inbound
 
@@ -187,31 +197,31 @@ class EmailAdapter(ChannelAdapter):
 
     # ------------------------------------------------------------------ outbound
 
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """Send one message over SMTP submission, then file a copy in Sent if configured."""
         smtp = self.config.smtp
         if smtp is None:
             raise PermanentSendError(
                 f"e-mail account {self.name!r} has no [smtp] server for replies",
                 error_code="no_smtp_server")
-        parent, parent_raw = await self._parent(item)
-        thread = thread_of(item, parent, parent_raw)
-        store = self.ctx.store
-        message_id, data = await render(self.config, item, thread, store.blob_path,
+        parent, parent_raw = await self._parent(message)
+        thread = thread_of(message, parent, parent_raw)
+        message_id, data = await render(self.config, message, thread, self.ctx.store.blob_path,
                                         plus_addressing=self.config.plus_addressing)
-        recipient = item.message["to"]["address"]
+        recipient = message.to.address
         try:
             await submit(smtp, self.config.address, [recipient], data)
         except (RetryableSendError, PermanentSendError) as exc:
             self.last_error = exc.message
             raise
-        self.log.info("email.sent", message_id=item.message["id"], smtp_id=message_id)
+        self.log.info("email.sent", message_id=message.id, smtp_id=message_id)
         await self._copy_to_sent(data)
         return SendResult(message_id, "sent")
 
-    async def _parent(self, item: OutboxItem) -> tuple[dict[str, Any] | None, bytes | None]:
+    async def _parent(self, message: OutboundMessage
+                      ) -> tuple[dict[str, Any] | None, bytes | None]:
         """The message being answered, and its raw bytes (for its References)."""
-        parent_id = item.message.get("in_reply_to")
+        parent_id = message.in_reply_to
         if not parent_id:
             return None, None
         store = self.ctx.store

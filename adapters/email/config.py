@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import AdapterConfig
-from gateway.config import Secret, Section, parse_hostport
+from gateway.configkit import Secret, Section, parse_hostport
 
 if TYPE_CHECKING:
-    from gateway.config import ParseContext
+    from gateway.configkit import ParseContext
 
 SECURITY = ("tls", "starttls", "none")
 FIRST_SYNC = ("unseen", "all", "none")
@@ -75,9 +76,9 @@ class EmailConfig(AdapterConfig):
     tls_key_file: str | None = None
     smtp: ServerSettings | None = None
     imap: tuple[ImapSettings, ...] = ()
-    send_concurrency: int = 4
-    send_rate: float | None = None
     plus_addressing: bool = True
+
+    example: ClassVar[Mapping[str, object]] = {"address": "support@shop.example"}
 
     @property
     def domain(self) -> str:
@@ -122,7 +123,6 @@ class EmailConfig(AdapterConfig):
         key = section.get("tls_key_file", str, None)
         if bool(cert) != bool(key):
             section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
-        rate = section.get("send_rate", (int, float), None)
         max_bytes = section.get("max_message_bytes", int, 25 * 1024 * 1024)
         if max_bytes < 1024:
             section.error("max_message_bytes", "must be at least 1024")
@@ -141,8 +141,6 @@ class EmailConfig(AdapterConfig):
             tls_cert_file=cert, tls_key_file=key,
             smtp=smtp,
             imap=_mailboxes(section),
-            send_concurrency=section.get("send_concurrency", int, 4),
-            send_rate=None if rate is None else float(rate),
             plus_addressing=section.get("plus_addressing", bool, True),
         )
 

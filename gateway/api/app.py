@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from adapters.registry import route_families
 from gateway.api.openapi import IDENTITY_KINDS, openapi_document
 from gateway.config import TokenConfig
 from gateway.errors import (
@@ -568,6 +569,11 @@ async def _dispatch(request: web.Request, type_: str, account: str,
     raise NotFound(f"no route for {request.path}")
 
 
+async def family_route(request: web.Request) -> web.StreamResponse:
+    """An adapter's route outside ``/hooks`` (web chat's ``/chat/{account}/ws``)."""
+    return await gw(request).family_hook(request.path, request.method)(request)
+
+
 # ---------------------------------------------------------------- app
 
 
@@ -607,6 +613,8 @@ def create_app(gateway: Gateway) -> web.Application:
         for path in adapter.route_table():
             app.router.add_route("*", f"/hooks/{type_}/{account}{path}",
                                  provider_hook_for(type_, account, path.lstrip("/")))
+    for family in route_families():
+        app.router.add_route("*", f"{family}/{{tail:.+}}", family_route)
     app.router.add_route("*", "/hooks/{type}/{account}", provider_hook)
     app.router.add_route("*", "/hooks/{type}/{account}/{tail:.+}", provider_hook)
     return app
