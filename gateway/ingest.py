@@ -14,13 +14,14 @@ from typing import Any
 
 import structlog
 
+from gateway.attachments import sanitize_content_type, sanitize_filename
 from gateway.errors import PayloadTooLarge, ValidationFailed
 from gateway.logging import info_enabled
 from gateway.metrics import Metrics
 from gateway.store.base import IngestResult
 from gateway.store.sqlite import SQLiteStore
 from normalizer.identity import InvalidIdentity, normalize_party
-from normalizer.model import InboundMessage
+from normalizer.model import AttachmentData, InboundMessage
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +59,8 @@ class IngestService:
             if len(att.data) > self.max_attachment_bytes:
                 raise PayloadTooLarge(f"attachment {att.filename!r} is {len(att.data)} bytes; "
                                       f"the limit is {self.max_attachment_bytes}")
+        if inbound.attachments:
+            inbound.attachments = safe_attachments(inbound.attachments)
         stored = await self.store.put_blobs([
             (a.filename, a.content_type, a.data, a.inline, a.content_id)
             for a in inbound.attachments]) if inbound.attachments else []
@@ -82,3 +85,20 @@ class IngestService:
                 log.info("ingest.duplicate", message_id=result.message["id"],
                          channel=inbound.channel, account=inbound.account)
         return result
+
+
+def safe_attachments(attachments: list[AttachmentData]) -> list[AttachmentData]:
+    """Every channel's attachments with metadata the download and e-mail can trust.
+
+    A provider's (or a mail's) content type outside the MIME grammar becomes
+    ``application/octet-stream`` and a filename loses control, bidi and path characters
+    (gateway/attachments.py): a message is never refused over its metadata.
+    """
+    cleaned = []
+    for att in attachments:
+        filename = sanitize_filename(att.filename)
+        content_type = sanitize_content_type(att.content_type)
+        if filename != att.filename or content_type != att.content_type:
+            att = dataclasses.replace(att, filename=filename, content_type=content_type)
+        cleaned.append(att)
+    return cleaned

@@ -6,6 +6,12 @@ import base64
 import binascii
 from typing import Any
 
+from gateway.attachments import (
+    DEFAULT_CONTENT_TYPE,
+    InvalidAttachmentMetadata,
+    validate_content_type,
+    validate_filename,
+)
 from gateway.errors import MalformedPayload, ValidationFailed
 from gateway.ids import parse_iso
 from normalizer.model import AttachmentData, InboundMessage, Party
@@ -25,22 +31,36 @@ def decode_attachments(items: Any, *, field: str = "attachments") -> list[Attach
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValidationFailed(f"{field}[{index}] must be an object")
-        filename = item.get("filename")
-        content_type = item.get("content_type") or "application/octet-stream"
+        filename, content_type = attachment_metadata(item, f"{field}[{index}]")
         data = item.get("content_base64")
-        if not isinstance(filename, str) or not filename:
-            raise ValidationFailed(f"{field}[{index}].filename is required")
-        if not isinstance(content_type, str) or "/" not in content_type:
-            raise ValidationFailed(f"{field}[{index}].content_type must be a MIME type")
         if not isinstance(data, str):
             raise ValidationFailed(f"{field}[{index}].content_base64 is required")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValidationFailed(f"{field}[{index}].content_base64 is not base64") from exc
-        decoded.append(AttachmentData(filename.replace("/", "_").replace("\\", "_"),
-                                      content_type, raw))
+        decoded.append(AttachmentData(filename, content_type, raw))
     return decoded
+
+
+def attachment_metadata(item: dict[str, Any], where: str) -> tuple[str, str]:
+    """The validated ``(filename, content_type)`` of one attachment object, else 422.
+
+    Shared by the API channel and agents' replies (through :func:`decode_attachments`):
+    a content type outside the MIME grammar is refused, never stored and retried later;
+    a filename loses control, bidi and separator characters (gateway/attachments.py).
+    """
+    content_type = item.get("content_type")
+    try:
+        filename = validate_filename(item.get("filename"))
+    except InvalidAttachmentMetadata as exc:
+        raise ValidationFailed(f"{where}.filename {exc}") from exc
+    try:
+        content_type = (DEFAULT_CONTENT_TYPE if content_type is None or content_type == ""
+                        else validate_content_type(content_type))
+    except InvalidAttachmentMetadata as exc:
+        raise ValidationFailed(f"{where}.content_type {exc}") from exc
+    return filename, content_type
 
 
 def parse_api_inbound(body: Any, account: str) -> InboundMessage:
@@ -102,3 +122,4 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
         sent_at=sent_at, linked_identities=linked, context=context,
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
     )
+

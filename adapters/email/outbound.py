@@ -29,6 +29,7 @@ import aiosmtplib
 
 from adapters.email.config import EmailConfig, ServerSettings
 from adapters.email.imap import tls_context
+from gateway.attachments import mime_parts, sanitize_filename
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import OutboxItem
 
@@ -117,11 +118,25 @@ def build_reply(config: EmailConfig, item: OutboxItem, thread: Thread,
     if message.get("html"):
         msg.add_alternative(message["html"], subtype="html")
     for meta, data in attachments:
-        maintype, _, subtype = (meta.get("content_type") or "application/octet-stream"
-                                ).partition("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
-                           filename=meta.get("filename") or "attachment")
+        maintype, subtype, params = _attachment_type(meta.get("content_type"))
+        # email.message writes a non-ASCII name as RFC 2231 ``filename*=utf-8''…``.
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, params=params,
+                           filename=sanitize_filename(meta.get("filename")))
     return msg
+
+
+def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]]:
+    """(maintype, subtype, parameters) of a stored content type, checked again here.
+
+    Rows stored before the API checked metadata may hold anything, and a CR/LF in a MIME
+    header must never reach the relay. ``message/*`` and ``multipart/*`` go out as
+    ``application/octet-stream``: their bodies may not be base64-encoded (RFC 2046 §5.1.1,
+    §5.2.1) and the bytes are not re-parsed here.
+    """
+    maintype, subtype, params = mime_parts(content_type)
+    if maintype in ("message", "multipart"):
+        return "application", "octet-stream", {}
+    return maintype, subtype, params
 
 
 def read_attachments(item: OutboxItem, blob_path: Any) -> list[tuple[dict[str, Any], bytes]]:

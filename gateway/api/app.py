@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.openapi import IDENTITY_KINDS, openapi_document
+from gateway.attachments import content_disposition, sanitize_content_type
 from gateway.config import TokenConfig
 from gateway.errors import (
     BadRequest,
@@ -489,10 +490,10 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     attachment, path = await gw(request).store.get_attachment(request.match_info["id"])
     if not await asyncio.to_thread(path.exists):
         raise NotFound("the attachment's bytes were purged by the retention setting")
-    safe = attachment.filename.replace('"', "").replace("\r", "").replace("\n", "")
+    # Checked again: rows stored before the metadata checks may hold anything (RFC 6266).
     return web.FileResponse(path, headers={
-        "Content-Type": attachment.content_type,
-        "Content-Disposition": f'attachment; filename="{safe}"',
+        "Content-Type": sanitize_content_type(attachment.content_type),
+        "Content-Disposition": content_disposition(attachment.filename),
         "X-Content-Type-Options": "nosniff"})
 
 
