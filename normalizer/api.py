@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 
 from gateway.attachments import (
@@ -19,6 +20,7 @@ from normalizer.model import AttachmentData, InboundMessage, Party
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
           "context", "in_reply_to"}
 _KNOWN_FROM = {"id", "name", "email", "phone"}
+MAX_CONTEXT_DEPTH = 32
 
 
 def decode_attachments(items: Any, *, field: str = "attachments") -> list[AttachmentData]:
@@ -103,18 +105,11 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
     attachments = decode_attachments(body.get("attachments"))
     if not text and not attachments:
         raise ValidationFailed("a message needs text or attachments")
-    sent_at = None
-    if body.get("sent_at") is not None:
-        try:
-            sent_at = parse_iso(str(body["sent_at"]))
-        except ValueError as exc:
-            raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+    sent_at = _sent_at(body.get("sent_at"))
     for key in ("subject", "html", "in_reply_to"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise ValidationFailed(f"{key} must be a string")
-    context = body.get("context")
-    if context is not None and not isinstance(context, dict):
-        raise ValidationFailed("context must be an object")
+    context = _context(body.get("context"))
     return InboundMessage(
         channel="api", account=account, provider_message_id=message_id.strip(),
         sender=Party("external", external_id.strip(), name), text=text or "",
@@ -123,3 +118,42 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
     )
 
+
+def _sent_at(value: Any) -> datetime | None:
+    """An ISO 8601 string or nothing; its type is checked before any use (a list nested a
+    thousand deep must be a 422, not a RecursionError turning into a 500)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValidationFailed("sent_at must be an ISO 8601 timestamp string")
+    try:
+        return parse_iso(value)
+    except ValueError as exc:
+        raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+
+
+def _context(value: Any) -> dict[str, Any] | None:
+    """The integrator's free-form object, at most ``MAX_CONTEXT_DEPTH`` levels deep: it is
+    stored and sent back as JSON, and orjson refuses to write deeper than 254 levels."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationFailed("context must be an object")
+    if json_depth(value, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
+        raise ValidationFailed(f"context may be nested at most {MAX_CONTEXT_DEPTH} levels deep")
+    return value
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted without recursion and only up to
+    ``limit + 1``: hostile input a thousand levels deep costs no Python stack."""
+    depth = 0
+    level = [value]
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for container in containers
+                 for child in (container.values() if isinstance(container, dict) else container)]
+    return depth
