@@ -40,17 +40,22 @@ class IngestService:
     async def __call__(self, inbound: InboundMessage) -> IngestResult:
         """Store ``inbound`` once and return after its commit."""
         started = time.perf_counter()
+        # Errors and log lines name the field, never the refused address: a log is out of
+        # reach of a customer's erasure.
         try:
             sender = normalize_party(inbound.sender, self.default_region)
-        except InvalidIdentity as exc:
-            raise ValidationFailed(f"sender: {exc}") from exc
+        except InvalidIdentity:
+            raise ValidationFailed(f"sender: not a valid {inbound.sender.kind} "
+                                   "address") from None
         linked = []
         for party in inbound.linked_identities:
             try:
                 linked.append(normalize_party(party, self.default_region))
-            except InvalidIdentity as exc:
+            except InvalidIdentity:
                 # A bad extra field must not lose the message: keep it, skip the link.
-                log.warning("ingest.identity_skipped", kind=party.kind, error=str(exc))
+                log.warning("ingest.identity_skipped", kind=party.kind,
+                            channel=inbound.channel, account=inbound.account,
+                            reason=f"not a valid {party.kind} address")
         # normalize_party returns the same object when nothing changed (the usual case);
         # list comparison checks identity before equality.
         if sender is not inbound.sender or linked != inbound.linked_identities:
