@@ -21,6 +21,7 @@ _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "ht
           "context", "in_reply_to"}
 _KNOWN_FROM = {"id", "name", "email", "phone"}
 MAX_CONTEXT_DEPTH = 32
+MAX_BODY_DEPTH = 64
 
 
 def decode_attachments(items: Any, *, field: str = "attachments") -> list[AttachmentData]:
@@ -142,6 +143,14 @@ def _context(value: Any) -> dict[str, Any] | None:
     if json_depth(value, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
         raise ValidationFailed(f"context may be nested at most {MAX_CONTEXT_DEPTH} levels deep")
     return value
+
+
+def refuse_deep_json(body: Any, limit: int = MAX_BODY_DEPTH) -> None:
+    """422 for a request body nested deeper than ``limit``, checked before any other use:
+    orjson parses 1,024 levels but writes only 254, so a deeper value that reached the
+    store or an idempotency digest was a 500."""
+    if json_depth(body, limit) > limit:
+        raise ValidationFailed(f"the body may be nested at most {limit} levels deep")
 
 
 def json_depth(value: Any, limit: int) -> int:

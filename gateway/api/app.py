@@ -28,7 +28,7 @@ from gateway.errors import (
 )
 from gateway.http import MAX_BODY_KEY, json_response, read_body
 from gateway.store.base import OutboundRequest, Route
-from normalizer.api import decode_attachments
+from normalizer.api import decode_attachments, refuse_deep_json
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import Party
 
@@ -390,6 +390,7 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
                  customer_id: str | None, proactive: bool) -> web.Response:
     token = require(request, "write")
     body = await json_body(request)
+    refuse_deep_json(body)
     idempotency = _idempotency(request, token, body)
     gateway = gw(request)
     outbound = await _outbound_request(request, body, proactive=proactive)

@@ -206,3 +206,19 @@ async def test_a_signed_post_with_a_valid_signature_is_verified_after_the_body(
     async with http.post(f"{gateway.url}/hooks/api/big/messages", data=raw + b" ", headers={
             "Omnirelay-Signature": signing.sign(API_SECRET, raw)}) as resp:
         assert resp.status == 401
+
+
+@pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "deep"}])
+async def test_a_reply_nested_deeper_than_the_store_can_write_is_422(
+        gateway: Daemon, http: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+    status, body = await post_json(http, f"{gateway.url}/hooks/api/default/messages", {
+        "message_id": unique("m"), "from": {"id": unique("u")}, "text": "hi"})
+    assert status == 201, body
+    conversation = body["message"]["conversation_id"]
+    raw = b'{"template": "t", "variables": {"a": ' + nested(300) + b"}}"
+    async with http.post(f"{gateway.url}/v1/conversations/{conversation}/messages", data=raw,
+                         headers={**bearer(), "Content-Type": "application/json", **headers}
+                         ) as resp:
+        answer = await resp.json()
+        assert resp.status == 422, answer
+    assert "nested" in answer["error"]["message"]
