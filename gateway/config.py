@@ -416,6 +416,10 @@ def embedded_default(environ: Mapping[str, str] | None = None) -> Config:
     listen = env.get("OMNIRELAY_LISTEN", "127.0.0.1:8080")
     smtp_listen = env.get("OMNIRELAY_SMTP_LISTEN", "127.0.0.1:2525")
     token = env.get("OMNIRELAY_API_TOKEN") or _generated_token(data_dir)
+    if len(token.strip()) < 16:  # as [[tokens]]: a short admin token is guessable
+        raise ConfigErrors([ConfigError(
+            "the embedded default's API token is shorter than 16 characters",
+            key="OMNIRELAY_API_TOKEN", hint="generate one: openssl rand -base64 32")])
     text = f"""
 [server]
 listen = {listen!r}

@@ -41,6 +41,7 @@ from gateway.feed import FeedNotifier
 from gateway.ingest import IngestService
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
+from gateway.permissions import make_store_private, restrict_umask
 from gateway.store.base import Route
 from gateway.store.sqlite import SQLiteStore
 from gateway.systemd import Notifier
@@ -470,6 +471,8 @@ def _replace_config(old: Config, new: Config) -> Config:
 
 async def run(config: Config, *, config_loader: Any = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads via ``config_loader()``. Returns exit code."""
+    restrict_umask()  # files private whatever the service manager's umask
+    make_store_private(config.store)
     gateway = Gateway(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

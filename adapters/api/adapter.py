@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -15,11 +16,14 @@ from gateway.errors import (
     MalformedPayload,
     PermanentSendError,
     RetryableSendError,
+    SendError,
     SignatureInvalid,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
 from normalizer.api import parse_api_inbound
 from normalizer.model import Party
+
+EXCERPT_CHARS = 300  # of a callback's answer, kept in the outbox error
 
 
 class ApiAdapter(ChannelAdapter):
@@ -39,24 +43,40 @@ class ApiAdapter(ChannelAdapter):
         """Replies come from the account itself."""
         return Party("external", f"omnirelay:{self.name}", None)
 
-    def _authenticate(self, request: web.Request, body: bytes) -> None:
+    def _authenticate_before_body(self, request: web.Request) -> str | None:
+        """Everything that can be checked before the body is read; the signature header
+        to verify against the body afterwards, or None when a bearer token was accepted.
+
+        An unauthenticated client must not make us read (up to ``max_body_bytes``) a body
+        we are going to refuse, so a missing or bad token, a signature for an account
+        without a secret and a signature whose timestamp is already out of tolerance are
+        refused first.
+        """
         header = request.headers.get("Omnirelay-Signature")
         if header is not None:
             if self.config.secret is None:
                 raise SignatureInvalid("this account has no secret; use a bearer token")
-            if not signing.verify(header, self.config.secret.reveal(), body):
-                raise SignatureInvalid("Omnirelay-Signature does not match "
-                                       "(or its timestamp is more than 5 minutes off)")
-            return
+            if not _timestamp_in_tolerance(header):
+                raise SignatureInvalid("Omnirelay-Signature has no timestamp within 5 "
+                                       "minutes of now")
+            return header
         if request.headers.get("Authorization", "").startswith("Bearer "):
             self.ctx.authorize(request, "write")
-            return
+            return None
         raise SignatureInvalid("sign the request (Omnirelay-Signature) or send a bearer token")
+
+    def _verify_signature(self, header: str, body: bytes) -> None:
+        assert self.config.secret is not None  # checked before the body was read
+        if not signing.verify(header, self.config.secret.reveal(), body):
+            raise SignatureInvalid("Omnirelay-Signature does not match "
+                                   "(or its timestamp is more than 5 minutes off)")
 
     async def handle_inbound(self, request: web.Request) -> web.Response:
         """Store the message, then answer 200 (201 when new) with the normalized message."""
+        signature = self._authenticate_before_body(request)
         body = await read_body(request)
-        self._authenticate(request, body)
+        if signature is not None:
+            self._verify_signature(signature, body)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -82,24 +102,57 @@ class ApiAdapter(ChannelAdapter):
             "User-Agent": "omnirelay",
         }
         try:
+            # Never follow a redirect: a 307 would re-POST the signed body to wherever the
+            # callback host points (an internal address), a 302 would GET it and put its
+            # answer into the outbox error that read tokens can see.
             async with self.ctx.http.post(
-                self.config.callback_url, data=body, headers=headers,
+                self.config.callback_url, data=body, headers=headers, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
-                text = (await response.text(errors="replace"))[:500]
+                text = await remote_error_excerpt(response)
                 if 200 <= response.status < 300:
                     return SendResult(_provider_id(text) or message.id, "sent")
-                if response.status in (408, 409, 425, 429) or response.status >= 500:
-                    raise RetryableSendError(
-                        f"callback answered {response.status}",
-                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                        provider_code=str(response.status), provider_message=text)
-                raise PermanentSendError(f"callback answered {response.status}",
-                                         provider_code=str(response.status),
-                                         provider_message=text, error_code="callback_rejected")
+                raise _callback_error(response.status, response.headers.get("Retry-After"),
+                                      text)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise RetryableSendError(f"callback unreachable: {type(exc).__name__}: {exc}",
-                                     error_code="callback_unreachable") from exc
+            raise RetryableSendError(
+                f"callback unreachable: {type(exc).__name__}: {str(exc)[:200]}",
+                error_code="callback_unreachable") from exc
+
+
+def _callback_error(status: int, retry_after: str | None, excerpt: str) -> SendError:
+    """The send error for a callback's non-2xx answer (``excerpt`` is already bounded)."""
+    if 300 <= status < 400:
+        return PermanentSendError(
+            f"callback answered {status} (a redirect); redirects are not followed: set "
+            "callback_url to the final URL", provider_code=str(status),
+            error_code="callback_redirected")
+    if status in (408, 409, 425, 429) or status >= 500:
+        return RetryableSendError(f"callback answered {status}",
+                                  retry_after=retry_after_seconds(retry_after),
+                                  provider_code=str(status), provider_message=excerpt)
+    return PermanentSendError(f"callback answered {status}", provider_code=str(status),
+                              provider_message=excerpt, error_code="callback_rejected")
+
+
+async def remote_error_excerpt(response: aiohttp.ClientResponse,
+                               limit: int = EXCERPT_CHARS) -> str:
+    """At most ``limit`` characters of a remote answer, read no further than needed.
+
+    What a remote host answers ends up in the outbox error that any read token sees; a
+    short excerpt is enough to diagnose and never a whole (internal) page.
+    """
+    cap = limit * 4  # a UTF-8 character is at most 4 bytes
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = await response.content.read(cap - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _provider_id(text: str) -> str | None:
@@ -110,3 +163,13 @@ def _provider_id(text: str) -> str | None:
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+def _timestamp_in_tolerance(header: str) -> bool:
+    """Whether the header's ``t=`` is within :data:`signing.TOLERANCE_SECONDS` of now (the
+    cheap part of the check, done before the body is read)."""
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            return abs(time.time() - int(value)) <= signing.TOLERANCE_SECONDS
+    return False

@@ -29,6 +29,7 @@ import aiosmtplib
 
 from adapters.base import OutboundMessage
 from adapters.email.config import EmailConfig, ServerSettings
+from gateway.attachments import mime_parts, sanitize_filename
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import StoredAttachment
 from gateway.tls import client_context
@@ -116,10 +117,25 @@ def build_reply(config: EmailConfig, message: OutboundMessage, thread: Thread,
     if message.html:
         msg.add_alternative(message.html, subtype="html")
     for meta, data in attachments:
-        maintype, _, subtype = (meta.content_type or "application/octet-stream").partition("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
-                           filename=meta.filename or "attachment")
+        maintype, subtype, params = _attachment_type(meta.content_type)
+        # email.message writes a non-ASCII name as RFC 2231 ``filename*=utf-8''…``.
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, params=params,
+                           filename=sanitize_filename(meta.filename))
     return msg
+
+
+def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]]:
+    """(maintype, subtype, parameters) of a stored content type, checked again here.
+
+    Rows stored before the API checked metadata may hold anything, and a CR/LF in a MIME
+    header must never reach the relay. ``message/*`` and ``multipart/*`` go out as
+    ``application/octet-stream``: their bodies may not be base64-encoded (RFC 2046 §5.1.1,
+    §5.2.1) and the bytes are not re-parsed here.
+    """
+    maintype, subtype, params = mime_parts(content_type)
+    if maintype in ("message", "multipart"):
+        return "application", "octet-stream", {}
+    return maintype, subtype, params
 
 
 def read_attachments(message: OutboundMessage,

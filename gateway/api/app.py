@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters.registry import route_families
 from gateway.api.openapi import IDENTITY_KINDS, openapi_document
+from gateway.attachments import content_disposition, sanitize_content_type
 from gateway.config import TokenConfig
 from gateway.errors import (
     BadRequest,
@@ -28,7 +29,7 @@ from gateway.errors import (
 )
 from gateway.http import MAX_BODY_KEY, json_response, read_body
 from gateway.store.base import OutboundRequest, Route
-from normalizer.api import decode_attachments
+from normalizer.api import decode_attachments, refuse_deep_json
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import Party
 
@@ -390,6 +391,7 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
                  customer_id: str | None, proactive: bool) -> web.Response:
     token = require(request, "write")
     body = await json_body(request)
+    refuse_deep_json(body)
     idempotency = _idempotency(request, token, body)
     gateway = gw(request)
     outbound = await _outbound_request(request, body, proactive=proactive)
@@ -490,10 +492,10 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     attachment, path = await gw(request).store.get_attachment(request.match_info["id"])
     if not await asyncio.to_thread(path.exists):
         raise NotFound("the attachment's bytes were purged by the retention setting")
-    safe = attachment.filename.replace('"', "").replace("\r", "").replace("\n", "")
+    # Checked again: rows stored before the metadata checks may hold anything (RFC 6266).
     return web.FileResponse(path, headers={
-        "Content-Type": attachment.content_type,
-        "Content-Disposition": f'attachment; filename="{safe}"',
+        "Content-Type": sanitize_content_type(attachment.content_type),
+        "Content-Disposition": content_disposition(attachment.filename),
         "X-Content-Type-Options": "nosniff"})
 
 
