@@ -11,19 +11,23 @@ from typing import Any
 from adapters.email.config import EmailConfig
 from adapters.email.outbound import Thread, build_reply
 from gateway.store.base import OutboxItem
+from outbox.message import outbound_message
 
 PDF = b"%PDF-1.4\n%%EOF\n"
 
 
 def reply_with(*attachments: dict[str, Any]) -> bytes:
     """The wire bytes of a reply carrying ``attachments`` (metadata as stored)."""
-    item = OutboxItem(seq=1, message={
-        "id": "msg_1", "conversation_id": "cnv_1", "text": "Here it is.",
+    stored = [{"id": f"att_{i}", "size": len(PDF), "sha256": "0" * 64, **meta}
+              for i, meta in enumerate(attachments)]
+    message = outbound_message(OutboxItem(seq=1, message={
+        "id": "msg_1", "conversation_id": "cnv_1", "customer_id": "cus_1", "channel": "email",
+        "account": "support", "text": "Here it is.",
+        "from": {"kind": "email", "address": "help@shop.example", "name": None},
         "to": {"kind": "email", "address": "kim@example.com", "name": "Kim"},
-        "attachments": list(attachments)}, conversation={}, attempts=0,
-        created_at=datetime.now(UTC))
-    msg = build_reply(EmailConfig(address="help@shop.example"), item, Thread(),
-                      [(meta, PDF) for meta in attachments])
+        "attachments": stored}, conversation={}, attempts=0, created_at=datetime.now(UTC)))
+    msg = build_reply(EmailConfig(address="help@shop.example"), message, Thread(),
+                      [(meta, PDF) for meta in message.attachments])
     return msg.as_bytes(policy=SMTP_POLICY)
 
 
