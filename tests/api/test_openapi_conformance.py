@@ -26,7 +26,8 @@ async def test_every_route_is_documented(daemon: Daemon) -> None:
     from gateway.api.app import create_app
 
     class Stub:
-        config = type("C", (), {"server": type("S", (), {"max_body_bytes": 1024})()})()
+        config = type("C", (), {"server": type("S", (), {"max_body_bytes": 1024,
+                                                         "trusted_proxies": ()})()})()
         adapters: dict[tuple[str, str], object] = {}
 
     app = create_app(Stub())  # type: ignore[arg-type]
@@ -59,12 +60,11 @@ async def test_running_daemon_conforms_to_its_openapi_document(tmp_path: Path) -
                "PYTHONPATH": str(ROOT)}
         proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "st"), "run", f"{daemon.url}/v1/openapi.json",
+            # All checks, positive_data_acceptance included: a request the schema calls
+            # valid is never refused with 400/422 (the schema states the real rules).
             "-H", f"Authorization: Bearer {TOKEN}", "--checks", "all",
-            # Business rules (a possible phone number, a known conversation) are beyond what
-            # a schema can say, so a schema-valid request may rightly get a 4xx.
-            "--exclude-checks", "positive_data_acceptance",
             "--exclude-path", "/v1/events/stream",  # endless by design; tested in e2e
-            "--max-examples", "15", "--request-timeout", "10", "--workers", "1",
+            "--max-examples", "8", "--request-timeout", "10", "--workers", "1",
             "--seed", "1", "--no-color",
             cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 240)
