@@ -54,7 +54,7 @@ STREAMS_KEY = web.AppKey("streams_per_token", dict[str, int])
 TOKEN_KEY = web.RequestKey("token", TokenConfig)
 # A disk that cannot take a write (blob files are written outside SQLite): the store is
 # unavailable for now, a 503 the client retries, not a 500.
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 STORE_RETRY_AFTER = "5"
 
 
