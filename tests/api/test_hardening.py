@@ -155,7 +155,8 @@ class _FullDiskStore:
 
 
 @contextlib.asynccontextmanager
-async def _app_over(store: object) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def _app_over(store: object, channels: list[dict[str, Any]] | None = None
+                    ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     from gateway.config import Secret
 
     gateway = SimpleNamespace(
@@ -164,7 +165,8 @@ async def _app_over(store: object) -> AsyncIterator[TestClient[web.Request, web.
                                    max_streams_per_token=8),
             tokens=(TokenConfig("admin", Secret(TOKEN), frozenset({"admin"})),),
             store=SimpleNamespace(max_attachment_bytes=1 << 20, default_region="KR")),
-        adapters={}, store=store, routes=lambda: [Route("api", "crm", None)])
+        adapters={}, store=store, routes=lambda: [Route("api", "crm", None)],
+        channel_report=lambda: [dict(entry) for entry in channels or []])
     client = TestClient(TestServer(create_app(gateway)))  # type: ignore[arg-type]
     await client.start_server()
     try:
@@ -331,3 +333,14 @@ async def test_downloads_name_files_per_rfc_6266_and_never_drop_the_connection(
         resp = await client.get("/v1/attachments/att_plain", headers=bearer())
         assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
         assert resp.headers["Content-Disposition"] == 'attachment; filename="notes.txt"'
+
+
+async def test_channel_errors_show_urls_redacted() -> None:
+    error = ("callback unreachable: InvalidUrlClientError: "
+             "https://crm:pa55@crm.example/cb?key=k3y")
+    channels = [{"name": "crm", "type": "api", "state": "degraded", "last_error": error}]
+    async with _app_over(object(), channels) as client:
+        resp = await client.get("/v1/channels", headers=bearer())
+        [entry] = (await resp.json())["channels"]
+    assert entry["last_error"] == ("callback unreachable: InvalidUrlClientError: "
+                                   "https://crm.example/cb")
