@@ -8,6 +8,7 @@ config class, found in the registry.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -49,6 +50,7 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     shutdown_timeout: float = 20.0
+    max_streams_per_token: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +193,12 @@ def _parse_server(section: Section | None) -> ServerConfig:
     if max_body < 1024:
         section.error("max_body_bytes", "must be at least 1024")
     shutdown = float(section.get("shutdown_timeout", (int, float), 20.0))
+    max_streams = section.get("max_streams_per_token", int, 8)
+    if max_streams < 1:
+        section.error("max_streams_per_token", "must be at least 1")
     section.finish()
-    return ServerConfig(host, port, public_url, tuple(proxies), max_body, shutdown)
+    return ServerConfig(host, port, public_url, tuple(proxies), max_body, shutdown,
+                        max_streams)
 
 
 def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreConfig:
@@ -278,6 +284,25 @@ def _parse_tokens(items: list[Any], ctx: ParseContext) -> tuple[TokenConfig, ...
     return tuple(tokens)
 
 
+def default_webhook_name(url: str, items: list[Any]) -> str:
+    """An unnamed subscription is named by its URL's host, never by the URL (which may
+    carry a user, password or query key and becomes a metric label and a log field);
+    plus a short hash of the URL when another entry has the same host."""
+    from gateway.http import redact_url  # late: gateway.http imports aiohttp
+
+    def host(value: Any) -> str:
+        if not isinstance(value, str):
+            return ""
+        redacted = redact_url(value)
+        return redacted.split("://", 1)[-1].split("/", 1)[0]
+
+    own = host(url)
+    sharing = sum(1 for item in items if isinstance(item, dict) and host(item.get("url")) == own)
+    if sharing > 1:
+        return f"{own}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+    return own or "webhook"
+
+
 def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig, ...]:
     hooks = []
     for index, item in enumerate(items):
@@ -285,7 +310,7 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
         url = section.get("url", str, "", required=True)
         if url and not re.match(r"https?://", url):
             section.error("url", "must be an http(s) URL")
-        name = section.get("name", str, url)
+        name = section.get("name", str, "") or default_webhook_name(url, items)
         if name in {h.name for h in hooks}:
             section.error("name", f"webhook name {name!r} is used twice",
                           "give each [[webhooks]] its own name (it keys the delivery cursor)")

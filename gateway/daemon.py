@@ -409,7 +409,8 @@ class Gateway:
         return report
 
     async def readiness_problems(self) -> list[str]:
-        """Why the daemon is not ready (empty when it is)."""
+        """Why the daemon is not ready (empty when it is): what, never an error text, as
+        unauthenticated ``/readyz`` shows it (``/v1/channels`` has the text)."""
         problems = []
         if self.stopping.is_set():
             problems.append("draining")
@@ -424,13 +425,13 @@ class Gateway:
                     self.store.set_checkpoint("readyz.probe", str(time.time())), 5)
                 await asyncio.wait_for(self.store.ping(), 5)
             except (StoreError, TimeoutError) as exc:
-                problems.append(f"store: {exc}")
+                log.warning("daemon.store_not_ready", error=str(exc))
+                problems.append("store: cannot write")
         except TimeoutError:
             problems.append("store: no answer within 5 s")
         for entry in self.channel_report():
             if entry["required"] and entry["state"] not in ("running", "degraded"):
-                problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}"
-                                + (f" ({entry['last_error']})" if entry["last_error"] else ""))
+                problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}")
         return problems
 
     def status_line(self) -> str:

@@ -46,7 +46,9 @@ class OutboxWorker:
         self._sends: set[asyncio.Task[None]] = set()
         self._limits: dict[str, asyncio.Semaphore] = {}  # per "type:account"
         self._buckets: dict[str, TokenBucket] = {}
-        self._capacity = asyncio.Semaphore(max(1, config.workers) * 4)
+        # `[outbox] workers` is the number of sends in flight at once, over all accounts
+        # (each account is further limited by its own send_concurrency).
+        self._capacity = asyncio.Semaphore(max(1, config.workers))
 
     def wake(self) -> None:
         """Something was queued: look now instead of at the next due time."""

@@ -1636,8 +1636,8 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
         rows = tx.conn.execute(
             f"SELECT kind, address FROM identities WHERE customer_id = ? AND kind IN "
             f"({','.join('?' * len(kinds))}) ORDER BY created_at DESC", (cid, *kinds)).fetchall()
-        if not rows:
-            raise ValidationFailed(f"customer {cid} has no identity reachable on "
+        if not rows:  # the customer's state, not the request, is in the way: 409
+            raise Conflict(f"customer {cid} has no identity reachable on "
                                    f"channel {route.channel!r}")
         recipient = {"kind": rows[0]["kind"], "address": rows[0]["address"], "name": None}
 

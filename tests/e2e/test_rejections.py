@@ -152,6 +152,9 @@ async def test_metrics_count_messages_by_channel(daemon: Daemon,
                                                  http: aiohttp.ClientSession) -> None:
     await post_inbound(http, daemon.url, {"message_id": unique("m"), "from": {"id": "metric"},
                                           "text": "count me"})
+    # A refusal of its own: the test must not rely on an earlier one having made the counter.
+    status, _ = await post_raw(http, daemon, valid_body(), {"Omnirelay-Signature": "v1=abc"})
+    assert status == 401
     async with http.get(f"{daemon.url}/metrics") as resp:
         text = await resp.text()
     assert 'omnirelay_messages_received_total{account="crm",channel="api"}' in text

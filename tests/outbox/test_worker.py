@@ -156,6 +156,24 @@ async def test_per_account_concurrency_limit(tmp_path: Path) -> None:
         await rig.store.close()
 
 
+async def test_workers_is_the_number_of_sends_in_flight_overall(tmp_path: Path) -> None:
+    """``[outbox] workers`` means what docs/configuration.md says: sends at once."""
+    rig = await make_rig(tmp_path, concurrency=16)
+    rig.worker = OutboxWorker(rig.store, lambda channel, account: rig.adapter,
+                              OutboxConfig(workers=3, base_delay=0.05, max_delay=0.2),
+                              Metrics())
+    rig.adapter.script.delay = 0.05
+    ids = [await rig.reply(await rig.conversation(f"w{i}"), "x") for i in range(10)]
+    await rig.worker.start()  # all ten are due at once
+    try:
+        for message_id in ids:
+            await rig.wait_status(message_id, "sent")
+        assert rig.adapter.max_active == 3
+    finally:
+        await rig.worker.stop(5)
+        await rig.store.close()
+
+
 async def test_inflight_rows_are_sent_again_after_a_crash(tmp_path: Path) -> None:
     rig = await make_rig(tmp_path)
     message_id = await rig.reply(await rig.conversation("crash"), "x")
