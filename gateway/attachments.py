@@ -106,9 +106,11 @@ def validate_filename(value: object) -> str:
         raise InvalidAttachmentMetadata("is required")
     if not isinstance(value, str):
         raise InvalidAttachmentMetadata("must be a string")
-    name = clean_filename(value)
-    if not name:
-        raise InvalidAttachmentMetadata("is required (a name of printable characters)")
+    if not value:
+        raise InvalidAttachmentMetadata("is required")
+    # A name of nothing but controls or spaces is named like a nameless attachment: the
+    # OpenAPI schema can only say "non-empty", and the file itself is still wanted.
+    name = clean_filename(value) or DEFAULT_FILENAME
     if len(name) > MAX_FILENAME_CHARS:
         raise InvalidAttachmentMetadata(f"is longer than {MAX_FILENAME_CHARS} characters")
     return name

@@ -163,7 +163,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
     }, ["id", "identities", "created_at"])
     event = _obj({"id": _STR, "seq": _STR, "type": _STR, "created_at": _TS,
                   "data": {"type": "object"}}, ["id", "seq", "type", "created_at", "data"])
-    attachment_in = _obj({"filename": {"type": "string", "minLength": 1},
+    attachment_in = _obj({"filename": {"type": "string", "minLength": 1, "maxLength": 255},
                           "content_type": {"type": "string", "pattern": MIME_TYPE_PATTERN},
                           "content_base64": {"type": "string", "pattern": BASE64_PATTERN,
                                              "contentEncoding": "base64"}},

@@ -20,7 +20,7 @@ from gateway.config import TokenConfig
 from gateway.errors import StoreError
 from gateway.store.base import Route
 from tests.conftest import READ_TOKEN, TOKEN, Daemon, base_config, free_port
-from tests.helpers import bearer, get_json, post_inbound, post_json, unique
+from tests.helpers import bearer, get_json, post_inbound, post_json, unique, wait_until
 
 # ---------------------------------------------------------------- tokens
 
@@ -279,14 +279,21 @@ async def test_webhook_urls_and_remote_answers_never_show_in_full(tmp_path: Path
 
 async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
         daemon: Daemon, http: aiohttp.ClientSession) -> None:
-    marker = unique("spoof")
+    def refusals() -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in daemon.logs().splitlines()
+                if '"hook.rejected"' in line]
+
+    before = len(refusals())
     async with http.post(f"{daemon.url}/hooks/api/crm/messages",
-                         data=orjson.dumps({"message_id": marker}),
+                         data=orjson.dumps({"message_id": unique("spoof")}),
                          headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
         assert resp.status == 401
-    rejected = [orjson.loads(line) for line in daemon.logs().splitlines()
-                if '"hook.rejected"' in line]
-    assert rejected[-1]["client"] == "127.0.0.1"
+    # Lines are written by the daemon's log-writer thread: wait for this one.
+    async def new_refusals() -> list[dict[str, Any]]:
+        return refusals()[before:]
+
+    new = await wait_until(new_refusals)
+    assert new[-1]["client"] == "127.0.0.1"
 
 
 # ---------------------------------------------------------------- downloads
