@@ -404,3 +404,32 @@ async def test_the_feed_reads_the_same_from_memory_and_from_the_table(
             expected = await store.read(from_table, after, limit)
             assert list(zip(page.seqs, page.bodies, strict=True)) == expected, (after, limit)
             assert page.next == (expected[-1][0] if expected else after)
+
+
+async def test_a_proactive_message_on_a_channel_with_several_accounts_must_name_one(
+        store: SQLiteStore) -> None:
+    from gateway.errors import ValidationFailed
+    from gateway.store.base import OutboundRequest, Route
+
+    first = await store.ingest(InboundMessage(
+        channel="sms", account="kr-sms", provider_message_id="SM1",
+        sender=Party("phone", "+821012345678"), text="hi"), [])
+    routes = [Route("sms", "us-sms", Party("phone", "+15550100")),
+              Route("sms", "kr-sms", Party("phone", "+8220000000"))]
+    with pytest.raises(ValidationFailed) as refused:
+        await store.enqueue_outbound(
+            conversation_id=None, customer_id=first.message["customer_id"],
+            request=OutboundRequest(text="sale!", channel="sms"), routes=routes,
+            idempotency=None)
+    assert refused.value.details["accounts"] == ["kr-sms", "us-sms"]
+    _, sent = await store.enqueue_outbound(
+        conversation_id=None, customer_id=first.message["customer_id"],
+        request=OutboundRequest(text="sale!", channel="sms", account="us-sms"),
+        routes=routes, idempotency=None)
+    assert (sent["account"], sent["to"]["address"]) == ("us-sms", "+821012345678")
+    # A reply naming the channel goes out on the account the customer wrote to.
+    _, reply = await store.enqueue_outbound(
+        conversation_id=first.message["conversation_id"], customer_id=None,
+        request=OutboundRequest(text="thanks", channel="sms"), routes=routes,
+        idempotency=None)
+    assert reply["account"] == "kr-sms"

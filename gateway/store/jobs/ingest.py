@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import sqlite3
 
 import orjson
 
@@ -15,6 +15,14 @@ from gateway.store.records import (
     _loads,
     _message_json,
     _resolve_customer_id,
+)
+from gateway.store.rules import (
+    dedupe_key,
+    joins_latest,
+    may_join,
+    reopen_window_start,
+    reply_token_conversation_id,
+    threading_reference,
 )
 from normalizer.model import InboundMessage, Party
 
@@ -96,7 +104,7 @@ def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
             reopen_window_days: float) -> IngestResult:
-    key = (inbound.channel, inbound.account, inbound.provider_message_id)
+    key = dedupe_key(inbound.channel, inbound.account, inbound.provider_message_id)
     if tx.rows is not None and key in tx.rows.by_key:  # the same message earlier in the batch
         return IngestResult(tx.rows.by_key[key], created=False)
     if tx.rows is not None and tx.rows.stored is not None:  # the batch looked its keys up
@@ -114,30 +122,30 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
 
     conversation: JSON | None = None
     in_reply_to: str | None = None
-    for ref in inbound.reply_refs:
+
+    def find(ref: str) -> sqlite3.Row | JSON | None:
         row = tx.one("SELECT id, conversation_id FROM messages WHERE provider_message_id = ? "
                      "AND channel = ? ORDER BY id LIMIT 1", (ref, inbound.channel))
         if row is None and tx.rows is not None:  # stored earlier in this batch
-            row = tx.rows.by_ref.get((inbound.channel, ref))
-        if row is not None:
-            in_reply_to = row["id"]
-            conversation = _conversation_by_id(tx, row["conversation_id"])
-            break
+            return tx.rows.by_ref.get((inbound.channel, ref))
+        return row
+
+    threaded = threading_reference(inbound.reply_refs, find) if inbound.reply_refs else None
+    if threaded is not None:
+        in_reply_to = threaded[1]["id"]
+        conversation = _conversation_by_id(tx, threaded[1]["conversation_id"])
     if conversation is None and inbound.reply_token:
-        # The token is the conversation id's random part (support+c-<token>@shop).
-        conversation = _conversation_by_id(tx, "cnv_" + inbound.reply_token.upper())
-    if conversation is not None and conversation["customer_id"] != customer_id:
-        # A thread reference into another customer's conversation (a forwarded mail,
-        # a colleague replying) must not leak it: fall back to the sender's own.
+        conversation = _conversation_by_id(tx, reply_token_conversation_id(inbound.reply_token))
+    if conversation is not None and not may_join(conversation["customer_id"], customer_id):
         conversation = None
         in_reply_to = None
     if conversation is None and new_customer is None:
         latest = _latest_conversation(tx, customer_id)
-        window_start = tx.now - timedelta(days=reopen_window_days)
-        if latest is not None and (
-                latest["status"] == "open"
-                or (latest["closed_at"] and parse_iso(latest["closed_at"]) >= window_start)):
-            conversation = latest
+        if latest is not None:
+            closed_at = latest["closed_at"]
+            if joins_latest(latest["status"], parse_iso(closed_at) if closed_at else None,
+                            reopen_window_start(tx.now, reopen_window_days)):
+                conversation = latest
 
     sent_at = iso(inbound.sent_at) if inbound.sent_at else tx.now_iso
     if conversation is None:

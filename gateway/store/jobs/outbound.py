@@ -17,20 +17,13 @@ from gateway.store.records import (
     _message_json,
     _resolve_customer_id,
 )
-
-# Which identity kinds a channel can reach a customer on (replies, proactive messages).
-CHANNEL_IDENTITY_KINDS: dict[str, tuple[str, ...]] = {
-    "email": ("email",),
-    "sms": ("phone",),
-    "whatsapp": ("phone", "whatsapp"),
-    "messenger": ("messenger",),
-    "instagram": ("instagram",),
-    "telegram": ("telegram",),
-    "line": ("line",),
-    "navertalk": ("navertalk",),
-    "webchat": ("webchat",),
-    "api": ("external",),
-}
+from gateway.store.rules import (
+    LastInbound,
+    RouteRefused,
+    choose_recipient,
+    choose_reply_route,
+    reachable_kinds,
+)
 
 
 def _update_status_by_provider(tx: Tx, channel: str, account: str, provider_message_id: str,
@@ -65,7 +58,6 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
                 raise Conflict("Idempotency-Key was already used with another request body")
             return 202, _loads(row["response"])
 
-    in_reply_to: str | None = None
     if conversation_id is not None:
         conv = tx.one("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
         if conv is None:
@@ -76,34 +68,30 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
         cid = _resolve_customer_id(tx.conn, customer_id)
         conv = None
 
-    channel = account = None
-    recipient: JSON | None = None
-    if request.channel is None and conv is not None:
+    last_inbound: LastInbound | None = None
+    if conv is not None:
         last = tx.one("SELECT id, channel, account, data FROM messages WHERE conversation_id = ? "
                       "AND direction = 'inbound' ORDER BY id DESC LIMIT 1", (conv["id"],))
         if last is not None:
-            data = _loads(last["data"])
-            channel, account, recipient = last["channel"], last["account"], data["from"]
-            in_reply_to = last["id"]
-        else:
-            channel, account = conv["channel"], conv["account"]
-    else:
-        channel, account = request.channel, request.account
-    candidates = [r for r in routes if r.channel == channel
-                  and (account is None or r.account == account)]
-    if not candidates:
-        raise ValidationFailed(f"no configured account sends on channel {channel!r}"
-                               + (f" as account {account!r}" if account else ""))
-    route = candidates[0]
+            last_inbound = LastInbound(last["id"], last["channel"], last["account"],
+                                       _loads(last["data"])["from"])
+    chosen = choose_reply_route(
+        channel=request.channel, account=request.account, last_inbound=last_inbound,
+        conversation=(conv["channel"], conv["account"]) if conv is not None else None,
+        routes=routes)
+    if isinstance(chosen, RouteRefused):
+        raise ValidationFailed(chosen.reason, channel=chosen.channel,
+                               accounts=list(chosen.accounts))
+    route, recipient, in_reply_to = chosen.route, chosen.recipient, chosen.in_reply_to
     if recipient is None:
-        kinds = CHANNEL_IDENTITY_KINDS.get(route.channel, ())
+        kinds = reachable_kinds(route.channel)
         rows = tx.conn.execute(
             f"SELECT kind, address FROM identities WHERE customer_id = ? AND kind IN "
             f"({','.join('?' * len(kinds))}) ORDER BY created_at DESC", (cid, *kinds)).fetchall()
-        if not rows:
+        recipient = choose_recipient(route.channel, ((r["kind"], r["address"]) for r in rows))
+        if recipient is None:
             raise ValidationFailed(f"customer {cid} has no identity reachable on "
                                    f"channel {route.channel!r}")
-        recipient = {"kind": rows[0]["kind"], "address": rows[0]["address"], "name": None}
 
     if conv is None:
         latest = tx.one("SELECT * FROM conversations WHERE customer_id = ? AND status = 'open' "
