@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import structlog
 from aiohttp import ClientSession, web
 
-from gateway.store.base import IngestResult, OutboxItem
+from gateway.store.base import AdapterStore, IngestResult, OutboxItem
 from normalizer.model import InboundMessage, Party
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class AdapterContext:
     http: ClientSession
     public_url: str
     authorize: Callable[[web.Request, str], None]  # raises Unauthorized / Forbidden
-    store: Any = None  # checkpoints (get_checkpoint/set_checkpoint) and blob_dir
+    store: AdapterStore | None = None  # checkpoints, replied-to messages, blob paths
     log: Any = field(default_factory=lambda: structlog.get_logger("adapters"))
 
 

@@ -33,6 +33,7 @@ import structlog
 
 from adapters.email.config import ImapSettings, ServerSettings
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
+from gateway.store.base import CheckpointStore
 from outbox.retry import Backoff
 
 log = structlog.get_logger(__name__)
@@ -435,8 +436,8 @@ class Checkpoint:
 class Mailbox:
     """Imports one folder until stopped; reconnects with capped backoff and jitter."""
 
-    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver, store: Any,
-                 max_message_bytes: int) -> None:
+    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver,
+                 store: CheckpointStore, max_message_bytes: int) -> None:
         self.settings = settings
         self.account = account
         self.deliver = deliver

@@ -32,9 +32,9 @@ class FeedTail:
         self.lo = lo
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        # Per batch: seqs, one bytes object with every body, each body's end offset. One
-        # allocation a batch instead of one an event: thousands of small blocks kept
-        # among short-lived ones fragmented the heap (RSS grew eight times the bodies).
+        # Per batch: seqs, one bytes object with every body, each body's end offset: one
+        # allocation a batch, not one an event, so the heap does not fragment
+        # (docs/benchmarks.md, third round).
         self._batches: collections.deque[tuple[list[int], bytes, list[int]]] = (
             collections.deque())
         self._bytes = 0

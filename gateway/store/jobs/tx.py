@@ -69,9 +69,8 @@ _CHUNK = 64  # rows per multi-row statement: one prepared statement per size up 
 class BatchRows:
     """Rows that a batch's ingest jobs wrote, inserted together before anything reads them.
 
-    One multi-row INSERT per table instead of four statements per message. Each statement
-    releases the GIL, and under load getting it back means waiting for the event loop's
-    turn: a batch's wall time grew with its statement count, not its CPU. ``by_key`` and
+    One multi-row INSERT per table: every statement gives up the GIL, and under load
+    getting it back waits for the event loop (docs/benchmarks.md, third round). ``by_key`` and
     ``by_ref`` answer dedupe and threading lookups for rows not yet inserted; ``stored``
     holds what one query per batch found of the batch's keys already in the table.
     """
