@@ -50,6 +50,7 @@ Settle = dict[asyncio.AbstractEventLoop, list[tuple["asyncio.Future[Any]", bool,
 _STOP = object()
 _CHECKPOINT_PAGES = 8000  # WAL frames (4 KiB pages) before the writer resets the WAL
 _CHECKPOINT_EVERY = 50  # batches between background checkpoint passes
+_CLOSE_WAIT = 2.0  # seconds a closing checkpoint waits for another process's readers
 
 
 class BatchScope(Protocol):
@@ -143,6 +144,9 @@ class CommitEngine:
         self._stopping = False
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="store-read")
         self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []  # closed by close()
+        self._reader_lock = threading.Lock()
+        self._ready = False  # the writer opened the database
         self.seq = 0  # the newest seq handed out (the writer's)
         self.committed_seq = 0  # the newest seq durable and shown
         self.tail = FeedTail(0)
@@ -206,7 +210,9 @@ class CommitEngine:
             self._checkpointer.start()
 
     async def close(self) -> None:
-        """Let queued writes commit (and reach the disk), then stop the threads."""
+        """Let queued writes commit (and reach the disk), stop the threads, then fold the
+        WAL into the database file, so that the file alone holds everything (an operator
+        who copies only the ``.db`` loses nothing)."""
         if self._writer is not None:
             self.queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)  # it stops the syncer after itself
@@ -218,6 +224,15 @@ class CommitEngine:
                 await asyncio.to_thread(thread.join)
         self._syncer = self._checkpointer = None
         self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        # Not after a failed fsync: what the WAL holds may not be what reached the disk,
+        # and recovery at the next start must decide from the disk alone.
+        if self._ready and self.fatal is None:
+            self._ready = False
+            await asyncio.to_thread(self.truncate_wal, _CLOSE_WAIT)
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         try:
@@ -225,6 +240,7 @@ class CommitEngine:
             self.seq = self.layer.prepare(conn)
             self.committed_seq = self.seq
             self.tail = FeedTail(self.seq)
+            self._ready = True
         except Exception as exc:
             loop.call_soon_threadsafe(_set_exception, ready, StoreError(f"cannot open: {exc}"))
             return
@@ -335,17 +351,22 @@ class CommitEngine:
         finally:
             conn.execute("PRAGMA synchronous = OFF")
 
-    def truncate_wal(self) -> None:
-        """Fold the WAL into the database and truncate it (after an erasure, so erased
-        rows' old page images do not linger in the WAL file)."""
-        conn = sqlite3.connect(self.path, timeout=5.0)
+    def truncate_wal(self, wait: float = 5.0) -> bool:
+        """Fold the WAL into the database, sync it, and truncate the WAL (after an erasure,
+        so erased rows' old page images do not linger; at close, so the database file is
+        self-contained). Readers of the WAL (a backup in another process) hold it back:
+        SQLite's busy handler retries for up to ``wait`` seconds. True when done."""
+        conn = sqlite3.connect(self.path, timeout=wait, isolation_level=None)
         try:
+            conn.execute("PRAGMA synchronous = FULL")  # the database file is synced first
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:
                 log.warning("store.checkpoint_busy", hint="readers held the WAL; it is "
                             "truncated at the next idle checkpoint")
+            return not busy
         except sqlite3.Error as exc:
             log.warning("store.checkpoint_failed", error=str(exc))
+            return False
         finally:
             conn.close()
 
@@ -511,6 +532,8 @@ class CommitEngine:
         if conn is None:
             conn = self.connect(readonly=True)
             self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
         return fn(conn, *args)
 
     async def ping(self) -> None:

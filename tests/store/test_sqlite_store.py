@@ -433,3 +433,22 @@ async def test_a_proactive_message_on_a_channel_with_several_accounts_must_name_
         request=OutboundRequest(text="thanks", channel="sms"), routes=routes,
         idempotency=None)
     assert reply["account"] == "kr-sms"
+
+
+async def test_close_leaves_the_database_file_self_contained(tmp_path: Path) -> None:
+    import shutil
+
+    config = StoreConfig(url=f"sqlite:///{tmp_path}/c.db", data_dir=tmp_path)
+    store = SQLiteStore(config)
+    await store.open()
+    results = await asyncio.gather(*(store.ingest(inbound(f"c{i}", f"u{i % 9}"), [])
+                                     for i in range(300)))
+    await store.get_message(results[0].message["id"])  # reader connections are open
+    await store.close()
+    assert not (tmp_path / "c.db-wal").exists() or (tmp_path / "c.db-wal").stat().st_size == 0
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copyfile(tmp_path / "c.db", alone / "c.db")
+    check = sqlite3.connect(alone / "c.db")
+    assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 300
+    check.close()
