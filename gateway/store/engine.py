@@ -104,6 +104,15 @@ def _take_queued(source: queue.SimpleQueue[Any], limit: int) -> tuple[list[Any],
     return items, False
 
 
+def _raise_if_rolled_back(conn: sqlite3.Connection, exc: BaseException) -> None:
+    """Re-raise a database error after which SQLite rolled the whole transaction back
+    itself (SQLITE_FULL "database or disk is full", SQLITE_IOERR): the batch fails with
+    that error (the callers' StoreError says why), not a savepoint's "no such savepoint".
+    Nothing ran outside the transaction: every job's statements were undone with it."""
+    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+        raise exc
+
+
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -459,7 +468,8 @@ class CommitEngine:
             if fn in unguarded:
                 try:
                     outcomes.append((True, fn(scope.context(True), *args)))
-                except Exception:
+                except Exception as exc:
+                    _raise_if_rolled_back(conn, exc)
                     conn.execute("ROLLBACK")
                     self.layer.forget()
                     return None
@@ -469,7 +479,8 @@ class CommitEngine:
             if optimistic:
                 try:
                     scope.flush()  # what this job may read must be in the tables
-                except sqlite3.Error:
+                except sqlite3.Error as exc:
+                    _raise_if_rolled_back(conn, exc)
                     conn.execute("ROLLBACK")
                     self.layer.forget()
                     return None
@@ -477,6 +488,7 @@ class CommitEngine:
             try:
                 result = fn(tx, *args)
             except Exception as exc:
+                _raise_if_rolled_back(conn, exc)
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 self.layer.forget()
@@ -488,7 +500,8 @@ class CommitEngine:
         if optimistic:
             try:
                 scope.flush()
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
+                _raise_if_rolled_back(conn, exc)
                 conn.execute("ROLLBACK")
                 self.layer.forget()
                 return None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.config import StoreConfig
+from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
 from gateway.store import queries
 from gateway.store.base import (
@@ -161,14 +162,20 @@ class SQLiteStore:
         path = self.blob_path(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{digest}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if self.config.synchronous in ("FULL", "EXTRA"):
-                os.fsync(fh.fileno())
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                if self.config.synchronous in ("FULL", "EXTRA"):
+                    os.fsync(fh.fileno())
+            tmp.replace(path)
+        except OSError as exc:
+            # A full disk (ENOSPC, EFBIG) is the store being unavailable (503, the sender
+            # retries), not a bug; no partial file is left behind.
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot store an attachment: {exc.strerror or exc}") from exc
         return digest
 
     async def put_blobs(self, items: list[tuple[str, str, bytes, bool, str | None]]
