@@ -29,14 +29,13 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import structlog
 from aiohttp import ClientSession, WSCloseCode, web
 
 from gateway.backoff import Backoff
-from gateway.store.base import IngestResult, StoredAttachment
+from gateway.store.base import AdapterStore, IngestResult, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
 from normalizer.model import InboundMessage, Party
 
@@ -61,29 +60,6 @@ class Ingest(Protocol):
     """
 
     async def __call__(self, inbound: InboundMessage) -> IngestResult: ...
-
-
-class AdapterStore(Protocol):
-    """What adapters may use of the store: their own checkpoints, blobs, earlier messages.
-
-    A checkpoint is a small string under a key the adapter owns (an IMAP folder's last UID,
-    a Telegram update offset); it survives restarts and is written durably.
-    """
-
-    async def get_checkpoint(self, key: str) -> str | None:
-        """The value stored under ``key``, or None."""
-
-    async def set_checkpoint(self, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` (committed when this returns)."""
-
-    def blob_path(self, sha256: str) -> Path:
-        """Where the bytes of a stored attachment live."""
-
-    async def get_message(self, message_id: str) -> JSON:
-        """A stored message (its contract JSON); raises NotFound."""
-
-    async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
-        """A stored message's raw payload as received: (content type, bytes), or None."""
 
 
 class AdapterState(enum.StrEnum):

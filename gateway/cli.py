@@ -125,9 +125,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, action: str, arg: str) -> object:
+    from gateway.store.base import AdminStore
     from gateway.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(config.store)
+    store: AdminStore = SQLiteStore(config.store)
     await store.open()
     try:
         if action == "erase":

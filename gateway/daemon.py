@@ -42,7 +42,7 @@ from gateway.ingest import IngestService
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
-from gateway.store.base import Route
+from gateway.store.base import Route, Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
@@ -96,9 +96,9 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.store = SQLiteStore(config.store, on_commit=self._committed,
-                                  on_batch=self.metrics.store_batch.observe,
-                                  on_fatal=self._store_failed)
+        self.store: Store = SQLiteStore(config.store, on_commit=self._committed,
+                                         on_batch=self.metrics.store_batch.observe,
+                                         on_fatal=self._store_failed)
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()

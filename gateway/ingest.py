@@ -18,8 +18,7 @@ from gateway.attachments import sanitize_content_type, sanitize_filename
 from gateway.errors import PayloadTooLarge, ValidationFailed
 from gateway.logging import info_event
 from gateway.metrics import Metrics
-from gateway.store.base import IngestResult
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.base import IngestResult, IngestStore
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import AttachmentData, InboundMessage
 
@@ -29,7 +28,7 @@ log = structlog.get_logger(__name__)
 class IngestService:
     """Implements :class:`adapters.base.Ingest` for every adapter."""
 
-    def __init__(self, store: SQLiteStore, metrics: Metrics, *, default_region: str,
+    def __init__(self, store: IngestStore, metrics: Metrics, *, default_region: str,
                  max_attachment_bytes: int) -> None:
         self.store = store
         self.metrics = metrics

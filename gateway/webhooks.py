@@ -26,8 +26,7 @@ from gateway.http import (
     retry_after_seconds,
 )
 from gateway.metrics import Metrics
-from gateway.store.base import Delivery
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.base import Delivery, WebhookStore
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +34,7 @@ log = structlog.get_logger(__name__)
 class WebhookDispatcher:
     """Delivers one subscription's events."""
 
-    def __init__(self, config: WebhookConfig, store: SQLiteStore, feed: FeedNotifier,
+    def __init__(self, config: WebhookConfig, store: WebhookStore, feed: FeedNotifier,
                  http: aiohttp.ClientSession, metrics: Metrics, *,
                  backoff: Backoff | None = None, concurrency: int = 16) -> None:
         self.config = config

@@ -21,8 +21,7 @@ from gateway.backoff import Backoff
 from gateway.config import OutboxConfig
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.metrics import Metrics
-from gateway.store.base import OutboxItem
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.base import OutboxItem, OutboxStore
 from outbox.message import outbound_message
 from outbox.retry import TokenBucket
 
@@ -32,7 +31,7 @@ log = structlog.get_logger(__name__)
 class OutboxWorker:
     """Runs until stopped; ``wake()`` after an enqueue makes it look at once."""
 
-    def __init__(self, store: SQLiteStore,
+    def __init__(self, store: OutboxStore,
                  adapters: Callable[[str, str], ChannelAdapter | None],
                  config: OutboxConfig, metrics: Metrics) -> None:
         self.store = store

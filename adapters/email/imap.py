@@ -31,10 +31,10 @@ import aioimaplib
 import orjson
 import structlog
 
-from adapters.base import AdapterStore
 from adapters.email.config import ImapSettings, ServerSettings
 from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
+from gateway.store.base import CheckpointStore
 from gateway.supervisor import LoopGroup, SupervisedLoop
 from gateway.tls import client_context
 
@@ -433,7 +433,7 @@ class Mailbox:
     """
 
     def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver,
-                 store: AdapterStore, max_message_bytes: int) -> None:
+                 store: CheckpointStore, max_message_bytes: int) -> None:
         self.settings = settings
         self.account = account
         self.deliver = deliver
