@@ -64,7 +64,7 @@ async def test_an_api_channel_attachment_with_invalid_content_type_is_422_and_no
     assert "attachments[0].content_type" in error["error"]["message"]
     status, error = await post_inbound(http, daemon.url, {
         "message_id": unique("m"), "from": {"id": unique("u")},
-        "attachments": [attachment("\r\n\u202e", "image/png")]})
+        "attachments": [attachment("", "image/png")]})
     assert status == 422, error
     assert "attachments[0].filename" in error["error"]["message"]
     assert await head(http, daemon) == before
