@@ -6,8 +6,6 @@ import asyncio
 import smtplib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +182,15 @@ def test_limits_have_safe_defaults() -> None:
 
 
 def many_parts(message_id: str, parts: int, sender: str = "Kim <kim@mail.example>") -> bytes:
-    """A multipart/mixed mail of ``parts`` small attachments."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = "support@shop.example"
-    msg["Subject"] = "Many parts"
-    msg["Message-ID"] = f"<{message_id}>"
-    msg.set_content("see the attachments")
-    for index in range(parts):
-        msg.add_attachment(f"part {index}".encode(), maintype="application",
-                           subtype="octet-stream", filename=f"p{index}.bin")
-    return msg.as_bytes(policy=SMTP_POLICY)
+    """A multipart/mixed mail of a text and ``parts`` small attachments (written out by
+    hand: the e-mail package takes a minute to build 10,000 parts)."""
+    head = (f"From: {sender}\r\nTo: support@shop.example\r\nSubject: Many parts\r\n"
+            f"Message-ID: <{message_id}>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="b0"\r\n\r\n'
+            "--b0\r\nContent-Type: text/plain\r\n\r\nsee the attachments\r\n")
+    attachment = ("--b0\r\nContent-Type: application/octet-stream\r\n"
+                  'Content-Disposition: attachment; filename="p{0}.bin"\r\n\r\npart {0}\r\n')
+    return (head + "".join(attachment.format(i) for i in range(parts)) + "--b0--\r\n").encode()
 
 
 async def test_mail_beyond_the_mime_part_cap_is_stored_raw_and_flagged(
@@ -202,7 +198,7 @@ async def test_mail_beyond_the_mime_part_cap_is_stored_raw_and_flagged(
     email, ingest = await listener(max_mime_parts=5)
     port = email.smtp_port
     assert port is not None
-    within, beyond = many_parts("within@mail.example", 3), many_parts("beyond@mail.example", 8)
+    within, beyond = many_parts("within@mail.example", 3), many_parts("beyond@mail.example", 5)
     for raw in (within, beyond):
         assert await asyncio.to_thread(send, port, raw, "bounce@mail.example") == {}
     ok, flagged = ingest.received
