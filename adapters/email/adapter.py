@@ -68,10 +68,10 @@ except ImportError:  # pragma: no cover - until the parser has its budget: the s
 # ones (attachments) go to a thread so the loop keeps serving other sessions.
 INLINE_PARSE_BYTES = 64 * 1024
 # Parsing and storing a message costs several times its size in memory (the stdlib MIME
-# parser holds it as lines, the store encodes it): so few large messages at a time, and
-# the allocator is asked to give the memory back after each.
+# parser holds it as lines, the store encodes it): so one large message at a time (the
+# parse holds the GIL, so a second one would not run alongside anyway), and the allocator
+# is asked to give the memory back after each.
 LARGE_MESSAGE_BYTES = 1024 * 1024
-LARGE_MESSAGES_AT_ONCE = 2
 # Poison messages: where their sender is looked for, and how much of the head is read.
 POISON_HEADER_BYTES = 64 * 1024
 UNKNOWN_SENDER = "unknown@invalid"
@@ -94,7 +94,7 @@ class EmailAdapter(ChannelAdapter):
         self.smtp_port: int | None = None
         self.parse_limits = ParseLimits(max_parts=self.config.max_mime_parts,
                                         max_depth=self.config.max_mime_depth)
-        self._large = asyncio.Semaphore(LARGE_MESSAGES_AT_ONCE)
+        self._large = asyncio.Lock()
         self.counters.update({"smtp_accepted": 0, "smtp_rejected": 0, "smtp_deferred": 0,
                               "smtp_connections_refused": 0, "smtp_timeouts": 0,
                               "unparsable": 0, "imap_imported": 0, "imap_reconnects": 0,
@@ -190,17 +190,24 @@ class EmailAdapter(ChannelAdapter):
                          mail_from: str | None = None) -> IngestResult:
         """Parse and ingest one message; returns after commit. Raises what ingest raises.
 
-        A large message waits for one of few slots, so concurrent sessions cannot stack
-        their parses in memory; a message the parser cannot take is stored as a poison
-        message (see the module docstring).
+        A large message waits for its turn, so concurrent sessions cannot stack their
+        parses in memory; a message the parser cannot take is stored as a poison message
+        (see the module docstring). After a large message, callers drop their reference to
+        ``raw`` and call :meth:`release_memory`.
         """
         if len(raw) < LARGE_MESSAGE_BYTES:
             return await self._accept(raw, recipient, mail_from)
         async with self._large:
-            try:
-                return await self._accept(raw, recipient, mail_from)
-            finally:
-                await asyncio.to_thread(_release_memory)
+            return await self._accept(raw, recipient, mail_from)
+
+    async def release_memory(self, size: int) -> None:
+        """After a message of ``size`` bytes is gone: give the heap back if it was large.
+
+        Freed memory stays in glibc's heaps (one per thread that parsed) unless trimmed:
+        one 24.6 MB mail left the daemon 200 MB larger for good.
+        """
+        if size >= LARGE_MESSAGE_BYTES and _MALLOC_TRIM is not None:
+            await asyncio.to_thread(_MALLOC_TRIM, 0)
 
     async def _accept(self, raw: bytes, recipient: str | None,
                       mail_from: str | None) -> IngestResult:
@@ -307,6 +314,7 @@ class EmailAdapter(ChannelAdapter):
             result = await self.accept_raw(raw, None)
         except PayloadTooLarge as exc:
             result = await self.ingest(self._poison(raw, None, None, exc, "too_large"))
+        await self.release_memory(len(raw))
         return result.created
 
     # ------------------------------------------------------------------ outbound
@@ -424,13 +432,3 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _load_malloc_trim()
-
-
-def _release_memory() -> None:
-    """Hand freed heap memory back to the system after a large message.
-
-    Freed memory stays in glibc's heaps (one per thread that parsed) unless trimmed: one
-    24.6 MB mail left the daemon 200 MB larger for good.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)

@@ -169,11 +169,14 @@ class SmtpSession(SMTP):
         self._set_post_data_state()  # the envelope keeps no copy of the message
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()  # storing a message is not idling
+        size = len(data)
         try:
             status = await self.handler.data(envelope, data)
         finally:
+            del data  # the last reference: the message is freed before memory is trimmed
             self._reset_timeout()
         await self.push(status)
+        await self.handler.adapter.release_memory(size)
 
     async def _read_data(self) -> tuple[bytes | None, str | None]:
         """The message until ``CRLF.CRLF``, dot-unstuffed; or the error reply.
