@@ -21,6 +21,7 @@ import hashlib
 import ssl
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -28,7 +29,7 @@ from aiosmtpd.smtp import SMTP
 from adapters.base import AdapterHealth, AdapterState, ChannelAdapter, SendResult
 from adapters.email.config import EmailConfig
 from adapters.email.imap import Mailbox, append_copy
-from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession
+from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession, SpooledData
 from adapters.email.outbound import render, submit, thread_of
 from gateway.errors import (
     AdapterConfigError,
@@ -138,13 +139,14 @@ class EmailAdapter(ChannelAdapter):
         loop = asyncio.get_running_loop()
         limits = SessionLimits(self.config.smtp_max_sessions,
                                self.config.smtp_max_sessions_per_address)
+        spool_dir = self._spool_dir()
 
         def factory() -> SMTP:
             session = SmtpSession(handler, limits=limits,
                                   data_size_limit=self.config.max_message_bytes,
                                   hostname=self.config.domain, tls_context=tls_context,
                                   require_starttls=self.config.smtp_require_starttls,
-                                  timeout=self.config.smtp_idle_timeout)
+                                  timeout=self.config.smtp_idle_timeout, spool_dir=spool_dir)
             self._sessions.add(session)
             return session
 
@@ -158,6 +160,19 @@ class EmailAdapter(ChannelAdapter):
         self.log.info("email.smtp_listening", host=host, port=self.smtp_port,
                       starttls=tls_context is not None,
                       require_starttls=self.config.smtp_require_starttls)
+
+    def _spool_dir(self) -> Path | None:
+        """``spool/`` in the data directory (private, on disk: /tmp may be RAM)."""
+        blob_dir = getattr(self.ctx.store, "blob_dir", None)
+        if not isinstance(blob_dir, Path):
+            return None  # the system's temporary directory
+        spool = blob_dir.parent / "spool"
+        try:
+            spool.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise AdapterConfigError(f"cannot create the SMTP spool {spool}: {exc}",
+                                     channel="email", account=self.name) from exc
+        return spool
 
     async def on_stop(self) -> None:
         """Stop intake: no new SMTP sessions, mailboxes stop; commits in flight finish."""
@@ -198,6 +213,13 @@ class EmailAdapter(ChannelAdapter):
         if len(raw) < LARGE_MESSAGE_BYTES:
             return await self._accept(raw, recipient, mail_from)
         async with self._large:
+            return await self._accept(raw, recipient, mail_from)
+
+    async def _accept_spooled(self, spool: SpooledData, recipient: str | None,
+                              mail_from: str | None) -> IngestResult:
+        """A spooled message is read into memory only when its turn comes."""
+        async with self._large:
+            raw = await asyncio.to_thread(spool.read)
             return await self._accept(raw, recipient, mail_from)
 
     async def release_memory(self, size: int) -> None:
@@ -270,14 +292,17 @@ class EmailAdapter(ChannelAdapter):
             content={"type": "email", "error": {"code": code, "message": reason}},
         )
 
-    async def accept_mail(self, raw: bytes, recipient: str | None, *,
+    async def accept_mail(self, raw: bytes | SpooledData, recipient: str | None, *,
                           mail_from: str | None = None) -> str:
         """SMTP DATA: store the message and return the reply line (250 after commit)."""
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            result = await self.accept_raw(raw, recipient, mail_from=mail_from)
+            if isinstance(raw, SpooledData):
+                result = await self._accept_spooled(raw, recipient, mail_from)
+            else:
+                result = await self.accept_raw(raw, recipient, mail_from=mail_from)
         except StoreError as exc:
             self.last_error = exc.message
             self.counters["smtp_deferred"] += 1

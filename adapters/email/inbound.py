@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import ssl
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from adapters.email.adapter import EmailAdapter
 
 MAX_RECIPIENTS = 100
+# DATA beyond this goes to a file while it arrives (see SpooledData).
+SPOOL_BYTES = 1024 * 1024
 
 # RFC 5321 Path in its everyday form: <local@domain> (no source route, no quoted local
 # part, no address literal), then the ESMTP parameters.
@@ -48,6 +53,42 @@ def client_key(peer: object) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+class SpooledData:
+    """A large message as it arrives: in an unlinked temporary file, read back whole when
+    its turn to be parsed comes, so sessions sending at once do not each hold one in memory.
+
+    The file is created unlinked (``O_TMPFILE`` where available) and mode 0600: nothing is
+    left behind by a crash, and only the daemon's user could ever open it. Its methods do
+    blocking I/O: call them in a thread.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.file = tempfile.TemporaryFile(dir=directory, buffering=0)  # noqa: SIM115
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def write(self, data: bytearray) -> None:
+        """Append ``data``."""
+        view = memoryview(data)
+        while view:
+            written = self.file.write(view)
+            view = view[written or 0:]
+            self.size += written or 0
+
+    def read(self) -> bytes:
+        """The whole message as one ``bytes`` (one allocation of its size)."""
+        data = os.pread(self.file.fileno(), self.size, 0)
+        if len(data) != self.size:
+            raise OSError(f"spool file shrank: {len(data)} of {self.size} bytes")
+        return data
+
+    def close(self) -> None:
+        """Delete the file (idempotent)."""
+        self.file.close()
 
 
 class SessionLimits:
@@ -96,12 +137,13 @@ class SmtpSession(SMTP):
     def __init__(self, handler: SmtpHandler, *, limits: SessionLimits | None = None,
                  data_size_limit: int | None = None, hostname: str | None = None,
                  tls_context: ssl.SSLContext | None = None, require_starttls: bool = False,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, spool_dir: Path | None = None) -> None:
         super().__init__(handler, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          hostname=hostname, ident="omnirelay ESMTP", tls_context=tls_context,
                          require_starttls=require_starttls, timeout=timeout)
         self.handler = handler
         self.limits = limits
+        self.spool_dir = spool_dir
         self._client: str | None = None
         self._refused = False
         self._last_data = 0.0
@@ -173,18 +215,23 @@ class SmtpSession(SMTP):
         try:
             status = await self.handler.data(envelope, data)
         finally:
+            if isinstance(data, SpooledData):
+                data.close()
             del data  # the last reference: the message is freed before memory is trimmed
             self._reset_timeout()
         await self.push(status)
         await self.handler.adapter.release_memory(size)
 
-    async def _read_data(self) -> tuple[bytes | None, str | None]:
+    async def _read_data(self) -> tuple[bytes | SpooledData | None, str | None]:
         """The message until ``CRLF.CRLF``, dot-unstuffed; or the error reply.
 
         As aiosmtpd does: only CRLF ends a line (no bare-LF smuggling), a line over
         ``line_length_limit`` or data over ``data_size_limit`` is drained, then refused.
+        Beyond :data:`SPOOL_BYTES` the message goes to an unlinked file in ``spool_dir``
+        a MiB at a time, so a session holds at most that much of it in memory.
         """
         buffer = bytearray()
+        spool: SpooledData | None = None
         limit = self.data_size_limit
         size = 0
         problem: str | None = None
@@ -216,13 +263,38 @@ class SmtpSession(SMTP):
                     buffer += memoryview(line)[1:]
                 else:
                     buffer += line
+                if len(buffer) >= SPOOL_BYTES:
+                    spool, problem = await self._spool(spool, buffer)
+                    buffer = bytearray()
+            if problem is None and spool is not None:
+                spool, problem = await self._spool(spool, buffer)
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            raise
         finally:
             self._last_data = 0.0
         if problem is not None:
+            if spool is not None:
+                spool.close()
             return None, problem
-        data = bytes(buffer)
-        del buffer
-        return data, None
+        if spool is not None:
+            return spool, None
+        return bytes(buffer), None
+
+    async def _spool(self, spool: SpooledData | None,
+                     data: bytearray) -> tuple[SpooledData | None, str | None]:
+        """Append ``data`` to the spool (made on first use); a disk error defers the mail."""
+        try:
+            if spool is None:
+                spool = await asyncio.to_thread(SpooledData, self.spool_dir)
+            await asyncio.to_thread(spool.write, data)
+        except OSError as exc:
+            self.handler.spool_failed(exc)
+            if spool is not None:
+                spool.close()
+            return None, "451 4.3.0 Temporary failure storing the message; try again later"
+        return spool, None
 
     # ------------------------------------------------------------ addresses
 
@@ -256,7 +328,7 @@ class SmtpHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def data(self, envelope: Envelope, raw: bytes) -> str:
+    async def data(self, envelope: Envelope, raw: bytes | SpooledData) -> str:
         """Store the message; the reply line says whether it is ours now."""
         recipient = envelope.rcpt_tos[0] if envelope.rcpt_tos else None
         return await self.adapter.accept_mail(raw, recipient, mail_from=envelope.mail_from)
@@ -265,6 +337,12 @@ class SmtpHandler:
         """A connection over the session caps got 421."""
         self.adapter.counters["smtp_connections_refused"] += 1
         self.adapter.log.warning("email.smtp_too_many_connections", client=client)
+
+    def spool_failed(self, error: OSError) -> None:
+        """The spool file could not be written (disk full): the sender keeps the mail."""
+        self.adapter.counters["smtp_deferred"] += 1
+        self.adapter.last_error = f"SMTP spool: {error.strerror or error}"
+        self.adapter.log.warning("email.spool_failed", error=str(error.strerror or error))
 
     def timed_out(self) -> None:
         """A session was closed for silence."""

@@ -1,8 +1,10 @@
 """Memory of a daemon taking large mail over SMTP: bounded while it runs, given back after.
 
-Before (aiosmtpd's line list, parses side by side, no trim) three 8 MB mails at once
-peaked at 8.8x their total over the idle daemon and left 5x of it behind for good; now
-5.5x and 2.5x (one 20 MB mail: 1.7x left behind, from 6.5x).
+Before (aiosmtpd's line list per session, parses side by side, no trim) five 8 MB mails
+sent at once peaked at 7.4x their total over the idle daemon and left about 7x of it behind
+for good; now (DATA over 1 MiB spooled to disk, one large parse at a time, heap trimmed)
+2.9x and about 2x. One 20 MB mail alone still peaks at 9x its size: that is the parse
+and the store's copies, one message's worth.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tests.helpers import unique
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 MAIL_BYTES = 8 * 1024 * 1024
-MAILS = 3
+MAILS = 5
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -72,10 +74,10 @@ async def test_large_mail_memory_is_bounded_and_given_back(
     peak = memory(pid)["VmHWM"] - idle
     await feed.settle()
     assert len(feed.received()) == MAILS + 1
-    assert peak < 7 * total, f"peak {peak / total:.1f}x the mail over the idle daemon"
+    assert peak < 4.5 * total, f"peak {peak / total:.1f}x the mail over the idle daemon"
 
     # Given back: the daemon shrinks again (the store's page caches stay, ~2x here).
     deadline = time.monotonic() + 15
-    while (kept := memory(pid)["VmRSS"] - idle) >= 3.5 * total:
+    while (kept := memory(pid)["VmRSS"] - idle) >= 3 * total:
         assert time.monotonic() < deadline, f"{kept / total:.1f}x the mail still held"
         await asyncio.sleep(0.2)
