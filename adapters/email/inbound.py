@@ -125,7 +125,8 @@ class SmtpSession(SMTP):
       session starts.
     - DATA goes into one ``bytearray`` (aiosmtpd keeps a list of per-line ``bytearray``
       objects and joins them: about three times the message, and small-object memory the
-      allocator keeps long after), and the handler gets it as one ``bytes``.
+      allocator keeps long after); the handler gets one ``bytes``, or beyond
+      :data:`SPOOL_BYTES` a :class:`SpooledData` on disk.
     - The idle timer counts silence, not the time a large DATA takes: every received line
       keeps the session alive, and the timer is off while the message is being stored.
     - Plain ``<local@domain>`` paths of MAIL FROM and RCPT TO are matched here (aiosmtpd
