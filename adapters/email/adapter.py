@@ -63,7 +63,7 @@ except ImportError:  # pragma: no cover - until the parser has its budget: the s
         """Caps on the MIME structure of one message."""
 
         max_parts: int = 200
-        max_depth: int = 10
+        max_depth: int = 20
 
 # Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
 # ones (attachments) go to a thread so the loop keeps serving other sessions.
@@ -436,7 +436,7 @@ def _check_structure(raw: bytes, limits: ParseLimits) -> None:  # pragma: no cov
     parts = 0
     while stack:
         part, depth = stack.pop()
-        parts += 1
+        parts += depth > 0  # as the parser counts: every entity below the top level
         if parts > limits.max_parts:
             raise MessageTooComplex(f"more than {limits.max_parts} MIME parts")
         if depth > limits.max_depth:

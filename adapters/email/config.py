@@ -89,7 +89,7 @@ class EmailConfig(AdapterConfig):
     smtp_idle_timeout: float = 60.0
     smtp_require_starttls: bool = False
     max_mime_parts: int = 200
-    max_mime_depth: int = 10
+    max_mime_depth: int = 20
 
     @property
     def domain(self) -> str:
@@ -154,7 +154,7 @@ class EmailConfig(AdapterConfig):
         parts = section.get("max_mime_parts", int, 200)
         if parts < 1:
             section.error("max_mime_parts", "must be at least 1")
-        depth = section.get("max_mime_depth", int, 10)
+        depth = section.get("max_mime_depth", int, 20)
         if depth < 1:
             section.error("max_mime_depth", "must be at least 1")
         smtp_section = section.sub("smtp")

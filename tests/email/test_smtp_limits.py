@@ -178,7 +178,7 @@ def test_limits_have_safe_defaults() -> None:
     assert isinstance(config, EmailConfig)
     assert (config.smtp_max_sessions, config.smtp_max_sessions_per_address) == (100, 50)
     assert config.smtp_idle_timeout == 60.0 and not config.smtp_require_starttls
-    assert (config.max_mime_parts, config.max_mime_depth) == (200, 10)
+    assert (config.max_mime_parts, config.max_mime_depth) == (200, 20)
 
 
 def many_parts(message_id: str, parts: int, sender: str = "Kim <kim@mail.example>") -> bytes:
