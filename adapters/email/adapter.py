@@ -274,8 +274,11 @@ class EmailAdapter(ChannelAdapter):
         else:
             reason = f"the parser failed ({type(error).__name__})"
         self.counters["unparsable"] += 1
-        self.log.warning("email.unparsable", code=code, reason=reason, size=len(raw),
-                         exc_info=not expected)
+        # An OmnirelayError's text may quote the sender's address: the log gets its kind
+        # only (the store, which erasure reaches, keeps the text).
+        self.log.warning("email.unparsable", code=code, size=len(raw), exc_info=not expected,
+                         reason=type(error).__name__ if isinstance(error, OmnirelayError)
+                         else reason)
         name, sender = _header_sender(raw)
         if sender is None:
             name, sender = None, _plain_address(mail_from) or UNKNOWN_SENDER

@@ -11,6 +11,9 @@ import aiohttp
 import pytest
 
 from adapters.email import EmailConfig
+from gateway.errors import ValidationFailed
+from gateway.store.base import IngestResult
+from normalizer.model import InboundMessage
 from tests.conftest import TOKEN
 from tests.email.conftest import Feed, MakeDaemon
 from tests.email.servers import Dovecot, mail
@@ -115,3 +118,25 @@ async def test_imap_poison_message_is_seen_checkpointed_and_not_fetched_again(
     assert ids(feed.received("inbox"))[-2:] == [before, after]
     entry = await channel(http, daemon, "inbox")
     assert entry["counters"]["duplicates"] == 0 and entry["counters"]["unparsable"] == 0
+
+
+async def test_a_parsed_message_the_store_refuses_is_stored_flagged_instead() -> None:
+    class RefusesParsedSender(FakeIngest):
+        async def __call__(self, inbound: InboundMessage) -> IngestResult:
+            if not (inbound.content or {}).get("error"):
+                raise ValidationFailed("sender: not an e-mail address")
+            return await super().__call__(inbound)
+
+    ingest = RefusesParsedSender()
+    email = adapter(EmailConfig("support@shop.example", smtp_listen=("127.0.0.1", 0)), ingest)
+    await email.start()
+    try:
+        assert email.smtp_port is not None
+        raw = mail("refused@mail.example")
+        assert await asyncio.to_thread(send, email.smtp_port, raw) == {}
+    finally:
+        await email.stop()
+    (message,) = ingest.received
+    assert message.content == {"type": "email", "error": {
+        "code": "unparsable", "message": "sender: not an e-mail address"}}
+    assert message.sender.address == "customer@mail.example" and message.raw == raw
