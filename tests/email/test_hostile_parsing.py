@@ -52,9 +52,10 @@ def test_address_header_of_blanks_is_linear() -> None:
 def test_folded_from_of_blanks_is_linear_and_still_names_the_sender() -> None:
     # A folded From of a few thousand blank lines stalled /healthz for 33 s at 5 KB.
     def parse(n: int) -> object:
-        raw = b"From:" + b"\r\n " * n + b"Kim <kim@mail.example>\r\nSubject: s\r\n\r\nhi\r\n"
+        raw = (b"From:" + b"\r\n " * n + b"Kim <kim@mail.example> (desk)\r\nSubject: s"
+               b"\r\n\r\nhi\r\n")
         message = parse_email(raw, "s")
-        assert message.sender.address == "kim@mail.example"
+        assert (message.sender.address, message.sender.name) == ("kim@mail.example", "Kim")
         return message
 
     assert growth(parse, 500, repeat=5) < LINEAR_GROWTH
@@ -85,7 +86,8 @@ def test_unfinished_tags_in_html_only_mail_are_linear() -> None:
 
 def test_link_text_is_joined_once_per_link() -> None:
     # Every </a> joined the whole line so far (80,000 links: 12.9 s). 1,000 links of long
-    # lines is 1 MB, all of it read (the markup budget is 1 MiB).
+    # lines is 1 MB, all of it read (the markup budget is 1 MiB). Below that budget the old
+    # join shows only mildly here (a ratio of about 35); the count keeps the result exact.
     def run(n: int) -> None:
         text = html_to_text(("x" * 1000 + "<a href='https://shop.example/p'>p</a>") * n)
         assert text.count("(https://shop.example/p)") == n
@@ -231,7 +233,8 @@ async def test_healthz_answers_while_the_daemon_takes_hostile_mail(
     ids = [f"{unique('hostile')}@mail.example" for _ in range(2)]
     hostile = [
         # A folded From of 5,000 blank lines (15 KB; 5 KB stalled the loop for 33 s).
-        b"From:" + b"\r\n " * 5000 + b"Kim <kim@mail.example>\r\nTo: support@shop.example"
+        b"From:" + b"\r\n " * 5000 + b"Kim <kim@mail.example> (desk)\r\n"
+        b"To: support@shop.example"
         b"\r\nMessage-ID: <" + ids[0].encode() + b">\r\nSubject: one\r\n\r\nhello\r\n",
         # HTML-only mail of 36 KB of unfinished tags (before: 9 s on the loop).
         b"From: lee@mail.example\r\nTo: support@shop.example\r\nMessage-ID: <"
@@ -261,5 +264,6 @@ async def test_healthz_answers_while_the_daemon_takes_hostile_mail(
         lambda f: len([m for m in f.received() if m["provider"]["message_id"] in ids]) == 2
         and f.received())
     by_id = {m["provider"]["message_id"]: m for m in received}
-    assert by_id[ids[0]]["from"]["address"] == "kim@mail.example"
+    assert by_id[ids[0]]["from"] == {"kind": "email", "address": "kim@mail.example",
+                                     "name": "Kim"}
     assert by_id[ids[1]]["text"] == "hello"
