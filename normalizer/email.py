@@ -1,7 +1,10 @@
 """Raw RFC 5322 mail → :class:`InboundMessage`: charsets, MIME, quoting, auto-replies.
 
 Never raises on bad input: a malformed message still yields its text (decoded leniently)
-and its raw bytes are kept, so nothing a customer sent is lost.
+and its raw bytes are kept, so nothing a customer sent is lost. Hostile input costs time
+linear in its size (no pattern with overlapping quantifiers; heuristics on bounded text;
+over-long header fields read as absent); a MIME structure beyond :class:`ParseLimits`
+raises :class:`MessageTooComplex` so the caller keeps it raw (docs/email.md).
 
 Why the stdlib ``compat32`` parser with our own header decoding, not ``policy.default``:
 the modern header registry costs about half of an SMTP listener's intake (profiled, see
@@ -141,8 +144,10 @@ class _LimitedFeedParser(email.feedparser.FeedParser):
         self._budget = budget
         self._base_depth = base_depth
 
+    _msgstack: list[Message]  # the stdlib's stack of open entities (not in typeshed)
+
     def _new_message(self) -> None:  # the stdlib's hook for every new MIME entity
-        super()._new_message()
+        super()._new_message()  # type: ignore[misc]
         self._budget.enter(self._base_depth + len(self._msgstack) - 1)
 
 
