@@ -51,27 +51,9 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.store.base import IngestResult
-from normalizer.email import parse_email
+from normalizer.email import MessageTooComplex, ParseLimits, parse_email
 from normalizer.identity import InvalidIdentity, normalize_email
 from normalizer.model import InboundMessage, Party
-
-try:  # the parse budget of normalizer/email.py (issue 17)
-    from normalizer.email import MessageTooComplex, ParseLimits
-    _PARSER_HAS_LIMITS = True
-except ImportError:  # pragma: no cover - until the parser has its budget: the same caps here
-    from dataclasses import dataclass
-
-    _PARSER_HAS_LIMITS = False
-
-    class MessageTooComplex(ValueError):  # type: ignore[no-redef]
-        """More MIME parts, or deeper nesting, than the limits allow."""
-
-    @dataclass(frozen=True, slots=True)
-    class ParseLimits:  # type: ignore[no-redef]
-        """Caps on the MIME structure of one message."""
-
-        max_parts: int = 200
-        max_depth: int = 20
 
 # Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
 # ones (attachments) go to a thread so the loop keeps serving other sessions.
@@ -262,11 +244,7 @@ class EmailAdapter(ChannelAdapter):
         return await self.ingest(self._poison(raw, recipient, mail_from, refused))
 
     def _parse(self, raw: bytes, recipient: str | None) -> InboundMessage:
-        if _PARSER_HAS_LIMITS:
-            return parse_email(raw, self.name, recipient=recipient,
-                               limits=self.parse_limits)
-        _check_structure(raw, self.parse_limits)  # pragma: no cover - see the import
-        return parse_email(raw, self.name, recipient=recipient)  # pragma: no cover
+        return parse_email(raw, self.name, recipient=recipient, limits=self.parse_limits)
 
     def _poison(self, raw: bytes, recipient: str | None, mail_from: str | None,
                 error: Exception, code: str = "unparsable") -> InboundMessage:
@@ -441,22 +419,6 @@ def _plain_address(value: str | None) -> str | None:
         return normalize_email(value)
     except InvalidIdentity:
         return None
-
-
-def _check_structure(raw: bytes, limits: ParseLimits) -> None:  # pragma: no cover
-    """MessageTooComplex beyond ``limits``: only while the parser lacks its own budget."""
-    stack = [(email.parser.BytesParser().parsebytes(raw), 0)]
-    parts = 0
-    while stack:
-        part, depth = stack.pop()
-        parts += depth > 0  # as the parser counts: every entity below the top level
-        if parts > limits.max_parts:
-            raise MessageTooComplex(f"more than {limits.max_parts} MIME parts")
-        if depth > limits.max_depth:
-            raise MessageTooComplex(f"MIME parts nested deeper than {limits.max_depth}")
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list):
-            stack.extend((child, depth + 1) for child in payload)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -34,9 +34,11 @@ from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import StoredAttachment
 from gateway.tls import client_context
 
+# Possessive blanks (\s*+): the two runs around the optional counter never trade
+# characters, so "Re" and 20,000 ideographic spaces is one pass, not a quadratic search.
 _RE_PREFIX = re.compile(
-    r"^\s*((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*"
-    r"(\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE)  # noqa: RUF001 - full-width colon
+    r"^\s*+((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*+"
+    r"(\[\d+\]|\(\d+\))?\s*+[:：]\s*+)+", re.IGNORECASE)  # noqa: RUF001 - full-width colon
 _MAX_REFERENCES = 20
 
 
