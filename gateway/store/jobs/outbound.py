@@ -32,7 +32,7 @@ def _update_status_by_provider(tx: Tx, channel: str, account: str, provider_mess
                  "AND provider_message_id = ?", (channel, account, provider_message_id))
     if row is None:
         return None
-    message = _loads(row["data"])
+    message: JSON = _loads(row["data"])
     order = ["queued", "sent", "delivered", "read"]
     current = message["status"]
     if status == current or (status in order and current in order
