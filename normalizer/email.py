@@ -147,7 +147,7 @@ class _LimitedFeedParser(email.feedparser.FeedParser):
     _msgstack: list[Message]  # the stdlib's stack of open entities (not in typeshed)
 
     def _new_message(self) -> None:  # the stdlib's hook for every new MIME entity
-        super()._new_message()  # type: ignore[misc]
+        super()._new_message()  # type: ignore[misc]  # a private stdlib hook, not in typeshed
         self._budget.enter(self._base_depth + len(self._msgstack) - 1)
 
 
