@@ -212,8 +212,9 @@ class ChannelAdapter(ABC):
     identity_kinds: ClassVar[frozenset[str]]
     config_class: ClassVar[builtins.type[AdapterConfig]]  # `type` is the attribute above
     route_family: ClassVar[str | None] = None
+    config: AdapterConfig  # a subclass narrows it to its own config_class
 
-    def __init__(self, name: str, config: Any, ctx: AdapterContext, *,
+    def __init__(self, name: str, config: AdapterConfig, ctx: AdapterContext, *,
                  limits: SendLimits | None = None) -> None:
         self.name = name
         self.config = config

@@ -263,7 +263,7 @@ def _parse_logging(section: Section | None) -> LoggingConfig:
 
 
 def _parse_tokens(items: list[Any], ctx: ParseContext) -> tuple[TokenConfig, ...]:
-    tokens = []
+    tokens: list[TokenConfig] = []
     for index, item in enumerate(items):
         section = Section(item, f"tokens[{index}]", ctx)
         name = section.get("name", str, f"token-{index}", required=True)
@@ -304,7 +304,7 @@ def default_webhook_name(url: str, items: list[Any]) -> str:
 
 
 def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig, ...]:
-    hooks = []
+    hooks: list[WebhookConfig] = []
     for index, item in enumerate(items):
         section = Section(item, f"webhooks[{index}]", ctx)
         url = section.get("url", str, "", required=True)

@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from gateway.errors import ConfigError
 
@@ -123,6 +123,10 @@ class LineIndex:
         return None
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
 class Section:
     """A view of one TOML table that records which keys were read and any errors."""
 
@@ -140,8 +144,26 @@ class Section:
         """Record an error about key ``name``."""
         self.ctx.error(self.key(name), message, hint)
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
-            *, required: bool = False, hint: str = "") -> Any:
+    # The overloads give each caller the type it asked for: ``get("port", int, 25)`` is an
+    # int, ``get("url", str)`` a str or None, ``get("timeout", (int, float), 10.0)`` a number.
+    @overload
+    def get(self, name: str, kind: type[T], default: None = None,
+            *, required: bool = False, hint: str = "") -> T | None: ...
+
+    @overload
+    def get(self, name: str, kind: type[T], default: T,
+            *, required: bool = False, hint: str = "") -> T: ...
+
+    @overload
+    def get(self, name: str, kind: tuple[type[T], type[U]], default: None = None,
+            *, required: bool = False, hint: str = "") -> T | U | None: ...
+
+    @overload
+    def get(self, name: str, kind: tuple[type[T], type[U]], default: T | U,
+            *, required: bool = False, hint: str = "") -> T | U: ...
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: object = None,
+            *, required: bool = False, hint: str = "") -> object:
         """Read a key of the given type, recording an error and returning ``default``."""
         self.used.add(name)
         if name not in self.data:

@@ -91,7 +91,7 @@ def client_address(request: web.Request) -> str:
     us), skipping hops in ``[server] trusted_proxies``; the first untrusted hop is the
     client. From an untrusted peer the header is ignored: anyone can send it.
     """
-    cached = request.get(CLIENT_ADDRESS_KEY)
+    cached: str | None = request.get(CLIENT_ADDRESS_KEY)
     if cached is not None:
         return cached
     peer = request.remote or ""

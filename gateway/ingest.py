@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from gateway.attachments import sanitize_content_type, sanitize_filename
 from gateway.errors import PayloadTooLarge, ValidationFailed
@@ -34,7 +34,7 @@ class IngestService:
         self.metrics = metrics
         self.default_region = default_region
         self.max_attachment_bytes = max_attachment_bytes
-        self._counters: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._counters: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
 
     async def __call__(self, inbound: InboundMessage) -> IngestResult:
         """Store ``inbound`` once and return after its commit."""

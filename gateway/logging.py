@@ -289,10 +289,8 @@ def info_event(event: str, **fields: str | int | None) -> None:
     for key in fields:
         if _is_secret_key(key) and fields[key] is not None:
             fields[key] = MASK
-    fields["event"] = event
-    fields["level"] = "info"
-    fields["timestamp"] = datetime.now(UTC)
-    _line_writer().put(orjson.dumps(fields, default=str, option=_JSON_OPTIONS))
+    line = {**fields, "event": event, "level": "info", "timestamp": datetime.now(UTC)}
+    _line_writer().put(orjson.dumps(line, default=str, option=_JSON_OPTIONS))
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

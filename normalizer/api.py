@@ -24,7 +24,7 @@ MAX_CONTEXT_DEPTH = 32
 MAX_BODY_DEPTH = 64
 
 
-def decode_attachments(items: Any, *, field: str = "attachments") -> list[AttachmentData]:
+def decode_attachments(items: object, *, field: str = "attachments") -> list[AttachmentData]:
     """Decode ``[{"filename", "content_type", "content_base64"}]``; raise on bad input."""
     if items is None:
         return []
@@ -66,7 +66,7 @@ def attachment_metadata(item: dict[str, Any], where: str) -> tuple[str, str]:
     return filename, content_type
 
 
-def parse_api_inbound(body: Any, account: str) -> InboundMessage:
+def parse_api_inbound(body: object, account: str) -> InboundMessage:
     """Validate an API-channel inbound body (see CONTRACT.md) and normalize it.
 
     Unknown top-level fields are refused, so a typo (``"txt"``) is an error, not a silently
@@ -120,7 +120,7 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
     )
 
 
-def _sent_at(value: Any) -> datetime | None:
+def _sent_at(value: object) -> datetime | None:
     """An ISO 8601 string or nothing; its type is checked before any use (a list nested a
     thousand deep must be a 422, not a RecursionError turning into a 500)."""
     if value is None:
@@ -133,7 +133,7 @@ def _sent_at(value: Any) -> datetime | None:
         raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
 
 
-def _context(value: Any) -> dict[str, Any] | None:
+def _context(value: object) -> dict[str, Any] | None:
     """The integrator's free-form object, at most ``MAX_CONTEXT_DEPTH`` levels deep: it is
     stored and sent back as JSON, and orjson refuses to write deeper than 254 levels."""
     if value is None:
@@ -145,7 +145,7 @@ def _context(value: Any) -> dict[str, Any] | None:
     return value
 
 
-def refuse_deep_json(body: Any, limit: int = MAX_BODY_DEPTH) -> None:
+def refuse_deep_json(body: object, limit: int = MAX_BODY_DEPTH) -> None:
     """422 for a request body nested deeper than ``limit``, checked before any other use:
     orjson parses 1,024 levels but writes only 254, so a deeper value that reached the
     store or an idempotency digest was a 500."""
@@ -153,7 +153,7 @@ def refuse_deep_json(body: Any, limit: int = MAX_BODY_DEPTH) -> None:
         raise ValidationFailed(f"the body may be nested at most {limit} levels deep")
 
 
-def json_depth(value: Any, limit: int) -> int:
+def json_depth(value: object, limit: int) -> int:
     """How deep ``value`` nests (a scalar is 0), counted without recursion and only up to
     ``limit + 1``: hostile input a thousand levels deep costs no Python stack."""
     depth = 0

@@ -45,7 +45,7 @@ class _RawHeaderPolicy(Compat32):
     the same detection the body gets.
     """
 
-    def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
+    def header_fetch_parse(self, name: str, value: str) -> str:
         """The stored value unchanged; a malformed field reads as empty.
 
         Every lookup goes through here (the parser's own boundary and charset lookups too),
@@ -147,7 +147,7 @@ class _LimitedFeedParser(email.feedparser.FeedParser):
     _msgstack: list[Message]  # the stdlib's stack of open entities (not in typeshed)
 
     def _new_message(self) -> None:  # the stdlib's hook for every new MIME entity
-        super()._new_message()  # type: ignore[misc]
+        super()._new_message()  # type: ignore[misc]  # a private stdlib hook, not in typeshed
         self._budget.enter(self._base_depth + len(self._msgstack) - 1)
 
 
@@ -1106,8 +1106,8 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
         filename = filename or _safe_name(subject or "forwarded message") + ".eml"
     else:
         data = _part_bytes(part)
-    content_id = _message_ids(_raw_header(part, "Content-ID"))[0:1]
-    content_id = content_id[0] if content_id else None
+    content_ids = _message_ids(_raw_header(part, "Content-ID"))
+    content_id = content_ids[0] if content_ids else None
     inline = info.disposition == "inline" or (info.disposition != "attachment"
                                               and content_id is not None)
     body.attachments.append(AttachmentData(

@@ -404,11 +404,11 @@ def _header_sender(raw: bytes) -> tuple[str | None, str | None]:
         name, address = email.utils.parseaddr(value)
     except Exception:
         return None, None
-    address = _plain_address(address)
-    if address is None:
+    plain = _plain_address(address)
+    if plain is None:
         return None, None
     name = name.strip()
-    return (name if name and name.isprintable() and "=?" not in name else None), address
+    return (name if name and name.isprintable() and "=?" not in name else None), plain
 
 
 def _plain_address(value: str | None) -> str | None:

@@ -183,7 +183,7 @@ class SmtpSession(SMTP):
             self._reset_timeout(self._timeout_duration - idle)
             return
         self.handler.timed_out()
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd: private, unannotated
 
     # ------------------------------------------------------------ DATA
 
@@ -205,11 +205,12 @@ class SmtpSession(SMTP):
         data, problem = await self._read_data()
         if problem is not None:
             await self.push(problem)
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd: unannotated
             return
         assert data is not None
         envelope = self.envelope
-        self._set_post_data_state()  # the envelope keeps no copy of the message
+        # The envelope keeps no copy of the message (aiosmtpd leaves this hook unannotated).
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()  # storing a message is not idling
         size = len(data)

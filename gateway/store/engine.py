@@ -67,8 +67,10 @@ class BatchScope(Protocol):
 class JobLayer(Protocol):
     """What the engine asks of the jobs it runs (it never names one)."""
 
-    # Jobs that almost never fail: the first pass of a batch runs them without a savepoint.
-    unguarded: Collection[Callable[..., Any]]
+    @property
+    def unguarded(self) -> Collection[Callable[..., Any]]:
+        """Jobs that almost never fail: the first pass of a batch runs them without a
+        savepoint (read-only here, so a layer may keep a narrower collection)."""
 
     def prepare(self, conn: sqlite3.Connection) -> int:
         """On the writer, once: bring the schema up to date; return the newest seq."""

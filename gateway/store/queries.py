@@ -19,7 +19,8 @@ def get_message(conn: sqlite3.Connection, message_id: str) -> JSON:
     row = conn.execute("SELECT data FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
         raise NotFound(f"message {message_id} not found")
-    return _loads(row["data"])
+    message: JSON = _loads(row["data"])
+    return message
 
 
 def list_messages(conn: sqlite3.Connection, conversation_id: str, after: str | None,
@@ -101,7 +102,8 @@ def find_message_by_provider_id(conn: sqlite3.Connection, channel: str, account:
 def next_outbox_due(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT MIN(next_attempt_at) FROM outbox "
                        "WHERE state = 'pending'").fetchone()
-    return row[0]
+    due: float | None = row[0]
+    return due
 
 
 def outbox_depth(conn: sqlite3.Connection) -> dict[str, int]:
@@ -126,9 +128,10 @@ def list_dead_letters(conn: sqlite3.Connection, subscription: str | None,
 
 
 def next_delivery_due(conn: sqlite3.Connection, subscription: str) -> float | None:
-    return conn.execute("SELECT MIN(next_attempt_at) FROM webhook_deliveries "
-                        "WHERE subscription = ? AND state = 'pending'",
-                        (subscription,)).fetchone()[0]
+    due: float | None = conn.execute("SELECT MIN(next_attempt_at) FROM webhook_deliveries "
+                                     "WHERE subscription = ? AND state = 'pending'",
+                                     (subscription,)).fetchone()[0]
+    return due
 
 
 def get_checkpoint(conn: sqlite3.Connection, key: str) -> str | None:

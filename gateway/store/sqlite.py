@@ -84,7 +84,8 @@ class SQLiteJobs:
     def prepare(self, conn: sqlite3.Connection) -> int:
         """Apply pending migrations; return the newest event's seq."""
         apply_migrations(conn)
-        return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        return seq
 
     def begin(self, conn: sqlite3.Connection, batch: list[Job], emitted: EmittedEvents,
               optimistic: bool) -> JobBatch:

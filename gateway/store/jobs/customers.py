@@ -21,8 +21,9 @@ def _set_conversation_status(tx: Tx, conversation_id: str, status: str,
     tx.conn.execute("UPDATE conversations SET status = ?, closed_at = ? WHERE id = ?",
                     (status, closed_at, conversation_id))
     tx.cache.latest.pop(row["customer_id"], None)
-    conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
-        "SELECT * FROM conversations WHERE id = ?", (conversation_id,)))
+    updated = tx.one("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+    assert updated is not None  # read above, in this same transaction
+    conversation = _conversation_json(updated)
     event = "conversation.closed" if status == "closed" else "conversation.reopened"
     tx.emit(event, {"conversation": conversation, "agent": agent},
             conversation_id=conversation_id, customer_id=conversation["customer_id"])
@@ -38,12 +39,15 @@ def _add_identity(tx: Tx, customer_id: str, kind: str, address: str) -> JSON:
         if owner != cid:
             raise Conflict(f"identity {kind}:{address} belongs to customer {owner}; "
                            "merge the customers instead", owner=owner)
-        return _customer_json(tx.conn, cid)  # type: ignore[return-value]
+        unchanged = _customer_json(tx.conn, cid)
+        assert unchanged is not None  # _resolve_customer_id found it
+        return unchanged
     _link(tx, cid, Party(kind, address), None)
     tx.conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (tx.now_iso, cid))
     customer = _customer_json(tx.conn, cid)
+    assert customer is not None  # _resolve_customer_id found it
     tx.emit("customer.updated", {"customer": customer}, customer_id=cid)
-    return customer  # type: ignore[return-value]
+    return customer
 
 
 def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
@@ -69,9 +73,10 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     tx.conn.execute("UPDATE customers SET name = COALESCE(name, ?), updated_at = ? WHERE id = ?",
                     (merged_before["name"] if merged_before else None, tx.now_iso, survivor))
     customer = _customer_json(tx.conn, survivor, with_conversations=True)
+    assert customer is not None  # _resolve_customer_id found it
     tx.emit("customer.merged", {"customer": customer, "merged_customer_id": merged},
             customer_id=survivor)
-    return customer  # type: ignore[return-value]
+    return customer
 
 
 

@@ -130,7 +130,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
             return tx.rows.by_ref.get((inbound.channel, ref))
         return row
 
-    threaded = threading_reference(inbound.reply_refs, find) if inbound.reply_refs else None
+    threaded: tuple[str, sqlite3.Row | JSON] | None = (
+        threading_reference(inbound.reply_refs, find) if inbound.reply_refs else None)
     if threaded is not None:
         in_reply_to = threaded[1]["id"]
         conversation = _conversation_by_id(tx, threaded[1]["conversation_id"])

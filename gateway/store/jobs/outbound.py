@@ -32,7 +32,7 @@ def _update_status_by_provider(tx: Tx, channel: str, account: str, provider_mess
                  "AND provider_message_id = ?", (channel, account, provider_message_id))
     if row is None:
         return None
-    message = _loads(row["data"])
+    message: JSON = _loads(row["data"])
     order = ["queued", "sent", "delivered", "read"]
     current = message["status"]
     if status == current or (status in order and current in order
@@ -153,6 +153,7 @@ def _claim_outbox(tx: Tx, limit: int, now: float) -> list[OutboxItem]:
             continue
         message = _loads(msg["data"])
         conv = tx.one("SELECT * FROM conversations WHERE id = ?", (message["conversation_id"],))
+        assert conv is not None  # a message row references its conversation (schema)
         refs = [r[0] for r in tx.conn.execute(
             "SELECT provider_message_id FROM messages WHERE conversation_id = ? AND channel = ? "
             "AND provider_message_id IS NOT NULL AND id < ? ORDER BY id",
@@ -162,7 +163,7 @@ def _claim_outbox(tx: Tx, limit: int, now: float) -> list[OutboxItem]:
             parent = tx.one("SELECT provider_message_id FROM messages WHERE id = ?",
                             (message["in_reply_to"],))
             reply_to = parent["provider_message_id"] if parent else None
-        items.append(OutboxItem(row["seq"], message, _conversation_json(conv),  # type: ignore[arg-type]
+        items.append(OutboxItem(row["seq"], message, _conversation_json(conv),
                                 row["attempts"] + 1,
                                 datetime.fromtimestamp(row["created_at"], UTC),
                                 tuple(refs), reply_to))

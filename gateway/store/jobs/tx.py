@@ -37,7 +37,8 @@ class Tx:
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
-        return self.conn.execute(sql, tuple(params)).fetchone()
+        row: sqlite3.Row | None = self.conn.execute(sql, tuple(params)).fetchone()
+        return row
 
     def emit(self, event_type: str, data: JSON, *, conversation_id: str | None = None,
              customer_id: str | None = None) -> int:
