@@ -28,7 +28,8 @@ from aiohttp import web
 
 from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
 from adapters.registry import ADAPTERS
-from gateway.api.app import check_token, create_app, routes_of
+from gateway.api.app import create_app
+from gateway.api.auth import check_token
 from gateway.config import ChannelConfig, Config
 from gateway.errors import (
     AdapterConfigError,
@@ -150,7 +151,8 @@ class Gateway:
 
     def routes(self) -> list[Route]:
         """Where replies can go: every configured account and its channels."""
-        return routes_of(self.adapters)
+        return [Route(channel, adapter.name, adapter.sender(channel))
+                for adapter in self.adapters.values() for channel in sorted(adapter.channels)]
 
     def family_hook(self, path: str, method: str) -> Hook:
         """The handler of an adapter's route outside ``/hooks`` (404 / 405 otherwise)."""
