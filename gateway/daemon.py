@@ -18,7 +18,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ class Gateway:
         self.streams = 0
         self.http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Paths adapters serve outside /hooks (route families), and the account serving each.
         self.route_owners: dict[str, tuple[str, str]] = {}
@@ -145,9 +145,9 @@ class Gateway:
                 return None
         return None
 
-    def adapter_for_hook(self, type_: str, account: str) -> ChannelAdapter | None:
+    def adapter_for_hook(self, channel_type: str, account: str) -> ChannelAdapter | None:
         """The adapter serving ``/hooks/{type}/{account}``."""
-        return self.adapters.get((type_, account))
+        return self.adapters.get((channel_type, account))
 
     def routes(self) -> list[Route]:
         """Where replies can go: every configured account and its channels."""
@@ -239,10 +239,9 @@ class Gateway:
         # Everything built at start lives for the whole run: keep it out of the cyclic
         # collector's scans, which otherwise walk it on every full collection.
         gc.freeze()
-        # Each request allocates a few hundred container objects that die with it; at the
-        # default threshold (700) the collector ran every couple of requests. A larger
+        # Each request allocates a few hundred container objects that die with it; a larger
         # first generation collects the same garbage in fewer, not longer, passes
-        # (measured: +5 % messages/s on the API-channel benchmark, same RSS).
+        # (docs/benchmarks.md, third round).
         gc.set_threshold(20_000, 20, 20)
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
@@ -286,7 +285,7 @@ class Gateway:
             log.info("adapter.recovered", account=channel.name)
             return
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -301,7 +300,7 @@ class Gateway:
         log.info("daemon.draining", timeout=timeout)
         for task in self._retries.values():
             task.cancel()
-        steps: list[tuple[str, Any]] = []
+        steps: list[tuple[str, Awaitable[None]]] = []
         if self._runner is not None:
             steps.append(("http", self._runner.cleanup()))
         for adapter in list(self.adapters.values()):
@@ -472,7 +471,8 @@ def _replace_config(old: Config, new: Config) -> Config:
                   new.channels, new.source, new.warnings)
 
 
-async def run(config: Config, *, config_loader: Any = None) -> int:
+async def run(config: Config, *,
+              config_loader: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads via ``config_loader()``. Returns exit code."""
     restrict_umask()  # files private whatever the service manager's umask
     make_store_private(config.store)

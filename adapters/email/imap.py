@@ -381,7 +381,7 @@ def _describe(exc: BaseException) -> str:
 # ---------------------------------------------------------------- one mailbox, forever
 
 
-Deliver = Callable[[bytes], Awaitable[bool]]
+IngestMail = Callable[[bytes], Awaitable[bool]]
 """Parse and ingest raw mail; returns after commit (True: new, False: a duplicate)."""
 
 
@@ -432,11 +432,11 @@ class Mailbox:
     ``/v1/channels`` shows it. A whole pass resets the backoff (``loop.ok()``).
     """
 
-    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver,
+    def __init__(self, settings: ImapSettings, *, account: str, ingest: IngestMail,
                  store: CheckpointStore, max_message_bytes: int) -> None:
         self.settings = settings
         self.account = account
-        self.deliver = deliver
+        self.ingest = ingest
         self.store = store
         self.max_message_bytes = max_message_bytes
         self.key = f"email:{account}:imap:{settings.label}"
@@ -576,7 +576,7 @@ class Mailbox:
         else:
             raw = await session.fetch(uid, size)
             if raw is not None:
-                created = await self.deliver(raw)  # returns after commit
+                created = await self.ingest(raw)  # returns after commit
                 if created:
                     self.imported += 1
                 else:

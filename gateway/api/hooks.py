@@ -25,19 +25,19 @@ async def provider_hook(request: web.Request) -> web.StreamResponse:
     return await _dispatch(request, match["type"], match["account"], match.get("tail", ""))
 
 
-def provider_hook_for(type_: str, account: str, tail: str) -> Handler:
+def provider_hook_for(channel_type: str, account: str, tail: str) -> Handler:
     """The hook of one account known at start, for a plain (exact-path) route."""
     async def hook(request: web.Request) -> web.StreamResponse:
-        return await _dispatch(request, type_, account, tail)
+        return await _dispatch(request, channel_type, account, tail)
     return hook
 
 
-async def _dispatch(request: web.Request, type_: str, account: str,
+async def _dispatch(request: web.Request, channel_type: str, account: str,
                     tail: str) -> web.StreamResponse:
     gateway = gw(request)
-    adapter = gateway.adapter_for_hook(type_, account)
+    adapter = gateway.adapter_for_hook(channel_type, account)
     if adapter is None:
-        raise NotFound(f"no {type_} account {account!r}")
+        raise NotFound(f"no {channel_type} account {account!r}")
     methods = adapter.route_table().get(f"/{tail}" if tail else "")
     if methods is None:
         raise NotFound(f"no route for {request.path}")
@@ -45,7 +45,7 @@ async def _dispatch(request: web.Request, type_: str, account: str,
     if handler is None:
         raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
     try:
-        return await handler(request)  # type: ignore[no-any-return]
+        return await handler(request)
     except OmnirelayError as exc:
         if exc.status < 500:
             gateway.metrics.rejected.labels(adapter.type, exc.code).inc()
@@ -53,7 +53,6 @@ async def _dispatch(request: web.Request, type_: str, account: str,
                         account=adapter.name, code=exc.code, error=exc.message,
                         client=client_address(request))
         raise
-    raise NotFound(f"no route for {request.path}")
 
 
 async def family_route(request: web.Request) -> web.StreamResponse:
