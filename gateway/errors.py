@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from normalizer.errors import InvalidInput, MalformedInput
+
 
 class OmnirelayError(Exception):
     """Something went wrong in omnirelay."""
@@ -222,3 +224,10 @@ class StoreError(OmnirelayError):
 
     code = "store_unavailable"
     status = 503
+
+
+def from_invalid_input(exc: InvalidInput) -> InboundRejected | ValidationFailed:
+    """The answer to input the normalizer refused: 400 for the wrong shape, else 422."""
+    if isinstance(exc, MalformedInput):
+        return MalformedPayload(str(exc))
+    return ValidationFailed(str(exc))

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from gateway.api.auth import require
 from gateway.api.view import gw
-from gateway.attachments import content_disposition, sanitize_content_type
 from gateway.errors import NotFound
+from normalizer.attachments import content_disposition, sanitize_content_type
 
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:

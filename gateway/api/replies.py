@@ -18,10 +18,11 @@ from gateway.api.auth import require
 from gateway.api.params import agent_param, json_body
 from gateway.api.view import gw
 from gateway.config import TokenConfig
-from gateway.errors import BadRequest, ValidationFailed
+from gateway.errors import BadRequest, ValidationFailed, from_invalid_input
 from gateway.http import json_response
 from gateway.store.base import OutboundRequest, Route
 from normalizer.api import decode_attachments, refuse_deep_json
+from normalizer.errors import InvalidInput
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,10 @@ async def _outbound_request(request: web.Request, body: Any, *,
         raise ValidationFailed("template must be a non-empty string")
     if proactive and not body.get("channel"):
         raise ValidationFailed("a proactive message needs a channel")
-    attachments = decode_attachments(body.get("attachments"))
+    try:
+        attachments = decode_attachments(body.get("attachments"))
+    except InvalidInput as exc:
+        raise from_invalid_input(exc) from exc
     if not text and not attachments and not template:
         raise ValidationFailed("a message needs text, attachments or a template")
     if not text and not attachments:
@@ -86,7 +90,10 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
                  customer_id: str | None, proactive: bool) -> web.Response:
     token = require(request, "write")
     body = await json_body(request)
-    refuse_deep_json(body)
+    try:
+        refuse_deep_json(body)
+    except InvalidInput as exc:
+        raise from_invalid_input(exc) from exc
     idempotency = _idempotency(request, token, body)
     gateway = gw(request)
     routes = gateway.routes()
