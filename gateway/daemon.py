@@ -172,13 +172,13 @@ class Gateway:
         try:
             paths = list(adapter.family_route_table())
         except ValueError as exc:
-            raise AdapterConfigError(str(exc), channel=key[0], account=key[1]) from exc
+            raise AdapterConfigError(str(exc), channel_type=key[0], account=key[1]) from exc
         for path in paths:
             owner = self.route_owners.get(path)
             if owner is not None and owner != key:
                 raise AdapterConfigError(
                     f"{path} is already served by {owner[0]} account {owner[1]!r}",
-                    channel=key[0], account=key[1])
+                    channel_type=key[0], account=key[1])
         for path in paths:
             self.route_owners[path] = key
 
@@ -194,10 +194,10 @@ class Gateway:
             authorize=check_token, store=self.store, stopping=self.stopping,
         )
 
-    def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
-        cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context(),
-                   limits=SendLimits(channel.send_concurrency, channel.send_rate))
+    def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:
+        cls = ADAPTERS[account.type]
+        return cls(account.name, account.options, self._context(),
+                   limits=SendLimits(account.send_concurrency, account.send_rate))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,10 +215,10 @@ class Gateway:
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "omnirelay"})
         await self.outbox.start()
-        for channel in self.config.channels:
-            adapter = self._make_adapter(channel)
-            self.adapters[channel.key] = adapter
-            await self._start_adapter(adapter, channel)
+        for account in self.config.channels:
+            adapter = self._make_adapter(account)
+            self.adapters[account.key] = adapter
+            await self._start_adapter(adapter, account)
         for hook in self.config.webhooks:
             dispatcher = WebhookDispatcher(hook, self.store, self.feed, self.http, self.metrics)
             await dispatcher.start()
@@ -247,42 +247,42 @@ class Gateway:
         log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
                  channels=[c.name for c in self.config.channels], config=self.config.source)
 
-    async def _start_adapter(self, adapter: ChannelAdapter, channel: ChannelConfig) -> None:
+    async def _start_adapter(self, adapter: ChannelAdapter, account: ChannelConfig) -> None:
         try:
-            self._claim_routes(channel.key, adapter)
+            self._claim_routes(account.key, adapter)
             await adapter.start()
-            self.adapter_errors.pop(channel.key, None)
+            self.adapter_errors.pop(account.key, None)
             log.info("adapter.started", account=adapter.name, channel_type=adapter.type)
         except AdapterConfigError as exc:
             if adapter.state is AdapterState.NEW:  # refused before it started (its routes)
                 adapter.state = AdapterState.FAILED
                 adapter.last_error = exc.message
-            self.adapter_errors[channel.key] = exc.message
+            self.adapter_errors[account.key] = exc.message
             log.error("adapter.misconfigured", account=adapter.name, error=exc.message)
         except Exception as exc:
-            self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+            self.adapter_errors[account.key] = str(exc) or type(exc).__name__
             log.error("adapter.start_failed", account=adapter.name, error=str(exc),
                       exc_info=not isinstance(exc, OmnirelayError | OSError))
-            self._retries[channel.key] = asyncio.create_task(
-                self._retry_adapter(channel), name=f"adapter-retry:{adapter.name}")
+            self._retries[account.key] = asyncio.create_task(
+                self._retry_adapter(account), name=f"adapter-retry:{adapter.name}")
 
-    async def _retry_adapter(self, channel: ChannelConfig) -> None:
+    async def _retry_adapter(self, account: ChannelConfig) -> None:
         """Restart a failed adapter with capped backoff until it runs or is replaced."""
         delay = 1.0
         while not self.stopping.is_set():
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
-            if self.adapters.get(channel.key) is None:
+            if self.adapters.get(account.key) is None:
                 return
-            adapter = self._make_adapter(channel)
+            adapter = self._make_adapter(account)
             try:
                 await adapter.start()
             except Exception as exc:
-                self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+                self.adapter_errors[account.key] = str(exc) or type(exc).__name__
                 continue
-            self.adapters[channel.key] = adapter
-            self.adapter_errors.pop(channel.key, None)
-            log.info("adapter.recovered", account=channel.name)
+            self.adapters[account.key] = adapter
+            self.adapter_errors.pop(account.key, None)
+            log.info("adapter.recovered", account=account.name)
             return
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -328,8 +328,8 @@ class Gateway:
         async with self._reload_lock:
             old = {c.key: c for c in self.config.channels}
             wanted = {c.key: c for c in new.channels}
-            for key, channel in old.items():
-                if key not in wanted or wanted[key] != channel:
+            for key, account in old.items():
+                if key not in wanted or wanted[key] != account:
                     adapter = self.adapters.pop(key, None)
                     self.adapter_errors.pop(key, None)
                     self._release_routes(key)
@@ -340,11 +340,11 @@ class Gateway:
                         log.info("adapter.stopped_for_reload", account=key[1],
                                  channel_type=key[0])
             self.config = _replace_config(self.config, new)
-            for key, channel in wanted.items():
+            for key, account in wanted.items():
                 if key not in self.adapters:
-                    adapter = self._make_adapter(channel)
+                    adapter = self._make_adapter(account)
                     self.adapters[key] = adapter
-                    await self._start_adapter(adapter, channel)
+                    await self._start_adapter(adapter, account)
             for name, dispatcher in list(self.webhooks.items()):
                 if dispatcher.config not in new.webhooks:
                     await dispatcher.stop(5)
@@ -394,15 +394,15 @@ class Gateway:
     def channel_report(self) -> list[dict[str, Any]]:
         """Each configured account: type, state, last error, counters."""
         report = []
-        for channel in self.config.channels:
-            adapter = self.adapters.get(channel.key)
+        for account in self.config.channels:
+            adapter = self.adapters.get(account.key)
             health = adapter.health() if adapter is not None else None
             report.append({
-                "name": channel.name, "type": channel.type,
+                "name": account.name, "type": account.type,
                 "channels": sorted(adapter.channels) if adapter else [],
-                "required": channel.required,
+                "required": account.required,
                 "state": health.state.value if health else "stopped",
-                "last_error": self.adapter_errors.get(channel.key)
+                "last_error": self.adapter_errors.get(account.key)
                 or (health.last_error if health else None),
                 "counters": health.counters if health else {},
                 "loops": [loop.to_json() for loop in health.loops] if health else [],

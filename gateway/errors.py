@@ -4,7 +4,7 @@
 
     OmnirelayError                 code, http status, message
     ├─ ConfigError                 bad TOML, missing secret: exit 78 (EX_CONFIG)
-    ├─ AdapterError                .channel, .account
+    ├─ AdapterError                .channel_type, .account
     │  ├─ AdapterNotReady          transient at start: the supervisor retries
     │  ├─ AdapterAuthError         credentials rejected
     │  ├─ AdapterConfigError       cannot work as configured
@@ -87,10 +87,10 @@ class AdapterError(OmnirelayError):
     code = "adapter_error"
 
     def __init__(
-        self, message: str | None = None, *, channel: str = "", account: str = ""
+        self, message: str | None = None, *, channel_type: str = "", account: str = ""
     ) -> None:
         super().__init__(message)
-        self.channel = channel
+        self.channel_type = channel_type  # the adapter type, ``[[channels]] type``
         self.account = account
 
 

@@ -126,7 +126,7 @@ class EmailAdapter(ChannelAdapter):
                                             self.config.tls_key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise AdapterConfigError(f"cannot load the TLS certificate: {exc}",
-                                         channel="email", account=self.name) from exc
+                                         channel_type="email", account=self.name) from exc
         handler = SmtpHandler(self)
         loop = asyncio.get_running_loop()
         limits = SessionLimits(self.config.smtp_max_sessions,
@@ -147,7 +147,7 @@ class EmailAdapter(ChannelAdapter):
                                                     reuse_address=True)
         except OSError as exc:
             raise AdapterNotReady(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                  channel="email", account=self.name) from exc
+                                  channel_type="email", account=self.name) from exc
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         self.log.info("email.smtp_listening", host=host, port=self.smtp_port,
                       starttls=tls_context is not None,
@@ -163,7 +163,7 @@ class EmailAdapter(ChannelAdapter):
             spool.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise AdapterConfigError(f"cannot create the SMTP spool {spool}: {exc}",
-                                     channel="email", account=self.name) from exc
+                                     channel_type="email", account=self.name) from exc
         return spool
 
     async def on_stop(self) -> None:
