@@ -20,6 +20,7 @@ log = structlog.get_logger(__name__)
 
 
 def _identity(value: Any, region: str) -> Party:
+    """A client's ``{"kind", "address"}`` canonicalized as ingest does, so lookups match."""
     if not isinstance(value, dict) or set(value) - {"kind", "address"}:
         raise ValidationFailed('an identity is {"kind": "…", "address": "…"}')
     kind, address = value.get("kind"), value.get("address")

@@ -85,6 +85,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, gateway: GatewayView, cursor: int,
                   heartbeat: float) -> web.StreamResponse:
+    """Write pages of events, then wait for the next commit or a heartbeat, until the
+    client goes or the daemon drains."""
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})

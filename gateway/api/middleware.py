@@ -81,6 +81,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _internal_error(request: web.Request) -> web.Response:
+    """A bug: the traceback goes to the log, the client gets no detail it could use."""
     log.exception("api.unhandled", path=request.path, method=request.method,
                   client=client_address(request))
     return json_response({"error": {"code": "internal_error",

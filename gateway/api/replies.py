@@ -33,6 +33,7 @@ _REPLY_FIELDS = {"text", "attachments", "agent", "channel", "account", "template
 
 async def _outbound_request(request: web.Request, body: Any, *,
                             proactive: bool) -> OutboundRequest:
+    """Check the body field by field (422 naming the field) and store its attachments."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
     unknown = set(body) - _REPLY_FIELDS
@@ -76,6 +77,7 @@ async def _outbound_request(request: web.Request, body: Any, *,
 
 def _idempotency(request: web.Request, token: TokenConfig,
                  body: Any) -> tuple[str, str, str] | None:
+    """``(token, key, digest of path and body)``: the same key with another body is 409."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -88,6 +90,7 @@ def _idempotency(request: web.Request, token: TokenConfig,
 
 async def _queue(request: web.Request, *, conversation_id: str | None,
                  customer_id: str | None, proactive: bool) -> web.Response:
+    """A reply and a proactive message differ only in what names the conversation."""
     token = require(request, "write")
     body = await json_body(request)
     try:
