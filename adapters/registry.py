@@ -28,13 +28,13 @@ def route_families(adapters: dict[str, type[ChannelAdapter]] | None = None
     """
     registry = ADAPTERS if adapters is None else adapters
     families: dict[str, list[str]] = {}
-    for type_, cls in sorted(registry.items()):
+    for channel_type, cls in sorted(registry.items()):
         family = cls.route_family
         if family is None:
             continue
         if not family.startswith("/") or family.rstrip("/").count("/") != 1 or \
                 family.rstrip("/") in RESERVED_PREFIXES:
-            raise ValueError(f"adapter {type_!r}: route_family {family!r} must be one path "
+            raise ValueError(f"adapter {channel_type!r}: route_family {family!r} must be one path "
                              f"segment such as '/chat', not one of {', '.join(RESERVED_PREFIXES)}")
-        families.setdefault(family.rstrip("/"), []).append(type_)
+        families.setdefault(family.rstrip("/"), []).append(channel_type)
     return {family: tuple(types) for family, types in families.items()}

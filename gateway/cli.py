@@ -8,7 +8,9 @@ import os
 import sqlite3
 import sys
 import urllib.parse
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.config import Config, embedded_default, load_config
@@ -53,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     configure_logging(config.logging.level, config.logging.format)
     loader = (lambda: load_config(path)) if path else None
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 

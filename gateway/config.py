@@ -160,9 +160,9 @@ class Config:
     source: str = "<embedded default>"
     warnings: tuple[str, ...] = ()
 
-    def channel(self, type_: str, name: str) -> ChannelConfig | None:
-        """Return the ``type_`` account called ``name``."""
-        return next((c for c in self.channels if (c.type, c.name) == (type_, name)), None)
+    def channel(self, channel_type: str, name: str) -> ChannelConfig | None:
+        """Return the ``channel_type`` account called ``name``."""
+        return next((c for c in self.channels if (c.type, c.name) == (channel_type, name)), None)
 
 
 SCOPES = frozenset({"read", "write", "admin"})

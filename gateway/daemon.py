@@ -18,7 +18,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from aiohttp import web
 
 from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
 from adapters.registry import ADAPTERS
-from gateway.api.app import check_token, create_app, routes_of
+from gateway.api.app import create_app
+from gateway.api.auth import check_token
 from gateway.config import ChannelConfig, Config
 from gateway.errors import (
     AdapterConfigError,
@@ -115,7 +116,7 @@ class Gateway:
         self.streams = 0
         self.http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Paths adapters serve outside /hooks (route families), and the account serving each.
         self.route_owners: dict[str, tuple[str, str]] = {}
@@ -144,13 +145,14 @@ class Gateway:
                 return None
         return None
 
-    def adapter_for_hook(self, type_: str, account: str) -> ChannelAdapter | None:
+    def adapter_for_hook(self, channel_type: str, account: str) -> ChannelAdapter | None:
         """The adapter serving ``/hooks/{type}/{account}``."""
-        return self.adapters.get((type_, account))
+        return self.adapters.get((channel_type, account))
 
     def routes(self) -> list[Route]:
         """Where replies can go: every configured account and its channels."""
-        return routes_of(self.adapters)
+        return [Route(channel, adapter.name, adapter.sender(channel))
+                for adapter in self.adapters.values() for channel in sorted(adapter.channels)]
 
     def family_hook(self, path: str, method: str) -> Hook:
         """The handler of an adapter's route outside ``/hooks`` (404 / 405 otherwise)."""
@@ -170,13 +172,13 @@ class Gateway:
         try:
             paths = list(adapter.family_route_table())
         except ValueError as exc:
-            raise AdapterConfigError(str(exc), channel=key[0], account=key[1]) from exc
+            raise AdapterConfigError(str(exc), channel_type=key[0], account=key[1]) from exc
         for path in paths:
             owner = self.route_owners.get(path)
             if owner is not None and owner != key:
                 raise AdapterConfigError(
                     f"{path} is already served by {owner[0]} account {owner[1]!r}",
-                    channel=key[0], account=key[1])
+                    channel_type=key[0], account=key[1])
         for path in paths:
             self.route_owners[path] = key
 
@@ -192,10 +194,10 @@ class Gateway:
             authorize=check_token, store=self.store, stopping=self.stopping,
         )
 
-    def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
-        cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context(),
-                   limits=SendLimits(channel.send_concurrency, channel.send_rate))
+    def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:
+        cls = ADAPTERS[account.type]
+        return cls(account.name, account.options, self._context(),
+                   limits=SendLimits(account.send_concurrency, account.send_rate))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,10 +215,10 @@ class Gateway:
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "omnirelay"})
         await self.outbox.start()
-        for channel in self.config.channels:
-            adapter = self._make_adapter(channel)
-            self.adapters[channel.key] = adapter
-            await self._start_adapter(adapter, channel)
+        for account in self.config.channels:
+            adapter = self._make_adapter(account)
+            self.adapters[account.key] = adapter
+            await self._start_adapter(adapter, account)
         for hook in self.config.webhooks:
             dispatcher = WebhookDispatcher(hook, self.store, self.feed, self.http, self.metrics)
             await dispatcher.start()
@@ -237,54 +239,53 @@ class Gateway:
         # Everything built at start lives for the whole run: keep it out of the cyclic
         # collector's scans, which otherwise walk it on every full collection.
         gc.freeze()
-        # Each request allocates a few hundred container objects that die with it; at the
-        # default threshold (700) the collector ran every couple of requests. A larger
+        # Each request allocates a few hundred container objects that die with it; a larger
         # first generation collects the same garbage in fewer, not longer, passes
-        # (measured: +5 % messages/s on the API-channel benchmark, same RSS).
+        # (docs/benchmarks.md, third round).
         gc.set_threshold(20_000, 20, 20)
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=f"{self.config.server.host}:{self.bound_port}",
                  channels=[c.name for c in self.config.channels], config=self.config.source)
 
-    async def _start_adapter(self, adapter: ChannelAdapter, channel: ChannelConfig) -> None:
+    async def _start_adapter(self, adapter: ChannelAdapter, account: ChannelConfig) -> None:
         try:
-            self._claim_routes(channel.key, adapter)
+            self._claim_routes(account.key, adapter)
             await adapter.start()
-            self.adapter_errors.pop(channel.key, None)
+            self.adapter_errors.pop(account.key, None)
             log.info("adapter.started", account=adapter.name, channel_type=adapter.type)
         except AdapterConfigError as exc:
             if adapter.state is AdapterState.NEW:  # refused before it started (its routes)
                 adapter.state = AdapterState.FAILED
                 adapter.last_error = exc.message
-            self.adapter_errors[channel.key] = exc.message
+            self.adapter_errors[account.key] = exc.message
             log.error("adapter.misconfigured", account=adapter.name, error=exc.message)
         except Exception as exc:
-            self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+            self.adapter_errors[account.key] = str(exc) or type(exc).__name__
             log.error("adapter.start_failed", account=adapter.name, error=str(exc),
                       exc_info=not isinstance(exc, OmnirelayError | OSError))
-            self._retries[channel.key] = asyncio.create_task(
-                self._retry_adapter(channel), name=f"adapter-retry:{adapter.name}")
+            self._retries[account.key] = asyncio.create_task(
+                self._retry_adapter(account), name=f"adapter-retry:{adapter.name}")
 
-    async def _retry_adapter(self, channel: ChannelConfig) -> None:
+    async def _retry_adapter(self, account: ChannelConfig) -> None:
         """Restart a failed adapter with capped backoff until it runs or is replaced."""
         delay = 1.0
         while not self.stopping.is_set():
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
-            if self.adapters.get(channel.key) is None:
+            if self.adapters.get(account.key) is None:
                 return
-            adapter = self._make_adapter(channel)
+            adapter = self._make_adapter(account)
             try:
                 await adapter.start()
             except Exception as exc:
-                self.adapter_errors[channel.key] = str(exc) or type(exc).__name__
+                self.adapter_errors[account.key] = str(exc) or type(exc).__name__
                 continue
-            self.adapters[channel.key] = adapter
-            self.adapter_errors.pop(channel.key, None)
-            log.info("adapter.recovered", account=channel.name)
+            self.adapters[account.key] = adapter
+            self.adapter_errors.pop(account.key, None)
+            log.info("adapter.recovered", account=account.name)
             return
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -299,7 +300,7 @@ class Gateway:
         log.info("daemon.draining", timeout=timeout)
         for task in self._retries.values():
             task.cancel()
-        steps: list[tuple[str, Any]] = []
+        steps: list[tuple[str, Awaitable[None]]] = []
         if self._runner is not None:
             steps.append(("http", self._runner.cleanup()))
         for adapter in list(self.adapters.values()):
@@ -327,8 +328,8 @@ class Gateway:
         async with self._reload_lock:
             old = {c.key: c for c in self.config.channels}
             wanted = {c.key: c for c in new.channels}
-            for key, channel in old.items():
-                if key not in wanted or wanted[key] != channel:
+            for key, account in old.items():
+                if key not in wanted or wanted[key] != account:
                     adapter = self.adapters.pop(key, None)
                     self.adapter_errors.pop(key, None)
                     self._release_routes(key)
@@ -339,11 +340,11 @@ class Gateway:
                         log.info("adapter.stopped_for_reload", account=key[1],
                                  channel_type=key[0])
             self.config = _replace_config(self.config, new)
-            for key, channel in wanted.items():
+            for key, account in wanted.items():
                 if key not in self.adapters:
-                    adapter = self._make_adapter(channel)
+                    adapter = self._make_adapter(account)
                     self.adapters[key] = adapter
-                    await self._start_adapter(adapter, channel)
+                    await self._start_adapter(adapter, account)
             for name, dispatcher in list(self.webhooks.items()):
                 if dispatcher.config not in new.webhooks:
                     await dispatcher.stop(5)
@@ -393,15 +394,15 @@ class Gateway:
     def channel_report(self) -> list[dict[str, Any]]:
         """Each configured account: type, state, last error, counters."""
         report = []
-        for channel in self.config.channels:
-            adapter = self.adapters.get(channel.key)
+        for account in self.config.channels:
+            adapter = self.adapters.get(account.key)
             health = adapter.health() if adapter is not None else None
             report.append({
-                "name": channel.name, "type": channel.type,
+                "name": account.name, "type": account.type,
                 "channels": sorted(adapter.channels) if adapter else [],
-                "required": channel.required,
+                "required": account.required,
                 "state": health.state.value if health else "stopped",
-                "last_error": self.adapter_errors.get(channel.key)
+                "last_error": self.adapter_errors.get(account.key)
                 or (health.last_error if health else None),
                 "counters": health.counters if health else {},
                 "loops": [loop.to_json() for loop in health.loops] if health else [],
@@ -470,7 +471,8 @@ def _replace_config(old: Config, new: Config) -> Config:
                   new.channels, new.source, new.warnings)
 
 
-async def run(config: Config, *, config_loader: Any = None) -> int:
+async def run(config: Config, *,
+              config_loader: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads via ``config_loader()``. Returns exit code."""
     restrict_umask()  # files private whatever the service manager's umask
     make_store_private(config.store)

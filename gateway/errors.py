@@ -4,7 +4,7 @@
 
     OmnirelayError                 code, http status, message
     ├─ ConfigError                 bad TOML, missing secret: exit 78 (EX_CONFIG)
-    ├─ AdapterError                .channel, .account
+    ├─ AdapterError                .channel_type, .account
     │  ├─ AdapterNotReady          transient at start: the supervisor retries
     │  ├─ AdapterAuthError         credentials rejected
     │  ├─ AdapterConfigError       cannot work as configured
@@ -25,6 +25,8 @@
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+from normalizer.errors import InvalidInput, MalformedInput
 
 
 class OmnirelayError(Exception):
@@ -85,10 +87,10 @@ class AdapterError(OmnirelayError):
     code = "adapter_error"
 
     def __init__(
-        self, message: str | None = None, *, channel: str = "", account: str = ""
+        self, message: str | None = None, *, channel_type: str = "", account: str = ""
     ) -> None:
         super().__init__(message)
-        self.channel = channel
+        self.channel_type = channel_type  # the adapter type, ``[[channels]] type``
         self.account = account
 
 
@@ -222,3 +224,10 @@ class StoreError(OmnirelayError):
 
     code = "store_unavailable"
     status = 503
+
+
+def from_invalid_input(exc: InvalidInput) -> InboundRejected | ValidationFailed:
+    """The answer to input the normalizer refused: 400 for the wrong shape, else 422."""
+    if isinstance(exc, MalformedInput):
+        return MalformedPayload(str(exc))
+    return ValidationFailed(str(exc))

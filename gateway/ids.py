@@ -61,9 +61,3 @@ def iso(dt: datetime | None) -> str | None:
             f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z")
 
 
-def parse_iso(value: str) -> datetime:
-    """Parse an ISO 8601 timestamp; naive ones are taken as UTC."""
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt

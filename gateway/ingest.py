@@ -14,11 +14,11 @@ import time
 import structlog
 from prometheus_client import Counter, Histogram
 
-from gateway.attachments import sanitize_content_type, sanitize_filename
 from gateway.errors import PayloadTooLarge, ValidationFailed
 from gateway.logging import info_event
 from gateway.metrics import Metrics
 from gateway.store.base import IngestResult, IngestStore
+from normalizer.attachments import sanitize_content_type, sanitize_filename
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import AttachmentData, InboundMessage
 
@@ -94,7 +94,7 @@ def safe_attachments(attachments: list[AttachmentData]) -> list[AttachmentData]:
 
     A provider's (or a mail's) content type outside the MIME grammar becomes
     ``application/octet-stream`` and a filename loses control, bidi and path characters
-    (gateway/attachments.py): a message is never refused over its metadata.
+    (normalizer/attachments.py): a message is never refused over its metadata.
     """
     cleaned = []
     for att in attachments:

@@ -81,7 +81,7 @@ class WebhookDispatcher:
                 seen = self.feed.head
                 batch = await self.store.claim_deliveries(self.config.name, self.concurrency)
                 if batch:
-                    await asyncio.gather(*(self._deliver(d) for d in batch))
+                    await asyncio.gather(*(self._post_delivery(d) for d in batch))
                     continue
                 due = await self.store.next_delivery_due(self.config.name)
                 wait = 30.0 if due is None else max(0.0, min(30.0, due - time.time()))
@@ -102,7 +102,7 @@ class WebhookDispatcher:
                 task.cancel()
             await asyncio.gather(feed, woken, return_exceptions=True)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _post_delivery(self, delivery: Delivery) -> None:
         headers = {
             "Content-Type": "application/json",
             "Omnirelay-Event-Id": delivery.event_id,

@@ -7,15 +7,15 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-from gateway.attachments import (
+from normalizer.attachments import (
     DEFAULT_CONTENT_TYPE,
     InvalidAttachmentMetadata,
     validate_content_type,
     validate_filename,
 )
-from gateway.errors import MalformedPayload, ValidationFailed
-from gateway.ids import parse_iso
+from normalizer.errors import InvalidInput, MalformedInput
 from normalizer.model import AttachmentData, InboundMessage, Party
+from normalizer.timestamps import parse_iso
 
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
           "context", "in_reply_to"}
@@ -25,23 +25,23 @@ MAX_BODY_DEPTH = 64
 
 
 def decode_attachments(items: object, *, field: str = "attachments") -> list[AttachmentData]:
-    """Decode ``[{"filename", "content_type", "content_base64"}]``; raise on bad input."""
+    """Decode ``[{"filename", "content_type", "content_base64"}]``; InvalidInput on bad input."""
     if items is None:
         return []
     if not isinstance(items, list):
-        raise ValidationFailed(f"{field} must be a list")
+        raise InvalidInput(f"{field} must be a list")
     decoded = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ValidationFailed(f"{field}[{index}] must be an object")
+            raise InvalidInput(f"{field}[{index}] must be an object")
         filename, content_type = attachment_metadata(item, f"{field}[{index}]")
         data = item.get("content_base64")
         if not isinstance(data, str):
-            raise ValidationFailed(f"{field}[{index}].content_base64 is required")
+            raise InvalidInput(f"{field}[{index}].content_base64 is required")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ValidationFailed(f"{field}[{index}].content_base64 is not base64") from exc
+            raise InvalidInput(f"{field}[{index}].content_base64 is not base64") from exc
         decoded.append(AttachmentData(filename, content_type, raw))
     return decoded
 
@@ -51,18 +51,18 @@ def attachment_metadata(item: dict[str, Any], where: str) -> tuple[str, str]:
 
     Shared by the API channel and agents' replies (through :func:`decode_attachments`):
     a content type outside the MIME grammar is refused, never stored and retried later;
-    a filename loses control, bidi and separator characters (gateway/attachments.py).
+    a filename loses control, bidi and separator characters (normalizer/attachments.py).
     """
     content_type = item.get("content_type")
     try:
         filename = validate_filename(item.get("filename"))
     except InvalidAttachmentMetadata as exc:
-        raise ValidationFailed(f"{where}.filename {exc}") from exc
+        raise InvalidInput(f"{where}.filename {exc}") from exc
     try:
         content_type = (DEFAULT_CONTENT_TYPE if content_type is None or content_type == ""
                         else validate_content_type(content_type))
     except InvalidAttachmentMetadata as exc:
-        raise ValidationFailed(f"{where}.content_type {exc}") from exc
+        raise InvalidInput(f"{where}.content_type {exc}") from exc
     return filename, content_type
 
 
@@ -73,43 +73,43 @@ def parse_api_inbound(body: object, account: str) -> InboundMessage:
     empty message.
     """
     if not isinstance(body, dict):
-        raise MalformedPayload("the body must be a JSON object")
+        raise MalformedInput("the body must be a JSON object")
     unknown = set(body) - _KNOWN
     if unknown:
-        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
     message_id = body.get("message_id")
     if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
-        raise ValidationFailed("message_id must be a non-empty string of at most 255 characters")
+        raise InvalidInput("message_id must be a non-empty string of at most 255 characters")
     sender = body.get("from")
     if not isinstance(sender, dict):
-        raise ValidationFailed("from must be an object with an id")
+        raise InvalidInput("from must be an object with an id")
     if set(sender) - _KNOWN_FROM:
-        raise ValidationFailed(f"unknown field(s) in from: "
+        raise InvalidInput(f"unknown field(s) in from: "
                                f"{', '.join(sorted(set(sender) - _KNOWN_FROM))}")
     external_id = sender.get("id")
     if not isinstance(external_id, str) or not external_id.strip():
-        raise ValidationFailed("from.id must be a non-empty string")
+        raise InvalidInput("from.id must be a non-empty string")
     name = sender.get("name")
     if name is not None and not isinstance(name, str):
-        raise ValidationFailed("from.name must be a string")
+        raise InvalidInput("from.name must be a string")
     linked = []
     for key in ("email", "phone"):
         value = sender.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
-            raise ValidationFailed(f"from.{key} must be a string")
+            raise InvalidInput(f"from.{key} must be a string")
         linked.append(Party(key, value, name))
     text = body.get("text")
     if text is not None and not isinstance(text, str):
-        raise ValidationFailed("text must be a string")
+        raise InvalidInput("text must be a string")
     attachments = decode_attachments(body.get("attachments"))
     if not text and not attachments:
-        raise ValidationFailed("a message needs text or attachments")
+        raise InvalidInput("a message needs text or attachments")
     sent_at = _sent_at(body.get("sent_at"))
     for key in ("subject", "html", "in_reply_to"):
         if body.get(key) is not None and not isinstance(body[key], str):
-            raise ValidationFailed(f"{key} must be a string")
+            raise InvalidInput(f"{key} must be a string")
     context = _context(body.get("context"))
     return InboundMessage(
         channel="api", account=account, provider_message_id=message_id.strip(),
@@ -126,11 +126,11 @@ def _sent_at(value: object) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 64:
-        raise ValidationFailed("sent_at must be an ISO 8601 timestamp string")
+        raise InvalidInput("sent_at must be an ISO 8601 timestamp string")
     try:
         return parse_iso(value)
     except ValueError as exc:
-        raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+        raise InvalidInput("sent_at must be an ISO 8601 timestamp") from exc
 
 
 def _context(value: object) -> dict[str, Any] | None:
@@ -139,9 +139,9 @@ def _context(value: object) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ValidationFailed("context must be an object")
+        raise InvalidInput("context must be an object")
     if json_depth(value, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
-        raise ValidationFailed(f"context may be nested at most {MAX_CONTEXT_DEPTH} levels deep")
+        raise InvalidInput(f"context may be nested at most {MAX_CONTEXT_DEPTH} levels deep")
     return value
 
 
@@ -150,7 +150,7 @@ def refuse_deep_json(body: object, limit: int = MAX_BODY_DEPTH) -> None:
     orjson parses 1,024 levels but writes only 254, so a deeper value that reached the
     store or an idempotency digest was a 500."""
     if json_depth(body, limit) > limit:
-        raise ValidationFailed(f"the body may be nested at most {limit} levels deep")
+        raise InvalidInput(f"the body may be nested at most {limit} levels deep")
 
 
 def json_depth(value: object, limit: int) -> int:

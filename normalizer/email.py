@@ -1353,8 +1353,6 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
         text=text, html=html, attachments=body.attachments,
         sent_at=_date(h.get("date")),
         reply_refs=refs, automatic=classify_automatic(msg, h),
-        headers={"reply_to": [a for _, a in reply_to], "to": [a for _, a in to],
-                 "cc": [a for _, a in cc]},
         raw=raw, raw_content_type="message/rfc822",
         reply_token=_reply_token(envelope_to, h, to + cc),
         content=content if len(content) > 1 else None,
@@ -1407,8 +1405,3 @@ def _reply_token(envelope_to: str | None, headers: dict[str, str],
             return match.group(1).lower()
     return None
 
-
-def make_attachment_json(items: list[AttachmentData]) -> list[dict[str, Any]]:
-    """Attachments without their bytes (tests and debugging)."""
-    return [{"filename": a.filename, "content_type": a.content_type, "size": len(a.data),
-             "inline": a.inline, "content_id": a.content_id} for a in items]

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
-
-IdentityKind = Literal[
-    "email", "phone", "telegram", "messenger", "instagram", "line", "navertalk",
-    "whatsapp", "webchat", "external",
-]
-Automatic = Literal["auto_reply", "bounce", "bulk", "acknowledgement", "survey", "rule"]
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +58,6 @@ class InboundMessage:
     automatic: str | None = None
     content: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
-    headers: dict[str, Any] | None = None
     raw: bytes | None = None
     raw_content_type: str = "application/octet-stream"
     reply_token: str | None = None

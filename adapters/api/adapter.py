@@ -18,9 +18,11 @@ from gateway.errors import (
     RetryableSendError,
     SendError,
     SignatureInvalid,
+    from_invalid_input,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
 from normalizer.api import parse_api_inbound
+from normalizer.errors import InvalidInput
 from normalizer.model import Party
 
 EXCERPT_CHARS = 300  # of a callback's answer, kept in the outbox error
@@ -81,7 +83,10 @@ class ApiAdapter(ChannelAdapter):
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise MalformedPayload(f"the body is not valid JSON: {exc}") from exc
-        inbound = parse_api_inbound(payload, self.name)
+        try:
+            inbound = parse_api_inbound(payload, self.name)
+        except InvalidInput as exc:
+            raise from_invalid_input(exc) from exc
         inbound.raw = body
         inbound.raw_content_type = "application/json"
         result = await self.ingest(inbound)

@@ -55,8 +55,8 @@ from normalizer.email import MessageTooComplex, ParseLimits, parse_email
 from normalizer.identity import InvalidIdentity, normalize_email
 from normalizer.model import InboundMessage, Party
 
-# Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
-# ones (attachments) go to a thread so the loop keeps serving other sessions.
+# A small message is parsed on the loop: cheaper than a thread hop (docs/benchmarks.md,
+# SMTP). Larger ones (attachments) go to a thread so the loop keeps serving other sessions.
 INLINE_PARSE_BYTES = 64 * 1024
 # Parsing and storing a message costs several times its size in memory (the stdlib MIME
 # parser holds it as lines, the store encodes it): so one large message at a time (the
@@ -109,7 +109,7 @@ class EmailAdapter(ChannelAdapter):
         if self.config.smtp_listen is not None:
             await self._listen()
         for settings in self.config.imap:
-            mailbox = Mailbox(settings, account=self.name, deliver=self._deliver_imap,
+            mailbox = Mailbox(settings, account=self.name, ingest=self._ingest_fetched,
                               store=self.ctx.store,
                               max_message_bytes=self.config.max_message_bytes)
             self.mailboxes.append(mailbox)
@@ -126,7 +126,7 @@ class EmailAdapter(ChannelAdapter):
                                             self.config.tls_key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise AdapterConfigError(f"cannot load the TLS certificate: {exc}",
-                                         channel="email", account=self.name) from exc
+                                         channel_type="email", account=self.name) from exc
         handler = SmtpHandler(self)
         loop = asyncio.get_running_loop()
         limits = SessionLimits(self.config.smtp_max_sessions,
@@ -147,7 +147,7 @@ class EmailAdapter(ChannelAdapter):
                                                     reuse_address=True)
         except OSError as exc:
             raise AdapterNotReady(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                                  channel="email", account=self.name) from exc
+                                  channel_type="email", account=self.name) from exc
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         self.log.info("email.smtp_listening", host=host, port=self.smtp_port,
                       starttls=tls_context is not None,
@@ -163,7 +163,7 @@ class EmailAdapter(ChannelAdapter):
             spool.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise AdapterConfigError(f"cannot create the SMTP spool {spool}: {exc}",
-                                     channel="email", account=self.name) from exc
+                                     channel_type="email", account=self.name) from exc
         return spool
 
     async def on_stop(self) -> None:
@@ -319,7 +319,7 @@ class EmailAdapter(ChannelAdapter):
             self.log.info("email.duplicate", message_id=result.message["id"])
         return "250 2.0.0 Message accepted"
 
-    async def _deliver_imap(self, raw: bytes) -> bool:
+    async def _ingest_fetched(self, raw: bytes) -> bool:
         """IMAP: ingest one fetched message; True when it was new.
 
         An attachment over the store's limit cannot be refused to anyone over IMAP (SMTP

@@ -135,20 +135,20 @@ class ImapSession:
                 await self._starttls(context)
         except ssl.SSLCertVerificationError as exc:
             raise AdapterConfigError(f"IMAP server certificate rejected: {exc.verify_message}",
-                                     channel="email") from exc
+                                     channel_type="email") from exc
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             raise AdapterNotReady(f"cannot reach IMAP server {s.host}:{s.port}: "
-                                  f"{_describe(exc)}", channel="email") from exc
+                                  f"{_describe(exc)}", channel_type="email") from exc
         if s.username:
             assert s.password is not None
             try:
                 response = await self.client.login(s.username, s.password.reveal())
             except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
                 raise AdapterNotReady(f"IMAP login did not complete: {_describe(exc)}",
-                                      channel="email") from exc
+                                      channel_type="email") from exc
             if response.result != "OK":
                 raise AdapterAuthError(f"IMAP login rejected for {s.username}",
-                                       channel="email")
+                                       channel_type="email")
 
     def _watch_exists(self, protocol: Any) -> None:
         """Notice every ``* n EXISTS``, whichever command it arrives with.
@@ -173,7 +173,7 @@ class ImapSession:
         protocol = self.client.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise AdapterConfigError("the IMAP server does not offer STARTTLS",
-                                     channel="email")
+                                     channel_type="email")
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         _ok(await asyncio.wait_for(protocol.execute(command), self.settings.timeout),
             "STARTTLS")
@@ -219,7 +219,7 @@ class ImapSession:
         response = await self._call(self.client.select(quote_mailbox(folder)), "SELECT")
         if response.result != "OK":
             raise AdapterConfigError(f"cannot open folder {folder!r}: "
-                                     f"{_text(response.lines)}", channel="email")
+                                     f"{_text(response.lines)}", channel_type="email")
         validity = uidnext = None
         exists = 0
         for line in response.lines:
@@ -381,7 +381,7 @@ def _describe(exc: BaseException) -> str:
 # ---------------------------------------------------------------- one mailbox, forever
 
 
-Deliver = Callable[[bytes], Awaitable[bool]]
+IngestMail = Callable[[bytes], Awaitable[bool]]
 """Parse and ingest raw mail; returns after commit (True: new, False: a duplicate)."""
 
 
@@ -432,11 +432,11 @@ class Mailbox:
     ``/v1/channels`` shows it. A whole pass resets the backoff (``loop.ok()``).
     """
 
-    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver,
+    def __init__(self, settings: ImapSettings, *, account: str, ingest: IngestMail,
                  store: CheckpointStore, max_message_bytes: int) -> None:
         self.settings = settings
         self.account = account
-        self.deliver = deliver
+        self.ingest = ingest
         self.store = store
         self.max_message_bytes = max_message_bytes
         self.key = f"email:{account}:imap:{settings.label}"
@@ -576,7 +576,7 @@ class Mailbox:
         else:
             raw = await session.fetch(uid, size)
             if raw is not None:
-                created = await self.deliver(raw)  # returns after commit
+                created = await self.ingest(raw)  # returns after commit
                 if created:
                     self.imported += 1
                 else:

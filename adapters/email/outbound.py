@@ -29,10 +29,10 @@ import aiosmtplib
 
 from adapters.base import OutboundMessage
 from adapters.email.config import EmailConfig, ServerSettings
-from gateway.attachments import mime_parts, sanitize_filename
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.store.base import StoredAttachment
 from gateway.tls import client_context
+from normalizer.attachments import mime_parts, sanitize_filename
 
 # Possessive blanks (\s*+): the two runs around the optional counter never trade
 # characters, so "Re" and 20,000 ideographic spaces is one pass, not a quadratic search.

@@ -93,6 +93,11 @@ def _op(summary: str, responses: JSON, *, params: list[JSON] | None = None,
     return op
 
 
+def _list_of(key: str, item: JSON) -> JSON:
+    """A page of ``key`` items and the cursor of the next page."""
+    return _obj({key: {"type": "array", "items": item}, "next": _nullable(_STR)}, [key])
+
+
 def _path_id(prefix: str) -> JSON:
     return {"name": "id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": f"^{prefix}_{ULID}$"},
@@ -218,8 +223,6 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
         {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
     ]
 
-    list_of = lambda key, item: _obj({key: {"type": "array", "items": item},  # noqa: E731
-                                      "next": _nullable(_STR)}, [key])
     paths: JSON = {
         "/healthz": {"get": _op("Liveness", _ok(_obj({"status": _STR})), auth=False)},
         "/readyz": {"get": _op("Readiness: store reachable, required channels running",
@@ -258,7 +261,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                                   "content": {"text/event-stream": {"schema": _STR}}},
                           **_error_responses(400, 401, 403, 429)}}},
         "/v1/conversations": {"get": _op(
-            "List conversations", _ok(list_of("conversations", _ref("Conversation"))),
+            "List conversations", _ok(_list_of("conversations", _ref("Conversation"))),
             params=[_query("status", {"enum": ["open", "closed"]}),
                     _query("customer_id", _STR), _query("after", _STR),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
@@ -267,7 +270,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                                               params=[_path_id("cnv")], errors=(404,))},
         "/v1/conversations/{id}/messages": {
             "get": _op("A conversation's messages, oldest first",
-                       _ok(list_of("messages", _ref("Message"))),
+                       _ok(_list_of("messages", _ref("Message"))),
                        params=[_path_id("cnv"), _query("after", _STR),
                                _query("limit", {"type": "integer", "minimum": 1,
                                                 "maximum": 1000})], errors=(400, 404)),

@@ -319,7 +319,7 @@ class CommitEngine:
                     if seq is not None:  # its events are not in the tail: read the table
                         self.tail.drop(seq)
                     seq = None
-                self._deliver(settle, seq, events)
+                self._publish_durable(settle, seq, events)
         if wal_fd is not None:
             os.close(wal_fd)
 
@@ -429,9 +429,9 @@ class CommitEngine:
         if self.pipelined:
             self._synced.put((seq, settle, events))
         else:
-            self._deliver(settle, seq, events)
+            self._publish_durable(settle, seq, events)
 
-    def _deliver(self, settle: Settle, seq: int | None, events: EmittedEvents) -> None:
+    def _publish_durable(self, settle: Settle, seq: int | None, events: EmittedEvents) -> None:
         """The batch is as durable as configured: show it in the feed, answer its callers."""
         if seq is not None:
             self.tail.extend(events, seq)

@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from gateway.attachments import (
+from normalizer.attachments import (
     InvalidAttachmentMetadata,
     content_disposition,
     mime_parts,

@@ -191,8 +191,8 @@ async def run_mailbox() -> AsyncIterator[Any]:
         await mailbox.stop()
 
 
-async def deliver_into(ingest: FakeIngest, raw: bytes) -> bool:
-    """A Mailbox's deliver callback: parse and hand to the fake ingest."""
+async def ingest_into(ingest: FakeIngest, raw: bytes) -> bool:
+    """A Mailbox's ingest callback: parse and hand to the fake ingest."""
     from normalizer.email import parse_email
 
     return (await ingest(parse_email(raw, "support"))).created
@@ -206,7 +206,7 @@ async def test_first_sync_none_skips_history_and_too_large_mail_stays_unread(
     ingest, store = FakeIngest(), FakeStore()
     mailbox = run_mailbox(Mailbox(settings(dovecot, user, first_sync="none"),
                                   account="support", store=store, max_message_bytes=4096,
-                                  deliver=lambda raw: deliver_into(ingest, raw)))
+                                  ingest=lambda raw: ingest_into(ingest, raw)))
     await asyncio.wait_for(mailbox.synced.wait(), 10)
     assert ingest.received == []
     (key,) = store.checkpoints
@@ -240,7 +240,7 @@ async def test_an_interrupted_first_sync_resumes_its_selection(
                                         ("UNSEEN",)).dumps()
     ingest = FakeIngest()
     mailbox = run_mailbox(Mailbox(box, account="support", store=store, max_message_bytes=10**6,
-                                  deliver=lambda raw: deliver_into(ingest, raw)))
+                                  ingest=lambda raw: ingest_into(ingest, raw)))
     await asyncio.wait_for(mailbox.synced.wait(), 10)
     assert [m.provider_message_id for m in ingest.received] == [ids[2], ids[3]]
     final = Checkpoint.loads(store.checkpoints[key])
@@ -255,13 +255,14 @@ async def test_mail_announced_during_an_import_is_not_left_for_the_next_idle(
     first, second = f"{unique('first')}@x", f"{unique('second')}@x"
     ingest = FakeIngest()
 
-    async def deliver(raw: bytes) -> bool:
+    async def ingest_slowly(raw: bytes) -> bool:
         if not ingest.received:  # while the first is being imported, the second arrives
             await dovecot.append(user, mail(second))
-        return await deliver_into(ingest, raw)
+        return await ingest_into(ingest, raw)
 
     mailbox = run_mailbox(Mailbox(settings(dovecot, user, idle_timeout=600), account="support",
-                                  store=FakeStore(), max_message_bytes=10**6, deliver=deliver))
+                                  store=FakeStore(), max_message_bytes=10**6,
+                                  ingest=ingest_slowly))
     await asyncio.wait_for(mailbox.synced.wait(), 10)  # idling on an empty folder
     await dovecot.append(user, mail(first))
     deadline = asyncio.get_running_loop().time() + 5
@@ -282,7 +283,7 @@ async def test_copy_and_expunge_when_the_server_has_no_move(
     ingest = FakeIngest()
     mailbox = run_mailbox(Mailbox(settings(dovecot, user, processed_folder="Processed"),
                                   account="support", store=FakeStore(), max_message_bytes=10**6,
-                                  deliver=lambda raw: deliver_into(ingest, raw)))
+                                  ingest=lambda raw: ingest_into(ingest, raw)))
     await asyncio.wait_for(mailbox.synced.wait(), 10)
     assert [m.provider_message_id for m in ingest.received] == [message_id]
     assert message_id not in await dovecot.flags(user)
@@ -294,7 +295,7 @@ async def test_rejected_login_is_reported_and_retried_slowly(
     user = dovecot.add_user(unique("denied"))
     mailbox = run_mailbox(Mailbox(settings(dovecot, user, password=Secret("wrong")),
                                   account="support", store=FakeStore(),
-                                  max_message_bytes=10**6, deliver=lambda raw: None))
+                                  max_message_bytes=10**6, ingest=lambda raw: None))
     while mailbox.last_error is None:
         await asyncio.sleep(0.02)  # the first attempt runs in the mailbox's own task
     assert "login rejected" in mailbox.last_error and not mailbox.connected
@@ -308,7 +309,7 @@ async def test_a_failing_store_leaves_mail_unread_and_the_checkpoint_alone(
     ingest, store = FakeIngest(fail_with=StoreError("disk full")), FakeStore()
     mailbox = run_mailbox(Mailbox(settings(dovecot, user), account="support", store=store,
                                   max_message_bytes=10**6,
-                                  deliver=lambda raw: deliver_into(ingest, raw)))
+                                  ingest=lambda raw: ingest_into(ingest, raw)))
     while mailbox.last_error is None:
         await asyncio.sleep(0.02)
     assert "disk full" in mailbox.last_error

@@ -6,7 +6,7 @@ import sqlite3
 
 import orjson
 
-from gateway.ids import iso, new_id, parse_iso
+from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
 from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message
 from gateway.store.records import (
@@ -25,6 +25,7 @@ from gateway.store.rules import (
     threading_reference,
 )
 from normalizer.model import InboundMessage, Party
+from normalizer.timestamps import parse_iso
 
 
 def _owner(tx: Tx, party: Party) -> tuple[str, list[str]] | None:
