@@ -231,9 +231,12 @@ class MediaFetcher:
             # Credentials only to the provider's own hosts, and never once a redirect left
             # the first origin (even for a CDN the source declares).
             headers = dict(credentials) if origin == first_origin else {}
+            # The file as stored, not a compressed copy; were it compressed anyway, the
+            # limit counts the decompressed bytes, so a small bomb cannot fill the disk.
+            headers["Accept-Encoding"] = "identity"
             try:
                 async with self.http.get(url, headers=headers, allow_redirects=False,
-                                         timeout=TIMEOUT, auto_decompress=False) as response:
+                                         timeout=TIMEOUT) as response:
                     if response.status in (301, 302, 303, 307, 308):
                         url = _redirect_target(url, response, source)
                         continue
