@@ -152,8 +152,11 @@ class MediaFetcher:
                 due = await self.store.next_fetch_due()
                 wait = IDLE_WAIT if due is None else min(IDLE_WAIT, due - time.time())
                 if wait > 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
+                    # cancellation that arrives as the wake-up does, and stop() would hang.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
         finally:
             for task in tasks:
                 task.cancel()
