@@ -138,11 +138,15 @@ def inbound_attachments(items: Any, media_hosts: frozenset[str], media_source: s
     if not isinstance(items, list) or not any(isinstance(i, dict) and "url" in i
                                               for i in items):
         return decode_attachments(items), []
-    inline: list[Any] = []
+    inline: list[AttachmentData] = []
     remote: list[RemoteAttachment] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict) or "url" not in item:
-            inline.append(item)
+            try:
+                inline += decode_attachments([item])
+            except ValidationFailed as exc:  # name its place in the whole list
+                raise ValidationFailed(exc.message.replace(
+                    "attachments[0]", f"attachments[{index}]", 1)) from None
             continue
         where = f"attachments[{index}]"
         if "content_base64" in item:
@@ -160,7 +164,7 @@ def inbound_attachments(items: Any, media_hosts: frozenset[str], media_source: s
         filename, content_type = attachment_metadata(item, where)
         remote.append(RemoteAttachment(url, media_source, filename,
                                        content_type if item.get("content_type") else None))
-    return decode_attachments(inline), remote
+    return inline, remote
 
 
 def _sent_at(value: Any) -> datetime | None:

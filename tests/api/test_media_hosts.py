@@ -67,3 +67,15 @@ def test_without_media_hosts_every_url_is_refused() -> None:
             "attachments": [{"url": "https://files.crm.example/a", "filename": "a"}]}
     with pytest.raises(ValidationFailed, match="media_hosts"):
         parse_api_inbound(body, "crm")
+
+
+def test_a_bad_inline_attachment_beside_a_url_is_named_by_its_place() -> None:
+    body = {"message_id": "m1", "from": {"id": "u1"}, "attachments": [
+        {"url": "https://files.crm.example/a", "filename": "a"},
+        {"filename": "b.txt", "content_base64": "not base64!"}]}
+    with pytest.raises(ValidationFailed, match=r"attachments\[1\]\.content_base64"):
+        parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
+    body["attachments"][1]["content_base64"] = "aGk="
+    inbound = parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
+    assert [a.data for a in inbound.attachments] == [b"hi"]
+    assert [r.url for r in inbound.remote_attachments] == ["https://files.crm.example/a"]
