@@ -35,6 +35,7 @@ import structlog
 from aiohttp import ClientSession, WSCloseCode, web
 
 from gateway.backoff import Backoff
+from gateway.media import MediaSources
 from gateway.store.base import AdapterStore, IngestResult, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
 from normalizer.model import InboundMessage, Party
@@ -166,6 +167,9 @@ class AdapterContext:
     authorize: Callable[[web.Request, str], None]  # raises Unauthorized / Forbidden
     store: AdapterStore
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Where the adapter registers its provider's media hosts and credentials, for the
+    # attachments it hands over by URL (RemoteAttachment; gateway/media.py).
+    media: MediaSources = field(default_factory=MediaSources)
     loops: LoopGroup = field(default_factory=LoopGroup)
     log: structlog.typing.FilteringBoundLogger = field(
         default_factory=lambda: structlog.get_logger("adapters"))

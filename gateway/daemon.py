@@ -39,8 +39,10 @@ from gateway.errors import (
     StoreError,
 )
 from gateway.feed import FeedNotifier
+from gateway.fetcher import MediaFetcher
 from gateway.ingest import IngestService
 from gateway.logging import configure_logging
+from gateway.media import MediaSources, source_name
 from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
 from gateway.store.base import Route, Store
@@ -107,6 +109,10 @@ class Gateway:
         self.ingest = IngestService(self.store, self.metrics,
                                     default_region=config.store.default_region,
                                     max_attachment_bytes=config.store.max_attachment_bytes)
+        self.media = MediaSources()
+        self.fetcher = MediaFetcher(self.store, self.media, self.metrics,
+                                    max_bytes=config.store.max_attachment_bytes)
+        self.ingest.on_remote_attachments = self.fetcher.wake
         self.outbox = OutboxWorker(self.store, self.adapters_get, config.outbox, self.metrics)
         self.adapters: dict[tuple[str, str], ChannelAdapter] = {}
         self.adapter_errors: dict[tuple[str, str], str] = {}
@@ -192,6 +198,7 @@ class Gateway:
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
             authorize=check_token, store=self.store, stopping=self.stopping,
+            media=self.media,
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:
@@ -219,6 +226,7 @@ class Gateway:
             adapter = self._make_adapter(account)
             self.adapters[account.key] = adapter
             await self._start_adapter(adapter, account)
+        self.fetcher.start(self.http)  # after the adapters registered their media sources
         for hook in self.config.webhooks:
             dispatcher = WebhookDispatcher(hook, self.store, self.feed, self.http, self.metrics)
             await dispatcher.start()
@@ -305,6 +313,7 @@ class Gateway:
             steps.append(("http", self._runner.cleanup()))
         for adapter in list(self.adapters.values()):
             steps.append((f"adapter:{adapter.name}", adapter.stop()))
+        steps.append(("media-fetch", self.fetcher.stop()))
         steps.append(("outbox", self.outbox.stop(timeout)))
         for dispatcher in self.webhooks.values():
             steps.append((f"webhook:{dispatcher.config.name}", dispatcher.stop(timeout)))
@@ -406,6 +415,7 @@ class Gateway:
                 or (health.last_error if health else None),
                 "counters": health.counters if health else {},
                 "loops": [loop.to_json() for loop in health.loops] if health else [],
+                "media": self.fetcher.health(source_name(account.type, account.name)),
             })
         return report
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -35,6 +36,8 @@ class IngestService:
         self.default_region = default_region
         self.max_attachment_bytes = max_attachment_bytes
         self._counters: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
+        # Called after a commit that queued attachment fetches (the fetcher's wake-up).
+        self.on_remote_attachments: Callable[[], None] | None = None
 
     async def __call__(self, inbound: InboundMessage) -> IngestResult:
         """Store ``inbound`` once and return after its commit."""
@@ -77,6 +80,8 @@ class IngestService:
                         self.metrics.ingest_latency.labels(inbound.channel))
             self._counters[labels] = counters
         if result.created:
+            if inbound.remote_attachments and self.on_remote_attachments is not None:
+                self.on_remote_attachments()
             counters[0].inc()
             counters[2].observe(time.perf_counter() - started)
             info_event("ingest.stored", message_id=result.message["id"],

@@ -14,8 +14,9 @@ from normalizer.attachments import (
     validate_filename,
 )
 from normalizer.errors import InvalidInput, MalformedInput
-from normalizer.model import AttachmentData, InboundMessage, Party
+from normalizer.model import AttachmentData, InboundMessage, Party, RemoteAttachment
 from normalizer.timestamps import parse_iso
+from normalizer.urls import origin_of
 
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
           "context", "in_reply_to"}
@@ -66,7 +67,8 @@ def attachment_metadata(item: dict[str, Any], where: str) -> tuple[str, str]:
     return filename, content_type
 
 
-def parse_api_inbound(body: object, account: str) -> InboundMessage:
+def parse_api_inbound(body: object, account: str, *, media_hosts: frozenset[str] = frozenset(),
+                      media_source: str = "") -> InboundMessage:
     """Validate an API-channel inbound body (see CONTRACT.md) and normalize it.
 
     Unknown top-level fields are refused, so a typo (``"txt"``) is an error, not a silently
@@ -103,8 +105,9 @@ def parse_api_inbound(body: object, account: str) -> InboundMessage:
     text = body.get("text")
     if text is not None and not isinstance(text, str):
         raise InvalidInput("text must be a string")
-    attachments = decode_attachments(body.get("attachments"))
-    if not text and not attachments:
+    attachments, remote = inbound_attachments(body.get("attachments"), media_hosts,
+                                              media_source)
+    if not text and not attachments and not remote:
         raise InvalidInput("a message needs text or attachments")
     sent_at = _sent_at(body.get("sent_at"))
     for key in ("subject", "html", "in_reply_to"):
@@ -117,7 +120,51 @@ def parse_api_inbound(body: object, account: str) -> InboundMessage:
         subject=body.get("subject"), html=body.get("html"), attachments=attachments,
         sent_at=sent_at, linked_identities=linked, context=context,
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
+        remote_attachments=remote,
     )
+
+
+MAX_URL_CHARS = 2048
+
+
+def inbound_attachments(items: object, media_hosts: frozenset[str], media_source: str,
+                        ) -> tuple[list[AttachmentData], list[RemoteAttachment]]:
+    """An API-channel message's attachments: inline (``content_base64``) and by ``url``.
+
+    A URL is accepted only on an origin in the account's ``media_hosts`` (422 otherwise):
+    the daemon never fetches an arbitrary address a payload names. Its file is fetched
+    after the message is committed (gateway/fetcher.py).
+    """
+    if not isinstance(items, list) or not any(isinstance(i, dict) and "url" in i
+                                              for i in items):
+        return decode_attachments(items), []
+    inline: list[AttachmentData] = []
+    remote: list[RemoteAttachment] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "url" not in item:
+            try:
+                inline += decode_attachments([item])
+            except InvalidInput as exc:  # name its place in the whole list
+                raise InvalidInput(str(exc).replace(
+                    "attachments[0]", f"attachments[{index}]", 1)) from None
+            continue
+        where = f"attachments[{index}]"
+        if "content_base64" in item:
+            raise InvalidInput(f"{where}: give either url or content_base64, not both")
+        url = item["url"]
+        if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+            raise InvalidInput(f"{where}.url must be a string of at most {MAX_URL_CHARS} "
+                                   "characters")
+        origin = origin_of(url)
+        if origin is None:
+            raise InvalidInput(f"{where}.url must be an http(s) URL without user info")
+        if origin not in media_hosts:
+            raise InvalidInput(f"{where}.url is not on one of this account's media_hosts"
+                                   " (attachments are fetched only from configured origins)")
+        filename, content_type = attachment_metadata(item, where)
+        remote.append(RemoteAttachment(url, media_source, filename,
+                                       content_type if item.get("content_type") else None))
+    return inline, remote
 
 
 def _sent_at(value: object) -> datetime | None:

@@ -31,6 +31,22 @@ class AttachmentData:
     content_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteAttachment:
+    """An attachment the provider serves by URL, fetched after the message is committed.
+
+    ``source`` names the media source the adapter registered (``ctx.media``): the origins
+    the URL may be on, the hosts a redirect may go to and the credentials the fetch may
+    send (only to those origins). ``filename`` and ``content_type`` are hints; without
+    them the URL's last path segment and the answer's ``Content-Type`` are used.
+    """
+
+    url: str
+    source: str
+    filename: str | None = None
+    content_type: str | None = None
+
+
 @dataclass(slots=True)
 class InboundMessage:
     """One customer message, decoded and normalized, not yet stored.
@@ -39,7 +55,8 @@ class InboundMessage:
     are provider message ids this message answers (e-mail In-Reply-To/References, a
     WhatsApp context id); the first one found in the store threads the message.
     ``linked_identities`` are further identities of the *sender* (an e-mail address given
-    through the API channel) that link to an existing customer.
+    through the API channel) that link to an existing customer. ``remote_attachments`` are
+    fetched after the commit (gateway/fetcher.py) and announced with ``message.updated``.
     """
 
     channel: str
@@ -61,3 +78,4 @@ class InboundMessage:
     raw: bytes | None = None
     raw_content_type: str = "application/octet-stream"
     reply_token: str | None = None
+    remote_attachments: list[RemoteAttachment] = field(default_factory=list)

@@ -21,6 +21,7 @@ from gateway.errors import (
     from_invalid_input,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
+from gateway.media import MediaSource, source_name
 from normalizer.api import parse_api_inbound
 from normalizer.errors import InvalidInput
 from normalizer.model import Party
@@ -36,6 +37,21 @@ class ApiAdapter(ChannelAdapter):
     identity_kinds = frozenset({"external", "email", "phone"})
     config_class = ApiConfig
     config: ApiConfig
+
+    async def on_start(self) -> None:
+        """Register the account's ``media_hosts`` as its media source (no credentials:
+        the integrator's file URLs carry their own access, e.g. signed URLs)."""
+        if self.config.media_hosts:
+            self.ctx.media.register(self.media_source, MediaSource(self.config.media_hosts))
+
+    async def on_stop(self) -> None:
+        """Its pending fetches wait until the account runs again."""
+        self.ctx.media.unregister(self.media_source)
+
+    @property
+    def media_source(self) -> str:
+        """The name this account's attachment URLs are fetched under."""
+        return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
         """The inbound route."""
@@ -84,7 +100,8 @@ class ApiAdapter(ChannelAdapter):
         except orjson.JSONDecodeError as exc:
             raise MalformedPayload(f"the body is not valid JSON: {exc}") from exc
         try:
-            inbound = parse_api_inbound(payload, self.name)
+            inbound = parse_api_inbound(payload, self.name, media_hosts=self.config.media_hosts,
+                                        media_source=self.media_source)
         except InvalidInput as exc:
             raise from_invalid_input(exc) from exc
         inbound.raw = body

@@ -41,6 +41,8 @@ NON_BLANK_PATTERN = r".*\S.*"
 MIME_TYPE_PATTERN = (r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
                      r"/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 BASE64_PATTERN = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# An http(s) URL without user info (an attachment given by URL; gateway/media.py).
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^@/?#\s]+([/?#]\S*)?$"
 HEARTBEAT_RANGE = (1, 60)
 
 
@@ -134,8 +136,12 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
     """
     party = _obj({"kind": _STR, "address": _STR, "name": _nullable(_STR)},
                  ["kind", "address"])
+    # size, sha256 and url are null only for a file given by URL whose fetch was given up:
+    # then ``error`` says why (docs/api.md, "Attachments given by URL").
     attachment = _obj({"id": _STR, "filename": _STR, "content_type": _STR,
-                       "size": {"type": "integer"}, "sha256": _STR, "url": _STR},
+                       "size": _nullable({"type": "integer"}), "sha256": _nullable(_STR),
+                       "url": _nullable(_STR), "purged": {"type": "boolean"},
+                       "error": _obj({"code": _STR, "message": _STR}, ["code", "message"])},
                       ["id", "filename", "content_type", "size", "sha256", "url"])
     message = _obj({
         "id": _STR, "conversation_id": _STR, "customer_id": _STR, "channel": _STR,
@@ -173,6 +179,13 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                           "content_base64": {"type": "string", "pattern": BASE64_PATTERN,
                                              "contentEncoding": "base64"}},
                          ["filename", "content_base64"], extra=False)
+    attachment_url_in = _obj({
+        "url": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
+                "description": "its origin must be one of the account's media_hosts "
+                               "(else 422); fetched after the message is committed"},
+        "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+        "content_type": {"type": "string", "pattern": MIME_TYPE_PATTERN}},
+        ["url", "filename"], extra=False)
     agent = _obj({"id": _STR, "name": _nullable(_STR)}, ["id"], extra=False)
     reply = _obj({
         "text": _STR, "html": _STR, "subject": _STR,
@@ -205,7 +218,10 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                  ["error"])
     channel = _obj({"name": _STR, "type": _STR, "channels": {"type": "array", "items": _STR},
                     "required": {"type": "boolean"}, "state": _STR,
-                    "last_error": _nullable(_STR), "counters": {"type": "object"}},
+                    "last_error": _nullable(_STR), "counters": {"type": "object"},
+                    "loops": {"type": "array", "items": {"type": "object"}},
+                    "media": _obj({"pending": {"type": "integer"},
+                                   "last_error": _nullable(_STR)}, ["pending", "last_error"])},
                    ["name", "type", "state"])
     non_blank = {"type": "string", "pattern": f"^{NON_BLANK_PATTERN}$"}
     api_inbound = _obj({
@@ -216,7 +232,8 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                      extra=False),
         "text": _STR, "subject": _STR, "html": _STR, "sent_at": _TS, "in_reply_to": _STR,
         "context": {"type": "object"},
-        "attachments": {"type": "array", "items": _ref("AttachmentInput")},
+        "attachments": {"type": "array", "items": {"anyOf": [
+            _ref("AttachmentInput"), _ref("AttachmentUrlInput")]}},
     }, ["message_id", "from"], extra=False)
     api_inbound["anyOf"] = [
         {"required": ["text"], "properties": {"text": {"minLength": 1}}},
@@ -387,6 +404,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                                              "\"<t>.<body>\")>"}},
             "schemas": {
                 "Party": party, "Attachment": attachment, "AttachmentInput": attachment_in,
+                "AttachmentUrlInput": attachment_url_in,
                 "Message": message, "Conversation": conversation, "Identity": identity,
                 "Customer": customer, "Event": event, "Agent": agent, "Reply": reply,
                 "Error": error, "Channel": channel, "ApiInbound": api_inbound,

@@ -36,6 +36,28 @@ class StoredAttachment:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingFetch:
+    """One claimed attachment fetch (gateway/fetcher.py); ``attempts`` counts this one."""
+
+    id: int
+    message_id: str
+    source: str
+    url: str
+    filename: str | None
+    content_type: str | None
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FetchBacklog:
+    """The fetches of one media source not yet done: how many, and the latest error."""
+
+    pending: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     """What storing one inbound message did. ``created`` is False for a repeat delivery."""
 
@@ -139,6 +161,42 @@ class IngestStore(BlobStore, Protocol):
         """Store one inbound message once; resolve customer and conversation; emit events.
 
         Awaiting the result returns after the commit."""
+
+
+class MediaStore(BlobStore, Protocol):
+    """The attachment fetcher (gateway/fetcher.py): pending fetches and staged files.
+
+    A fetch row is written with its message (``ingest``) and removed in the transaction
+    that adds the attachment or records its failure, each emitting ``message.updated``.
+    """
+
+    async def claim_fetches(self, limit: int) -> list[PendingFetch]:
+        """Claim due fetches (state inflight, attempts + 1), oldest due first."""
+
+    async def fetch_done(self, fetch_id: int, attachment: StoredAttachment) -> JSON | None:
+        """Add the fetched attachment to its message once; None when already done."""
+
+    async def fetch_retry(self, fetch_id: int, delay: float, error: str) -> None:
+        """Put a fetch back for another attempt after ``delay`` seconds."""
+
+    async def fetch_failed(self, fetch_id: int, filename: str, content_type: str,
+                           error: JSON) -> JSON | None:
+        """Give a fetch up: its message shows the attachment with ``error``."""
+
+    async def recover_fetches(self) -> int:
+        """After a crash or a restart of the fetcher: in-flight fetches go back to pending."""
+
+    async def next_fetch_due(self) -> float | None:
+        """When the earliest pending fetch becomes due (unix time)."""
+
+    async def fetch_backlog(self) -> dict[str, FetchBacklog]:
+        """Fetches not yet done, by media source."""
+
+    def staging_path(self, name: str) -> Path:
+        """Where a download is written before :meth:`put_blob_file` (same file system)."""
+
+    async def put_blob_file(self, staged: Path, sha256: str) -> None:
+        """Move a staged download (whose digest is ``sha256``) into the blob store, synced."""
 
 
 class CheckpointStore(Protocol):
@@ -309,5 +367,5 @@ class AdminStore(Protocol):
 
 
 class Store(FeedStore, IngestStore, AdapterStore, ReceiptStore, OutboxStore, WebhookStore,
-            ConversationStore, CustomerStore, AdminStore, Protocol):
+            ConversationStore, CustomerStore, AdminStore, MediaStore, Protocol):
     """Everything the gateway needs from persistence: every role above."""

@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from gateway.errors import NotFound
-from gateway.store.base import JSON, StoredAttachment
+from gateway.store.base import JSON, FetchBacklog, StoredAttachment
 from gateway.store.records import (
     _conversation_json,
     _customer_json,
@@ -137,3 +137,22 @@ def next_delivery_due(conn: sqlite3.Connection, subscription: str) -> float | No
 def get_checkpoint(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM checkpoints WHERE key = ?", (key,)).fetchone()
     return None if row is None else row["value"]
+
+
+def next_fetch_due(conn: sqlite3.Connection) -> float | None:
+    """When the earliest pending attachment fetch is due (None: nothing pending)."""
+    due: float | None = conn.execute("SELECT MIN(next_attempt_at) FROM pending_fetches "
+                                     "WHERE state = 'pending'").fetchone()[0]
+    return due
+
+
+def fetch_backlog(conn: sqlite3.Connection) -> dict[str, FetchBacklog]:
+    """Fetches not yet done by media source, with the error of the latest failed attempt."""
+    backlog = {}
+    for row in conn.execute("SELECT source, COUNT(*) AS pending, MAX(id) AS newest "
+                            "FROM pending_fetches GROUP BY source"):
+        error = conn.execute("SELECT last_error FROM pending_fetches WHERE source = ? AND "
+                             "last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1",
+                             (row["source"],)).fetchone()
+        backlog[row["source"]] = FetchBacklog(row["pending"], error[0] if error else None)
+    return backlog

@@ -26,10 +26,12 @@ from gateway.store import queries
 from gateway.store.base import (
     JSON,
     Delivery,
+    FetchBacklog,
     IngestResult,
     OutboundRequest,
     OutboxItem,
     Page,
+    PendingFetch,
     Route,
     StoredAttachment,
 )
@@ -42,6 +44,13 @@ from gateway.store.jobs.customers import (
     _set_conversation_status,
 )
 from gateway.store.jobs.ingest import _ingest
+from gateway.store.jobs.media import (
+    _claim_fetches,
+    _fetch_done,
+    _fetch_failed,
+    _fetch_retry,
+    _recover_fetches,
+)
 from gateway.store.jobs.outbound import (
     _claim_outbox,
     _enqueue_outbound,
@@ -194,6 +203,30 @@ class SQLiteStore:
             return stored
 
         return await asyncio.to_thread(work)
+
+    def staging_path(self, name: str) -> Path:
+        """Where a download is written before it becomes a blob (same file system, so the
+        final rename is atomic); ``.staging`` holds nothing else."""
+        return self.blob_dir / ".staging" / name
+
+    async def put_blob_file(self, staged: Path, sha256: str) -> None:
+        """Sync a staged download and move it to its content address (off the loop)."""
+        def work() -> None:
+            path = self.blob_path(sha256)
+            try:
+                if path.exists():  # the same bytes are stored already
+                    staged.unlink(missing_ok=True)
+                    return
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if self.config.synchronous in ("FULL", "EXTRA"):
+                    with open(staged, "rb") as fh:
+                        os.fsync(fh.fileno())
+                staged.replace(path)
+            except OSError as exc:
+                staged.unlink(missing_ok=True)
+                raise StoreError(f"cannot store an attachment: {exc.strerror or exc}") from exc
+
+        await asyncio.to_thread(work)
 
     def _delete_unreferenced_blobs(self, digests: list[str]) -> None:
         conn = self.engine.connect(readonly=True)
@@ -378,6 +411,37 @@ class SQLiteStore:
     async def next_delivery_due(self, subscription: str) -> float | None:
         """When the subscription's earliest pending delivery is due."""
         return await self.engine.read(queries.next_delivery_due, subscription)
+
+    # ---------------------------------------------------------------- fetched attachments
+
+    async def claim_fetches(self, limit: int) -> list[PendingFetch]:
+        """Claim due fetches (state inflight, attempts + 1), oldest due first."""
+        return await self.engine.write(_claim_fetches, limit, time.time())
+
+    async def fetch_done(self, fetch_id: int, attachment: StoredAttachment) -> JSON | None:
+        """Add the fetched attachment to its message once; None when already done."""
+        return await self.engine.write(_fetch_done, fetch_id, attachment)
+
+    async def fetch_retry(self, fetch_id: int, delay: float, error: str) -> None:
+        """Put a fetch back for another attempt after ``delay`` seconds."""
+        await self.engine.write(_fetch_retry, fetch_id, time.time() + delay, error)
+
+    async def fetch_failed(self, fetch_id: int, filename: str, content_type: str,
+                           error: JSON) -> JSON | None:
+        """Give a fetch up: its message shows the attachment with ``error``."""
+        return await self.engine.write(_fetch_failed, fetch_id, filename, content_type, error)
+
+    async def recover_fetches(self) -> int:
+        """After a crash or a restart of the fetcher: in-flight fetches go back to pending."""
+        return await self.engine.write(_recover_fetches)
+
+    async def next_fetch_due(self) -> float | None:
+        """When the earliest pending fetch becomes due (unix time)."""
+        return await self.engine.read(queries.next_fetch_due)
+
+    async def fetch_backlog(self) -> dict[str, FetchBacklog]:
+        """Fetches not yet done, by media source."""
+        return await self.engine.read(queries.fetch_backlog)
 
     # ---------------------------------------------------------------- checkpoints
 

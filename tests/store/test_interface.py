@@ -9,7 +9,7 @@ import pytest
 from gateway.store import base
 from gateway.store.sqlite import SQLiteStore
 
-ROLES = [base.FeedStore, base.BlobStore, base.IngestStore, base.CheckpointStore,
+ROLES = [base.FeedStore, base.BlobStore, base.IngestStore, base.CheckpointStore, base.MediaStore,
          base.AdapterStore, base.ReceiptStore, base.OutboxStore, base.WebhookStore,
          base.ConversationStore, base.CustomerStore, base.AdminStore, base.Store]
 

@@ -8,6 +8,7 @@ import orjson
 
 from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
+from gateway.store.jobs.media import _queue_fetches
 from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message
 from gateway.store.records import (
     _conversation_json,
@@ -196,6 +197,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
         content=inbound.content)
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
     _insert_message(tx, message, attachments, encoded)
+    if inbound.remote_attachments:  # fetched after this commit (gateway/fetcher.py)
+        _queue_fetches(tx, message_id, inbound.remote_attachments)
     if inbound.raw is not None:
         raw = (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso)
         if tx.rows is not None:

@@ -29,6 +29,7 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
         tx.conn.execute(f"DELETE FROM attachments WHERE message_id IN ({m})", chunk)
         tx.conn.execute(f"DELETE FROM raw_payloads WHERE message_id IN ({m})", chunk)
         tx.conn.execute(f"DELETE FROM outbox WHERE message_id IN ({m})", chunk)
+        tx.conn.execute(f"DELETE FROM pending_fetches WHERE message_id IN ({m})", chunk)
         # A kept Idempotency-Key response is the reply itself: recipient, name, text.
         tx.conn.execute(f"DELETE FROM idempotency_keys WHERE json_extract(response, '$.id') "
                         f"IN ({m})", chunk)
