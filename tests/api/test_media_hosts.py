@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import parse_config
-from gateway.errors import ConfigErrors, ValidationFailed
+from gateway.errors import ConfigErrors
 from gateway.media import InvalidOrigin, origin_of, parse_origin
 from normalizer.api import parse_api_inbound
+from normalizer.errors import InvalidInput
 
 HOSTS = frozenset({"https://files.crm.example", "http://127.0.0.1:9000"})
 
@@ -51,7 +52,7 @@ def test_an_api_attachment_url_must_be_on_a_media_host(url: str, accepted: bool)
     body = {"message_id": "m1", "from": {"id": "u1"},
             "attachments": [{"url": url, "filename": "q.pdf"}]}
     if not accepted:
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(InvalidInput):
             parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
         return
     inbound = parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
@@ -65,7 +66,7 @@ def test_an_api_attachment_url_must_be_on_a_media_host(url: str, accepted: bool)
 def test_without_media_hosts_every_url_is_refused() -> None:
     body = {"message_id": "m1", "from": {"id": "u1"}, "text": "x",
             "attachments": [{"url": "https://files.crm.example/a", "filename": "a"}]}
-    with pytest.raises(ValidationFailed, match="media_hosts"):
+    with pytest.raises(InvalidInput, match="media_hosts"):
         parse_api_inbound(body, "crm")
 
 
@@ -73,7 +74,7 @@ def test_a_bad_inline_attachment_beside_a_url_is_named_by_its_place() -> None:
     body = {"message_id": "m1", "from": {"id": "u1"}, "attachments": [
         {"url": "https://files.crm.example/a", "filename": "a"},
         {"filename": "b.txt", "content_base64": "not base64!"}]}
-    with pytest.raises(ValidationFailed, match=r"attachments\[1\]\.content_base64"):
+    with pytest.raises(InvalidInput, match=r"attachments\[1\]\.content_base64"):
         parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
     body["attachments"][1]["content_base64"] = "aGk="
     inbound = parse_api_inbound(body, "crm", media_hosts=HOSTS, media_source="api:crm")
