@@ -27,6 +27,18 @@ class Party:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """A group chat a message was posted in (a Telegram group, a LINE room)."""
+
+    id: str
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the contract's ``conversation.group`` object."""
+        return {"id": self.id, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
 class AttachmentData:
     """An attachment's bytes as received, before the gateway stores them."""
 
@@ -46,6 +58,13 @@ class InboundMessage:
     WhatsApp context id); the first one found in the store threads the message.
     ``linked_identities`` are further identities of the *sender* (an e-mail address given
     through the API channel) that link to an existing customer.
+
+    ``direction = "outbound"`` makes it an echo: a message the account sent, seen on the
+    provider's side (``sender`` is the account, ``recipient`` the customer). An echo of one
+    of omnirelay's own sends is matched by its provider id, or, for a provider without ids,
+    by recipient and text within ``match_window`` seconds, and adds nothing; any other echo
+    is stored as an outbound message without an agent. ``group`` is set for a post in a
+    group chat (stored only where the account sets ``groups = true``).
     """
 
     channel: str
@@ -68,3 +87,6 @@ class InboundMessage:
     raw: bytes | None = None
     raw_content_type: str = "application/octet-stream"
     reply_token: str | None = None
+    direction: Literal["inbound", "outbound"] = "inbound"
+    match_window: float | None = None
+    group: Group | None = None

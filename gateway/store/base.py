@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from normalizer.model import InboundMessage, Party
+
+if TYPE_CHECKING:
+    from gateway.store.changes import ChangeResult, DeliveryStatus, MessageChange
 
 JSON = dict[str, Any]
 
@@ -41,6 +44,7 @@ class IngestResult:
     message: JSON
     created: bool
     message_json: bytes | None = None  # ``message`` already encoded, when the store has it
+    ignored: str | None = None  # why nothing was stored (a group post where groups are off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,19 @@ class Store(Protocol):
                                request: OutboundRequest, routes: list[Route],
                                idempotency: tuple[str, str, str] | None) -> tuple[int, JSON]:
         """Queue an outbound message and its outbox row in one transaction."""
+
+    async def change_message(self, channel: str, account: str, provider_message_id: str,
+                             change: MessageChange) -> ChangeResult:
+        """Apply an edit, reactions or a withdrawal to a delivered message (``message.updated``
+        when anything moved); raise NotFound for an unknown provider id."""
+
+    async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
+                            status: DeliveryStatus, error: JSON | None = None,
+                            at: datetime | None = None) -> ChangeResult | None:
+        """Move an outbound message's status forwards (``message.status``); None if unknown."""
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """Take an identity a provider withdrew from its customer (``customer.updated``)."""
 
     async def events_after(self, after: int, limit: int) -> Page:
         """Return events with seq > after, oldest first."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
@@ -57,6 +57,9 @@ from gateway.store.base import (
     StoredAttachment,
 )
 from normalizer.model import InboundMessage, Party
+
+if TYPE_CHECKING:
+    from gateway.store.changes import ChangeResult, DeliveryStatus, MessageChange
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -308,18 +311,19 @@ class WriterCache:
         self.limit = limit
         # (kind, address) -> [surviving customer id, the identity's channels]
         self.identities: dict[tuple[str, str], tuple[str, list[str]]] = {}
-        self.named: set[str] = set()  # customers known to have a name
+        # customer id -> (name, the "kind:address" that gave it) (H8: name changes)
+        self.names: dict[str, tuple[str | None, str | None]] = {}
         self.latest: dict[str, JSON] = {}  # customer id -> their latest conversation
 
     def clear(self) -> None:
         """Forget everything (after a rollback, a merge, an erasure)."""
         self.identities.clear()
-        self.named.clear()
+        self.names.clear()
         self.latest.clear()
 
     def trim(self) -> None:
         """Keep memory bounded."""
-        for store in (self.identities, self.named, self.latest):
+        for store in (self.identities, self.names, self.latest):
             if len(store) > self.limit:
                 store.clear()
 
@@ -772,6 +776,29 @@ class SQLiteStore:
         return await self.write(_update_status_by_provider, channel, account,
                                 provider_message_id, status, error)
 
+    # ---------------------------------------------------------------- H8: provider reports
+    # The write jobs live in gateway/store/changes.py (imported late: it builds on this one).
+
+    async def change_message(self, channel: str, account: str, provider_message_id: str,
+                             change: MessageChange) -> ChangeResult:
+        """Apply an edit, reactions or a withdrawal (``message.updated``); NotFound if unknown."""
+        from gateway.store.changes import change_message
+        return await self.write(change_message, channel, account, provider_message_id, change)
+
+    async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
+                            status: DeliveryStatus, error: JSON | None = None,
+                            at: datetime | None = None) -> ChangeResult | None:
+        """Move an outbound message's status forwards by its provider id (``message.status``);
+        None when no message has that id."""
+        from gateway.store.changes import apply_receipt
+        return await self.write(apply_receipt, channel, account, provider_message_id, status,
+                                error, at)
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """Take a withdrawn identity from its customer (``customer.updated``)."""
+        from gateway.store.changes import remove_identity
+        return await self.write(remove_identity, kind, address)
+
     # ---------------------------------------------------------------- reads
 
     async def events_after(self, after: int, limit: int) -> Page:
@@ -1141,6 +1168,8 @@ def _conversation_json(row: sqlite3.Row) -> JSON:
         "closed_at": row["closed_at"], "last_message_at": row["last_message_at"],
         "tags": _loads(row["tags"]), "priority": row["priority"], "queue": row["queue"],
         "context": _loads(row["context"]),
+        "group": ({"id": row["group_id"], "name": row["group_name"]}  # H8: group chats
+                  if row["group_id"] is not None else None),
     }
 
 
@@ -1243,14 +1272,14 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
                 break
     if customer_id is None:
         customer_id = new_id("cus")
-        tx.conn.execute("INSERT INTO customers (id, name, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?)", (customer_id, primary.name, tx.now_iso,
-                                                tx.now_iso))
+        source = f"{primary.kind}:{primary.address}" if primary.name else None  # H8
+        tx.conn.execute("INSERT INTO customers (id, name, name_source, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (customer_id, primary.name, source,
+                                                   tx.now_iso, tx.now_iso))
         _link(tx, customer_id, primary, inbound.channel)
         for other in others:
             _link(tx, customer_id, other, None)
-        if primary.name:
-            tx.cache.named.add(customer_id)
+        tx.cache.names[customer_id] = (primary.name, source)
         identities = sorted(
             ({"kind": p.kind, "address": p.address,
               "channels": [inbound.channel] if p is primary else []}
@@ -1259,18 +1288,40 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
             key=lambda i: (i["kind"], i["address"]))
         return customer_id, {"id": customer_id, "name": primary.name, "merged_into": None,
                              "identities": identities, "created_at": tx.now_iso}
-    if primary.name and customer_id not in tx.cache.named:
-        tx.conn.execute("UPDATE customers SET name = ?, updated_at = ? "
-                        "WHERE id = ? AND name IS NULL", (primary.name, tx.now_iso, customer_id))
-        tx.cache.named.add(customer_id)
-    _link(tx, customer_id, primary, inbound.channel)
+    # H8: a name set or changed, or an identity linked, is announced (customer.updated).
+    changed = bool(primary.name) and _take_name(tx, customer_id, primary)
+    changed = _link(tx, customer_id, primary, inbound.channel) or changed
     for other in others:
-        _link(tx, customer_id, other, None)
+        changed = _link(tx, customer_id, other, None) or changed
+    if changed:
+        tx.emit("customer.updated", {"customer": _customer_json(tx.conn, customer_id)},
+                customer_id=customer_id)
     return customer_id, None
 
 
-def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
-    """Give ``party`` to the customer unless someone owns it; note the channel it used."""
+def _take_name(tx: Tx, customer_id: str, sender: Party) -> bool:
+    """H8: the sender's name becomes the customer's when they have none, or when this same
+    identity gave the current one (a renamed profile); another identity's name does not
+    replace it, so names do not flap between channels. Returns whether it changed."""
+    cached = tx.cache.names.get(customer_id)
+    if cached is None:
+        row = tx.one("SELECT name, name_source FROM customers WHERE id = ?", (customer_id,))
+        cached = (row["name"], row["name_source"]) if row is not None else (None, None)
+        tx.cache.names[customer_id] = cached
+    name, source = cached
+    identity = f"{sender.kind}:{sender.address}"
+    if name == sender.name or (name is not None and source not in (None, identity)):
+        return False
+    tx.conn.execute("UPDATE customers SET name = ?, name_source = ?, updated_at = ? "
+                    "WHERE id = ?", (sender.name, identity, tx.now_iso, customer_id))
+    tx.cache.names[customer_id] = (sender.name, identity)
+    return True
+
+
+def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> bool:
+    """Give ``party`` to the customer unless someone owns it; note the channel it used.
+
+    Returns whether the identity was new (H8: the caller announces it)."""
     entry = _owner(tx, party)
     if entry is None:
         channels = [channel] if channel else []
@@ -1278,12 +1329,13 @@ def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
                         "created_at) VALUES (?, ?, ?, ?, ?)",
                         (party.kind, party.address, customer_id, _dumps(channels), tx.now_iso))
         tx.cache.identities[(party.kind, party.address)] = (customer_id, channels)
-        return
+        return True
     owner, channels = entry
     if channel and owner == customer_id and channel not in channels:
         channels.append(channel)  # the cached list, kept in step with the row
         tx.conn.execute("UPDATE identities SET channels = ? WHERE kind = ? AND address = ?",
                         (_dumps(channels), party.kind, party.address))
+    return False
 
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
@@ -1299,6 +1351,9 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
                           "AND provider_message_id = ?", key)
         if existing is not None:
             return IngestResult(_loads(existing["data"]), created=False)
+    if inbound.direction == "outbound":  # H8: an echo (gateway/store/changes.py)
+        from gateway.store.changes import store_echo
+        return store_echo(tx, inbound, attachments, reopen_window_days)
 
     customer_id, new_customer = _resolve_sender(tx, inbound)
     if new_customer is not None:
@@ -1306,7 +1361,11 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
 
     conversation: JSON | None = None
     in_reply_to: str | None = None
-    for ref in inbound.reply_refs:
+    if inbound.group is not None:  # H8: the group is the conversation (changes.py)
+        from gateway.store.changes import group_conversation
+        conversation, in_reply_to = group_conversation(tx, inbound, customer_id,
+                                                       reopen_window_days)
+    for ref in inbound.reply_refs if inbound.group is None else ():
         row = tx.one("SELECT id, conversation_id FROM messages WHERE provider_message_id = ? "
                      "AND channel = ? ORDER BY id LIMIT 1", (ref, inbound.channel))
         if row is None and tx.rows is not None:  # stored earlier in this batch
@@ -1318,7 +1377,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
     if conversation is None and inbound.reply_token:
         # The token is the conversation id's random part (support+c-<token>@shop).
         conversation = _conversation_by_id(tx, "cnv_" + inbound.reply_token.upper())
-    if conversation is not None and conversation["customer_id"] != customer_id:
+    if conversation is not None and inbound.group is None and (  # H8: not into a group
+            conversation["customer_id"] != customer_id or conversation.get("group")):
         # A thread reference into another customer's conversation (a forwarded mail,
         # a colleague replying) must not leak it: fall back to the sender's own.
         conversation = None
@@ -1338,7 +1398,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
             "id": conversation_id, "customer_id": customer_id, "channel": inbound.channel,
             "account": inbound.account, "status": "open", "opened_at": tx.now_iso,
             "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
-            "priority": "normal", "queue": None, "context": inbound.context or {}}
+            "priority": "normal", "queue": None, "context": inbound.context or {},
+            "group": None}  # H8
         tx.conn.execute(
             "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
             "last_message_at, context) VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
@@ -1364,7 +1425,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
             tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
                             (tx.now_iso, conversation_id))
         conversation["last_message_at"] = tx.now_iso
-    tx.cache.latest[customer_id] = conversation
+    if inbound.group is None:  # H8: a group conversation is nobody's latest 1:1
+        tx.cache.latest[customer_id] = conversation
 
     message_id = new_id("msg")
     message = _message_json(
@@ -1409,7 +1471,7 @@ def _latest_conversation(tx: Tx, customer_id: str) -> JSON | None:
     cached = tx.cache.latest.get(customer_id)
     if cached is not None:
         return cached
-    row = tx.one("SELECT * FROM conversations WHERE customer_id = ? "
+    row = tx.one("SELECT * FROM conversations WHERE customer_id = ? AND group_id IS NULL "  # H8
                  "ORDER BY last_message_at DESC, id DESC LIMIT 1", (customer_id,))
     return None if row is None else _conversation_json(row)
 
@@ -1643,6 +1705,7 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
 
     if conv is None:
         latest = tx.one("SELECT * FROM conversations WHERE customer_id = ? AND status = 'open' "
+                        "AND group_id IS NULL "  # H8: a proactive message is 1:1
                         "ORDER BY last_message_at DESC, id DESC LIMIT 1", (cid,))
         if latest is not None:
             conv = latest
