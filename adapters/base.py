@@ -26,6 +26,7 @@ from normalizer.model import InboundMessage, Party
 
 if TYPE_CHECKING:
     from gateway.config import Section
+    from gateway.receipts import Receipts
 
 
 class Ingest(Protocol):
@@ -89,6 +90,8 @@ class AdapterContext:
     authorize: Callable[[web.Request, str], None]  # raises Unauthorized / Forbidden
     store: Any = None  # checkpoints (get_checkpoint/set_checkpoint) and blob_dir
     log: Any = field(default_factory=lambda: structlog.get_logger("adapters"))
+    receipts: Receipts | None = None  # delivery and read receipts (gateway/receipts.py)
+    groups: bool = False  # the account's ``groups``: store group posts, else ignore them
 
 
 class ChannelAdapter(ABC):
@@ -169,7 +172,17 @@ class ChannelAdapter(ABC):
         return bool(self.config == other)
 
     async def ingest(self, inbound: InboundMessage) -> IngestResult:
-        """Hand a message to the gateway and count it."""
+        """Hand a message to the gateway and count it.
+
+        A group post where the account does not set ``groups = true`` is not stored: it is
+        counted (``group_posts_ignored``) and the result says why, so the adapter still
+        acknowledges it.
+        """
+        if inbound.group is not None and not self.ctx.groups:
+            self.counters["group_posts_ignored"] = self.counters.get("group_posts_ignored", 0) + 1
+            return IngestResult({}, created=False,
+                                ignored=f"group posts are off for {self.type} account "
+                                        f"{self.name!r} (groups = false)")
         result = await self.ctx.ingest(inbound)
         self.counters["received" if result.created else "duplicates"] += 1
         return result

@@ -369,6 +369,7 @@ class ChannelConfig:
     name: str
     options: Any
     required: bool = True
+    groups: bool = False  # store group posts (the group is the conversation); else ignore
 
     @property
     def key(self) -> tuple[str, str]:
@@ -575,6 +576,7 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
                            hint=f"one of {', '.join(sorted(ADAPTERS))}")
         name = section.get("name", str, "", required=True)
         required = section.get("required", bool, True)
+        groups = section.get("groups", bool, False)
         if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
             section.error("name", "must be letters, digits, '-', '_' or '.'",
                           "it appears in URLs: /hooks/<type>/<name>")
@@ -592,7 +594,7 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
             continue
         options = adapter.config_class.parse(section)
         section.finish()
-        channels.append(ChannelConfig(kind, name, options, required))
+        channels.append(ChannelConfig(kind, name, options, required, groups))
     return tuple(channels)
 
 

@@ -35,6 +35,7 @@ from gateway.feed import FeedNotifier
 from gateway.ingest import IngestService
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
+from gateway.receipts import ReceiptSink
 from gateway.store.base import Route
 from gateway.store.sqlite import SQLiteStore
 from gateway.systemd import Notifier
@@ -143,16 +144,17 @@ class Gateway:
         """Where replies can go: every configured account and its channels."""
         return routes_of(self.adapters)
 
-    def _context(self) -> AdapterContext:
+    def _context(self, channel: ChannelConfig) -> AdapterContext:
         assert self.http is not None
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
-            authorize=check_token, store=self.store,
+            authorize=check_token, store=self.store, receipts=ReceiptSink(self.store),
+            groups=channel.groups,
         )
 
     def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
         cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context())
+        return cls(channel.name, channel.options, self._context(channel))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -54,6 +54,8 @@ class IngestService:
         # list comparison checks identity before equality.
         if sender is not inbound.sender or linked != inbound.linked_identities:
             inbound = dataclasses.replace(inbound, sender=sender, linked_identities=linked)
+        if inbound.direction == "outbound" and inbound.recipient is not None:
+            inbound = self._canonical_recipient(inbound)  # H8: an echo's customer
         for att in inbound.attachments:
             if len(att.data) > self.max_attachment_bytes:
                 raise PayloadTooLarge(f"attachment {att.filename!r} is {len(att.data)} bytes; "
@@ -82,3 +84,14 @@ class IngestService:
                 log.info("ingest.duplicate", message_id=result.message["id"],
                          channel=inbound.channel, account=inbound.account)
         return result
+
+    def _canonical_recipient(self, inbound: InboundMessage) -> InboundMessage:
+        """An echo's customer is its recipient: canonicalize it as a sender would be."""
+        assert inbound.recipient is not None
+        try:
+            recipient = normalize_party(inbound.recipient, self.default_region)
+        except InvalidIdentity as exc:
+            raise ValidationFailed(f"recipient: {exc}") from exc
+        if recipient is inbound.recipient:
+            return inbound
+        return dataclasses.replace(inbound, recipient=recipient)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 
 from gateway.errors import MalformedPayload, ValidationFailed
 from gateway.ids import parse_iso
-from normalizer.model import AttachmentData, InboundMessage, Party
+from normalizer.model import (
+    AttachmentData,
+    DeliveryStatus,
+    Group,
+    InboundMessage,
+    MessageChange,
+    Party,
+    Reaction,
+)
 
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
-          "context", "in_reply_to"}
+          "context", "in_reply_to", "direction", "to", "group"}
 _KNOWN_FROM = {"id", "name", "email", "phone"}
 
 
@@ -54,6 +63,8 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
     unknown = set(body) - _KNOWN
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if body.get("direction", "inbound") != "inbound" or "to" in body:  # H8: an echo
+        return _parse_echo(body, account)
     message_id = body.get("message_id")
     if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
         raise ValidationFailed("message_id must be a non-empty string of at most 255 characters")
@@ -101,4 +112,128 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
         subject=body.get("subject"), html=body.get("html"), attachments=attachments,
         sent_at=sent_at, linked_identities=linked, context=context,
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
+        group=_parse_group(body.get("group")),  # H8
     )
+
+
+# ---------------------------------------------------------------- H8: echoes, groups, changes
+
+
+def account_party(account: str) -> Party:
+    """The API account's own identity: the ``from`` of its replies and echoes."""
+    return Party("external", f"omnirelay:{account}", None)
+
+
+def _parse_echo(body: dict[str, Any], account: str) -> InboundMessage:
+    """``"direction": "outbound"`` with ``"to"`` in place of ``from``: a reply typed in the
+    other system (an echo), parsed like a message from its recipient, then turned round."""
+    if body.get("direction") != "outbound":
+        raise ValidationFailed('"to" is for "direction": "outbound" (an echo); '
+                               'a customer\'s message names its sender in "from"')
+    if "from" in body:
+        raise ValidationFailed('an outbound message names its recipient in "to", not "from"')
+    if not isinstance(body.get("to"), dict):
+        raise ValidationFailed("to must be an object with an id")
+    fields = {k: v for k, v in body.items() if k not in ("direction", "to")}
+    try:
+        parsed = parse_api_inbound({**fields, "from": body["to"]}, account)
+    except ValidationFailed as exc:
+        raise ValidationFailed(str(exc.message).replace("from", "to")) from exc
+    return InboundMessage(
+        channel=parsed.channel, account=account, provider_message_id=parsed.provider_message_id,
+        sender=account_party(account), recipient=parsed.sender, text=parsed.text,
+        subject=parsed.subject, html=parsed.html, attachments=parsed.attachments,
+        sent_at=parsed.sent_at, reply_refs=parsed.reply_refs,
+        linked_identities=parsed.linked_identities, context=parsed.context,
+        direction="outbound", group=parsed.group)
+
+
+def _parse_group(value: Any) -> Group | None:
+    """``{"id": "…", "name": "…"}``: the group chat a message was posted in."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"id", "name"}:
+        raise ValidationFailed('group must be an object with "id" and optionally "name"')
+    group_id, name = value.get("id"), value.get("name")
+    if not isinstance(group_id, str) or not group_id.strip() or len(group_id) > 255:
+        raise ValidationFailed("group.id must be a non-empty string of at most 255 characters")
+    if name is not None and not isinstance(name, str):
+        raise ValidationFailed("group.name must be a string")
+    return Group(group_id.strip(), name)
+
+
+def parse_api_change(body: Any) -> MessageChange:
+    """``PATCH …/messages/{message_id}``: ``{"text"}`` (an edit), ``{"withdrawn": true}`` or
+    ``{"reactions": [{"emoji", "by", "at"?}]}`` (the whole current set), or several."""
+    if not isinstance(body, dict):
+        raise MalformedPayload("the body must be a JSON object")
+    unknown = set(body) - {"text", "withdrawn", "reactions", "edited_at"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if not {"text", "withdrawn", "reactions"} & set(body):
+        raise ValidationFailed("a change needs text, withdrawn or reactions")
+    text = body.get("text")
+    if "text" in body and (not isinstance(text, str) or not text):
+        raise ValidationFailed("text must be a non-empty string")
+    if "withdrawn" in body and body["withdrawn"] is not True:
+        raise ValidationFailed("withdrawn can only be true: a withdrawal is not undone")
+    reactions = None
+    if "reactions" in body:
+        items = body["reactions"]
+        if not isinstance(items, list) or len(items) > 1000:
+            raise ValidationFailed("reactions must be a list (the whole current set)")
+        reactions = tuple(_parse_reaction(item, index) for index, item in enumerate(items))
+    return MessageChange(text=text, reactions=reactions, withdrawn=bool(body.get("withdrawn")),
+                         at=_timestamp(body.get("edited_at"), "edited_at"))
+
+
+def _parse_reaction(item: Any, index: int) -> Reaction:
+    if not isinstance(item, dict) or set(item) - {"emoji", "by", "at"}:
+        raise ValidationFailed(f'reactions[{index}] must be {{"emoji", "by"}} (and "at")')
+    emoji, by = item.get("emoji"), item.get("by")
+    if not isinstance(emoji, str) or not emoji or len(emoji) > 64:
+        raise ValidationFailed(f"reactions[{index}].emoji must be a non-empty string")
+    if not isinstance(by, str) or not by.strip() or len(by) > 255:
+        raise ValidationFailed(f"reactions[{index}].by must be a non-empty string")
+    return Reaction(emoji, by.strip(), _timestamp(item.get("at"), f"reactions[{index}].at"))
+
+
+def _timestamp(value: Any, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{field} must be an ISO 8601 timestamp")
+    try:
+        return parse_iso(value)
+    except ValueError as exc:
+        raise ValidationFailed(f"{field} must be an ISO 8601 timestamp") from exc
+
+
+RECEIPT_STATUSES: tuple[DeliveryStatus, ...] = ("delivered", "read", "failed")
+
+
+def parse_api_status(body: Any) -> tuple[str, DeliveryStatus, dict[str, str] | None,
+                                         datetime | None]:
+    """``POST …/status``: ``{"message_id", "status": delivered|read|failed, "error"?, "at"?}``
+    → (provider message id, status, error, at)."""
+    if not isinstance(body, dict):
+        raise MalformedPayload("the body must be a JSON object")
+    unknown = set(body) - {"message_id", "status", "error", "at"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
+        raise ValidationFailed("message_id must be a non-empty string of at most 255 characters")
+    status = next((s for s in RECEIPT_STATUSES if s == body.get("status")), None)
+    if status is None:
+        raise ValidationFailed(f"status must be one of {', '.join(RECEIPT_STATUSES)}")
+    error = body.get("error")
+    if error is not None:
+        if status != "failed":
+            raise ValidationFailed('error goes only with "status": "failed"')
+        if (not isinstance(error, dict) or set(error) - {"code", "message"}
+                or not all(isinstance(error.get(k, ""), str) for k in ("code", "message"))):
+            raise ValidationFailed('error must be {"code": "…", "message": "…"} (strings)')
+        error = {"code": (error.get("code") or "failed")[:100],
+                 "message": (error.get("message") or "")[:1000]}
+    return message_id.strip(), status, error, _timestamp(body.get("at"), "at")

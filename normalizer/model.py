@@ -10,6 +10,7 @@ IdentityKind = Literal[
     "email", "phone", "telegram", "messenger", "instagram", "line", "navertalk",
     "whatsapp", "webchat", "external",
 ]
+DeliveryStatus = Literal["queued", "sent", "delivered", "read", "failed"]
 Automatic = Literal["auto_reply", "bounce", "bulk", "acknowledgement", "survey", "rule"]
 
 
@@ -36,6 +37,33 @@ class Group:
     def to_json(self) -> dict[str, Any]:
         """Return the contract's ``conversation.group`` object."""
         return {"id": self.id, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One person's reaction to a message."""
+
+    emoji: str
+    by: str  # the reacting identity's address (a customer id on the provider, or the page)
+    at: datetime | None = None  # when it was given; None: when omnirelay learns of it
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """What a provider says changed about a message it delivered earlier.
+
+    ``text`` is an edit (the new text; ``edited_at`` is set). ``reactions`` is the whole
+    current set (the API channel, LINE); ``reactions_of`` is one person's current reactions
+    (``("u-42", ("👍",))``; an empty tuple removes theirs: Meta and Telegram report it this
+    way). ``withdrawn`` marks a message the sender took back (unsent, deleted). ``at`` is
+    when the provider says the change happened: an edit older than the stored one is stale.
+    """
+
+    text: str | None = None
+    reactions: tuple[Reaction, ...] | None = None
+    reactions_of: tuple[str, tuple[str, ...]] | None = None
+    withdrawn: bool = False
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

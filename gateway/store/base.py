@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from normalizer.model import InboundMessage, Party
 
 if TYPE_CHECKING:
-    from gateway.store.changes import ChangeResult, DeliveryStatus, MessageChange
+    from gateway.store.changes import ChangeResult
+    from normalizer.model import DeliveryStatus, MessageChange
 
 JSON = dict[str, Any]
 

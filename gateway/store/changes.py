@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 import orjson
 
@@ -38,39 +37,9 @@ from gateway.store.sqlite import (
     _resolve_sender,
     _save_message,
 )
-from normalizer.model import InboundMessage, Party
+from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
 
-DeliveryStatus = Literal["queued", "sent", "delivered", "read", "failed"]
-DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("queued", "sent", "delivered", "read",
-                                                 "failed")
 _RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
-
-
-@dataclass(frozen=True, slots=True)
-class Reaction:
-    """One person's reaction to a message."""
-
-    emoji: str
-    by: str  # the reacting identity's address (a customer id on the provider, or the page)
-    at: datetime | None = None  # when it was given; None: when omnirelay learns of it
-
-
-@dataclass(frozen=True, slots=True)
-class MessageChange:
-    """What a provider says changed about a message it delivered earlier.
-
-    ``text`` is an edit (the new text; ``edited_at`` is set). ``reactions`` is the whole
-    current set (the API channel, LINE); ``reactions_of`` is one person's current reactions
-    (``("u-42", ("👍",))``; an empty tuple removes theirs: Meta and Telegram report it this
-    way). ``withdrawn`` marks a message the sender took back (unsent, deleted). ``at`` is
-    when the provider says the change happened: an edit older than the stored one is stale.
-    """
-
-    text: str | None = None
-    reactions: tuple[Reaction, ...] | None = None
-    reactions_of: tuple[str, tuple[str, ...]] | None = None
-    withdrawn: bool = False
-    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

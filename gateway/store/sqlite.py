@@ -59,7 +59,8 @@ from gateway.store.base import (
 from normalizer.model import InboundMessage, Party
 
 if TYPE_CHECKING:
-    from gateway.store.changes import ChangeResult, DeliveryStatus, MessageChange
+    from gateway.store.changes import ChangeResult
+    from normalizer.model import DeliveryStatus, MessageChange
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -14,9 +14,9 @@ from gateway.config import StoreConfig
 from gateway.errors import NotFound, ValidationFailed
 from gateway.ids import utcnow
 from gateway.store.base import OutboundRequest, Route
-from gateway.store.changes import MessageChange, Reaction, receipt_moves
+from gateway.store.changes import receipt_moves
 from gateway.store.sqlite import SQLiteStore
-from normalizer.model import Group, InboundMessage, Party
+from normalizer.model import Group, InboundMessage, MessageChange, Party, Reaction
 
 ACCOUNT = Party("external", "omnirelay:a")
 
