@@ -110,7 +110,7 @@ class ChannelAdapter(ABC):
         self.state = AdapterState.NEW
         self.last_error: str | None = None
         self.counters: dict[str, int] = {"received": 0, "duplicates": 0, "sent": 0,
-                                         "send_errors": 0}
+                                         "send_errors": 0, "group_posts_ignored": 0}
 
     async def start(self) -> None:
         """Connect and start intake. Safe to call twice."""
@@ -179,7 +179,7 @@ class ChannelAdapter(ABC):
         acknowledges it.
         """
         if inbound.group is not None and not self.ctx.groups:
-            self.counters["group_posts_ignored"] = self.counters.get("group_posts_ignored", 0) + 1
+            self.counters["group_posts_ignored"] += 1
             return IngestResult({}, created=False,
                                 ignored=f"group posts are off for {self.type} account "
                                         f"{self.name!r} (groups = false)")
