@@ -128,7 +128,8 @@ def config_keys() -> set[str]:
         if not path:
             continue  # [server], [[tokens]]…: the tables themselves
         leaf = f"{name}_file" if how == "secret" else name
-        if re.fullmatch(r"channels\[\d+\]", path) and name in ("type", "name", "required"):
+        common = ("type", "name", "required", "groups")
+        if re.fullmatch(r"channels\[\d+\]", path) and name in common:
             keys.add(f"channels.{leaf}")  # common to every account
             continue
         table = re.sub(r"^channels\[(\d+)\]", lambda m: f"channels.{kinds[int(m[1])]}", path)
