@@ -16,7 +16,7 @@ from typing import Protocol
 
 from gateway.store.base import JSON
 from gateway.store.changes import ChangeResult
-from normalizer.model import DeliveryStatus
+from normalizer.model import DeliveryStatus, Party
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,12 @@ class Receipts(Protocol):
 
     async def __call__(self, receipt: Receipt) -> ChangeResult | None: ...
 
+    async def read_up_to(self, channel: str, account: str, recipient: Party,
+                         watermark: datetime) -> int:
+        """A read watermark (Messenger, Instagram): replies to ``recipient`` sent up to
+        ``watermark`` are read. Returns how many moved."""
+        ...
+
 
 class ReceiptStore(Protocol):
     """The store operation the sink needs."""
@@ -58,6 +64,9 @@ class ReceiptStore(Protocol):
     async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
                             status: DeliveryStatus, error: JSON | None = None,
                             at: datetime | None = None) -> ChangeResult | None: ...
+
+    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
+                                   watermark: datetime) -> int: ...
 
 
 class ReceiptSink:
@@ -73,3 +82,8 @@ class ReceiptSink:
         return await self.store.apply_receipt(receipt.channel, receipt.account,
                                               receipt.provider_message_id, receipt.status,
                                               error, receipt.at)
+
+    async def read_up_to(self, channel: str, account: str, recipient: Party,
+                         watermark: datetime) -> int:
+        """Apply a read watermark; see :class:`Receipts`."""
+        return await self.store.apply_read_watermark(channel, account, recipient, watermark)

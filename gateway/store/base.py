@@ -142,6 +142,10 @@ class Store(Protocol):
                             at: datetime | None = None) -> ChangeResult | None:
         """Move an outbound message's status forwards (``message.status``); None if unknown."""
 
+    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
+                                   watermark: datetime) -> int:
+        """Mark replies to ``recipient`` sent up to ``watermark`` read; return how many."""
+
     async def remove_identity(self, kind: str, address: str) -> JSON:
         """Take an identity a provider withdrew from its customer (``customer.updated``)."""
 

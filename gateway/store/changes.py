@@ -157,6 +157,35 @@ def apply_receipt(tx: Tx, channel: str, account: str, provider_message_id: str,
     return ChangeResult(message, ("status",))
 
 
+def apply_read_watermark(tx: Tx, channel: str, account: str, recipient: Party,
+                         watermark: datetime) -> int:
+    """A read watermark (Messenger, Instagram): every reply of the account to ``recipient``
+    sent up to ``watermark`` and not yet read is read now (``message.status`` each).
+    Returns how many moved."""
+    row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                 (recipient.kind, recipient.address))
+    if row is None:
+        return 0
+    customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+    moved = 0
+    for candidate in tx.conn.execute(
+            "SELECT m.data FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.customer_id = ? AND m.channel = ? AND m.account = ? "
+            "AND m.direction = 'outbound' AND m.status IN ('sent', 'delivered')",
+            (customer_id, channel, account)).fetchall():
+        message: JSON = _loads(candidate["data"])
+        sent_at = message["sent_at"]
+        if ((message["to"] or {}).get("address") != recipient.address or sent_at is None
+                or parse_iso(sent_at) > watermark):
+            continue
+        message["status"] = "read"
+        _save_message(tx, message)
+        tx.emit("message.status", {"message": message},
+                conversation_id=message["conversation_id"], customer_id=customer_id)
+        moved += 1
+    return moved
+
+
 def remove_identity(tx: Tx, kind: str, address: str) -> JSON:
     """Take an identity a provider withdrew from its customer (``customer.updated``).
 

@@ -795,6 +795,13 @@ class SQLiteStore:
         return await self.write(apply_receipt, channel, account, provider_message_id, status,
                                 error, at)
 
+    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
+                                   watermark: datetime) -> int:
+        """Mark the account's replies to ``recipient`` sent up to ``watermark`` read (one
+        ``message.status`` each); returns how many moved."""
+        from gateway.store.changes import apply_read_watermark
+        return await self.write(apply_read_watermark, channel, account, recipient, watermark)
+
     async def remove_identity(self, kind: str, address: str) -> JSON:
         """Take a withdrawn identity from its customer (``customer.updated``)."""
         from gateway.store.changes import remove_identity
@@ -1310,8 +1317,10 @@ def _take_name(tx: Tx, customer_id: str, sender: Party) -> bool:
         cached = (row["name"], row["name_source"]) if row is not None else (None, None)
         tx.cache.names[customer_id] = cached
     name, source = cached
+    if name == sender.name:  # the usual case: nothing to build or write
+        return False
     identity = f"{sender.kind}:{sender.address}"
-    if name == sender.name or (name is not None and source not in (None, identity)):
+    if name is not None and source not in (None, identity):
         return False
     tx.conn.execute("UPDATE customers SET name = ?, name_source = ?, updated_at = ? "
                     "WHERE id = ?", (sender.name, identity, tx.now_iso, customer_id))

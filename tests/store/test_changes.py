@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import StoreConfig
 from gateway.errors import NotFound, ValidationFailed
-from gateway.ids import utcnow
+from gateway.ids import parse_iso, utcnow
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.changes import receipt_moves
 from gateway.store.sqlite import SQLiteStore
@@ -284,3 +284,19 @@ async def test_a_group_is_one_conversation_with_a_customer_per_poster(
     # Another group is another conversation.
     other = (await store.ingest(inbound("m5", "bob", group=Group("g-2")), [])).message
     assert other["conversation_id"] not in (a["conversation_id"], direct["conversation_id"])
+
+
+async def test_a_read_watermark_reads_the_replies_sent_up_to_it(store: SQLiteStore) -> None:
+    conversation = (await store.ingest(inbound("m1"), [])).message["conversation_id"]
+    first = await reply(store, conversation, provider_id="p-1")
+    sent_at = parse_iso(first["sent_at"])
+    customer = Party("external", "u1")
+    head = await store.head_seq()
+    assert await store.apply_read_watermark("api", "a", customer,
+                                            sent_at - timedelta(seconds=1)) == 0
+    assert await store.apply_read_watermark("api", "a", customer, sent_at) == 1
+    assert (await store.get_message(first["id"]))["status"] == "read"
+    assert [e["type"] for e in await events(store, head)] == ["message.status"]
+    assert await store.apply_read_watermark("api", "a", customer, sent_at) == 0
+    assert await store.apply_read_watermark("api", "a", Party("external", "nobody"),
+                                            sent_at) == 0
