@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Any
 
@@ -138,7 +139,7 @@ def _parse_echo(body: dict[str, Any], account: str) -> InboundMessage:
     try:
         parsed = parse_api_inbound({**fields, "from": body["to"]}, account)
     except ValidationFailed as exc:
-        raise ValidationFailed(str(exc.message).replace("from", "to")) from exc
+        raise ValidationFailed(re.sub(r"\bfrom\b", "to", exc.message)) from exc
     return InboundMessage(
         channel=parsed.channel, account=account, provider_message_id=parsed.provider_message_id,
         sender=account_party(account), recipient=parsed.sender, text=parsed.text,
