@@ -165,4 +165,3 @@ def _provider_id(text: str) -> str | None:
         return None
     value = data.get("message_id", data.get("id"))
     return value if isinstance(value, str) and value and len(value) <= 255 else None
-
