@@ -2,31 +2,51 @@
 
 An adapter connects one channel account. It hands normalized inbound messages to an
 :class:`Ingest` sink and acknowledges the provider only after the sink returns (the
-message is committed by then); it sends one outbound message when the outbox asks and
+message is committed by then); it sends one :class:`OutboundMessage` when the outbox asks and
 returns a :class:`SendResult` or raises a typed :class:`~gateway.errors.SendError`. It owns
-no loop, no store and no retries: the daemon supervises it, the outbox retries.
+no loop, no store and no retries: long-lived work runs under ``ctx.supervise`` (restarted
+with backoff, shown in health), the outbox retries sends.
 
-Lifecycle: the constructor does no I/O; ``start()`` connects and starts the adapter's own
-tasks; ``stop()`` stops intake, lets in-flight work finish and closes. Both are idempotent.
+Lifecycle: the constructor does no I/O; ``start()`` connects and starts the adapter's
+supervised loops; ``stop()`` cancels them, stops intake, lets in-flight work finish and
+closes. Both are idempotent. ``ctx.stopping`` is set as the daemon's drain begins, so a
+handler holding a connection open (a WebSocket, a long poll) closes it at once instead of
+holding shutdown for ``shutdown_timeout``.
+
+Declared on the class: ``type`` (the config ``type``), ``channels`` (the message channels
+it sends and receives on), ``identity_kinds`` (the customer identities those channels
+carry; the registry's union is what the API accepts), ``config_class`` and, for routes
+outside ``/hooks/{type}/{account}``, ``route_family`` (e.g. ``"/chat"``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import structlog
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, WSCloseCode, web
 
-from gateway.store.base import IngestResult, OutboxItem
-from normalizer.model import InboundMessage, Party
+from gateway.backoff import Backoff
+from gateway.store.base import AdapterStore, IngestResult, StoredAttachment
+from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
+from normalizer.model import Group, InboundMessage, Party
 
 if TYPE_CHECKING:
-    from gateway.config import Section
+    from gateway.configkit import Section
     from gateway.receipts import Receipts
+
+JSON = dict[str, Any]
+Hook = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RESERVED_PREFIXES = ("/v1", "/hooks", "/healthz", "/readyz", "/metrics")
+"""Paths of the daemon's own; no ``route_family`` may claim them."""
 
 
 class Ingest(Protocol):
@@ -61,6 +81,7 @@ class AdapterHealth:
     state: AdapterState
     last_error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    loops: list[LoopHealth] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +92,67 @@ class SendResult:
     status: str = "sent"
 
 
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """How fast one account may send: parsed once for every account, applied by the outbox."""
+
+    concurrency: int = 4
+    rate: float | None = None  # messages per second; None: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """The help-desk agent who wrote a reply."""
+
+    id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message to send, as the outbox hands it to ``ChannelAdapter.send``.
+
+    ``id`` is also the idempotency key: a send retried after a crash carries the same one.
+    ``in_reply_to`` is the id of the message being answered; ``reply_to_provider_id`` and
+    ``thread_refs`` are the provider ids a channel threads with (e-mail's In-Reply-To and
+    References). ``group`` is set for a reply into a group chat's conversation: it goes to
+    the group, not to ``to`` alone. ``snapshot`` is the message's contract JSON, for a
+    channel that forwards it as it is (the API channel's callback); read the typed fields
+    for everything else.
+    """
+
+    id: str
+    conversation_id: str
+    customer_id: str
+    channel: str
+    account: str
+    to: Party
+    sender: Party
+    text: str
+    html: str | None = None
+    subject: str | None = None
+    attachments: tuple[StoredAttachment, ...] = ()
+    agent: Agent | None = None
+    automatic: str | None = None
+    template: str | None = None
+    variables: Mapping[str, object] = field(default_factory=dict)
+    in_reply_to: str | None = None
+    reply_to_provider_id: str | None = None
+    thread_refs: tuple[str, ...] = ()
+    attempts: int = 1
+    queued_at: datetime | None = None
+    group: Group | None = None
+    snapshot: Mapping[str, object] = field(default_factory=dict)
+
+
 class AdapterConfig(ABC):
-    """Settings of one account; parsed from its ``[[channels]]`` table."""
+    """Settings of one account; parsed from its ``[[channels]]`` table.
+
+    ``example`` is the smallest valid table of this type's own keys: the adapter contract
+    test starts every adapter from it and checks that leaving out each key is a clear error.
+    """
+
+    example: ClassVar[Mapping[str, object]] = {}
 
     @classmethod
     @abstractmethod
@@ -82,29 +162,69 @@ class AdapterConfig(ABC):
 
 @dataclass
 class AdapterContext:
-    """What the daemon hands each adapter."""
+    """What the daemon hands each adapter: one per adapter instance."""
 
     ingest: Ingest
     http: ClientSession
     public_url: str
     authorize: Callable[[web.Request, str], None]  # raises Unauthorized / Forbidden
-    store: Any = None  # checkpoints (get_checkpoint/set_checkpoint) and blob_dir
-    log: Any = field(default_factory=lambda: structlog.get_logger("adapters"))
+    store: AdapterStore
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    loops: LoopGroup = field(default_factory=LoopGroup)
+    log: structlog.typing.FilteringBoundLogger = field(
+        default_factory=lambda: structlog.get_logger("adapters"))
     receipts: Receipts | None = None  # delivery and read receipts (gateway/receipts.py)
     groups: bool = False  # the account's ``groups``: store group posts, else ignore them
 
+    def supervise(self, name: str, body: LoopBody, *,
+                  backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:
+        """Run ``body`` as a supervised loop of this adapter (see ``gateway/supervisor.py``).
+
+        Restarted with capped backoff and jitter when it raises, shown in ``/v1/channels``,
+        cancelled when the adapter stops.
+        """
+        return self.loops.supervise(name, body, backoff=backoff)
+
+    @contextlib.asynccontextmanager
+    async def closing_on_stop(self, ws: web.WebSocketResponse) -> AsyncIterator[None]:
+        """Close ``ws`` (1001, going away) the moment the daemon starts draining.
+
+        Wrap a WebSocket handler's receive loop in it: the loop then ends promptly on
+        SIGTERM instead of holding shutdown until ``shutdown_timeout``::
+
+            async with self.ctx.closing_on_stop(ws):
+                async for frame in ws:
+                    ...
+        """
+        async def close_when_stopping() -> None:
+            await self.stopping.wait()
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+        watcher = asyncio.ensure_future(close_when_stopping())
+        try:
+            yield
+        finally:
+            if not self.stopping.is_set():
+                watcher.cancel()
+            # Draining: let the close handshake finish (ws.close has its own deadline).
+            await asyncio.gather(watcher, return_exceptions=True)
+
 
 class ChannelAdapter(ABC):
-    """One channel account. Subclasses set ``type``, ``channels`` and ``config_class``."""
+    """One channel account. Subclasses set the class variables below and implement send()."""
 
     type: ClassVar[str]
     channels: ClassVar[frozenset[str]]
-    config_class: ClassVar[type[AdapterConfig]]
+    identity_kinds: ClassVar[frozenset[str]]
+    config_class: ClassVar[builtins.type[AdapterConfig]]  # `type` is the attribute above
+    route_family: ClassVar[str | None] = None
 
-    def __init__(self, name: str, config: Any, ctx: AdapterContext) -> None:
+    def __init__(self, name: str, config: Any, ctx: AdapterContext, *,
+                 limits: SendLimits | None = None) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
+        self.limits = limits or SendLimits()
         self.log = structlog.get_logger(f"adapters.{self.type}").bind(
             channel_type=self.type, account=name)
         self.state = AdapterState.NEW
@@ -124,39 +244,67 @@ class ChannelAdapter(ABC):
         except BaseException as exc:
             self.state = AdapterState.FAILED
             self.last_error = str(exc) or type(exc).__name__
+            await self.ctx.loops.stop()
             await self.on_stop()
             raise
         self.state = AdapterState.RUNNING
 
     async def stop(self) -> None:
-        """Stop intake, finish in-flight work, close. Safe to call twice."""
+        """Cancel the supervised loops, stop intake, finish in-flight work, close.
+
+        Safe to call twice.
+        """
         if self.state is AdapterState.STOPPED:
             return
         self.state = AdapterState.STOPPED
+        await self.ctx.loops.stop()
         await self.on_stop()
 
     async def on_start(self) -> None:  # noqa: B027 - optional hook
-        """Adapter-specific start (connect, verify credentials, start tasks)."""
+        """Adapter-specific start (connect, verify credentials, start loops)."""
 
     async def on_stop(self) -> None:  # noqa: B027 - optional hook
-        """Adapter-specific stop."""
+        """Adapter-specific stop (the supervised loops are already cancelled)."""
 
     def routes(self) -> Sequence[web.RouteDef]:
         """HTTP routes, relative to ``/hooks/{type}/{account}``."""
+        return ()
+
+    def family_routes(self) -> Sequence[web.RouteDef]:
+        """Routes outside ``/hooks``: absolute paths under the class's ``route_family``.
+
+        E.g. web chat's ``/chat/{account}/widget.js`` and WebSocket ``/chat/{account}/ws``
+        (with the account's name filled in). The app mounts them; a path another running
+        account already serves is refused at start.
+        """
         return ()
 
     def route_table(self) -> dict[str, dict[str, Hook]]:
         """``{path: {method: handler}}`` of :meth:`routes`, built once (hot path)."""
         table = self.__dict__.get("_route_table")
         if table is None:
-            table = {}
-            for route in self.routes():
-                table.setdefault(route.path, {})[route.method] = route.handler
+            table = _table(self.routes())
             self.__dict__["_route_table"] = table
         return table
 
+    def family_route_table(self) -> dict[str, dict[str, Hook]]:
+        """``{path: {method: handler}}`` of :meth:`family_routes`, checked to be in the family.
+
+        Raises ValueError for a path outside ``route_family``.
+        """
+        table = self.__dict__.get("_family_route_table")
+        if table is None:
+            table = _table(self.family_routes())
+            family = self.route_family
+            for path in table:
+                if family is None or not path.startswith(family.rstrip("/") + "/"):
+                    raise ValueError(f"{self.type} route {path!r} is outside its route family "
+                                     f"{family!r}")
+            self.__dict__["_family_route_table"] = table
+        return table
+
     @abstractmethod
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """Send one outbound message or raise RetryableSendError / PermanentSendError."""
 
     @abstractmethod
@@ -164,12 +312,9 @@ class ChannelAdapter(ABC):
         """The account's own identity on ``channel`` (the ``from`` of its replies)."""
 
     def health(self) -> AdapterHealth:
-        """A cheap snapshot: state, last error, counters."""
-        return AdapterHealth(self.state, self.last_error, dict(self.counters))
-
-    def same_config(self, other: Any) -> bool:
-        """Whether a reload may keep this adapter running for ``other`` settings."""
-        return bool(self.config == other)
+        """A cheap snapshot: state, last error, counters, supervised loops."""
+        return AdapterHealth(self.state, self.last_error, dict(self.counters),
+                             self.ctx.loops.health())
 
     async def ingest(self, inbound: InboundMessage) -> IngestResult:
         """Hand a message to the gateway and count it.
@@ -188,4 +333,8 @@ class ChannelAdapter(ABC):
         return result
 
 
-Hook = Callable[[web.Request], Awaitable[web.StreamResponse]]
+def _table(routes: Sequence[web.RouteDef]) -> dict[str, dict[str, Hook]]:
+    table: dict[str, dict[str, Hook]] = {}
+    for route in routes:
+        table.setdefault(route.path, {})[route.method] = route.handler
+    return table

@@ -1,28 +1,36 @@
-"""A scriptable in-memory adapter for tests of the outbox and the daemon's supervision."""
+"""Scriptable in-memory adapters for tests of the outbox and the daemon's supervision."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import cast
 
-from adapters.base import AdapterConfig, ChannelAdapter, SendResult
-from gateway.errors import SendError
-from gateway.store.base import OutboxItem
-from normalizer.model import Party
+from aiohttp import ClientSession, WSMsgType, web
+
+from adapters.base import (
+    AdapterConfig,
+    AdapterContext,
+    ChannelAdapter,
+    OutboundMessage,
+    SendLimits,
+    SendResult,
+)
+from gateway.configkit import Section
+from gateway.errors import NotFound, SendError
+from gateway.store.base import JSON, IngestResult
+from normalizer.model import InboundMessage, Party
 
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig(AdapterConfig):
-    """Limits the outbox reads from every adapter config."""
-
-    send_concurrency: int = 4
-    send_rate: float | None = None
+    """Nothing to set: the recording adapter is scripted from the test."""
 
     @classmethod
-    def parse(cls, section: Any) -> RecordingConfig:
-        """Not configurable from TOML."""
+    def parse(cls, section: Section) -> RecordingConfig:
+        """Takes no keys of its own."""
         return cls()
 
 
@@ -34,31 +42,76 @@ class Script:
     delay: float = 0.0
 
 
+class MemoryStore:
+    """The adapter's view of the store, in memory: checkpoints only."""
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[str, str] = {}
+
+    async def get_checkpoint(self, key: str) -> str | None:
+        """The value under ``key``."""
+        return self.checkpoints.get(key)
+
+    async def set_checkpoint(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key``."""
+        self.checkpoints[key] = value
+
+    def blob_path(self, sha256: str) -> Path:
+        """No blobs are kept in memory."""
+        raise NotFound(f"no blob {sha256}")
+
+    async def get_message(self, message_id: str) -> JSON:
+        """No messages are kept in memory."""
+        raise NotFound(f"no message {message_id}")
+
+    async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
+        """No raw payloads are kept in memory."""
+        return None
+
+
+async def _refuse_ingest(inbound: InboundMessage) -> IngestResult:
+    raise RuntimeError("this test context takes no inbound messages")
+
+
+def _refuse_authorize(request: web.Request, scope: str) -> None:
+    raise RuntimeError("this test context checks no tokens")
+
+
+def offline_context() -> AdapterContext:
+    """A context for an adapter driven by a test without a daemon (no HTTP client)."""
+    # The recording adapter makes no HTTP calls; a session would need a running loop.
+    return AdapterContext(ingest=_refuse_ingest, http=cast(ClientSession, None),
+                          public_url="http://127.0.0.1", authorize=_refuse_authorize,
+                          store=MemoryStore())
+
+
 class RecordingAdapter(ChannelAdapter):
     """Records every send; ``script`` injects errors and delays."""
 
     type = "recording"
     channels = frozenset({"api"})
+    identity_kinds = frozenset({"external"})
     config_class = RecordingConfig
 
     def __init__(self, name: str = "rec", config: RecordingConfig | None = None,
-                 ctx: Any = None) -> None:
-        super().__init__(name, config or RecordingConfig(), ctx)
-        self.sent: list[OutboxItem] = []
+                 ctx: AdapterContext | None = None, *, limits: SendLimits | None = None) -> None:
+        super().__init__(name, config or RecordingConfig(), ctx or offline_context(),
+                         limits=limits)
+        self.sent: list[OutboundMessage] = []
         self.attempts: list[tuple[str, float]] = []
         self.script = Script()
         self.active = 0
         self.max_active = 0
-        self.on_send: Callable[[OutboxItem], None] | None = None
+        self.on_send: Callable[[OutboundMessage], None] | None = None
 
     def sender(self, channel: str) -> Party:
         """The account's own identity."""
         return Party("external", f"omnirelay:{self.name}")
 
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """Record, maybe wait, maybe fail as scripted."""
         loop = asyncio.get_running_loop()
-        self.attempts.append((item.message["id"], loop.time()))
+        self.attempts.append((message.id, loop.time()))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -66,9 +119,40 @@ class RecordingAdapter(ChannelAdapter):
                 await asyncio.sleep(self.script.delay)
             if self.script.errors:
                 raise self.script.errors.pop(0)
-            self.sent.append(item)
+            self.sent.append(message)
             if self.on_send:
-                self.on_send(item)
-            return SendResult(f"prov-{item.message['id']}")
+                self.on_send(message)
+            return SendResult(f"prov-{message.id}")
         finally:
             self.active -= 1
+
+
+class SocketAdapter(RecordingAdapter):
+    """Serves an echo WebSocket at ``/sockets/{account}/ws``, as web chat will serve its own.
+
+    The handler closes its socket (1001, going away) as soon as ``ctx.stopping`` is set, so
+    a daemon draining on SIGTERM is not held for ``shutdown_timeout`` by an open connection.
+    """
+
+    type = "sockets"
+    route_family = "/sockets"
+
+    def __init__(self, name: str = "rec", config: RecordingConfig | None = None,
+                 ctx: AdapterContext | None = None, *, limits: SendLimits | None = None) -> None:
+        super().__init__(name, config, ctx, limits=limits)
+        self.connected = asyncio.Event()
+
+    def family_routes(self) -> Sequence[web.RouteDef]:
+        """The WebSocket of this account."""
+        return [web.get(f"/sockets/{self.name}/ws", self.socket)]
+
+    async def socket(self, request: web.Request) -> web.WebSocketResponse:
+        """Echo text frames until the client leaves or the daemon stops."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connected.set()
+        async with self.ctx.closing_on_stop(ws):
+            async for frame in ws:
+                if frame.type is WSMsgType.TEXT:
+                    await ws.send_str(frame.data)
+        return ws

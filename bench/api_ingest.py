@@ -1,18 +1,25 @@
 """API-channel ingest benchmark: omnirelay vs a bare aiohttp app on the same route.
 
-Usage (from the repository root)::
+Usage (from the repository root; ``scripts/setup --test`` installs wrk)::
 
     .venv/bin/python bench/api_ingest.py [--duration S] [--concurrency 50]
+        [--configs default,warning] [--loadgen wrk|python]
         [--synchronous FULL|NORMAL|FULL,NORMAL] [--prefill N] [--kill] [--no-pin]
 
 Three kinds of process take part, all on 127.0.0.1:
 
-* the servers: ``python -m gateway run --config <tmp toml>`` (the real daemon, uvloop,
-  logging at ``warning``) and a bare aiohttp app (uvloop too) whose handler reads the body
-  and answers a fixed 201 JSON of the same size as omnirelay's answer, doing no work;
-* the load generator, a separate process (aiohttp client, uvloop) keeping ``concurrency``
-  keep-alive connections busy, each request a unique ``message_id``, a ~300-byte text, a
-  sender from a customer pool (so customers repeat), signed with ``Omnirelay-Signature``;
+* the servers: the real daemon (uvloop) in each configuration of ``--configs``, and a bare
+  aiohttp app (uvloop too) whose handler reads the body and answers a fixed 201 JSON of the
+  same size as omnirelay's answer, doing no work. ``default`` is ``omnirelay run`` without a
+  config file: the embedded default users start with (logging at ``info``, one
+  ``ingest.stored`` line per message, synchronous FULL), configured by its environment
+  variables. ``warning`` is the same configuration as a file with ``[logging] level =
+  "warning"`` (and the ``--synchronous`` mode);
+* the load generator: by default wrk (``bench/wrk_api.lua``; C, so not the ceiling), else
+  (``--loadgen python``) a Python process (aiohttp client, uvloop). Either keeps
+  ``concurrency`` keep-alive connections busy, each request an API-channel message with a
+  bearer token, a unique ``message_id``, a ~300-byte text and a sender from a pool of
+  ``--customers`` (5,000; so customers repeat); latency percentiles are wrk's;
 * this orchestrator, which prepares data, starts and stops everything, samples the
   daemon's RSS from ``/proc/<pid>/status`` and checks durability. It sleeps while the
   load runs.
@@ -21,7 +28,8 @@ On a 2-core machine the load generator is pinned to CPU 0 and the server under t
 CPU 1 (``--no-pin`` leaves placement to the kernel), so each server gets one core and the
 same client. The servers are driven one after the other, never at once.
 
-Durability: every message the daemon acknowledged (2xx) must be in the database, read
+Durability: every message the daemon acknowledged (2xx; wrk records the provider
+``message_id`` of each 2xx answer) must be in the database, read
 directly from the SQLite file after the daemon exited. ``--kill`` adds a run per
 synchronous mode in which the daemon gets SIGKILL in the middle of the load; the daemon is
 then restarted (recovery), stopped, and the file is checked the same way.
@@ -49,7 +57,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import random
@@ -69,8 +76,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ACCOUNT = "bench"
-SECRET = "bench-secret-0123456789abcdef"
+ACCOUNT = "default"  # the embedded default's API account
 TOKEN = "bench-admin-token-0123456789"
 ROUTE = "/hooks/api/{account}/messages"
 PREFILL_PREFIX = "pre"
@@ -89,12 +95,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def sign(secret: bytes, body: bytes, timestamp: int) -> str:
-    """``Omnirelay-Signature``: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>."""
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
 
 
 def texts(rng: random.Random, count: int, size: int = 300) -> list[str]:
@@ -135,22 +135,33 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
-def cpu_ticks(pid: int) -> dict[str, int]:
-    """CPU time (utime + stime, clock ticks) of a process's threads: "main" and by name."""
+def cpu_ticks(pid: int, *, children: bool = False) -> dict[str, int]:
+    """CPU time (utime + stime, clock ticks) of a process's threads: "main" and by name.
+
+    ``children``: add the threads of its child processes (wrk under its wrapper) by name.
+    """
     ticks: dict[str, int] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return ticks
+    kids: list[int] = []
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as fh:
                 stat = fh.read()
+            if children:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    kids.extend(int(k) for k in fh.read().split())
         except FileNotFoundError:
             continue
         name = "main" if tid == str(pid) else stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    for kid in kids:
+        for name, value in cpu_ticks(kid).items():
+            key = f"child:{name}"
+            ticks[key] = ticks.get(key, 0) + value
     return ticks
 
 
@@ -258,6 +269,8 @@ class LoadSpec:
     prefix: str
     seed: int
     out: str
+    token: str = ""
+    wrk_threads: int = 1
 
 
 def loadgen_main(spec: LoadSpec) -> None:
@@ -274,7 +287,6 @@ async def _load(spec: LoadSpec) -> dict[str, Any]:
 
     rng = random.Random(spec.seed)
     pool = texts(rng, 512)
-    secret = SECRET.encode()
     connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=spec.concurrency,
                                      force_close=False, enable_cleanup_closed=False)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -306,7 +318,7 @@ async def _load(spec: LoadSpec) -> dict[str, Any]:
                 "text": pool[n % len(pool)],
             })
             headers = {"Content-Type": "application/json",
-                       "Omnirelay-Signature": sign(secret, body, int(time.time()))}
+                       "Authorization": f"Bearer {spec.token}"}
             t0 = time.perf_counter()
             try:
                 async with session.post(spec.url, data=body, headers=headers) as resp:
@@ -351,6 +363,48 @@ async def _load(spec: LoadSpec) -> dict[str, Any]:
     }
 
 
+def wrk_main(spec: LoadSpec) -> None:
+    """Run wrk for the warm-up, then for the measured window; write one result like _load's.
+
+    Both runs' acknowledged ids go to the durability check; rate and latency come from the
+    measured run only (wrk's own latency distribution).
+    """
+    runs = []
+    for phase, seconds in (("warmup", spec.warmup), ("measured", spec.duration)):
+        if seconds <= 0:
+            continue
+        out = Path(f"{spec.out}.{phase}")
+        cmd = ["wrk", f"-t{spec.wrk_threads}", f"-c{spec.concurrency}",
+               f"-d{seconds:g}s", "--timeout", "30s", "--latency",
+               "-s", str(ROOT / "bench" / "wrk_api.lua"), spec.url, "--",
+               f"{spec.prefix}.{phase[0]}", spec.token, str(spec.customers), str(spec.seed),
+               str(spec.customer_base)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "WRK_RESULT": str(out)})
+        runs.append((phase, json.loads(out.read_text())))
+    measured = runs[-1][1]
+    seconds = measured["duration_us"] / 1e6
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for _phase, run in runs:
+        for key, count in run["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + count
+        for key, count in run["errors"].items():
+            if count:
+                errors[key] = errors.get(key, 0) + count
+    acked = [i for _phase, run in runs for i in run["acked_ids"]]
+    result = {
+        "generator": "wrk", "sent": sum(run["requests"] for _phase, run in runs),
+        "acked": len(acked), "statuses": statuses, "errors": errors,
+        "measured_ok": measured["ok"], "window_s": seconds,
+        "rate": measured["ok"] / seconds if seconds else 0.0,
+        "p50_ms": measured["p50_us"] / 1000, "p95_ms": measured["p95_us"] / 1000,
+        "p99_ms": measured["p99_us"] / 1000, "max_ms": measured["max_us"] / 1000,
+        "acked_ids": acked,
+    }
+    Path(spec.out).write_text(json.dumps(result))
+
+
 # ============================================================================ prefill
 
 
@@ -376,7 +430,7 @@ def prefill_path(messages: int) -> Path:
     versions = "-".join(str(v) for v, _ in migration_scripts())
     digest = hashlib.sha256("".join(sql for _, sql in migration_scripts()).encode()
                             ).hexdigest()[:8]
-    return RESULTS / f"prefill-{messages}-s{versions}-{digest}.db"
+    return RESULTS / f"prefill-{messages}-{ACCOUNT}-s{versions}-{digest}.db"
 
 
 def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
@@ -543,6 +597,7 @@ class Run:
     synchronous: str | None = None
     prefill: int = 0
     killed: bool = False
+    config: str | None = None  # a key of CONFIGS
     load: dict[str, Any] = field(default_factory=dict)
     rss_max_kb: int = 0
     rss_hwm_kb: int = 0
@@ -552,35 +607,41 @@ class Run:
     def row(self) -> dict[str, Any]:
         """Summary without the id list."""
         load = {k: v for k, v in self.load.items() if k != "acked_ids"}
-        return {"label": self.label, "server": self.server, "synchronous": self.synchronous,
+        return {"label": self.label, "server": self.server, "config": self.config,
+                "synchronous": self.synchronous,
                 "prefill": self.prefill, "killed": self.killed, "load": load,
                 "rss_max_mb": round(self.rss_max_kb / 1024, 1),
                 "rss_hwm_mb": round(self.rss_hwm_kb / 1024, 1), "server_cpu_pct": self.cpu,
                 "durability": self.durability}
 
 
-def config_text(data_dir: Path, port: int, synchronous: str) -> str:
-    """The daemon's config: one signed API account, logging at warning."""
+CONFIGS = {"default": "embedded default (info logs)", "warning": "level = warning"}
+
+
+def config_text(data_dir: Path, port: int, smtp_port: int, synchronous: str) -> str:
+    """The ``warning`` configuration: the embedded default as a file, logging at warning."""
     return textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:{port}"
-        public_url = "http://127.0.0.1:{port}"
-        shutdown_timeout = 10
         [store]
         url = "sqlite:///{data_dir}/omnirelay.db"
         data_dir = "{data_dir}"
         synchronous = "{synchronous}"
         [logging]
         level = "warning"
-        format = "json"
         [[tokens]]
-        name = "bench"
+        name = "default"
         token = "{TOKEN}"
         scopes = ["admin"]
         [[channels]]
+        type = "email"
+        name = "default"
+        address = "support@localhost"
+        smtp_listen = "127.0.0.1:{smtp_port}"
+        accept_any_recipient = true
+        [[channels]]
         type = "api"
         name = "{ACCOUNT}"
-        secret = "{SECRET}"
         """)
 
 
@@ -617,15 +678,28 @@ class Bench:
             time.sleep(0.05)
         raise SystemExit(f"{what} not ready in {timeout} s")
 
-    def start_daemon(self, data_dir: Path, port: int, synchronous: str
+    def start_daemon(self, data_dir: Path, port: int, config: str, synchronous: str
                      ) -> subprocess.Popen[bytes]:
-        cfg = data_dir.parent / f"{data_dir.name}.toml"
-        cfg.write_text(config_text(data_dir, port, synchronous))
-        logfile = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
+        """``config`` default: no file, the embedded default from its environment variables."""
+        smtp_port = free_port()
         src = Path(self.args.src).resolve() if self.args.src else ROOT
-        env = {**os.environ, "PYTHONPATH": str(src)} if self.args.src else None
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("OMNIRELAY_")}
+        if self.args.src:
+            env["PYTHONPATH"] = str(src)
+        if config == "default":
+            env.update(OMNIRELAY_DATA_DIR=str(data_dir), OMNIRELAY_LISTEN=f"127.0.0.1:{port}",
+                       OMNIRELAY_SMTP_LISTEN=f"127.0.0.1:{smtp_port}",
+                       OMNIRELAY_API_TOKEN=TOKEN)
+            config_args: list[str] = []
+        else:
+            cfg = data_dir.parent / f"{data_dir.name}.toml"
+            cfg.write_text(config_text(data_dir, port, smtp_port, synchronous))
+            config_args = ["--config", str(cfg)]
+        # Logs go to a file (journald in production): a pipe nobody reads would block.
+        logfile = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen([sys.executable, *self.args.python_opt, "-m", "gateway", "run",
-                                 "--config", str(cfg)],
+                                 *config_args],
                                 cwd=src, env=env, stdout=logfile, stderr=subprocess.STDOUT,
                                 preexec_fn=pin(self.server_cpu))
         logfile.close()
@@ -658,8 +732,9 @@ class Bench:
                         customers=self.args.customers,
                         customer_base=0 if self.args.pool == "existing" else 10_000_000,
                         prefix=f"{tag}-{os.getpid()}", seed=self.args.seed,
-                        out=str(out))
-        proc = subprocess.Popen([sys.executable, __file__, "--role", "load", "--spec",
+                        out=str(out), token=TOKEN, wrk_threads=self.args.wrk_threads)
+        role = "wrk" if self.args.loadgen == "wrk" else "load"
+        proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--spec",
                                  json.dumps(spec.__dict__)], cwd=ROOT,
                                 preexec_fn=pin(self.load_cpu))
         self.load_started = time.monotonic()
@@ -710,14 +785,15 @@ class Bench:
             self.stop(proc)
         return run
 
-    def run_daemon(self, synchronous: str, kill_at: float | None) -> Run:
-        tag = f"{synchronous.lower()}{'-kill' if kill_at else ''}"
+    def run_daemon(self, config: str, synchronous: str, kill_at: float | None) -> Run:
+        tag = f"{config}-{synchronous.lower()}{'-kill' if kill_at else ''}"
         data = self.data_dir(tag)
         base_seq = max_seq(data / "omnirelay.db")
         port = free_port()
-        proc = self.start_daemon(data, port, synchronous)
-        label = f"omnirelay {synchronous}" + (" kill -9" if kill_at else "")
-        run = Run(label, "omnirelay", synchronous, self.args.prefill, killed=kill_at is not None)
+        proc = self.start_daemon(data, port, config, synchronous)
+        label = f"omnirelay {CONFIGS[config]} {synchronous}" + (" kill -9" if kill_at else "")
+        run = Run(label, "omnirelay", synchronous, self.args.prefill, killed=kill_at is not None,
+                  config=config)
         url = f"http://127.0.0.1:{port}{ROUTE.format(account=ACCOUNT)}"
         self.quiet()
         try:
@@ -740,7 +816,7 @@ class Bench:
         if kill_at is not None:
             run.durability["exit_after_kill"] = code
             # Restart on the crashed files (recovery), then stop cleanly.
-            proc = self.start_daemon(data, port, synchronous)
+            proc = self.start_daemon(data, port, config, synchronous)
             run.durability["restart_exit"] = self.stop(proc)
         else:
             run.durability["exit"] = code
@@ -774,8 +850,8 @@ class Bench:
             elapsed = time.monotonic() - started
             if kill_at is None and daemon is not None and len(snapshots) < 2 \
                     and elapsed >= window[len(snapshots)]:
-                snapshots.append((time.monotonic(), cpu_ticks(daemon.pid), cpu_ticks(load.pid),
-                                  system_ticks()))
+                snapshots.append((time.monotonic(), cpu_ticks(daemon.pid),
+                                  cpu_ticks(load.pid, children=True), system_ticks()))
             if elapsed > limit:
                 load.kill()
                 load.wait(10)
@@ -878,7 +954,7 @@ def fmt_table(runs: list[Run]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=["bench", "bare", "load"], default="bench",
+    parser.add_argument("--role", choices=["bench", "bare", "load", "wrk"], default="bench",
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -887,14 +963,23 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0,
                         help="seconds of load before measuring (default 3)")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--loadgen", choices=["wrk", "python"], default="wrk",
+                        help="load generator: wrk (default; scripts/setup --test installs it) "
+                             "or the Python aiohttp client")
+    parser.add_argument("--wrk-threads", type=int, default=1,
+                        help="wrk threads (default 1: wrk has one core)")
+    parser.add_argument("--configs", default="default,warning",
+                        help="daemon configurations, a comma list of: default (the embedded "
+                             "default, info logs), warning (the same, level = warning)")
     parser.add_argument("--max-count", type=int, default=2_000_000,
                         help="stop a run after this many requests")
     parser.add_argument("--synchronous", default="FULL",
-                        help="FULL, NORMAL or a comma list, e.g. FULL,NORMAL")
+                        help="FULL, NORMAL or a comma list, e.g. FULL,NORMAL (the embedded "
+                             "default runs FULL only)")
     parser.add_argument("--prefill", type=int, default=0,
                         help="store this many messages (over N/10 customers) first")
-    parser.add_argument("--customers", type=int, default=2000,
-                        help="size of the load's customer pool (default 2000)")
+    parser.add_argument("--customers", type=int, default=5000,
+                        help="size of the load's customer pool (default 5000)")
     parser.add_argument("--pool", choices=["new", "existing"], default="new",
                         help="load customers cust-10000000… outside the prefill (new) or "
                              "cust-0… (existing: the prefilled customers; on an empty store "
@@ -934,10 +1019,23 @@ def main() -> int:
     if args.role == "load":
         loadgen_main(LoadSpec(**json.loads(args.spec)))
         return 0
+    if args.role == "wrk":
+        wrk_main(LoadSpec(**json.loads(args.spec)))
+        return 0
 
     modes = [m.strip().upper() for m in args.synchronous.split(",") if m.strip()]
     if any(m not in ("FULL", "NORMAL", "EXTRA", "OFF") for m in modes):
         parser.error("--synchronous takes FULL, NORMAL (or EXTRA, OFF)")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not configs or any(c not in CONFIGS for c in configs):
+        parser.error(f"--configs takes a comma list of {', '.join(CONFIGS)}")
+    # The embedded default has no [store] synchronous: it runs the store's default, FULL.
+    variants = [(c, m) for c in configs for m in modes if c != "default" or m == "FULL"]
+    if not variants:
+        parser.error("nothing to run: the embedded default runs synchronous FULL only")
+    if args.loadgen == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed: scripts/setup --test (Debian package wrk), "
+                     "or --loadgen python")
     if args.pin and len(os.sched_getaffinity(0)) < 2:
         args.pin = False
     if args.prefill:
@@ -949,19 +1047,21 @@ def main() -> int:
         if not args.no_bare:
             log("bare aiohttp: load")
             bench.runs.append(bench.measured(bench.run_bare))
-        for mode in modes:
-            log(f"omnirelay synchronous={mode}: load")
-            bench.runs.append(bench.measured(lambda m=mode: bench.run_daemon(m, None)))
+        for config, mode in variants:
+            log(f"omnirelay {CONFIGS[config]}, synchronous={mode}: load")
+            bench.runs.append(bench.measured(
+                lambda c=config, m=mode: bench.run_daemon(c, m, None)))
         if args.kill:
-            for mode in modes:
-                log(f"omnirelay synchronous={mode}: load with kill -9")
-                bench.runs.append(bench.run_daemon(mode, args.kill_at))
+            for config, mode in variants:
+                log(f"omnirelay {CONFIGS[config]}, synchronous={mode}: load with kill -9")
+                bench.runs.append(bench.run_daemon(config, mode, args.kill_at))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = {"args": vars(args), "cpus": os.cpu_count(),
               "pinning": "load generator CPU 0, server CPU 1" if args.pin else "none",
+              "load_generator": args.loadgen,
               "runs": [r.row() for r in bench.runs]}
     out = RESULTS / f"api_ingest-{stamp}.json"
     out.write_text(json.dumps(report, indent=2))

@@ -14,6 +14,12 @@ from gateway import __version__
 from gateway.config import Config, embedded_default, load_config
 from gateway.errors import ConfigErrors, OmnirelayError
 from gateway.logging import configure_logging
+from gateway.permissions import (
+    PRIVATE_FILE_MODE,
+    make_file_private,
+    make_store_private,
+    restrict_umask,
+)
 
 EX_CONFIG = 78
 
@@ -43,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
     except ConfigErrors as exc:
-        _print_config_errors(exc, str(path))
+        _print_config_errors(exc, str(path or "<embedded default>"))
         return EX_CONFIG
     configure_logging(config.logging.level, config.logging.format)
     loader = (lambda: load_config(path)) if path else None
@@ -70,11 +76,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: note: {warning}", file=sys.stderr)
     print(f"{args.file}: OK — {len(config.channels)} channel(s): "
           + ", ".join(f"{c.name} ({c.type})" for c in config.channels))
-    for channel in config.channels:
-        describe = getattr(channel.options, "describe", None)
-        if describe:
-            for line in describe():
-                print(f"  {channel.name}: {line}")
     return 0
 
 
@@ -103,7 +104,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         _print_config_errors(exc, str(args.config))
         return EX_CONFIG
     path = config.store.sqlite_path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_store_private(config.store)
     lock = StoreLock(path)
     try:
         lock.acquire()
@@ -124,9 +125,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, action: str, arg: str) -> object:
+    from gateway.store.base import AdminStore
     from gateway.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(config.store)
+    store: AdminStore = SQLiteStore(config.store)
     await store.open()
     try:
         if action == "erase":
@@ -158,6 +160,7 @@ def _store_command(args: argparse.Namespace, action: str, arg: str) -> int:
         _print_config_errors(exc, str(args.config))
         return EX_CONFIG
     configure_logging("warning", "json")
+    make_store_private(config.store)
     lock = StoreLock(config.store.sqlite_path)
     try:
         lock.acquire()
@@ -201,11 +204,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
     try:
+        # Created 0600 before a byte is copied (SQLite would take the umask's mode).
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
         summary = _backup(source, partial)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         partial.unlink(missing_ok=True)
         print(f"omnirelay: backup failed: {exc}", file=sys.stderr)
         return 1
+    make_file_private(partial)
     os.replace(partial, target)
     print(f"backup written to {target}: {summary}; attachment bytes are in "
           f"{config.store.data_dir / 'blobs'} (copy that directory too)")
@@ -286,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``omnirelay`` command."""
     args = build_parser().parse_args(argv)
+    # Before anything is written (the embedded default's data dir and token, the store,
+    # a backup): what omnirelay creates is its user's only, whatever umask it was given.
+    restrict_umask()
     return int(args.func(args))
 
 

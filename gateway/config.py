@@ -1,280 +1,43 @@
-"""TOML configuration → frozen dataclasses, with secrets resolved and errors located.
+"""The daemon's configuration: TOML → frozen dataclasses, secrets resolved, errors located.
 
-Every problem is collected (not just the first) as a :class:`ConfigError` naming the key,
-its line in the file and a hint, so ``omnirelay check-config`` can show all of them.
-Secrets are read from ``<key>_file``, ``<key>_env`` or ``<key>_credential`` (a systemd
-credential under ``$CREDENTIALS_DIRECTORY``) and are wrapped in :class:`Secret`, whose
-``repr`` never shows the value.
+The generic toolkit (:class:`Section`, :class:`Secret`, :class:`ParseContext`) lives in
+``gateway/configkit.py``; this module declares the daemon's own tables and the keys every
+``[[channels]]`` account shares, and hands the rest of each account to its adapter's
+config class, found in the registry.
 """
 
 from __future__ import annotations
 
-import difflib
+import hashlib
 import ipaddress
 import os
 import re
 import secrets
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.base import AdapterConfig
+from adapters.registry import ADAPTERS
+from gateway.configkit import (
+    CREDENTIAL_PREFIX,
+    LineIndex,
+    ParseContext,
+    Secret,
+    Section,
+    check_host,
+    parse_hostport,
+)
 from gateway.errors import ConfigError, ConfigErrors
 
-
-class Secret:
-    """A secret value that never shows itself in ``repr``, ``str`` or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret value, for the one place that needs it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def check_host(host: str) -> None:
-    """Raise ValueError unless ``host`` is an IP address or a plausible host name."""
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})"
-                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}))*\.?", host):
-        raise ValueError(f"{host!r} is not an IP address or host name")
-
-
-def parse_hostport(value: str, default_port: int = 0) -> tuple[str, int]:
-    """Parse ``host:port`` (``[::1]:25`` too)."""
-    match = re.fullmatch(r"\[(?P<h6>[^\]]+)\]:(?P<p6>\d+)|(?P<h>[^:]+):(?P<p>\d+)", value)
-    if not match:
-        if default_port and value and ":" not in value:
-            return value, default_port
-        raise ValueError(f"expected host:port, got {value!r}")
-    host = match.group("h6") or match.group("h")
-    port = int(match.group("p6") or match.group("p"))
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    return host, port
-
-
-class LineIndex:
-    """Maps dotted config keys (``channels[1].imap.host``) to their line in the TOML text.
-
-    tomllib keeps no positions, so the file is scanned for table headers and assignments;
-    good enough to point a person at the right line.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.lines: dict[str, int] = {}
-        self.keys: dict[int, str] = {}
-        counters: dict[str, int] = {}
-        prefix = ""
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            if stripped.startswith("[["):
-                name = stripped.strip("[]").strip()
-                index = counters.get(name, -1) + 1
-                counters[name] = index
-                prefix = f"{name}[{index}]"
-                self.lines.setdefault(prefix, number)
-                self.keys[number] = prefix
-            elif stripped.startswith("["):
-                prefix = stripped.strip("[]").strip()
-                self.lines.setdefault(prefix, number)
-                self.keys[number] = prefix
-            else:
-                key = re.match(r"([A-Za-z0-9_\-\"'.]+)\s*=", stripped)
-                if key:
-                    name = key.group(1).strip("\"'")
-                    full = f"{prefix}.{name}" if prefix else name
-                    self.lines.setdefault(full, number)
-                    self.keys[number] = full
-                    for inner in re.finditer(r"([A-Za-z0-9_\-]+)\s*=", stripped[key.end():]):
-                        self.lines.setdefault(f"{full}.{inner.group(1)}", number)
-
-    def key_at(self, line: int) -> str | None:
-        """The key assigned (or table opened) on ``line``, if any."""
-        return self.keys.get(line)
-
-    def find(self, key: str) -> int | None:
-        """Return the line of ``key`` or of its nearest enclosing table."""
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            if "." not in key and "[" not in key:
-                return None
-            key = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", key)
-        return None
-
-
-class Section:
-    """A view of one TOML table that records which keys were read and any errors."""
-
-    def __init__(self, data: Mapping[str, Any], path: str, ctx: ParseContext) -> None:
-        self.data = data
-        self.path = path
-        self.ctx = ctx
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        """Return the dotted path of ``name`` within this table."""
-        return f"{self.path}.{name}" if self.path else name
-
-    def error(self, name: str, message: str, hint: str = "") -> None:
-        """Record an error about key ``name``."""
-        self.ctx.error(self.key(name), message, hint)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
-            *, required: bool = False, hint: str = "") -> Any:
-        """Read a key of the given type, recording an error and returning ``default``."""
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                self.error(name, "is required", hint)
-            return default
-        value = self.data[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if bool not in kinds and isinstance(value, bool) and int in kinds:
-            self.error(name, f"must be {_kind_names(kinds)}, got a boolean",
-                       hint or _kind_hint(name, kinds))
-            return default
-        if not isinstance(value, kinds):
-            self.error(name, f"must be {_kind_names(kinds)}, got {_kind_name(type(value))}",
-                       hint or _kind_hint(name, kinds))
-            return default
-        return value
-
-    def str_list(self, name: str, default: Iterable[str] = ()) -> list[str]:
-        """Read a list of strings."""
-        value = self.get(name, list, list(default))
-        if not all(isinstance(item, str) for item in value):
-            self.error(name, "must be a list of strings", f'{name} = ["…", "…"]')
-            return list(default)
-        return value
-
-    def sub(self, name: str, *, required: bool = False) -> Section | None:
-        """Return a nested table as a section."""
-        value = self.get(name, dict, None, required=required)
-        return None if value is None else Section(value, self.key(name), self.ctx)
-
-    def secret(self, name: str, *, required: bool = False, hint: str = "") -> Secret | None:
-        """Read secret ``name`` from ``name_file``, ``name_env`` or ``name_credential``.
-
-        A literal ``name = "…"`` is accepted too (for tests and throwaway setups) but
-        ``check-config`` warns about it.
-        """
-        names = (name, f"{name}_file", f"{name}_env", f"{name}_credential")
-        sources = [s for s in names if s in self.data]
-        self.used.update(names)  # known keys, so a typo gets "did you mean …?"
-        if not sources:
-            if required:
-                self.error(f"{name}_file", "is required (or "
-                           f"{name}_env / {name}_credential)",
-                           hint or f'e.g. {name}_credential = "…" with the file in '
-                           "/etc/omnirelay/credentials/ (the unit's LoadCredential=)")
-            return None
-        if len(sources) > 1:
-            self.error(sources[1], f"give only one of {', '.join(sources)}",
-                       f"keep {sources[0]} and delete the others")
-            return None
-        source = sources[0]
-        value = self.data[source]
-        if not isinstance(value, str) or not value:
-            # Never echo the value: it may be the secret itself.
-            self.error(source, "must be a non-empty string",
-                       f'e.g. {name}_file = "/etc/omnirelay/credentials/…"')
-            return None
-        if source == name:
-            self.ctx.warn(self.key(name), "secret written in the config file; prefer "
-                          f"{name}_file, {name}_env or {name}_credential")
-            return Secret(value)
-        if not self.ctx.resolve_secrets:
-            return Secret("")
-        if source.endswith("_env"):
-            env = self.ctx.environ.get(value)
-            if env is None:
-                self.error(source, f"environment variable {value} is not set",
-                           "set it in the unit (Environment=/EnvironmentFile=) or use "
-                           f"{name}_credential / {name}_file")
-                return None
-            return Secret(env.strip())
-        if source.endswith("_credential"):
-            directory = self.ctx.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                self.error(source, "CREDENTIALS_DIRECTORY is not set",
-                           "run under the systemd unit (LoadCredential=), or set "
-                           "CREDENTIALS_DIRECTORY=/etc/omnirelay/credentials to check by hand")
-                return None
-            path = Path(directory) / value
-            if not path.exists() and (Path(directory) / f"{CREDENTIAL_PREFIX}{value}").exists():
-                # The unit loads /etc/omnirelay/credentials/<file> as omnirelay_<file>.
-                path = Path(directory) / f"{CREDENTIAL_PREFIX}{value}"
-        else:
-            path = Path(value)
-        try:
-            return Secret(path.read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            hint = ("put the file in /etc/omnirelay/credentials/ (the unit's LoadCredential=)"
-                    if source.endswith("_credential") else
-                    "check the path and that the service user can read it; under systemd "
-                    f"prefer {name}_credential")
-            self.error(source, f"cannot read secret file {path}: {exc.strerror}", hint)
-            return None
-
-    def finish(self, extra_known: Iterable[str] = ()) -> None:
-        """Record an error for each key nobody read: unknown keys are errors."""
-        known = self.used | set(extra_known)
-        for name in self.data:
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-                if close:
-                    hint = f"did you mean {close[0]!r}?"
-                else:
-                    keys = sorted(k for k in known if not k.endswith(("_env", "_credential")))
-                    hint = f"this table takes: {', '.join(keys)}" if keys else \
-                        "this table takes no keys"
-                self.error(name, "unknown key", hint)
-
-
-class ParseContext:
-    """Collects errors and warnings while a config is parsed."""
-
-    def __init__(self, text: str, environ: Mapping[str, str], *,
-                 resolve_secrets: bool = True) -> None:
-        self.index = LineIndex(text)
-        self.environ = environ
-        self.resolve_secrets = resolve_secrets
-        self.errors: list[ConfigError] = []
-        self.warnings: list[ConfigError] = []
-
-    def error(self, key: str, message: str, hint: str = "") -> None:
-        """Record an error at ``key``; one without a hint points at the reference."""
-        if not hint:
-            section = re.sub(r"\[\d+\]", "", key).split(".")[0] or "top level"
-            hint = f"see docs/configuration.md, [{section}]"
-        self.errors.append(ConfigError(message, key=key, line=self.index.find(key), hint=hint))
-
-    def warn(self, key: str, message: str) -> None:
-        """Record a warning at ``key``."""
-        self.warnings.append(ConfigError(message, key=key, line=self.index.find(key)))
+__all__ = [
+    "COMMON_CHANNEL_KEYS", "CREDENTIAL_PREFIX", "ChannelConfig", "Config", "LineIndex",
+    "LoggingConfig", "OutboxConfig", "ParseContext", "Secret", "Section", "ServerConfig",
+    "StoreConfig", "TokenConfig", "WebhookConfig", "embedded_default", "load_config",
+    "parse_config",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +50,7 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     shutdown_timeout: float = 20.0
+    max_streams_per_token: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,12 +127,18 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    """One ``[[channels]]`` table; ``options`` is parsed by the adapter's own config class."""
+    """One ``[[channels]]`` table; ``options`` is parsed by the adapter's own config class.
+
+    The keys every account has (``type``, ``name``, ``required`` and the send limits) are
+    read here once, so no adapter parses them again.
+    """
 
     type: str
     name: str
-    options: Any
+    options: AdapterConfig
     required: bool = True
+    send_concurrency: int = 4
+    send_rate: float | None = None
     groups: bool = False  # store group posts (the group is the conversation); else ignore
 
     @property
@@ -397,34 +167,6 @@ class Config:
 
 
 SCOPES = frozenset({"read", "write", "admin"})
-CREDENTIAL_PREFIX = "omnirelay_"
-"""``LoadCredential=omnirelay:/etc/omnirelay/credentials`` names each file ``omnirelay_<file>``."""
-
-
-def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "a list", dict: "a table"}.get(kind, kind.__name__)
-
-
-def _kind_names(kinds: tuple[type, ...]) -> str:
-    if set(kinds) == {int, float}:
-        return "a number"
-    return " or ".join(_kind_name(k) for k in kinds)
-
-
-def _kind_hint(name: str, kinds: tuple[type, ...]) -> str:
-    """Show the TOML spelling of the expected type (never the value given)."""
-    if str in kinds:
-        return f'quote it: {name} = "…"'
-    if bool in kinds:
-        return f"{name} = true or {name} = false, without quotes"
-    if int in kinds or float in kinds:
-        return f"a bare number without quotes, e.g. {name} = 30"
-    if list in kinds:
-        return f'{name} = ["…", "…"]'
-    if dict in kinds:
-        return f"a table: [{name}] or {name} = {{ key = … }}"
-    return ""
 SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -452,8 +194,12 @@ def _parse_server(section: Section | None) -> ServerConfig:
     if max_body < 1024:
         section.error("max_body_bytes", "must be at least 1024")
     shutdown = float(section.get("shutdown_timeout", (int, float), 20.0))
+    max_streams = section.get("max_streams_per_token", int, 8)
+    if max_streams < 1:
+        section.error("max_streams_per_token", "must be at least 1")
     section.finish()
-    return ServerConfig(host, port, public_url, tuple(proxies), max_body, shutdown)
+    return ServerConfig(host, port, public_url, tuple(proxies), max_body, shutdown,
+                        max_streams)
 
 
 def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreConfig:
@@ -539,6 +285,25 @@ def _parse_tokens(items: list[Any], ctx: ParseContext) -> tuple[TokenConfig, ...
     return tuple(tokens)
 
 
+def default_webhook_name(url: str, items: list[Any]) -> str:
+    """An unnamed subscription is named by its URL's host, never by the URL (which may
+    carry a user, password or query key and becomes a metric label and a log field);
+    plus a short hash of the URL when another entry has the same host."""
+    from gateway.http import redact_url  # late: gateway.http imports aiohttp
+
+    def host(value: Any) -> str:
+        if not isinstance(value, str):
+            return ""
+        redacted = redact_url(value)
+        return redacted.split("://", 1)[-1].split("/", 1)[0]
+
+    own = host(url)
+    sharing = sum(1 for item in items if isinstance(item, dict) and host(item.get("url")) == own)
+    if sharing > 1:
+        return f"{own}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+    return own or "webhook"
+
+
 def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig, ...]:
     hooks = []
     for index, item in enumerate(items):
@@ -546,7 +311,7 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
         url = section.get("url", str, "", required=True)
         if url and not re.match(r"https?://", url):
             section.error("url", "must be an http(s) URL")
-        name = section.get("name", str, url)
+        name = section.get("name", str, "") or default_webhook_name(url, items)
         if name in {h.name for h in hooks}:
             section.error("name", f"webhook name {name!r} is used twice",
                           "give each [[webhooks]] its own name (it keys the delivery cursor)")
@@ -565,9 +330,11 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
     return tuple(hooks)
 
 
-def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig, ...]:
-    from adapters.registry import ADAPTERS  # late: adapters import gateway modules
+COMMON_CHANNEL_KEYS = ("type", "name", "required", "send_concurrency", "send_rate", "groups")
+"""Keys every ``[[channels]]`` account takes, whatever its type (read here, not by adapters)."""
 
+
+def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig, ...]:
     channels = []
     seen: set[tuple[str, str]] = set()
     for index, item in enumerate(items):
@@ -577,6 +344,16 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
         name = section.get("name", str, "", required=True)
         required = section.get("required", bool, True)
         groups = section.get("groups", bool, False)
+        concurrency = section.get("send_concurrency", int, 4)
+        if concurrency < 1:
+            section.error("send_concurrency", "must be at least 1",
+                          "how many replies of this account may be sent at once")
+            concurrency = 4
+        rate = section.get("send_rate", (int, float), None)
+        if rate is not None and rate <= 0:
+            section.error("send_rate", "must be more than 0 messages per second",
+                          "leave it out for no rate limit")
+            rate = None
         if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
             section.error("name", "must be letters, digits, '-', '_' or '.'",
                           "it appears in URLs: /hooks/<type>/<name>")
@@ -594,7 +371,8 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
             continue
         options = adapter.config_class.parse(section)
         section.finish()
-        channels.append(ChannelConfig(kind, name, options, required, groups))
+        channels.append(ChannelConfig(kind, name, options, required, concurrency,
+                                      None if rate is None else float(rate), groups))
     return tuple(channels)
 
 
@@ -665,6 +443,10 @@ def embedded_default(environ: Mapping[str, str] | None = None) -> Config:
     listen = env.get("OMNIRELAY_LISTEN", "127.0.0.1:8080")
     smtp_listen = env.get("OMNIRELAY_SMTP_LISTEN", "127.0.0.1:2525")
     token = env.get("OMNIRELAY_API_TOKEN") or _generated_token(data_dir)
+    if len(token.strip()) < 16:  # as [[tokens]]: a short admin token is guessable
+        raise ConfigErrors([ConfigError(
+            "the embedded default's API token is shorter than 16 characters",
+            key="OMNIRELAY_API_TOKEN", hint="generate one: openssl rand -base64 32")])
     text = f"""
 [server]
 listen = {listen!r}

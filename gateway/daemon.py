@@ -26,17 +26,24 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from adapters.base import AdapterContext, AdapterState, ChannelAdapter
+from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
 from adapters.registry import ADAPTERS
 from gateway.api.app import check_token, create_app, routes_of
 from gateway.config import ChannelConfig, Config
-from gateway.errors import AdapterConfigError, ConfigErrors, OmnirelayError, StoreError
+from gateway.errors import (
+    AdapterConfigError,
+    ConfigErrors,
+    NotFound,
+    OmnirelayError,
+    StoreError,
+)
 from gateway.feed import FeedNotifier
 from gateway.ingest import IngestService
 from gateway.logging import configure_logging
 from gateway.metrics import Metrics
+from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
-from gateway.store.base import Route
+from gateway.store.base import Route, Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
@@ -90,9 +97,9 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.store = SQLiteStore(config.store, on_commit=self._committed,
-                                  on_batch=self.metrics.store_batch.observe,
-                                  on_fatal=self._store_failed)
+        self.store: Store = SQLiteStore(config.store, on_commit=self._committed,
+                                         on_batch=self.metrics.store_batch.observe,
+                                         on_fatal=self._store_failed)
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()
@@ -111,6 +118,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Paths adapters serve outside /hooks (route families), and the account serving each.
+        self.route_owners: dict[str, tuple[str, str]] = {}
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self.bound_port: int | None = None
@@ -144,17 +153,52 @@ class Gateway:
         """Where replies can go: every configured account and its channels."""
         return routes_of(self.adapters)
 
+    def family_hook(self, path: str, method: str) -> Hook:
+        """The handler of an adapter's route outside ``/hooks`` (404 / 405 otherwise)."""
+        owner = self.route_owners.get(path)
+        adapter = self.adapters.get(owner) if owner is not None else None
+        if adapter is None or adapter.state not in (AdapterState.RUNNING,
+                                                    AdapterState.DEGRADED):
+            raise NotFound(f"no route for {path}")
+        methods = adapter.family_route_table()[path]
+        handler = methods.get(method) or methods.get("*")
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(method, sorted(methods))
+        return handler
+
+    def _claim_routes(self, key: tuple[str, str], adapter: ChannelAdapter) -> None:
+        """Reserve the adapter's family routes; a path another account serves is refused."""
+        try:
+            paths = list(adapter.family_route_table())
+        except ValueError as exc:
+            raise AdapterConfigError(str(exc), channel=key[0], account=key[1]) from exc
+        for path in paths:
+            owner = self.route_owners.get(path)
+            if owner is not None and owner != key:
+                raise AdapterConfigError(
+                    f"{path} is already served by {owner[0]} account {owner[1]!r}",
+                    channel=key[0], account=key[1])
+        for path in paths:
+            self.route_owners[path] = key
+
+    def _release_routes(self, key: tuple[str, str]) -> None:
+        for path in [p for p, owner in self.route_owners.items() if owner == key]:
+            del self.route_owners[path]
+
     def _context(self, channel: ChannelConfig) -> AdapterContext:
+        """Each adapter its own context: its own supervised loops, the daemon's stop signal,
+        the receipt sink and the account's ``groups``."""
         assert self.http is not None
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
-            authorize=check_token, store=self.store, receipts=ReceiptSink(self.store),
-            groups=channel.groups,
+            authorize=check_token, store=self.store, stopping=self.stopping,
+            receipts=ReceiptSink(self.store), groups=channel.groups,
         )
 
     def _make_adapter(self, channel: ChannelConfig) -> ChannelAdapter:
         cls = ADAPTERS[channel.type]
-        return cls(channel.name, channel.options, self._context(channel))
+        return cls(channel.name, channel.options, self._context(channel),
+                   limits=SendLimits(channel.send_concurrency, channel.send_rate))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,10 +251,14 @@ class Gateway:
 
     async def _start_adapter(self, adapter: ChannelAdapter, channel: ChannelConfig) -> None:
         try:
+            self._claim_routes(channel.key, adapter)
             await adapter.start()
             self.adapter_errors.pop(channel.key, None)
             log.info("adapter.started", account=adapter.name, channel_type=adapter.type)
         except AdapterConfigError as exc:
+            if adapter.state is AdapterState.NEW:  # refused before it started (its routes)
+                adapter.state = AdapterState.FAILED
+                adapter.last_error = exc.message
             self.adapter_errors[channel.key] = exc.message
             log.error("adapter.misconfigured", account=adapter.name, error=exc.message)
         except Exception as exc:
@@ -286,6 +334,7 @@ class Gateway:
                 if key not in wanted or wanted[key] != channel:
                     adapter = self.adapters.pop(key, None)
                     self.adapter_errors.pop(key, None)
+                    self._release_routes(key)
                     if (task := self._retries.pop(key, None)) is not None:
                         task.cancel()
                     if adapter is not None:
@@ -358,11 +407,13 @@ class Gateway:
                 "last_error": self.adapter_errors.get(channel.key)
                 or (health.last_error if health else None),
                 "counters": health.counters if health else {},
+                "loops": [loop.to_json() for loop in health.loops] if health else [],
             })
         return report
 
     async def readiness_problems(self) -> list[str]:
-        """Why the daemon is not ready (empty when it is)."""
+        """Why the daemon is not ready (empty when it is): what, never an error text, as
+        unauthenticated ``/readyz`` shows it (``/v1/channels`` has the text)."""
         problems = []
         if self.stopping.is_set():
             problems.append("draining")
@@ -377,13 +428,13 @@ class Gateway:
                     self.store.set_checkpoint("readyz.probe", str(time.time())), 5)
                 await asyncio.wait_for(self.store.ping(), 5)
             except (StoreError, TimeoutError) as exc:
-                problems.append(f"store: {exc}")
+                log.warning("daemon.store_not_ready", error=str(exc))
+                problems.append("store: cannot write")
         except TimeoutError:
             problems.append("store: no answer within 5 s")
         for entry in self.channel_report():
             if entry["required"] and entry["state"] not in ("running", "degraded"):
-                problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}"
-                                + (f" ({entry['last_error']})" if entry["last_error"] else ""))
+                problems.append(f"channel {entry['type']}:{entry['name']}: {entry['state']}")
         return problems
 
     def status_line(self) -> str:
@@ -424,6 +475,8 @@ def _replace_config(old: Config, new: Config) -> Config:
 
 async def run(config: Config, *, config_loader: Any = None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads via ``config_loader()``. Returns exit code."""
+    restrict_umask()  # files private whatever the service manager's umask
+    make_store_private(config.store)
     gateway = Gateway(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -61,11 +61,6 @@ def iso(dt: datetime | None) -> str | None:
             f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z")
 
 
-def now_iso() -> str:
-    """Return the current UTC time in the contract's format."""
-    return iso(utcnow())  # type: ignore[return-value]
-
-
 def parse_iso(value: str) -> datetime:
     """Parse an ISO 8601 timestamp; naive ones are taken as UTC."""
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))

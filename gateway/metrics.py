@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.logging import lines_dropped
 
 
 class Metrics:
@@ -46,3 +52,13 @@ class Metrics:
         self.store_batch = Histogram("omnirelay_store_batch_size",
                                      "Write jobs committed together (group commit)",
                                      registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        r.register(_LogLinesDropped())
+
+
+class _LogLinesDropped(Collector):
+    """Log lines dropped because stdout did not keep up (the logging module counts them)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("omnirelay_log_lines_dropped",
+                                  "Log lines dropped because stdout did not keep up",
+                                  value=lines_dropped())

@@ -4,7 +4,7 @@ A provider reports what happened to a message omnirelay sent (Twilio status call
 WhatsApp and Messenger statuses, LINE and Telegram have none): the adapter maps the
 provider's words to a :data:`DeliveryStatus` and hands a :class:`Receipt` to
 ``ctx.receipts``, which moves the outbound message found by its provider id forwards only
-(see :func:`gateway.store.changes.receipt_moves`) and emits ``message.status``. It returns
+(see :func:`gateway.store.rules.receipt_moves`) and emits ``message.status``. It returns
 after the commit, so the adapter acknowledges the provider only then.
 """
 
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from gateway.store.base import JSON
-from gateway.store.changes import ChangeResult
+from gateway.store.base import ChangeResult, ReceiptStore
 from normalizer.model import DeliveryStatus, Party
 
 
@@ -56,17 +55,6 @@ class Receipts(Protocol):
         """A read watermark (Messenger, Instagram): replies to ``recipient`` sent up to
         ``watermark`` are read. Returns how many moved."""
         ...
-
-
-class ReceiptStore(Protocol):
-    """The store operation the sink needs."""
-
-    async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
-                            status: DeliveryStatus, error: JSON | None = None,
-                            at: datetime | None = None) -> ChangeResult | None: ...
-
-    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
-                                   watermark: datetime) -> int: ...
 
 
 class ReceiptSink:

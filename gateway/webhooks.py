@@ -16,13 +16,17 @@ import aiohttp
 import structlog
 
 from gateway import signing
+from gateway.backoff import Backoff
 from gateway.config import WebhookConfig
 from gateway.feed import FeedNotifier
-from gateway.http import retry_after_seconds
+from gateway.http import (
+    REMOTE_EXCERPT_CHARS,
+    redact_urls_in,
+    remote_error_excerpt,
+    retry_after_seconds,
+)
 from gateway.metrics import Metrics
-from gateway.store.base import Delivery
-from gateway.store.sqlite import SQLiteStore
-from outbox.retry import Backoff
+from gateway.store.base import Delivery, WebhookStore
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +34,7 @@ log = structlog.get_logger(__name__)
 class WebhookDispatcher:
     """Delivers one subscription's events."""
 
-    def __init__(self, config: WebhookConfig, store: SQLiteStore, feed: FeedNotifier,
+    def __init__(self, config: WebhookConfig, store: WebhookStore, feed: FeedNotifier,
                  http: aiohttp.ClientSession, metrics: Metrics, *,
                  backoff: Backoff | None = None, concurrency: int = 16) -> None:
         self.config = config
@@ -114,10 +118,14 @@ class WebhookDispatcher:
                     await self.store.delivery_done(delivery.id)
                     self.metrics.webhook_deliveries.labels(self.config.name).inc()
                     return
-                error = f"HTTP {response.status}"
+                # Redirects are refused (a 3xx is a failure): a signed body must not be
+                # re-posted to wherever the receiver points. Only an excerpt of the answer
+                # is kept: dead letters are readable through the API.
+                excerpt = await response.content.read(REMOTE_EXCERPT_CHARS * 4)
+                error = remote_error_excerpt(response.status, excerpt)
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            error = redact_urls_in(f"{type(exc).__name__}: {exc}")[:300]
         self.last_error = error
         self.metrics.webhook_failures.labels(self.config.name).inc()
         age = time.time() - delivery.created_at.timestamp()

@@ -8,6 +8,12 @@ import re
 from datetime import datetime
 from typing import Any
 
+from gateway.attachments import (
+    DEFAULT_CONTENT_TYPE,
+    InvalidAttachmentMetadata,
+    validate_content_type,
+    validate_filename,
+)
 from gateway.errors import MalformedPayload, ValidationFailed
 from gateway.ids import parse_iso
 from normalizer.model import (
@@ -23,6 +29,8 @@ from normalizer.model import (
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
           "context", "in_reply_to", "direction", "to", "group"}
 _KNOWN_FROM = {"id", "name", "email", "phone"}
+MAX_CONTEXT_DEPTH = 32
+MAX_BODY_DEPTH = 64
 
 
 def decode_attachments(items: Any, *, field: str = "attachments") -> list[AttachmentData]:
@@ -35,22 +43,36 @@ def decode_attachments(items: Any, *, field: str = "attachments") -> list[Attach
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValidationFailed(f"{field}[{index}] must be an object")
-        filename = item.get("filename")
-        content_type = item.get("content_type") or "application/octet-stream"
+        filename, content_type = attachment_metadata(item, f"{field}[{index}]")
         data = item.get("content_base64")
-        if not isinstance(filename, str) or not filename:
-            raise ValidationFailed(f"{field}[{index}].filename is required")
-        if not isinstance(content_type, str) or "/" not in content_type:
-            raise ValidationFailed(f"{field}[{index}].content_type must be a MIME type")
         if not isinstance(data, str):
             raise ValidationFailed(f"{field}[{index}].content_base64 is required")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValidationFailed(f"{field}[{index}].content_base64 is not base64") from exc
-        decoded.append(AttachmentData(filename.replace("/", "_").replace("\\", "_"),
-                                      content_type, raw))
+        decoded.append(AttachmentData(filename, content_type, raw))
     return decoded
+
+
+def attachment_metadata(item: dict[str, Any], where: str) -> tuple[str, str]:
+    """The validated ``(filename, content_type)`` of one attachment object, else 422.
+
+    Shared by the API channel and agents' replies (through :func:`decode_attachments`):
+    a content type outside the MIME grammar is refused, never stored and retried later;
+    a filename loses control, bidi and separator characters (gateway/attachments.py).
+    """
+    content_type = item.get("content_type")
+    try:
+        filename = validate_filename(item.get("filename"))
+    except InvalidAttachmentMetadata as exc:
+        raise ValidationFailed(f"{where}.filename {exc}") from exc
+    try:
+        content_type = (DEFAULT_CONTENT_TYPE if content_type is None or content_type == ""
+                        else validate_content_type(content_type))
+    except InvalidAttachmentMetadata as exc:
+        raise ValidationFailed(f"{where}.content_type {exc}") from exc
+    return filename, content_type
 
 
 def parse_api_inbound(body: Any, account: str) -> InboundMessage:
@@ -64,7 +86,7 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
     unknown = set(body) - _KNOWN
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if body.get("direction", "inbound") != "inbound" or "to" in body:  # H8: an echo
+    if body.get("direction", "inbound") != "inbound" or "to" in body:  # an echo
         return _parse_echo(body, account)
     message_id = body.get("message_id")
     if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
@@ -95,29 +117,22 @@ def parse_api_inbound(body: Any, account: str) -> InboundMessage:
     attachments = decode_attachments(body.get("attachments"))
     if not text and not attachments:
         raise ValidationFailed("a message needs text or attachments")
-    sent_at = None
-    if body.get("sent_at") is not None:
-        try:
-            sent_at = parse_iso(str(body["sent_at"]))
-        except ValueError as exc:
-            raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+    sent_at = _sent_at(body.get("sent_at"))
     for key in ("subject", "html", "in_reply_to"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise ValidationFailed(f"{key} must be a string")
-    context = body.get("context")
-    if context is not None and not isinstance(context, dict):
-        raise ValidationFailed("context must be an object")
+    context = _context(body.get("context"))
     return InboundMessage(
         channel="api", account=account, provider_message_id=message_id.strip(),
         sender=Party("external", external_id.strip(), name), text=text or "",
         subject=body.get("subject"), html=body.get("html"), attachments=attachments,
         sent_at=sent_at, linked_identities=linked, context=context,
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
-        group=_parse_group(body.get("group")),  # H8
+        group=_parse_group(body.get("group")),
     )
 
 
-# ---------------------------------------------------------------- H8: echoes, groups, changes
+# ---------------------------------------------------------------- echoes, groups, changes
 
 
 def account_party(account: str) -> Party:
@@ -202,8 +217,8 @@ def _parse_reaction(item: Any, index: int) -> Reaction:
 def _timestamp(value: Any, field: str) -> datetime | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ValidationFailed(f"{field} must be an ISO 8601 timestamp")
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValidationFailed(f"{field} must be an ISO 8601 timestamp string")
     try:
         return parse_iso(value)
     except ValueError as exc:
@@ -238,3 +253,51 @@ def parse_api_status(body: Any) -> tuple[str, DeliveryStatus, dict[str, str] | N
         error = {"code": (error.get("code") or "failed")[:100],
                  "message": (error.get("message") or "")[:1000]}
     return message_id.strip(), status, error, _timestamp(body.get("at"), "at")
+
+
+def _sent_at(value: Any) -> datetime | None:
+    """An ISO 8601 string or nothing; its type is checked before any use (a list nested a
+    thousand deep must be a 422, not a RecursionError turning into a 500)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValidationFailed("sent_at must be an ISO 8601 timestamp string")
+    try:
+        return parse_iso(value)
+    except ValueError as exc:
+        raise ValidationFailed("sent_at must be an ISO 8601 timestamp") from exc
+
+
+def _context(value: Any) -> dict[str, Any] | None:
+    """The integrator's free-form object, at most ``MAX_CONTEXT_DEPTH`` levels deep: it is
+    stored and sent back as JSON, and orjson refuses to write deeper than 254 levels."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationFailed("context must be an object")
+    if json_depth(value, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
+        raise ValidationFailed(f"context may be nested at most {MAX_CONTEXT_DEPTH} levels deep")
+    return value
+
+
+def refuse_deep_json(body: Any, limit: int = MAX_BODY_DEPTH) -> None:
+    """422 for a request body nested deeper than ``limit``, checked before any other use:
+    orjson parses 1,024 levels but writes only 254, so a deeper value that reached the
+    store or an idempotency digest was a 500."""
+    if json_depth(body, limit) > limit:
+        raise ValidationFailed(f"the body may be nested at most {limit} levels deep")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted without recursion and only up to
+    ``limit + 1``: hostile input a thousand levels deep costs no Python stack."""
+    depth = 0
+    level = [value]
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for container in containers
+                 for child in (container.values() if isinstance(container, dict) else container)]
+    return depth

@@ -1,7 +1,10 @@
 """Raw RFC 5322 mail → :class:`InboundMessage`: charsets, MIME, quoting, auto-replies.
 
 Never raises on bad input: a malformed message still yields its text (decoded leniently)
-and its raw bytes are kept, so nothing a customer sent is lost.
+and its raw bytes are kept, so nothing a customer sent is lost. Hostile input costs time
+linear in its size (no pattern with overlapping quantifiers; heuristics on bounded text;
+over-long header fields read as absent); a MIME structure beyond :class:`ParseLimits`
+raises :class:`MessageTooComplex` so the caller keeps it raw (docs/email.md).
 
 Why the stdlib ``compat32`` parser with our own header decoding, not ``policy.default``:
 the modern header registry costs about half of an SMTP listener's intake (profiled, see
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.feedparser
 import email.parser
 import email.utils
 import hashlib
@@ -42,12 +46,120 @@ class _RawHeaderPolicy(Compat32):
     """
 
     def header_fetch_parse(self, name: str, value: str) -> str:  # type: ignore[override]
-        """Return the stored value unchanged."""
-        return value
+        """The stored value unchanged; a malformed field reads as empty.
+
+        Every lookup goes through here (the parser's own boundary and charset lookups too),
+        so the stdlib's parameter parsing, quadratic in the number of ``;``, never sees one.
+        """
+        return "" if malformed_header(name, value) else value
 
 
 _POLICY = _RawHeaderPolicy(linesep="\r\n")
 _PARSER = email.parser.BytesParser(policy=_POLICY)
+
+# RFC 5322 §2.1.1: a line is at most 998 characters. Past that, and past a field length
+# or parameter count no mailer writes, a header field is malformed and reads as absent.
+MAX_HEADER_LINE = 998
+_MAX_HEADER_FIELD = 16 * 1024
+_MAX_HEADER_PARAMS = 64
+_PARAMETER_HEADERS = ("content-type", "content-disposition")
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+def malformed_header(name: str, value: str) -> bool:
+    """Whether a header field (name, raw folded value) is too long to be read.
+
+    Linear in the value, so it can guard every lookup.
+    """
+    if len(value) > _MAX_HEADER_FIELD:
+        return True
+    lines = _LINE_BREAK.split(value)
+    if len(name) + 2 + len(lines[0]) > MAX_HEADER_LINE + 1 or \
+            any(len(line) > MAX_HEADER_LINE for line in lines[1:]):
+        return True
+    return name.lower() in _PARAMETER_HEADERS and value.count(";") > _MAX_HEADER_PARAMS
+
+
+class MessageTooComplex(ValueError):
+    """The message's MIME structure is beyond :class:`ParseLimits`: it is not parsed.
+
+    Raised instead of taking part of a message: the caller keeps the raw message (stored,
+    flagged, acknowledged) so nothing a sender wrote is silently dropped.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Caps on the MIME structure :func:`parse_email` takes apart.
+
+    ``max_parts`` counts every entity below the top level (multiparts, forwarded messages
+    and their parts, delivery-status blocks). Real customer mail has 2-30; 200 is a
+    newsletter with many inline images and a forwarded thread with attachments, and still
+    bounds the attachments one message can create. ``max_depth`` is the nesting level of
+    the deepest entity (the top level is 0): mixed → related → alternative → text is 3,
+    and each forward-as-attachment adds 2-4, so 20 allows a forward of a forward of a
+    forward; it also bounds the parser's per-line boundary checks, which grow with depth.
+    """
+
+    max_parts: int = 200
+    max_depth: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_parts < 1 or self.max_depth < 1:
+            raise ValueError("ParseLimits need at least one part and one level")
+
+
+DEFAULT_PARSE_LIMITS = ParseLimits()
+
+
+class _Budget:
+    """What one message has used of its :class:`ParseLimits` (shared by every parse of it,
+    including the re-parse of a multipart whose boundary is wrong)."""
+
+    __slots__ = ("limits", "parts")
+
+    def __init__(self, limits: ParseLimits) -> None:
+        self.limits = limits
+        self.parts = 0
+
+    def enter(self, depth: int) -> None:
+        """Count one more entity at ``depth``; raise beyond the limits."""
+        if depth > 0:
+            self.parts += 1
+        if self.parts > self.limits.max_parts:
+            raise MessageTooComplex(f"more than {self.limits.max_parts} MIME parts")
+        if depth > self.limits.max_depth:
+            raise MessageTooComplex(f"MIME parts nested deeper than {self.limits.max_depth}")
+
+
+class _LimitedFeedParser(email.feedparser.FeedParser):
+    """The stdlib feed parser, stopped as soon as the message passes its limits.
+
+    Checked while parsing, not after: a message nested thousands deep would otherwise cost
+    its boundary checks on every line (and the stdlib's recursion) before any check ran.
+    """
+
+    def __init__(self, budget: _Budget, base_depth: int) -> None:
+        super().__init__(policy=_POLICY)
+        self._budget = budget
+        self._base_depth = base_depth
+
+    _msgstack: list[Message]  # the stdlib's stack of open entities (not in typeshed)
+
+    def _new_message(self) -> None:  # the stdlib's hook for every new MIME entity
+        super()._new_message()  # type: ignore[misc]
+        self._budget.enter(self._base_depth + len(self._msgstack) - 1)
+
+
+def _parse_bytes(raw: bytes, budget: _Budget, base_depth: int = 0) -> Message:
+    """``BytesParser(policy=_POLICY).parsebytes(raw)``, under ``budget``."""
+    parser = _LimitedFeedParser(budget, base_depth)
+    text = raw.decode("ascii", "surrogateescape")
+    for start in range(0, len(text), 8192):  # the chunks BytesParser feeds
+        parser.feed(text[start:start + 8192])
+    message = parser.close()
+    assert isinstance(message, Message)
+    return message
 
 # ---------------------------------------------------------------- charsets
 
@@ -320,41 +432,194 @@ def _raw_header(msg: Message, name: str) -> str | None:
 
 
 def _header_map(msg: Message) -> dict[str, str]:
-    """The first value of each header by lower-cased name (one pass, not one per lookup)."""
+    """The first value of each header by lower-cased name (one pass, not one per lookup).
+
+    A malformed field (:func:`malformed_header`) is left out, as if it were absent.
+    """
     found: dict[str, str] = {}
     for name, value in msg.raw_items():
-        found.setdefault(name.lower(), str(value))
+        key = name.lower()
+        if key not in found and not malformed_header(name, str(value)):
+            found[key] = str(value)
     return found
 
 
-_SIMPLE_ADDRESS = re.compile(
-    r'^\s*(?:"?(?P<name>[^"<>,;:@\\()]*?)"?\s*<(?P<a1>[^\s<>,;:"()@]+@[^\s<>,;:"()@]+)>'
-    r'|(?P<a2>[^\s<>,;:"()@]+@[^\s<>,;:"()@]+))\s*$')
+_ADDRESS_PART = re.compile(r'[^\s<>,;:"()@\\]+')  # one side of a plain a@b
+_NAME_FORBIDDEN = re.compile(r'["<>,;:@\\()]')
+# One token of an address header (RFC 5322 §3.2.2-3.4.1, leniently). The alternatives
+# start with different characters and the quoted ones are possessive, so a scan never
+# backtracks: linear in the header, whatever it holds.
+_ADDRESS_TOKEN = re.compile(
+    r'(?P<ws>[ \t\r\n]+)|(?P<quoted>"(?:[^"\\]|\\[\s\S])*+"?)'
+    r'|(?P<atom>[^ \t\r\n()<>\[\]:;@\\,."]+)'
+    r'|(?P<literal>\[(?:[^\[\]\\]|\\[\s\S])*+\]?)|(?P<special>[\s\S])')
+_COMMENT_PART = re.compile(r"[^()\\]+|\\[\s\S]?|[()]")
+_QUOTED_PAIR = re.compile(r"\\([\s\S])")
+_MAILBOX = re.compile(r'[^ <>(),;:\\]+@[^ <>(),;:\\"@]+')  # what a reply can go to
+# A mailer writes one address header in well under this; anything longer is not a list
+# of people to answer but an attempt to make the parse expensive.
+_MAX_ADDRESS_HEADER = 16 * 1024
+
+
+def _simple_address(value: str) -> tuple[str | None, str] | None:
+    """``Name <a@b>``, ``"Name" <a@b>`` or ``a@b`` — most mail — without the full scan."""
+    value = value.strip()
+    local, at, domain = value.partition("@")
+    if at and _ADDRESS_PART.fullmatch(local) and _ADDRESS_PART.fullmatch(domain):
+        return None, value.lower()
+    start = value.rfind("<")
+    if start < 0 or not value.endswith(">"):
+        return None
+    local, at, domain = value[start + 1:-1].partition("@")
+    if not at or not _ADDRESS_PART.fullmatch(local) or not _ADDRESS_PART.fullmatch(domain):
+        return None
+    name = value[:start].strip().removesuffix('"').removeprefix('"')
+    if _NAME_FORBIDDEN.search(name):
+        return None
+    return name.strip() or None, f"{local}@{domain}".lower()
+
+
+def _comment(text: str, pos: int) -> tuple[str, int]:
+    """The text of the comment opening at ``pos`` (nested ones included), and its end."""
+    depth = 0
+    parts: list[str] = []
+    for match in _COMMENT_PART.finditer(text, pos):
+        piece = match.group()
+        if piece == "(":
+            depth += 1
+            if depth == 1:
+                continue
+        elif piece == ")":
+            depth -= 1
+            if depth == 0:
+                return "".join(parts), match.end()
+        elif piece[0] == "\\":
+            piece = piece[1:]
+        parts.append(piece)
+    return "".join(parts), len(text)
+
+
+class _MailboxScanner:
+    """(display name, address) of each mailbox of an address list, in one linear pass.
+
+    RFC 5322 §3.4 read as leniently as mail clients read it: groups are flattened, a source
+    route (``<@relay:a@b>``) is dropped, an unclosed quote, comment or ``<`` ends with the
+    header. Comments are not part of a display name (``Kim (home) <a@b>`` is Kim); a
+    comment after a bare address (``a@b (Kim)``) names it, as Thunderbird and Apple Mail
+    show such a sender.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
+        self.phrase: list[str] = []  # the display name, word by word
+        self.spec: list[str] = []  # the same tokens read as a bare address
+        self.comments: list[str] = []
+        self.angle: list[str] | None = None  # what stands between < and >
+        self.closed = False  # the > was seen
+        self.gap = False
+        self.atomic = False  # the last phrase token was an atom or a dot
+
+    def scan(self, text: str) -> list[tuple[str, str]]:
+        """Every mailbox of ``text`` (an unfolded header value)."""
+        pos = 0
+        while pos < len(text):
+            if text[pos] == "(":
+                comment, pos = _comment(text, pos)
+                if comment.strip():
+                    self.comments.append(" ".join(comment.split()))
+                self.gap = True
+                continue
+            match = _ADDRESS_TOKEN.match(text, pos)
+            assert match is not None  # the last alternative takes any character
+            pos = match.end()
+            self._token(match.lastgroup or "special", match.group())
+        self._finish()
+        return self.found
+
+    def _token(self, kind: str, token: str) -> None:
+        if kind == "ws":
+            self.gap = True
+            return
+        if self.angle is not None and not self.closed:
+            if token == ">":
+                self.closed = True
+            else:
+                self.angle.append(token)
+            return
+        if self.closed and token not in (",", ";"):
+            self._finish()  # "a <b@c> d@e": a second mailbox without a comma
+        if token in (",", ";"):
+            self._finish()
+        elif token == ":":  # a group's name ends; its members follow
+            self.phrase.clear()
+            self.spec.clear()
+            self.comments.clear()
+        elif token == "<":
+            if "@" in self.spec:  # "a@b <c@d>": the words before are an address too
+                self._finish()
+            self.angle = []
+        else:
+            word = token
+            if kind == "quoted":
+                word = _QUOTED_PAIR.sub(r"\1", token[1:-1] if token.endswith('"')
+                                        and len(token) > 1 else token[1:])
+            # As the stdlib reads a phrase: words joined by one space, dots glued to atoms.
+            atomic = kind == "atom" or token == "."
+            if atomic and self.atomic and not self.gap and self.phrase:
+                self.phrase[-1] += word
+            else:
+                self.phrase.append(word)
+            self.atomic = atomic
+            if self.gap and self.spec and self.spec[-1] not in ".@" and token not in ".@":
+                self.spec.append(" ")  # "Kim Lee a@b" is no address
+            self.spec.append(token)
+        self.gap = False
+        if kind == "special" and token != ".":
+            self.atomic = False
+
+    def _finish(self) -> None:
+        if self.angle is not None:
+            address = "".join(self.angle).rpartition(":")[2]
+            display = " ".join(self.phrase)
+        else:
+            address = "".join(self.spec)
+            display = " ".join(self.comments)
+        if "@" in address:
+            self.found.append((display, address))
+        self.phrase.clear()
+        self.spec.clear()
+        self.comments.clear()
+        self.angle = None
+        self.closed = False
+        self.atomic = False
 
 
 def _addresses(raw: str | None, fallback: str | None) -> list[tuple[str | None, str]]:
-    """(display name, lower-cased address) pairs of an address header's raw value."""
+    """(display name, lower-cased address) pairs of an address header's raw value.
+
+    Linear in the header's length; a header over ``_MAX_ADDRESS_HEADER`` characters names
+    no one (see ``_usable_headers`` for lines over RFC 5322's 998).
+    """
     if not raw:
         return []
     unfolded = _FOLD.sub("", raw)
-    simple = _SIMPLE_ADDRESS.match(unfolded)
-    if simple and "=?" not in unfolded and not _SURROGATE.search(unfolded):
-        address = (simple.group("a1") or simple.group("a2")).lower()
-        return [((simple.group("name") or "").strip() or None, address)]
+    if len(unfolded) > _MAX_ADDRESS_HEADER:
+        return []
+    if "=?" not in unfolded and not _SURROGATE.search(unfolded):
+        simple = _simple_address(unfolded)
+        if simple is not None:
+            return [simple]
     if _SURROGATE.search(unfolded):
         unfolded = _raw_header_text(unfolded, fallback)
     pairs = []
-    try:
-        parsed = email.utils.getaddresses([unfolded])
-    except Exception:
-        parsed = []
-    for display, address in parsed:
+    for display, address in _MailboxScanner().scan(unfolded):
         address = address.strip().strip("<>")
-        if "@" in address and " " not in address:
+        if _MAILBOX.fullmatch(address):
             pairs.append((decode_header(display, fallback), address.lower()))
-    if not pairs:  # a header too broken for the parser still names an address
-        for found in re.findall(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+", unfolded):
-            pairs.append((None, found.lower()))
+    if not pairs:  # a header too broken for the scan still names an address
+        for token in re.findall(r"[^\s<>,;:\"()\[\]]+", unfolded):
+            if "@" in token[1:-1]:
+                pairs.append((None, token.lower()))
     return pairs
 
 
@@ -385,14 +650,17 @@ class _TextExtractor(HTMLParser):
         self.skip = 0
         self.quote = 0
         self.pre = 0
-        self.links: list[str | None] = []
+        # Each open link: its target and where its text starts in ``current`` (0 once a
+        # line break has moved the start to an earlier line).
+        self.links: list[tuple[str | None, int]] = []
 
     def _break(self) -> None:
         line = "".join(self.current)
         if not self.pre:
             line = _SPACE.sub(" ", line).strip()
-        self.lines.append(("> " * self.quote) + line if line else "")
+        self.lines.append(("> " * min(self.quote, _MAX_QUOTE_MARKS)) + line if line else "")
         self.current = []
+        self.links = [(href, 0) for href, _start in self.links]
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._SKIP:
@@ -414,9 +682,9 @@ class _TextExtractor(HTMLParser):
             self.current.append("  ")
         elif tag == "a":
             href = dict(attrs).get("href")
-            self.links.append(href if href and href.startswith(("http://", "https://"))
-                              else None)
-            self.current.append("\x00")  # where the link text starts
+            self.current.append("\x00")  # keeps a line with only a link from being empty
+            self.links.append((href if href and href.startswith(("http://", "https://"))
+                               else None, len(self.current)))
         elif tag == "img":
             alt = dict(attrs).get("alt")
             if alt:
@@ -440,18 +708,43 @@ class _TextExtractor(HTMLParser):
             elif tag in ("p", "table", "ul", "ol"):
                 self.lines.append("")
         elif tag == "a" and self.links:
-            href = self.links.pop()
-            joined = "".join(self.current)
-            start = joined.rfind("\x00")
-            label = joined[start + 1:] if start >= 0 else joined
-            prefix = joined[:start] if start >= 0 else ""
+            # Only this link's own text is joined: joining the whole line at every </a>
+            # made a line of many links quadratic.
+            href, start = self.links.pop()
+            label = "".join(self.current[start:])
             if href and href not in label and href.removeprefix("mailto:") not in label:
                 label = f"{label} ({href})" if label.strip() else href
-            self.current = [prefix + label]
+            marker = start - 1 if start and self.current[start - 1] == "\x00" else start
+            del self.current[marker:]
+            self.current.append(label)
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
             self.current.append(data)
+
+    def close(self) -> None:
+        """End of input: as ``HTMLParser.close``, with a bounded number of recoveries.
+
+        ``feed`` stops at a construct that never ends (``<a <a <a …``, a quote left open).
+        Python's own ``close`` then recovers from each such spot by rescanning all that
+        follows it — quadratic on hostile markup (CPython gh-135462). The first few are
+        recovered the same way, so ordinary sloppy HTML reads as before; after that, or
+        when no ``>`` follows at all, the unfinished tag takes the rest, as an HTML5 parser
+        has it at the end of input.
+        """
+        for _ in range(_HTML_RECOVERIES):
+            rest = self.rawdata
+            if not rest.startswith("<") or self.cdata_elem or ">" not in rest:
+                break
+            end = rest.find(">", 1) + 1 or rest.find("<", 1)
+            if end <= 0:
+                end = 1
+            self.handle_data(html_lib.unescape(rest[:end]))
+            self.rawdata = rest[end:]
+            self.goahead(False)
+        if self.rawdata.startswith("<") and len(self.rawdata) > 2 and not self.cdata_elem:
+            self.rawdata = ""  # (a bare "<" or "</" at the very end stays text, as before)
+        super().close()
 
     def text(self) -> str:
         """The collected text."""
@@ -461,16 +754,39 @@ class _TextExtractor(HTMLParser):
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+# Budgets of the HTML reading, each far beyond what mail holds: the markup read for text
+# (a newsletter is 50-500 KB), the quote marks on a line, the ends of input recovered.
+_MAX_HTML_CHARS = 1024 * 1024
+_MAX_QUOTE_MARKS = 32
+_HTML_RECOVERIES = 4
+
+
 def html_to_text(markup: str) -> str:
-    """Readable plain text from HTML: blocks become lines, links keep their target."""
+    """Readable plain text from HTML: blocks become lines, links keep their target.
+
+    Linear in the markup; only its first ``_MAX_HTML_CHARS`` are read (the HTML itself is
+    kept whole).
+    """
+    markup = markup[:_MAX_HTML_CHARS]
     parser = _TextExtractor()
     try:
         parser.feed(markup)
         parser.close()
         return parser.text()
     except Exception:  # HTMLParser is lenient; this is for the truly broken
-        text = re.sub(r"(?s)<[^>]*>", " ", markup)
-        return _SPACE.sub(" ", html_lib.unescape(text)).strip()
+        return _SPACE.sub(" ", html_lib.unescape(_without_tags(markup))).strip()
+
+
+def _without_tags(markup: str) -> str:
+    """Each ``<…>`` replaced by a space (``re.sub("<[^>]*>")`` without its quadratic case:
+    once no ``>`` follows a ``<``, none follows any later one either)."""
+    out: list[str] = []
+    pos = 0
+    while (start := markup.find("<", pos)) >= 0 and (end := markup.find(">", start)) >= 0:
+        out += (markup[pos:start], " ")
+        pos = end + 1
+    out.append(markup[pos:])
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- quoting and signatures
@@ -499,7 +815,7 @@ _QUOTE_HEADERS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
     (re.compile(r"^_{20,}[ \t]*\n\*?(From|보낸 사람|差出人):", re.MULTILINE), ("_" * 20,)),
 ]
 _SIGNATURE = re.compile(
-    r"^(-- ?|—|Sent from my [\w ]+|Sent from (Mail|Outlook) for \w+|Get Outlook for \w+.*|"
+    r"^(--|—|Sent from my [\w ]++|Sent from (Mail|Outlook) for \w+|Get Outlook for \w+.*+|"
     r"iPhone에서 보냄|iPad에서 보냄|Galaxy에서 보냄|.{0,30}스마트폰에서 보냈습니다\.?|"
     r"iPhoneから送信|从我的iPhone发送)[ \t]*$", re.MULTILINE)
 _SIGNATURE_WORDS = ("--", "—", "Sent from", "Get Outlook", "보냄", "보냈습니다", "送信", "发送")
@@ -507,11 +823,21 @@ _TRIGGERS = tuple({w for _, words in _QUOTE_HEADERS for w in words} | set(_SIGNA
 _ASCII_TRIGGERS = tuple(w for w in _TRIGGERS if w.isascii())
 
 
+# How much of a text the quote and signature heuristics read: the new part of a reply is
+# at its top, and a budget keeps their cost the same for a 20 MB body as for a 64 KB one.
+_HEURISTIC_CHARS = 64 * 1024
+
+
 def strip_reply(text: str) -> str:
     """The new part of a reply: quoted history and signature removed.
 
     Falls back to the whole text when stripping would leave nothing (a bare forward).
+    Quote headers and signatures are looked for in the first ``_HEURISTIC_CHARS``
+    characters; a longer text in which none is found there is kept whole.
     """
+    if len(text) > _HEURISTIC_CHARS:
+        head = strip_reply(text[:_HEURISTIC_CHARS])
+        return head if head != text[:_HEURISTIC_CHARS].strip() else text.strip()
     # str.isascii() is O(1): an ASCII text cannot contain the Korean/Japanese words.
     present = {word for word in (_ASCII_TRIGGERS if text.isascii() else _TRIGGERS)
                if word in text}
@@ -720,7 +1046,8 @@ def _is_attachment(info: _Info, filename: str | None) -> bool:
     return not (info.disposition == "inline" and info.maintype == "text")
 
 
-def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: bool) -> None:
+def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: bool,
+          budget: _Budget, depth: int = 0) -> None:
     info = _info(part)
     ctype = info.ctype
     if part.is_multipart() and ctype.startswith("multipart/"):
@@ -730,7 +1057,8 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
             chosen = _Body()
             for child in children:
                 alt = _Body()
-                _walk(child, alt, fallback, inline_context=inline_context)
+                _walk(child, alt, fallback, inline_context=inline_context, budget=budget,
+                      depth=depth + 1)
                 body.codec = body.codec or alt.codec
                 if alt.plain and not chosen.plain:
                     chosen.plain = alt.plain
@@ -742,13 +1070,15 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
             body.attachments += chosen.attachments
         elif subtype == "related":
             for index, child in enumerate(children):
-                _walk(child, body, fallback, inline_context=index > 0)
+                _walk(child, body, fallback, inline_context=index > 0, budget=budget,
+                      depth=depth + 1)
         else:
             for child in children:
-                _walk(child, body, fallback, inline_context=inline_context)
+                _walk(child, body, fallback, inline_context=inline_context, budget=budget,
+                      depth=depth + 1)
         return
     if ctype.startswith("multipart/"):
-        _salvage_multipart(part, body, fallback)
+        _salvage_multipart(part, body, fallback, budget, depth)
         return
     if not _MIME_TYPE.match(ctype):  # a mangled Content-Type: keep the bytes, untyped
         ctype = info.ctype = "application/octet-stream"
@@ -788,14 +1118,15 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
 _MIME_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 
 
-def _salvage_multipart(part: Message, body: _Body, fallback: str | None) -> None:
+def _salvage_multipart(part: Message, body: _Body, fallback: str | None, budget: _Budget,
+                       depth: int) -> None:
     """A multipart whose boundary is missing or wrong: find the parts by their delimiters.
 
     The parser leaves such a body as one string; the delimiter lines are still in it, so
     split on the most common one and parse each chunk as a MIME entity of its own.
     """
     data = _part_bytes(part)
-    candidates = re.findall(rb"^--([^\s][^\r\n]{0,200}?)(?:--)?[ \t]*\r?$", data, re.MULTILINE)
+    candidates = _delimiter_candidates(data)
     if candidates:
         delimiter = max(set(candidates), key=candidates.count)
         chunks = re.split(rb"^--" + re.escape(delimiter) + rb"(?:--)?[ \t]*\r?$", data,
@@ -804,7 +1135,8 @@ def _salvage_multipart(part: Message, body: _Body, fallback: str | None) -> None
         for chunk in chunks[1:]:
             chunk = chunk.lstrip(b"\r\n")
             if chunk.strip():
-                _walk(_PARSER.parsebytes(chunk), found, fallback, inline_context=False)
+                _walk(_parse_bytes(chunk, budget, depth + 1), found, fallback,
+                      inline_context=False, budget=budget, depth=depth + 1)
         if found.plain or found.html:
             body.plain += found.plain
             body.html += found.html
@@ -812,6 +1144,28 @@ def _salvage_multipart(part: Message, body: _Body, fallback: str | None) -> None
             return
     text = decode_bytes(data, _info(part).param("charset") or fallback).replace("\r\n", "\n")
     body.plain.append(text)
+
+
+def _delimiter_candidates(data: bytes) -> list[bytes]:
+    """What follows ``--`` on each line that looks like a MIME delimiter line.
+
+    The same as ``re.findall(rb"^--([^\\s][^\\r\\n]{0,200}?)(?:--)?[ \\t]*\\r?$", data, re.M)``
+    line by line: that pattern's lazy name and trailing blanks overlap, which made a long
+    line of blanks cost 200 steps per character.
+    """
+    found = []
+    for line in data.split(b"\n"):
+        if not line.startswith(b"--"):
+            continue
+        name = line[2:].removesuffix(b"\r")
+        if b"\r" in name:
+            continue
+        name = name.rstrip(b" \t")
+        if len(name) > 2 and name.endswith(b"--"):
+            name = name[:-2]
+        if 0 < len(name) <= 201 and name[:1] not in b" \t\n\r\x0b\x0c":
+            found.append(name)
+    return found
 
 
 def _safe_name(text: str) -> str:
@@ -836,6 +1190,9 @@ def _default_name(content_type: str, index: int) -> str:
     return f"attachment-{index}{_EXTENSIONS[content_type]}"
 
 
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*+\n)+")  # r"\n\s*\n" without the overlap
+
+
 def _delivery_status(part: Message) -> dict[str, Any]:
     """RFC 3464 fields an agent needs: who bounced, why."""
     blocks: list[Message] = []
@@ -845,7 +1202,7 @@ def _delivery_status(part: Message) -> dict[str, Any]:
     else:
         text = _part_bytes(part).decode("utf-8", "replace").replace("\r\n", "\n")
         blocks = [email.parser.HeaderParser(policy=_POLICY).parsestr(chunk)
-                  for chunk in re.split(r"\n\s*\n", text) if chunk.strip()]
+                  for chunk in _BLANK_LINES.split(text) if chunk.strip()]
     recipients = []
     for block in blocks[1:] if len(blocks) > 1 else blocks:
         final = decode_header(_raw_header(block, "Final-Recipient"))
@@ -904,16 +1261,21 @@ def _parse_single_part(raw: bytes) -> Message | None:
     return msg
 
 
-def parse_email(raw: bytes, account: str, *, recipient: str | None = None) -> InboundMessage:
+def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
+                limits: ParseLimits = DEFAULT_PARSE_LIMITS) -> InboundMessage:
     """Parse raw mail into a normalized inbound message (never raises on bad MIME).
 
     ``recipient`` is the envelope recipient when known (SMTP ``RCPT TO``); it carries the
-    plus-address reply token and becomes the message's ``to``.
+    plus-address reply token and becomes the message's ``to``. Linear in the size of
+    ``raw``; a structure beyond ``limits`` raises :class:`MessageTooComplex`.
     """
+    budget = _Budget(limits)
     try:
         msg = _parse_single_part(raw)
         if msg is None:  # not `or`: a Message without headers is falsy
-            msg = _PARSER.parsebytes(raw)
+            msg = _parse_bytes(raw, budget)
+    except MessageTooComplex:
+        raise
     except Exception:  # pragma: no cover - the feed parser is lenient; belt and braces
         msg = Message(policy=_POLICY)
         msg.set_payload(raw.decode("utf-8", "replace"))
@@ -925,7 +1287,9 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None) -> In
 
     body = _Body()
     try:
-        _walk(msg, body, fallback, inline_context=False)
+        _walk(msg, body, fallback, inline_context=False, budget=budget)
+    except MessageTooComplex:
+        raise
     except Exception:  # a structure too broken to walk still has its text
         body = _Body(plain=[_broken_text(raw)])
     # Raw 8-bit headers are most likely in whatever the body turned out to be written in

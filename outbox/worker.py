@@ -17,12 +17,13 @@ from collections.abc import Callable
 import structlog
 
 from adapters.base import ChannelAdapter
+from gateway.backoff import Backoff
 from gateway.config import OutboxConfig
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.metrics import Metrics
-from gateway.store.base import OutboxItem
-from gateway.store.sqlite import SQLiteStore
-from outbox.retry import Backoff, TokenBucket
+from gateway.store.base import OutboxItem, OutboxStore
+from outbox.message import outbound_message
+from outbox.retry import TokenBucket
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +31,7 @@ log = structlog.get_logger(__name__)
 class OutboxWorker:
     """Runs until stopped; ``wake()`` after an enqueue makes it look at once."""
 
-    def __init__(self, store: SQLiteStore,
+    def __init__(self, store: OutboxStore,
                  adapters: Callable[[str, str], ChannelAdapter | None],
                  config: OutboxConfig, metrics: Metrics) -> None:
         self.store = store
@@ -44,7 +45,9 @@ class OutboxWorker:
         self._sends: set[asyncio.Task[None]] = set()
         self._limits: dict[str, asyncio.Semaphore] = {}  # per "type:account"
         self._buckets: dict[str, TokenBucket] = {}
-        self._capacity = asyncio.Semaphore(max(1, config.workers) * 4)
+        # `[outbox] workers` is the number of sends in flight at once, over all accounts
+        # (each account is further limited by its own send_concurrency).
+        self._capacity = asyncio.Semaphore(max(1, config.workers))
 
     def wake(self) -> None:
         """Something was queued: look now instead of at the next due time."""
@@ -105,12 +108,12 @@ class OutboxWorker:
         key = f"{adapter.type}:{adapter.name}"
         sem = self._limits.get(key)
         if sem is None:
-            sem = asyncio.Semaphore(getattr(adapter.config, "send_concurrency", 4) or 4)
+            sem = asyncio.Semaphore(adapter.limits.concurrency)
             self._limits[key] = sem
         return sem
 
     async def _rate(self, adapter: ChannelAdapter) -> None:
-        rate = getattr(adapter.config, "send_rate", None)
+        rate = adapter.limits.rate
         if not rate:
             return
         bucket = self._buckets.setdefault(f"{adapter.type}:{adapter.name}", TokenBucket(rate))
@@ -133,7 +136,7 @@ class OutboxWorker:
             async with self._limit(adapter):
                 await self._rate(adapter)
                 try:
-                    result = await adapter.send(item)
+                    result = await adapter.send(outbound_message(item))
                 except RetryableSendError as exc:
                     adapter.counters["send_errors"] += 1
                     await self._retry_or_fail(item, bound, exc)

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from adapters.api.config import ApiConfig
-from adapters.base import ChannelAdapter, SendResult
+from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from gateway import signing
 from gateway.errors import (
     MalformedPayload,
     NotFound,
     PermanentSendError,
     RetryableSendError,
+    SendError,
     SignatureInvalid,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
 from gateway.receipts import DeliveryError, Receipt
-from gateway.store.base import JSON, OutboxItem
 from normalizer.api import parse_api_change, parse_api_inbound, parse_api_status
 from normalizer.model import Party
+
+EXCERPT_CHARS = 300  # of a callback's answer, kept in the outbox error
 
 
 class ApiAdapter(ChannelAdapter):
@@ -31,11 +33,12 @@ class ApiAdapter(ChannelAdapter):
 
     type = "api"
     channels = frozenset({"api"})
+    identity_kinds = frozenset({"external", "email", "phone"})
     config_class = ApiConfig
     config: ApiConfig
 
     def routes(self) -> Sequence[web.RouteDef]:
-        """Messages in; changes, receipts and withdrawn users (the core paths, H8)."""
+        """Messages in; changes, receipts and withdrawn users (the core paths)."""
         return [web.post("/messages", self.handle_inbound),
                 web.patch("/messages/{message_id}", self.handle_change),
                 web.post("/status", self.handle_status),
@@ -45,24 +48,40 @@ class ApiAdapter(ChannelAdapter):
         """Replies come from the account itself."""
         return Party("external", f"omnirelay:{self.name}", None)
 
-    def _authenticate(self, request: web.Request, body: bytes) -> None:
+    def _authenticate_before_body(self, request: web.Request) -> str | None:
+        """Everything that can be checked before the body is read; the signature header
+        to verify against the body afterwards, or None when a bearer token was accepted.
+
+        An unauthenticated client must not make us read (up to ``max_body_bytes``) a body
+        we are going to refuse, so a missing or bad token, a signature for an account
+        without a secret and a signature whose timestamp is already out of tolerance are
+        refused first.
+        """
         header = request.headers.get("Omnirelay-Signature")
         if header is not None:
             if self.config.secret is None:
                 raise SignatureInvalid("this account has no secret; use a bearer token")
-            if not signing.verify(header, self.config.secret.reveal(), body):
-                raise SignatureInvalid("Omnirelay-Signature does not match "
-                                       "(or its timestamp is more than 5 minutes off)")
-            return
+            if not _timestamp_in_tolerance(header):
+                raise SignatureInvalid("Omnirelay-Signature has no timestamp within 5 "
+                                       "minutes of now")
+            return header
         if request.headers.get("Authorization", "").startswith("Bearer "):
             self.ctx.authorize(request, "write")
-            return
+            return None
         raise SignatureInvalid("sign the request (Omnirelay-Signature) or send a bearer token")
+
+    def _verify_signature(self, header: str, body: bytes) -> None:
+        assert self.config.secret is not None  # checked before the body was read
+        if not signing.verify(header, self.config.secret.reveal(), body):
+            raise SignatureInvalid("Omnirelay-Signature does not match "
+                                   "(or its timestamp is more than 5 minutes off)")
 
     async def handle_inbound(self, request: web.Request) -> web.Response:
         """Store the message, then answer 200 (201 when new) with the normalized message."""
+        signature = self._authenticate_before_body(request)
         body = await read_body(request)
-        self._authenticate(request, body)
+        if signature is not None:
+            self._verify_signature(signature, body)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -71,19 +90,27 @@ class ApiAdapter(ChannelAdapter):
         inbound.raw = body
         inbound.raw_content_type = "application/json"
         result = await self.ingest(inbound)
-        if result.ignored is not None:  # H8: a group post where groups are off
+        if result.ignored is not None:  # a group post where groups are off
             return json_response({"message": None, "created": False, "ignored": result.ignored},
                                  status=202)
         message = orjson.Fragment(result.message_json) if result.message_json else result.message
         return json_response({"message": message, "created": result.created},
                              status=201 if result.created else 200)
 
-    # ------------------------------------------------------------ H8: the core paths
+    # ------------------------------------------------------------ the core paths
 
-    async def _authenticated_json(self, request: web.Request) -> Any:
-        """The body of a signed or bearer-authenticated request, parsed (as for messages)."""
+    async def _authenticated_body(self, request: web.Request) -> bytes:
+        """The body of a signed or bearer-authenticated request; as for messages, nothing
+        is read before the checks that need no body pass."""
+        signature = self._authenticate_before_body(request)
         body = await read_body(request)
-        self._authenticate(request, body)
+        if signature is not None:
+            self._verify_signature(signature, body)
+        return body
+
+    async def _authenticated_json(self, request: web.Request) -> object:
+        """The body of a signed or bearer-authenticated request, parsed."""
+        body = await self._authenticated_body(request)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -113,45 +140,78 @@ class ApiAdapter(ChannelAdapter):
     async def handle_withdrawal(self, request: web.Request) -> web.Response:
         """``DELETE /users/{user_id}``: the user left the other system; their ``external``
         identity (and the name it gave) leaves the customer → ``customer.updated``."""
-        self._authenticate(request, await read_body(request))
+        await self._authenticated_body(request)
         user_id = request.match_info["user_id"].strip()
         customer = await self.ctx.store.remove_identity("external", user_id)
         return json_response({"customer": customer})
 
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """POST ``{"message": …}`` to the callback URL, signed; without one, done at once."""
         if not self.config.callback_url:
             return SendResult(None, "sent")
         assert self.config.secret is not None
-        payload: JSON = {"message": item.message}
-        if item.conversation.get("group"):  # H8: a reply into a group chat goes to the group
-            payload["group"] = item.conversation["group"]
+        payload: dict[str, object] = {"message": message.snapshot}
+        if message.group is not None:  # a reply into a group chat goes to the group
+            payload["group"] = message.group.to_json()
         body = orjson.dumps(payload)
         headers = {
             "Content-Type": "application/json",
             "Omnirelay-Signature": signing.sign(self.config.secret.reveal(), body),
-            "Idempotency-Key": item.message["id"],
+            "Idempotency-Key": message.id,
             "User-Agent": "omnirelay",
         }
         try:
+            # Never follow a redirect: a 307 would re-POST the signed body to wherever the
+            # callback host points (an internal address), a 302 would GET it and put its
+            # answer into the outbox error that read tokens can see.
             async with self.ctx.http.post(
-                self.config.callback_url, data=body, headers=headers,
+                self.config.callback_url, data=body, headers=headers, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
-                text = (await response.text(errors="replace"))[:500]
+                text = await remote_error_excerpt(response)
                 if 200 <= response.status < 300:
-                    return SendResult(_provider_id(text) or item.message["id"], "sent")
-                if response.status in (408, 409, 425, 429) or response.status >= 500:
-                    raise RetryableSendError(
-                        f"callback answered {response.status}",
-                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-                        provider_code=str(response.status), provider_message=text)
-                raise PermanentSendError(f"callback answered {response.status}",
-                                         provider_code=str(response.status),
-                                         provider_message=text, error_code="callback_rejected")
+                    return SendResult(_provider_id(text) or message.id, "sent")
+                raise _callback_error(response.status, response.headers.get("Retry-After"),
+                                      text)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise RetryableSendError(f"callback unreachable: {type(exc).__name__}: {exc}",
-                                     error_code="callback_unreachable") from exc
+            raise RetryableSendError(
+                f"callback unreachable: {type(exc).__name__}: {str(exc)[:200]}",
+                error_code="callback_unreachable") from exc
+
+
+def _callback_error(status: int, retry_after: str | None, excerpt: str) -> SendError:
+    """The send error for a callback's non-2xx answer (``excerpt`` is already bounded)."""
+    if 300 <= status < 400:
+        return PermanentSendError(
+            f"callback answered {status} (a redirect); redirects are not followed: set "
+            "callback_url to the final URL", provider_code=str(status),
+            error_code="callback_redirected")
+    if status in (408, 409, 425, 429) or status >= 500:
+        return RetryableSendError(f"callback answered {status}",
+                                  retry_after=retry_after_seconds(retry_after),
+                                  provider_code=str(status), provider_message=excerpt)
+    return PermanentSendError(f"callback answered {status}", provider_code=str(status),
+                              provider_message=excerpt, error_code="callback_rejected")
+
+
+async def remote_error_excerpt(response: aiohttp.ClientResponse,
+                               limit: int = EXCERPT_CHARS) -> str:
+    """At most ``limit`` characters of a remote answer, read no further than needed.
+
+    What a remote host answers ends up in the outbox error that any read token sees; a
+    short excerpt is enough to diagnose and never a whole (internal) page.
+    """
+    cap = limit * 4  # a UTF-8 character is at most 4 bytes
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = await response.content.read(cap - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _provider_id(text: str) -> str | None:
@@ -165,3 +225,13 @@ def _provider_id(text: str) -> str | None:
         return None
     value = data.get("message_id", data.get("id"))
     return value if isinstance(value, str) and value and len(value) <= 255 else None
+
+
+def _timestamp_in_tolerance(header: str) -> bool:
+    """Whether the header's ``t=`` is within :data:`signing.TOLERANCE_SECONDS` of now (the
+    cheap part of the check, done before the body is read)."""
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            return abs(time.time() - int(value)) <= signing.TOLERANCE_SECONDS
+    return False

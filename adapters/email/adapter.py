@@ -3,21 +3,41 @@
 Inbound mail of every source goes through :meth:`EmailAdapter.accept_raw`: parse (in a
 thread when large), hand to the gateway, return after the commit. Only then is the source
 acknowledged: ``250`` to the sending server, ``\\Seen`` (or a move) on the IMAP server.
+
+A message the parser cannot take (it raises, or the message is beyond the MIME limits) is
+a *poison message*: refusing or retrying it would bring it back forever (a sending server
+retries for days, an IMAP mailbox fetches it on every start). It is stored as received,
+flagged ``content.error = {"code": "unparsable", …}``, and acknowledged like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import email.parser
+import email.utils
+import hashlib
 import ssl
 import weakref
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from adapters.base import AdapterHealth, AdapterState, ChannelAdapter, SendResult
+from adapters.base import (
+    AdapterContext,
+    AdapterHealth,
+    AdapterState,
+    ChannelAdapter,
+    OutboundMessage,
+    SendLimits,
+    SendResult,
+)
 from adapters.email.config import EmailConfig
 from adapters.email.imap import Mailbox, append_copy
-from adapters.email.inbound import SmtpHandler, SmtpSession
+from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession, SpooledData
 from adapters.email.outbound import render, submit, thread_of
 from gateway.errors import (
     AdapterConfigError,
@@ -28,14 +48,24 @@ from gateway.errors import (
     PermanentSendError,
     RetryableSendError,
     StoreError,
+    ValidationFailed,
 )
-from gateway.store.base import IngestResult, OutboxItem
-from normalizer.email import parse_email
-from normalizer.model import Party
+from gateway.store.base import IngestResult
+from normalizer.email import MessageTooComplex, ParseLimits, parse_email
+from normalizer.identity import InvalidIdentity, normalize_email
+from normalizer.model import InboundMessage, Party
 
 # Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
 # ones (attachments) go to a thread so the loop keeps serving other sessions.
 INLINE_PARSE_BYTES = 64 * 1024
+# Parsing and storing a message costs several times its size in memory (the stdlib MIME
+# parser holds it as lines, the store encodes it): so one large message at a time (the
+# parse holds the GIL, so a second one would not run alongside anyway), and the allocator
+# is asked to give the memory back after each.
+LARGE_MESSAGE_BYTES = 1024 * 1024
+# Poison messages: where their sender is looked for, and how much of the head is read.
+POISON_HEADER_BYTES = 64 * 1024
+UNKNOWN_SENDER = "unknown@invalid"
 
 
 class EmailAdapter(ChannelAdapter):
@@ -43,18 +73,24 @@ class EmailAdapter(ChannelAdapter):
 
     type = "email"
     channels = frozenset({"email"})
+    identity_kinds = frozenset({"email"})
     config_class = EmailConfig
     config: EmailConfig
 
-    def __init__(self, name: str, config: Any, ctx: Any) -> None:
-        super().__init__(name, config, ctx)
+    def __init__(self, name: str, config: EmailConfig, ctx: AdapterContext, *,
+                 limits: SendLimits | None = None) -> None:
+        super().__init__(name, config, ctx, limits=limits)
         self._server: asyncio.base_events.Server | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self._inflight: set[asyncio.Task[Any]] = set()
         self.mailboxes: list[Mailbox] = []
         self.smtp_port: int | None = None
+        self.parse_limits = ParseLimits(max_parts=self.config.max_mime_parts,
+                                        max_depth=self.config.max_mime_depth)
+        self._large = asyncio.Lock()
         self.counters.update({"smtp_accepted": 0, "smtp_rejected": 0, "smtp_deferred": 0,
-                              "imap_imported": 0, "imap_reconnects": 0,
+                              "smtp_connections_refused": 0, "smtp_timeouts": 0,
+                              "unparsable": 0, "imap_imported": 0, "imap_reconnects": 0,
                               "sent_copy_errors": 0})
 
     def sender(self, channel: str) -> Party:
@@ -64,7 +100,7 @@ class EmailAdapter(ChannelAdapter):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        """Open the SMTP listener and start one task per IMAP mailbox.
+        """Open the SMTP listener and start one supervised loop per IMAP mailbox.
 
         A listener that cannot bind is transient (AdapterNotReady: the daemon retries); a
         certificate that cannot be loaded is a configuration error. IMAP servers are not
@@ -77,7 +113,7 @@ class EmailAdapter(ChannelAdapter):
                               store=self.ctx.store,
                               max_message_bytes=self.config.max_message_bytes)
             self.mailboxes.append(mailbox)
-            mailbox.start()
+            mailbox.start(self.ctx.loops)
 
     async def _listen(self) -> None:
         assert self.config.smtp_listen is not None
@@ -93,12 +129,16 @@ class EmailAdapter(ChannelAdapter):
                                          channel="email", account=self.name) from exc
         handler = SmtpHandler(self)
         loop = asyncio.get_running_loop()
+        limits = SessionLimits(self.config.smtp_max_sessions,
+                               self.config.smtp_max_sessions_per_address)
+        spool_dir = self._spool_dir()
 
         def factory() -> SMTP:
-            session = SmtpSession(handler, data_size_limit=self.config.max_message_bytes,
-                           enable_SMTPUTF8=True, hostname=self.config.domain,
-                           ident="omnirelay ESMTP", tls_context=tls_context,
-                           require_starttls=False, timeout=300)
+            session = SmtpSession(handler, limits=limits,
+                                  data_size_limit=self.config.max_message_bytes,
+                                  hostname=self.config.domain, tls_context=tls_context,
+                                  require_starttls=self.config.smtp_require_starttls,
+                                  timeout=self.config.smtp_idle_timeout, spool_dir=spool_dir)
             self._sessions.add(session)
             return session
 
@@ -110,15 +150,28 @@ class EmailAdapter(ChannelAdapter):
                                   channel="email", account=self.name) from exc
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         self.log.info("email.smtp_listening", host=host, port=self.smtp_port,
-                      starttls=tls_context is not None)
+                      starttls=tls_context is not None,
+                      require_starttls=self.config.smtp_require_starttls)
+
+    def _spool_dir(self) -> Path | None:
+        """``spool/`` in the data directory (private, on disk: /tmp may be RAM)."""
+        blob_dir = getattr(self.ctx.store, "blob_dir", None)
+        if not isinstance(blob_dir, Path):
+            return None  # the system's temporary directory
+        spool = blob_dir.parent / "spool"
+        try:
+            spool.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise AdapterConfigError(f"cannot create the SMTP spool {spool}: {exc}",
+                                     channel="email", account=self.name) from exc
+        return spool
 
     async def on_stop(self) -> None:
-        """Stop intake: no new SMTP sessions, mailboxes stop; commits in flight finish."""
+        """Stop intake: no new SMTP sessions (the mailbox loops are already cancelled);
+        commits in flight finish."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for mailbox in self.mailboxes:
-            await mailbox.stop()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=30)
         for session in list(self._sessions):
@@ -135,26 +188,112 @@ class EmailAdapter(ChannelAdapter):
         state = self.state
         if state is AdapterState.RUNNING and failing:
             state = AdapterState.DEGRADED
-        return AdapterHealth(state, failing[0] if failing else self.last_error, counters)
+        return AdapterHealth(state, failing[0] if failing else self.last_error, counters,
+                             self.ctx.loops.health())
 
     # ------------------------------------------------------------------ inbound
 
-    async def accept_raw(self, raw: bytes, recipient: str | None) -> IngestResult:
-        """Parse and ingest one message; returns after commit. Raises what ingest raises."""
-        if len(raw) <= INLINE_PARSE_BYTES:
-            inbound = parse_email(raw, self.name, recipient=recipient)
-        else:
-            inbound = await asyncio.to_thread(parse_email, raw, self.name,
-                                              recipient=recipient)
-        return await self.ingest(inbound)
+    async def accept_raw(self, raw: bytes, recipient: str | None, *,
+                         mail_from: str | None = None) -> IngestResult:
+        """Parse and ingest one message; returns after commit. Raises what ingest raises.
 
-    async def accept_mail(self, raw: bytes, recipient: str | None) -> str:
+        A large message waits for its turn, so concurrent sessions cannot stack their
+        parses in memory; a message the parser cannot take is stored as a poison message
+        (see the module docstring). After a large message, callers drop their reference to
+        ``raw`` and call :meth:`release_memory`.
+        """
+        if len(raw) < LARGE_MESSAGE_BYTES:
+            return await self._accept(raw, recipient, mail_from)
+        async with self._large:
+            return await self._accept(raw, recipient, mail_from)
+
+    async def _accept_spooled(self, spool: SpooledData, recipient: str | None,
+                              mail_from: str | None) -> IngestResult:
+        """A spooled message is read into memory only when its turn comes."""
+        async with self._large:
+            raw = await asyncio.to_thread(spool.read)
+            return await self._accept(raw, recipient, mail_from)
+
+    async def release_memory(self, size: int) -> None:
+        """After a message of ``size`` bytes is gone: give the heap back if it was large.
+
+        Freed memory stays in glibc's heaps (one per thread that parsed) unless trimmed:
+        one 24.6 MB mail left the daemon 200 MB larger for good.
+        """
+        if size >= LARGE_MESSAGE_BYTES and _MALLOC_TRIM is not None:
+            await asyncio.to_thread(_MALLOC_TRIM, 0)
+
+    async def _accept(self, raw: bytes, recipient: str | None,
+                      mail_from: str | None) -> IngestResult:
+        inbound: InboundMessage
+        try:
+            if len(raw) <= INLINE_PARSE_BYTES:
+                inbound = self._parse(raw, recipient)
+            else:
+                inbound = await asyncio.to_thread(self._parse, raw, recipient)
+        except Exception as exc:  # whatever it was, the message must not come back
+            inbound = self._poison(raw, recipient, mail_from, exc)
+        refused: ValidationFailed
+        try:
+            return await self.ingest(inbound)
+        except ValidationFailed as exc:  # what the parser made of it cannot be stored
+            if inbound.content and "error" in inbound.content:
+                raise
+            refused = exc.with_traceback(None)  # its frames would keep the parse alive
+        del inbound
+        return await self.ingest(self._poison(raw, recipient, mail_from, refused))
+
+    def _parse(self, raw: bytes, recipient: str | None) -> InboundMessage:
+        return parse_email(raw, self.name, recipient=recipient, limits=self.parse_limits)
+
+    def _poison(self, raw: bytes, recipient: str | None, mail_from: str | None,
+                error: Exception, code: str = "unparsable") -> InboundMessage:
+        """The stored form of a message the parser could not take: raw, flagged, dedupable.
+
+        The sender is the ``From`` of the header block when it can be read cheaply and is
+        a plain address, else the envelope's MAIL FROM, else ``unknown@invalid``. The
+        dedupe key is the hash of the raw message, so a redelivery is recognised.
+        """
+        expected = isinstance(error, MessageTooComplex | OmnirelayError)
+        if isinstance(error, OmnirelayError):
+            reason = error.message
+        elif isinstance(error, MessageTooComplex):
+            reason = str(error)
+        else:
+            reason = f"the parser failed ({type(error).__name__})"
+        self.counters["unparsable"] += 1
+        # An OmnirelayError's text may quote the sender's address: the log gets its kind
+        # only (the store, which erasure reaches, keeps the text).
+        self.log.warning("email.unparsable", code=code, size=len(raw), exc_info=not expected,
+                         reason=type(error).__name__ if isinstance(error, OmnirelayError)
+                         else reason)
+        name, sender = _header_sender(raw)
+        if sender is None:
+            name, sender = None, _plain_address(mail_from) or UNKNOWN_SENDER
+        envelope_to = _plain_address(recipient)
+        return InboundMessage(
+            channel="email", account=self.name,
+            provider_message_id="sha256:" + hashlib.sha256(raw).hexdigest(),
+            sender=Party("email", sender, name),
+            recipient=Party("email", envelope_to) if envelope_to else None,
+            text=("This e-mail could not be read by omnirelay "
+                  f"({reason}). It is kept exactly as received: open the raw message."),
+            raw=raw, raw_content_type="message/rfc822",
+            automatic="auto_reply" if mail_from == "<>" else None,
+            content={"type": "email", "error": {"code": code, "message": reason}},
+        )
+
+    async def accept_mail(self, raw: bytes | SpooledData, recipient: str | None, *,
+                          mail_from: str | None = None) -> str:
         """SMTP DATA: store the message and return the reply line (250 after commit)."""
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            result = await self.accept_raw(raw, recipient)
+            if isinstance(raw, SpooledData):
+                result = await self._accept_spooled(raw, recipient, mail_from)
+            else:
+                result = await self.accept_raw(raw, recipient, mail_from=mail_from)
         except StoreError as exc:
             self.last_error = exc.message
             self.counters["smtp_deferred"] += 1
@@ -181,37 +320,46 @@ class EmailAdapter(ChannelAdapter):
         return "250 2.0.0 Message accepted"
 
     async def _deliver_imap(self, raw: bytes) -> bool:
-        """IMAP: ingest one fetched message; True when it was new."""
-        result = await self.accept_raw(raw, None)
+        """IMAP: ingest one fetched message; True when it was new.
+
+        An attachment over the store's limit cannot be refused to anyone over IMAP (SMTP
+        answers 552): raised, the mailbox would fetch it again forever, so the message is
+        stored raw, flagged ``too_large``.
+        """
+        try:
+            result = await self.accept_raw(raw, None)
+        except PayloadTooLarge as exc:
+            result = await self.ingest(self._poison(raw, None, None, exc, "too_large"))
+        await self.release_memory(len(raw))
         return result.created
 
     # ------------------------------------------------------------------ outbound
 
-    async def send(self, item: OutboxItem) -> SendResult:
+    async def send(self, message: OutboundMessage) -> SendResult:
         """Send one message over SMTP submission, then file a copy in Sent if configured."""
         smtp = self.config.smtp
         if smtp is None:
             raise PermanentSendError(
                 f"e-mail account {self.name!r} has no [smtp] server for replies",
                 error_code="no_smtp_server")
-        parent, parent_raw = await self._parent(item)
-        thread = thread_of(item, parent, parent_raw)
-        store = self.ctx.store
-        message_id, data = await render(self.config, item, thread, store.blob_path,
+        parent, parent_raw = await self._parent(message)
+        thread = thread_of(message, parent, parent_raw)
+        message_id, data = await render(self.config, message, thread, self.ctx.store.blob_path,
                                         plus_addressing=self.config.plus_addressing)
-        recipient = item.message["to"]["address"]
+        recipient = message.to.address
         try:
             await submit(smtp, self.config.address, [recipient], data)
         except (RetryableSendError, PermanentSendError) as exc:
             self.last_error = exc.message
             raise
-        self.log.info("email.sent", message_id=item.message["id"], smtp_id=message_id)
+        self.log.info("email.sent", message_id=message.id, smtp_id=message_id)
         await self._copy_to_sent(data)
         return SendResult(message_id, "sent")
 
-    async def _parent(self, item: OutboxItem) -> tuple[dict[str, Any] | None, bytes | None]:
+    async def _parent(self, message: OutboundMessage
+                      ) -> tuple[dict[str, Any] | None, bytes | None]:
         """The message being answered, and its raw bytes (for its References)."""
-        parent_id = item.message.get("in_reply_to")
+        parent_id = message.in_reply_to
         if not parent_id:
             return None, None
         store = self.ctx.store
@@ -237,3 +385,50 @@ class EmailAdapter(ChannelAdapter):
             self.log.warning("email.sent_copy_failed", folder=settings.sent_folder,
                              error=error)
 
+
+
+# ---------------------------------------------------------------- poison messages
+
+
+def _header_sender(raw: bytes) -> tuple[str | None, str | None]:
+    """(name, address) of ``From`` in the head of ``raw``, when it is sane; else (None, None).
+
+    Only the first :data:`POISON_HEADER_BYTES` are read, a header line over RFC 5322's
+    998 characters is not trusted, and anything unusual gives up.
+    """
+    try:
+        head = raw[:POISON_HEADER_BYTES].decode("ascii", "surrogateescape")
+        value = email.parser.HeaderParser().parsestr(head, headersonly=True).get("From")
+        if not isinstance(value, str) or len(value) > 998:
+            return None, None
+        name, address = email.utils.parseaddr(value)
+    except Exception:
+        return None, None
+    address = _plain_address(address)
+    if address is None:
+        return None, None
+    name = name.strip()
+    return (name if name and name.isprintable() and "=?" not in name else None), address
+
+
+def _plain_address(value: str | None) -> str | None:
+    """A usable e-mail address, lower-cased; None for an empty path, garbage or non-ASCII."""
+    if not value or not value.isascii():
+        return None
+    try:
+        return normalize_email(value)
+    except InvalidIdentity:
+        return None
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None elsewhere, e.g. musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()

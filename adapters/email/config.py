@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import AdapterConfig
-from gateway.config import Secret, Section, parse_hostport
+from gateway.configkit import Secret, Section, parse_hostport
 
 if TYPE_CHECKING:
-    from gateway.config import ParseContext
+    from gateway.configkit import ParseContext
 
 SECURITY = ("tls", "starttls", "none")
 FIRST_SYNC = ("unseen", "all", "none")
@@ -63,6 +64,12 @@ class EmailConfig(AdapterConfig):
     ``plus_addressing``: replies carry ``Reply-To: local+c-<conversation>@domain`` so a
     client that drops In-Reply-To still threads; turn it off when the mail host does not
     deliver ``local+tag@`` addresses to ``local@``.
+
+    The listener's limits (``smtp_max_sessions``, ``smtp_max_sessions_per_address``,
+    ``smtp_idle_timeout``) default to Postfix's (100 processes, 50 per client) with a
+    one-minute idle timeout: a relaying MTA stays well inside them, a flood from one
+    address does not take every session. ``max_mime_parts``/``max_mime_depth`` bound the
+    parse of every inbound message; a message beyond them is stored raw, flagged.
     """
 
     address: str
@@ -75,9 +82,15 @@ class EmailConfig(AdapterConfig):
     tls_key_file: str | None = None
     smtp: ServerSettings | None = None
     imap: tuple[ImapSettings, ...] = ()
-    send_concurrency: int = 4
-    send_rate: float | None = None
     plus_addressing: bool = True
+    smtp_max_sessions: int = 100
+    smtp_max_sessions_per_address: int = 50
+    smtp_idle_timeout: float = 60.0
+    smtp_require_starttls: bool = False
+    max_mime_parts: int = 200
+    max_mime_depth: int = 20
+
+    example: ClassVar[Mapping[str, object]] = {"address": "support@shop.example"}
 
     @property
     def domain(self) -> str:
@@ -122,10 +135,28 @@ class EmailConfig(AdapterConfig):
         key = section.get("tls_key_file", str, None)
         if bool(cert) != bool(key):
             section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
-        rate = section.get("send_rate", (int, float), None)
+        require_starttls = section.get("smtp_require_starttls", bool, False)
+        if require_starttls and not cert:
+            section.error("smtp_require_starttls", "needs tls_cert_file and tls_key_file")
         max_bytes = section.get("max_message_bytes", int, 25 * 1024 * 1024)
         if max_bytes < 1024:
             section.error("max_message_bytes", "must be at least 1024")
+        sessions = section.get("smtp_max_sessions", int, 100)
+        if sessions < 1:
+            section.error("smtp_max_sessions", "must be at least 1")
+        per_address = section.get("smtp_max_sessions_per_address", int, 50)
+        if not 1 <= per_address <= max(sessions, 1):
+            section.error("smtp_max_sessions_per_address",
+                          "must be between 1 and smtp_max_sessions")
+        idle = float(section.get("smtp_idle_timeout", (int, float), 60.0))
+        if not 0 < idle <= 3600:
+            section.error("smtp_idle_timeout", "must be more than 0 and at most 3600 seconds")
+        parts = section.get("max_mime_parts", int, 200)
+        if parts < 1:
+            section.error("max_mime_parts", "must be at least 1")
+        depth = section.get("max_mime_depth", int, 20)
+        if depth < 1:
+            section.error("max_mime_depth", "must be at least 1")
         smtp_section = section.sub("smtp")
         smtp = None
         if smtp_section is not None:
@@ -141,9 +172,13 @@ class EmailConfig(AdapterConfig):
             tls_cert_file=cert, tls_key_file=key,
             smtp=smtp,
             imap=_mailboxes(section),
-            send_concurrency=section.get("send_concurrency", int, 4),
-            send_rate=None if rate is None else float(rate),
             plus_addressing=section.get("plus_addressing", bool, True),
+            smtp_max_sessions=sessions,
+            smtp_max_sessions_per_address=per_address,
+            smtp_idle_timeout=idle,
+            smtp_require_starttls=require_starttls,
+            max_mime_parts=parts,
+            max_mime_depth=depth,
         )
 
 

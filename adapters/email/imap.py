@@ -32,8 +32,11 @@ import orjson
 import structlog
 
 from adapters.email.config import ImapSettings, ServerSettings
+from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
-from outbox.retry import Backoff
+from gateway.store.base import CheckpointStore
+from gateway.supervisor import LoopGroup, SupervisedLoop
+from gateway.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +45,7 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _UNTAGGED_EXISTS = re.compile(rb"^\* \d+ EXISTS")
+RECONNECT_BACKOFF = Backoff(base=0.5, cap=300.0)
 _SIZES = re.compile(rb"UID (\d+)[^)]*RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+)[^)]*UID (\d+)")
 
 
@@ -75,18 +79,6 @@ def quote_mailbox(name: str) -> str:
     if encoded and not re.search(r'[\s"\\(){%*\]]', encoded):
         return encoded
     return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def tls_context(settings: ServerSettings) -> ssl.SSLContext:
-    """Verified TLS, with the configured CA (a private CA or self-signed cert) trusted too."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if settings.ca_file:
-        try:
-            context.load_verify_locations(settings.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise AdapterConfigError(f"cannot load ca_file {settings.ca_file}: {exc}",
-                                     channel="email") from exc
-    return context
 
 
 class ImapFailure(Exception):
@@ -130,7 +122,7 @@ class ImapSession:
     async def open(self) -> None:
         """Connect, upgrade to TLS as configured, log in. Failures are classified."""
         s = self.settings
-        context = tls_context(s) if s.security in ("tls", "starttls") else None
+        context = client_context(s.ca_file) if s.security in ("tls", "starttls") else None
         try:
             self.client = aioimaplib.IMAP4(
                 host=s.host, port=s.port, timeout=s.timeout,
@@ -433,10 +425,15 @@ class Checkpoint:
 
 
 class Mailbox:
-    """Imports one folder until stopped; reconnects with capped backoff and jitter."""
+    """Imports one folder under a supervised loop: one IMAP session per run of its body.
 
-    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver, store: Any,
-                 max_message_bytes: int) -> None:
+    A session that fails raises out of :meth:`run_session`; the loop (``gateway/supervisor.py``)
+    reconnects after a capped backoff with jitter, slower for rejected credentials, and
+    ``/v1/channels`` shows it. A whole pass resets the backoff (``loop.ok()``).
+    """
+
+    def __init__(self, settings: ImapSettings, *, account: str, deliver: Deliver,
+                 store: CheckpointStore, max_message_bytes: int) -> None:
         self.settings = settings
         self.account = account
         self.deliver = deliver
@@ -445,66 +442,59 @@ class Mailbox:
         self.key = f"email:{account}:imap:{settings.label}"
         self.log = log.bind(account=account, mailbox=settings.label)
         self.connected = False
-        self.last_error: str | None = None
         self.imported = 0
         self.duplicates = 0
-        self.reconnects = 0
         self.skipped = 0
         self.idle_supported: bool | None = None
         self.synced = asyncio.Event()  # set after every completed pass (tests, readiness)
-        self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self.loop: SupervisedLoop | None = None
 
-    def start(self) -> None:
-        """Start the mailbox's own task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"imap:{self.account}:"
-                                             f"{self.settings.label}")
+    @property
+    def name(self) -> str:
+        """The supervised loop's (and its task's) name."""
+        return f"imap:{self.account}:{self.settings.label}"
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the mailbox is not connected, if it is not."""
+        if self.connected or self.loop is None or self.loop.last_error is None:
+            return None
+        return f"imap {self.settings.label}: {self.loop.last_error}"
+
+    @property
+    def reconnects(self) -> int:
+        """How often a session failed and was started again."""
+        return self.loop.restarts if self.loop is not None else 0
+
+    def start(self, loops: LoopGroup | None = None) -> None:
+        """Run the mailbox as a loop of ``loops`` (the adapter's), or of its own group."""
+        if self.loop is None:
+            self.loop = (loops or LoopGroup()).supervise(self.name, self.run_session,
+                                                         backoff=RECONNECT_BACKOFF)
 
     async def stop(self) -> None:
-        """Cancel the task; an in-flight commit finishes inside the store regardless."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])  # our own cancellation still propagates
-            if not task.cancelled() and task.exception() is not None:
-                self.log.error("imap.task_failed", exc_info=task.exception())
+        """Cancel the loop; an in-flight commit finishes inside the store regardless."""
+        if self.loop is not None:
+            await self.loop.stop()
 
-    async def run(self) -> None:
-        """Sessions, one after another, with backoff between failures."""
-        backoff = Backoff(base=0.5, cap=300.0)
-        while True:
-            session = ImapSession(self.settings)
-            error: Exception | None = None
-            try:
-                await session.open()
-                await self._session(session)
-            except asyncio.CancelledError:
-                raise
-            except (AdapterAuthError, AdapterConfigError) as exc:
-                error = exc
-                self._failures = max(self._failures, 5)  # settings problems: retry slowly
-            except (AdapterNotReady, ImapFailure, StoreError, OSError, TimeoutError,
-                    aioimaplib.AioImapException) as exc:
-                error = exc
-            except Exception as exc:  # a bug here must not end the mailbox for good
-                self.log.exception("imap.session_crashed")
-                error = exc
-            finally:
-                self.connected = False
-                await asyncio.shield(session.close())
-            self._failures += 1
-            self.reconnects += 1
-            message = getattr(error, "message", None) or _describe(error or Exception())
-            self.last_error = f"imap {self.settings.label}: {message}"
-            delay = backoff.delay(self._failures)
-            self.log.warning("imap.disconnected", error=message, retry_in=round(delay, 2))
-            await asyncio.sleep(delay)
+    async def run_session(self, loop: SupervisedLoop) -> None:
+        """One session: connect, import and wait for mail until the session fails."""
+        session = ImapSession(self.settings)
+        try:
+            await session.open()
+            await self._session(session, loop)
+        except (AdapterNotReady, AdapterAuthError, AdapterConfigError, ImapFailure, StoreError,
+                OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            self.log.warning("imap.disconnected",
+                             error=getattr(exc, "message", None) or _describe(exc))
+            raise
+        finally:
+            self.connected = False
+            await asyncio.shield(session.close())
 
-    async def _session(self, session: ImapSession) -> None:
+    async def _session(self, session: ImapSession, loop: SupervisedLoop) -> None:
         validity, uidnext, _exists = await session.select(self.settings.folder)
         self.connected = True
-        self.last_error = None
         self.idle_supported = "IDLE" in session.capabilities
         self.log.info("imap.connected", uidvalidity=validity,
                       idle=self.idle_supported and self.settings.idle)
@@ -512,7 +502,7 @@ class Mailbox:
             session.mail_announced = False
             await self._pass(session, validity, uidnext)
             uidnext = None
-            self._failures = 0  # a whole pass worked: the next failure starts afresh
+            loop.ok()  # a whole pass worked: the next failure starts afresh
             self.synced.set()
             if session.mail_announced:
                 continue  # mail arrived while we were busy: look again before waiting

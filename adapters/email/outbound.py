@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -27,14 +27,18 @@ from typing import Any
 
 import aiosmtplib
 
+from adapters.base import OutboundMessage
 from adapters.email.config import EmailConfig, ServerSettings
-from adapters.email.imap import tls_context
+from gateway.attachments import mime_parts, sanitize_filename
 from gateway.errors import PermanentSendError, RetryableSendError
-from gateway.store.base import OutboxItem
+from gateway.store.base import StoredAttachment
+from gateway.tls import client_context
 
+# Possessive blanks (\s*+): the two runs around the optional counter never trade
+# characters, so "Re" and 20,000 ideographic spaces is one pass, not a quadratic search.
 _RE_PREFIX = re.compile(
-    r"^\s*((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*"
-    r"(\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE)  # noqa: RUF001 - full-width colon
+    r"^\s*+((re|aw|sv|vs|antw|odp|ynt|r|fw|fwd|tr|wg|답장|회신|전달|返信|回复|答复)\s*+"
+    r"(\[\d+\]|\(\d+\))?\s*+[:：]\s*+)+", re.IGNORECASE)  # noqa: RUF001 - full-width colon
 _MAX_REFERENCES = 20
 
 
@@ -53,21 +57,21 @@ class Thread:
     references: tuple[str, ...] = ()
 
 
-def thread_of(item: OutboxItem, parent: dict[str, Any] | None,
+def thread_of(message: OutboundMessage, parent: dict[str, Any] | None,
               parent_raw: bytes | None) -> Thread:
-    """In-Reply-To, References and subject for ``item`` (pure; the adapter reads the store)."""
-    parent_id = item.reply_to_provider_id
+    """In-Reply-To, References and subject for ``message`` (pure; the adapter reads the store)."""
+    parent_id = message.reply_to_provider_id
     refs: list[str] = []
     if parent_raw is not None:
         refs = _header_ids(parent_raw, "References") or _header_ids(parent_raw, "In-Reply-To")
     if not refs:
-        refs = [r for r in item.thread_refs if r != parent_id]
+        refs = [r for r in message.thread_refs if r != parent_id]
     if parent_id:
         refs = [r for r in refs if r != parent_id] + [parent_id]
     refs = [r for r in dict.fromkeys(refs) if _is_msgid(r)]
     if len(refs) > _MAX_REFERENCES:  # keep the thread's root and the newest ones
         refs = refs[:1] + refs[-(_MAX_REFERENCES - 1):]
-    subject = item.message.get("subject")
+    subject = message.subject
     if not subject and parent is not None:
         subject = reply_subject(parent.get("subject"))
     return Thread(subject, parent_id if parent_id and _is_msgid(parent_id) else None,
@@ -86,20 +90,18 @@ def _header_ids(raw: bytes, name: str) -> list[str]:
     return re.findall(r"<([^<>\s]+)>", match.group(1).decode("ascii", "replace"))
 
 
-def build_reply(config: EmailConfig, item: OutboxItem, thread: Thread,
-                attachments: Sequence[tuple[dict[str, Any], bytes]] = (),
+def build_reply(config: EmailConfig, message: OutboundMessage, thread: Thread,
+                attachments: Sequence[tuple[StoredAttachment, bytes]] = (),
                 *, plus_addressing: bool = True) -> EmailMessage:
     """The MIME message for an outbound message (no I/O: attachment bytes are passed in)."""
-    message = item.message
     msg = EmailMessage()
     msg["From"] = email.utils.formataddr((config.display_name or "", config.address))
-    to = message["to"]
-    msg["To"] = email.utils.formataddr((to.get("name") or "", to["address"]))
+    msg["To"] = email.utils.formataddr((message.to.name or "", message.to.address))
     msg["Subject"] = thread.subject or (
         f"Message from {config.display_name or config.domain}")
     msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = f"<{message['id']}@{config.domain}>"
-    token = message["conversation_id"].removeprefix("cnv_").lower()
+    msg["Message-ID"] = f"<{message.id}@{config.domain}>"
+    token = message.conversation_id.removeprefix("cnv_").lower()
     if plus_addressing:
         local = config.address.partition("@")[0].split("+", 1)[0]
         msg["Reply-To"] = email.utils.formataddr(
@@ -109,38 +111,53 @@ def build_reply(config: EmailConfig, item: OutboxItem, thread: Thread,
         msg["In-Reply-To"] = f"<{thread.in_reply_to}>"
     if thread.references:
         msg["References"] = " ".join(f"<{r}>" for r in thread.references)
-    if message.get("automatic"):
+    if message.automatic:
         # RFC 3834: mark it, and ask Exchange not to answer it with an out-of-office.
         msg["Auto-Submitted"] = "auto-replied"
         msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"
-    msg.set_content(message.get("text") or "")
-    if message.get("html"):
-        msg.add_alternative(message["html"], subtype="html")
+    msg.set_content(message.text)
+    if message.html:
+        msg.add_alternative(message.html, subtype="html")
     for meta, data in attachments:
-        maintype, _, subtype = (meta.get("content_type") or "application/octet-stream"
-                                ).partition("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
-                           filename=meta.get("filename") or "attachment")
+        maintype, subtype, params = _attachment_type(meta.content_type)
+        # email.message writes a non-ASCII name as RFC 2231 ``filename*=utf-8''…``.
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, params=params,
+                           filename=sanitize_filename(meta.filename))
     return msg
 
 
-def read_attachments(item: OutboxItem, blob_path: Any) -> list[tuple[dict[str, Any], bytes]]:
+def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]]:
+    """(maintype, subtype, parameters) of a stored content type, checked again here.
+
+    Rows stored before the API checked metadata may hold anything, and a CR/LF in a MIME
+    header must never reach the relay. ``message/*`` and ``multipart/*`` go out as
+    ``application/octet-stream``: their bodies may not be base64-encoded (RFC 2046 §5.1.1,
+    §5.2.1) and the bytes are not re-parsed here.
+    """
+    maintype, subtype, params = mime_parts(content_type)
+    if maintype in ("message", "multipart"):
+        return "application", "octet-stream", {}
+    return maintype, subtype, params
+
+
+def read_attachments(message: OutboundMessage,
+                     blob_path: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
     """The bytes of each attachment (blocking: run it in a thread)."""
     found = []
-    for att in item.message.get("attachments", []):
-        path: Path = blob_path(att["sha256"])
+    for att in message.attachments:
+        path = blob_path(att.sha256)
         try:
             found.append((att, path.read_bytes()))
         except FileNotFoundError as exc:
             raise PermanentSendError(
-                f"attachment {att.get('filename')!r} is no longer stored (retention?)",
+                f"attachment {att.filename!r} is no longer stored (retention?)",
                 error_code="attachment_missing") from exc
     return found
 
 
 def smtp_tls(settings: ServerSettings) -> ssl.SSLContext | None:
     """The TLS context for the relay (None for security = none)."""
-    return tls_context(settings) if settings.security in ("tls", "starttls") else None
+    return client_context(settings.ca_file) if settings.security in ("tls", "starttls") else None
 
 
 async def submit(settings: ServerSettings, sender: str, recipients: list[str],
@@ -188,15 +205,14 @@ def _permanent(code: int, text: str) -> PermanentSendError:
                               provider_message=text, error_code="smtp_rejected")
 
 
-async def render(config: EmailConfig, item: OutboxItem, thread: Thread, blob_path: Any, *,
-                 plus_addressing: bool) -> tuple[str, bytes]:
+async def render(config: EmailConfig, message: OutboundMessage, thread: Thread,
+                 blob_path: Callable[[str], Path], *, plus_addressing: bool) -> tuple[str, bytes]:
     """(Message-ID without brackets, wire bytes); big MIME work happens off the loop."""
     def work() -> tuple[str, bytes]:
-        attachments = read_attachments(item, blob_path) if item.message.get("attachments") \
-            else []
-        msg = build_reply(config, item, thread, attachments, plus_addressing=plus_addressing)
+        attachments = read_attachments(message, blob_path) if message.attachments else []
+        msg = build_reply(config, message, thread, attachments, plus_addressing=plus_addressing)
         return msg["Message-ID"].strip("<>"), msg.as_bytes(policy=SMTP_POLICY)
 
-    if item.message.get("attachments"):
+    if message.attachments:
         return await asyncio.to_thread(work)
     return work()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.api.openapi import IDENTITY_KINDS, openapi_document
+from adapters.registry import route_families
+from gateway.api.openapi import IDENTITY_KINDS, MAX_INT64, openapi_document
+from gateway.attachments import content_disposition, sanitize_content_type
 from gateway.config import TokenConfig
 from gateway.errors import (
     BadRequest,
@@ -25,9 +29,16 @@ from gateway.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from gateway.http import MAX_BODY_KEY, json_response, read_body
+from gateway.http import (
+    MAX_BODY_KEY,
+    TRUSTED_PROXIES_KEY,
+    client_address,
+    json_response,
+    read_body,
+    redact_urls_in,
+)
 from gateway.store.base import OutboundRequest, Route
-from normalizer.api import decode_attachments
+from normalizer.api import decode_attachments, refuse_deep_json
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import Party
 
@@ -38,6 +49,13 @@ log = structlog.get_logger(__name__)
 GATEWAY_KEY = web.AppKey("gateway", Any)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+# Open SSE streams per token name: a leaked or buggy client cannot hold every socket.
+STREAMS_KEY = web.AppKey("streams_per_token", dict[str, int])
+TOKEN_KEY = web.RequestKey("token", TokenConfig)
+# A disk that cannot take a write (blob files are written outside SQLite): the store is
+# unavailable for now, a 503 the client retries, not a 500.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+STORE_RETRY_AFTER = "5"
 
 
 def gw(request: web.Request) -> Gateway:
@@ -60,14 +78,28 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
             if token is None:
                 raise Unauthorized("missing or invalid bearer token")
-            request["token"] = token
+            request[TOKEN_KEY] = token
         return await handler(request)
     except StoreError as exc:
-        log.error("api.store_unavailable", path=request.path, error=exc.message)
-        return json_response(exc.to_json(), status=503, headers={"Retry-After": "5"})
+        log.error("api.store_unavailable", path=request.path, error=exc.message,
+                  client=client_address(request))
+        return json_response(exc.to_json(), status=503,
+                             headers={"Retry-After": STORE_RETRY_AFTER})
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            return _internal_error(request)
+        log.error("api.store_unavailable", path=request.path, error=exc.strerror,
+                  client=client_address(request))
+        error = StoreError(f"the store cannot write right now ({exc.strerror})")
+        return json_response(error.to_json(), status=503,
+                             headers={"Retry-After": STORE_RETRY_AFTER})
     except OmnirelayError as exc:
         if exc.status >= 500:
-            log.error("api.error", path=request.path, code=exc.code, error=exc.message)
+            log.error("api.error", path=request.path, code=exc.code, error=exc.message,
+                      client=client_address(request))
+        elif not request.path.startswith("/hooks/"):  # hooks log their own hook.rejected
+            log.info("http.refused", method=request.method, path=request.path,
+                     status=exc.status, code=exc.code, client=client_address(request))
         return json_response(exc.to_json(), status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -81,17 +113,25 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("api.unhandled", path=request.path, method=request.method)
-        return json_response({"error": {"code": "internal_error",
-                                        "message": "internal error; see the daemon log"}},
-                             status=500)
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("api.unhandled", path=request.path, method=request.method,
+                  client=client_address(request))
+    return json_response({"error": {"code": "internal_error",
+                                    "message": "internal error; see the daemon log"}},
+                         status=500)
 
 
 def authenticate(tokens: tuple[TokenConfig, ...], header: str | None) -> TokenConfig | None:
     """Return the token config matching an ``Authorization: Bearer`` header."""
     if not header or not header.startswith("Bearer "):
         return None
-    presented = header[7:].strip().encode()
+    try:
+        presented = header[7:].strip().encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (kept as surrogates): no token
+        return None
     found = None
     for token in tokens:  # compare against all, in constant time each
         if hmac.compare_digest(presented, token.token.reveal().encode()):
@@ -101,7 +141,7 @@ def authenticate(tokens: tuple[TokenConfig, ...], header: str | None) -> TokenCo
 
 def require(request: web.Request, scope: str) -> TokenConfig:
     """Check that the request's token grants ``scope`` (``admin`` grants all)."""
-    token: TokenConfig = request["token"]
+    token = request[TOKEN_KEY]
     if scope not in token.scopes and "admin" not in token.scopes:
         raise Forbidden(f"the token {token.name!r} lacks the {scope!r} scope")
     return token
@@ -112,7 +152,7 @@ def check_token(request: web.Request, scope: str) -> None:
     token = authenticate(gw(request).config.tokens, request.headers.get("Authorization"))
     if token is None:
         raise Unauthorized("missing or invalid bearer token")
-    request["token"] = token
+    request[TOKEN_KEY] = token
     require(request, scope)
 
 
@@ -130,6 +170,21 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
         raise BadRequest(f"{name} must be an integer") from None
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def number_param(request: web.Request, name: str, default: float, low: float,
+                 high: float) -> float:
+    """Read a number (seconds) query parameter within [low, high]; 400 otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}")
     return value
 
 
@@ -162,7 +217,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store answers and every required adapter runs."""
+    """Readiness: the store answers and every required adapter runs.
+
+    Unauthenticated (load balancers call it), so it names what is not ready but never
+    an error text: those can hold hosts, paths or a provider's answer, and stay behind a
+    token on ``/v1/channels``.
+    """
     problems = await gw(request).readiness_problems()
     if problems:
         return json_response({"status": "unavailable", "problems": problems}, status=503)
@@ -176,8 +236,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 description of this API (any valid token; CONTRACT: all of /v1)."""
-    return json_response(openapi_document())
+    """The OpenAPI 3.1 description of this API (any valid token; CONTRACT: all of /v1),
+    naming this daemon's channels and accounts."""
+    routes = tuple(sorted({(route.channel, route.account) for route in gw(request).routes()}))
+    return json_response(openapi_document(routes))
 
 
 # ---------------------------------------------------------------- feed
@@ -210,22 +272,51 @@ async def list_events(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+STREAM_PARAMS = frozenset({"after", "heartbeat"})
+HEARTBEAT_MIN, HEARTBEAT_MAX, HEARTBEAT_DEFAULT = 1.0, 60.0, 15.0
+
+
 async def stream_events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/events/stream``: Server-Sent Events; ``id:`` is the cursor."""
-    require(request, "read")
+    token = require(request, "read")
     gateway = gw(request)
+    unknown = set(request.query) - STREAM_PARAMS
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     resume = request.headers.get("Last-Event-ID") or request.query.get("after")
     cursor = cursor_param(resume, "Last-Event-ID")
+    heartbeat = number_param(request, "heartbeat", HEARTBEAT_DEFAULT, HEARTBEAT_MIN,
+                             HEARTBEAT_MAX)
+    open_streams = request.app[STREAMS_KEY]
+    cap = gateway.config.server.max_streams_per_token
+    if open_streams.get(token.name, 0) >= cap:
+        log.warning("api.stream_refused", token=token.name, open=cap,
+                    client=client_address(request))
+        return json_response(
+            {"error": {"code": "too_many_streams",
+                       "message": f"the token {token.name!r} already has {cap} open streams "
+                                  "([server] max_streams_per_token)"}},
+            status=429, headers={"Retry-After": "10"})
     if cursor is None:
         cursor = await gateway.store.head_seq()
-    heartbeat = float(request.query.get("heartbeat", "15"))
-    heartbeat = min(60.0, max(0.05, heartbeat))
+    open_streams[token.name] = open_streams.get(token.name, 0) + 1
+    gateway.streams += 1
+    try:
+        return await _stream(request, gateway, cursor, heartbeat)
+    finally:
+        gateway.streams -= 1
+        open_streams[token.name] -= 1
+        if not open_streams[token.name]:
+            del open_streams[token.name]
+
+
+async def _stream(request: web.Request, gateway: Gateway, cursor: int,
+                  heartbeat: float) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
-    gateway.streams += 1
     try:
         while not gateway.stopping.is_set():
             page = await gateway.store.events_after(cursor, 500)
@@ -248,8 +339,6 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": heartbeat\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
-    finally:
-        gateway.streams -= 1
     return response
 
 
@@ -360,6 +449,11 @@ async def _outbound_request(request: web.Request, body: Any, *,
     attachments = decode_attachments(body.get("attachments"))
     if not text and not attachments and not template:
         raise ValidationFailed("a message needs text, attachments or a template")
+    if not text and not attachments:
+        # No channel renders templates yet (CONTRACT: a template a channel cannot render
+        # is refused): sent as it is, the customer would get an empty message.
+        raise ValidationFailed(f"template {template!r} cannot be rendered on any channel "
+                               "yet; send the text instead")
     gateway = gw(request)
     limit = gateway.config.store.max_attachment_bytes
     for att in attachments:
@@ -389,16 +483,34 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
                  customer_id: str | None, proactive: bool) -> web.Response:
     token = require(request, "write")
     body = await json_body(request)
+    refuse_deep_json(body)
     idempotency = _idempotency(request, token, body)
     gateway = gw(request)
+    routes = gateway.routes()
+    _check_account_named(body, routes)
     outbound = await _outbound_request(request, body, proactive=proactive)
     status, message = await gateway.store.enqueue_outbound(
         conversation_id=conversation_id, customer_id=customer_id, request=outbound,
-        routes=gateway.routes(), idempotency=idempotency)
+        routes=routes, idempotency=idempotency)
     gateway.outbox.wake()
     log.info("api.reply_queued", message_id=message["id"],
              conversation_id=message["conversation_id"], channel=message["channel"])
     return json_response(message, status=status)
+
+
+def _check_account_named(body: Any, routes: list[Route]) -> None:
+    """A named channel served by several accounts needs ``account`` (CONTRACT): taking
+    the first would send from an account the agent did not choose."""
+    if not isinstance(body, dict) or body.get("account") is not None:
+        return
+    channel = body.get("channel")
+    if not isinstance(channel, str) or not channel:
+        return
+    accounts = sorted({route.account for route in routes if route.channel == channel})
+    if len(accounts) > 1:
+        raise ValidationFailed(f"channel {channel!r} is served by the accounts "
+                               f"{', '.join(accounts)}; name one in \"account\"",
+                               accounts=accounts)
 
 
 async def post_reply(request: web.Request) -> web.Response:
@@ -489,17 +601,21 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     attachment, path = await gw(request).store.get_attachment(request.match_info["id"])
     if not await asyncio.to_thread(path.exists):
         raise NotFound("the attachment's bytes were purged by the retention setting")
-    safe = attachment.filename.replace('"', "").replace("\r", "").replace("\n", "")
+    # Checked again: rows stored before the metadata checks may hold anything (RFC 6266).
     return web.FileResponse(path, headers={
-        "Content-Type": attachment.content_type,
-        "Content-Disposition": f'attachment; filename="{safe}"',
+        "Content-Type": sanitize_content_type(attachment.content_type),
+        "Content-Disposition": content_disposition(attachment.filename),
         "X-Content-Type-Options": "nosniff"})
 
 
 async def list_channels(request: web.Request) -> web.Response:
     """``GET /v1/channels``: every configured account, its state and counters."""
     require(request, "read")
-    return json_response({"channels": gw(request).channel_report()})
+    report = gw(request).channel_report()
+    for entry in report:  # an adapter's error may quote a URL with credentials
+        if entry.get("last_error"):
+            entry["last_error"] = redact_urls_in(entry["last_error"])
+    return json_response({"channels": report})
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
@@ -519,14 +635,27 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     if "subscription" in body and not isinstance(body["subscription"], str):
         raise ValidationFailed("subscription must be a string")
     ids = body.get("ids")
-    if "ids" in body and (not isinstance(ids, list)
-                          or not all(isinstance(i, int) and not isinstance(i, bool)
-                                     for i in ids)):
-        raise ValidationFailed("ids must be a list of integers")
+    if "ids" in body:
+        ids = _delivery_ids(ids)
     count = await gw(request).store.replay_dead_letters(ids, body.get("subscription"))
     for dispatcher in gw(request).webhooks.values():
         dispatcher.wake()
     return json_response({"replayed": count})
+
+
+def _delivery_ids(value: Any) -> list[int]:
+    """Dead-letter ids: integers (``3.0`` is one in JSON) within SQLite's 64 bits."""
+    message = f"ids must be a list of integers from 1 to {MAX_INT64}"
+    if not isinstance(value, list):
+        raise ValidationFailed(message)
+    ids = []
+    for item in value:
+        if isinstance(item, float) and item.is_integer():
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool) or not 1 <= item <= MAX_INT64:
+            raise ValidationFailed(message)
+        ids.append(item)
+    return ids
 
 
 # ---------------------------------------------------------------- provider hooks
@@ -563,9 +692,15 @@ async def _dispatch(request: web.Request, type_: str, account: str,
         if exc.status < 500:
             gateway.metrics.rejected.labels(adapter.type, exc.code).inc()
             log.warning("hook.rejected", channel_type=adapter.type,
-                        account=adapter.name, code=exc.code, error=exc.message)
+                        account=adapter.name, code=exc.code, error=exc.message,
+                        client=client_address(request))
         raise
     raise NotFound(f"no route for {request.path}")
+
+
+async def family_route(request: web.Request) -> web.StreamResponse:
+    """An adapter's route outside ``/hooks`` (web chat's ``/chat/{account}/ws``)."""
+    return await gw(request).family_hook(request.path, request.method)(request)
 
 
 # ---------------------------------------------------------------- app
@@ -577,6 +712,8 @@ def create_app(gateway: Gateway) -> web.Application:
                           client_max_size=gateway.config.server.max_body_bytes)
     app[GATEWAY_KEY] = gateway
     app[MAX_BODY_KEY] = gateway.config.server.max_body_bytes
+    app[TRUSTED_PROXIES_KEY] = gateway.config.server.trusted_proxies
+    app[STREAMS_KEY] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -607,6 +744,8 @@ def create_app(gateway: Gateway) -> web.Application:
         for path in adapter.route_table():
             app.router.add_route("*", f"/hooks/{type_}/{account}{path}",
                                  provider_hook_for(type_, account, path.lstrip("/")))
+    for family in route_families():
+        app.router.add_route("*", f"{family}/{{tail:.+}}", family_route)
     app.router.add_route("*", "/hooks/{type}/{account}", provider_hook)
     app.router.add_route("*", "/hooks/{type}/{account}/{tail:.+}", provider_hook)
     return app

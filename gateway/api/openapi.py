@@ -26,6 +26,32 @@ def _nullable(schema: JSON) -> JSON:
 
 _STR = {"type": "string"}
 _TS = {"type": "string", "format": "date-time"}
+MAX_INT64 = 2**63 - 1
+# The schema states what the server accepts, so that every request it calls valid is
+# taken (schemathesis' positive_data_acceptance runs in the suite). Where the server's rule
+# cannot be written as a pattern (a "possible" phone number depends on the numbering
+# plan), the pattern is a subset that is always accepted.
+ULID = "[0-9A-HJKMNP-TV-Z]{26}"
+# No whitespace (as str.isspace() counts it), control character, "@" or angle bracket.
+_EMAIL_CHAR = (r"[^@<>\s\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+               r"\u3000]")
+EMAIL_PATTERN = f"{_EMAIL_CHAR}+@{_EMAIL_CHAR}+"
+PHONE_PATTERN = r"\+(1[0-9]{10}|33[0-9]{9}|(44|49|81|82|86|91)[0-9]{9,10})"
+NON_BLANK_PATTERN = r".*\S.*"
+MIME_TYPE_PATTERN = (r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+                     r"/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+BASE64_PATTERN = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+HEARTBEAT_RANGE = (1, 60)
+
+
+def _other_kinds() -> list[str]:
+    return [kind for kind in IDENTITY_KINDS if kind not in ("email", "phone")]
+
+
+def identity_query_pattern() -> str:
+    """``kind:address`` as ``GET /v1/customers?identity=`` accepts it."""
+    return (f"^(email:{EMAIL_PATTERN}|phone:{PHONE_PATTERN}"
+            f"|({'|'.join(_other_kinds())}):{NON_BLANK_PATTERN})$")
 
 
 def _obj(props: JSON, required: list[str] | None = None, extra: bool = True) -> JSON:
@@ -40,7 +66,9 @@ def _obj(props: JSON, required: list[str] | None = None, extra: bool = True) -> 
 def _error_responses(*codes: int) -> JSON:
     text = {400: "Invalid parameters", 401: "Missing or invalid token",
             403: "The token lacks the scope", 404: "Not found", 409: "Conflict",
-            413: "Body too large", 422: "Invalid content", 503: "Store unavailable"}
+            413: "Body too large", 422: "Invalid content",
+            429: "Too many open streams for this token (see Retry-After)",
+            503: "Store unavailable (see Retry-After)"}
     return {str(c): {"description": text[c], "content": {"application/json": {
         "schema": _ref("Error")}}} for c in codes}
 
@@ -67,7 +95,8 @@ def _op(summary: str, responses: JSON, *, params: list[JSON] | None = None,
 
 def _path_id(prefix: str) -> JSON:
     return {"name": "id", "in": "path", "required": True,
-            "schema": {"type": "string"}, "description": f"a {prefix}_… id"}
+            "schema": {"type": "string", "pattern": f"^{prefix}_{ULID}$"},
+            "description": f"a {prefix}_… id"}
 
 
 def _query(name: str, schema: JSON, description: str = "") -> JSON:
@@ -75,9 +104,29 @@ def _query(name: str, schema: JSON, description: str = "") -> JSON:
             "description": description}
 
 
+def _routing(routes: tuple[tuple[str, str], ...]) -> list[JSON]:
+    """Which ``channel``/``account`` pairs a reply may name on this daemon: a channel
+    served by several accounts needs the account."""
+    by_channel: dict[str, list[str]] = {}
+    for channel, account in routes:
+        by_channel.setdefault(channel, []).append(account)
+    branches: list[JSON] = [{"not": {"required": ["channel"]}}]
+    for channel, accounts in sorted(by_channel.items()):
+        branches.append({
+            "required": ["channel", "account"] if len(accounts) > 1 else ["channel"],
+            "properties": {"channel": {"const": channel},
+                           "account": {"enum": sorted(accounts)}}})
+    return branches
+
+
 @cache
-def openapi_document() -> JSON:
-    """Return the OpenAPI document (a dict ready for JSON)."""
+def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
+    """Return the OpenAPI document (a dict ready for JSON).
+
+    ``routes`` (channel, account pairs) is what the running daemon serves: given, the
+    reply schemas name the configured channels and accounts; ``docs/openapi.json`` is
+    the document without them.
+    """
     party = _obj({"kind": _STR, "address": _STR, "name": _nullable(_STR)},
                  ["kind", "address"])
     attachment = _obj({"id": _STR, "filename": _STR, "content_type": _STR,
@@ -118,8 +167,10 @@ def openapi_document() -> JSON:
     }, ["id", "identities", "created_at"])
     event = _obj({"id": _STR, "seq": _STR, "type": _STR, "created_at": _TS,
                   "data": {"type": "object"}}, ["id", "seq", "type", "created_at", "data"])
-    attachment_in = _obj({"filename": {"type": "string", "minLength": 1},
-                          "content_type": _STR, "content_base64": _STR},
+    attachment_in = _obj({"filename": {"type": "string", "minLength": 1, "maxLength": 255},
+                          "content_type": {"type": "string", "pattern": MIME_TYPE_PATTERN},
+                          "content_base64": {"type": "string", "pattern": BASE64_PATTERN,
+                                             "contentEncoding": "base64"}},
                          ["filename", "content_base64"], extra=False)
     agent = _obj({"id": _STR, "name": _nullable(_STR)}, ["id"], extra=False)
     reply = _obj({
@@ -128,42 +179,58 @@ def openapi_document() -> JSON:
         "agent": _nullable(_ref("Agent")), "channel": _STR, "account": _STR,
         "template": {"type": "string", "minLength": 1}, "variables": {"type": "object"},
     }, extra=False)
-    # A message needs text, attachments or a template.
+    # A message needs text or attachments; no channel renders a template yet, so a
+    # template alone is refused (422) rather than sent empty.
     reply["anyOf"] = [
         {"required": ["text"], "properties": {"text": {"minLength": 1}}},
         {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
-        {"required": ["template"]},
     ]
+    if routes:
+        reply = {"allOf": [reply, {"anyOf": _routing(routes)}]}
     proactive = {"allOf": [_ref("Reply"), {"required": ["channel"],
                                            "properties": {"channel": {"minLength": 1}}}]}
     identity_in = _obj({"kind": {"enum": list(IDENTITY_KINDS)},
                         "address": {"type": "string", "minLength": 1}},
                        ["kind", "address"], extra=False)
+    identity_in["anyOf"] = [
+        {"properties": {"kind": {"const": "email"},
+                        "address": {"pattern": f"^{EMAIL_PATTERN}$"}}},
+        {"properties": {"kind": {"const": "phone"},
+                        "address": {"pattern": f"^{PHONE_PATTERN}$"}}},
+        {"properties": {"kind": {"enum": _other_kinds()},
+                        "address": {"pattern": f"^{NON_BLANK_PATTERN}$"}}},
+    ]
     error = _obj({"error": _obj({"code": _STR, "message": _STR}, ["code", "message"])},
                  ["error"])
     channel = _obj({"name": _STR, "type": _STR, "channels": {"type": "array", "items": _STR},
                     "required": {"type": "boolean"}, "state": _STR,
                     "last_error": _nullable(_STR), "counters": {"type": "object"}},
                    ["name", "type", "state"])
-    api_party = _obj({"id": {"type": "string", "minLength": 1}, "name": _STR, "email": _STR,
-                      "phone": _STR}, ["id"], extra=False)
+    non_blank = {"type": "string", "pattern": f"^{NON_BLANK_PATTERN}$"}
+    api_party = _obj({"id": non_blank, "name": _STR,
+                      "email": {"type": "string", "pattern": f"^{EMAIL_PATTERN}$"},
+                      "phone": {"type": "string", "pattern": f"^{PHONE_PATTERN}$"}}, ["id"],
+                     extra=False)
     api_fields = {
-        "message_id": {"type": "string", "minLength": 1, "maxLength": 255},
+        "message_id": {**non_blank, "maxLength": 255},
         "text": _STR, "subject": _STR, "html": _STR, "sent_at": _TS, "in_reply_to": _STR,
         "context": {"type": "object"},
         "attachments": {"type": "array", "items": _ref("AttachmentInput")},
-        "group": _obj({"id": {"type": "string", "minLength": 1, "maxLength": 255},
-                       "name": _STR}, ["id"], extra=False),
+        "group": _obj({"id": {**non_blank, "maxLength": 255}, "name": _STR}, ["id"],
+                      extra=False),
     }
     api_inbound = {"oneOf": [
         _obj({**api_fields, "direction": {"const": "inbound"}, "from": api_party},
              ["message_id", "from"], extra=False),
         _obj({**api_fields, "direction": {"const": "outbound"}, "to": api_party},
              ["message_id", "direction", "to"], extra=False),
+    ], "anyOf": [
+        {"required": ["text"], "properties": {"text": {"minLength": 1}}},
+        {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
     ], "description": "A customer's message (from), or an echo of a reply typed in the "
                       "other system (direction outbound, to)."}
     reaction = _obj({"emoji": {"type": "string", "minLength": 1, "maxLength": 64},
-                     "by": {"type": "string", "minLength": 1, "maxLength": 255}, "at": _TS},
+                     "by": {**non_blank, "maxLength": 255}, "at": _TS},
                     ["emoji", "by"], extra=False)
     api_change = _obj({
         "text": {"type": "string", "minLength": 1}, "edited_at": _TS,
@@ -174,10 +241,12 @@ def openapi_document() -> JSON:
     api_change["anyOf"] = [{"required": ["text"]}, {"required": ["withdrawn"]},
                            {"required": ["reactions"]}]
     api_status = _obj({
-        "message_id": {"type": "string", "minLength": 1, "maxLength": 255},
+        "message_id": {**non_blank, "maxLength": 255},
         "status": {"enum": ["delivered", "read", "failed"]},
         "error": _obj({"code": _STR, "message": _STR}, extra=False), "at": _TS,
     }, ["message_id", "status"], extra=False)
+    api_status["if"] = {"required": ["error"]}
+    api_status["then"] = {"properties": {"status": {"const": "failed"}}}
     group = _obj({"id": _STR, "name": _nullable(_STR)}, ["id"])
     hook_auth = [{"bearer": []}, {"signature": []}]
     account = {"name": "account", "in": "path", "required": True, "schema": _STR}
@@ -212,13 +281,15 @@ def openapi_document() -> JSON:
                        "Last-Event-ID or ?after=; after=0 replays from the start; neither "
                        "starts with new events. Comment lines are heartbeats.",
             "parameters": [_query("after", {"type": "string", "pattern": "^[0-9]{0,18}$"}),
-                           _query("heartbeat", {"type": "number", "minimum": 0.05,
-                                                "maximum": 60}, "seconds between heartbeats"),
+                           _query("heartbeat", {"type": "number",
+                                                "minimum": HEARTBEAT_RANGE[0],
+                                                "maximum": HEARTBEAT_RANGE[1]},
+                                  "seconds between heartbeats (default 15)"),
                            {"name": "Last-Event-ID", "in": "header", "required": False,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "an endless event stream",
                                   "content": {"text/event-stream": {"schema": _STR}}},
-                          **_error_responses(400, 401, 403)}}},
+                          **_error_responses(400, 401, 403, 429)}}},
         "/v1/conversations": {"get": _op(
             "List conversations", _ok(list_of("conversations", _ref("Conversation"))),
             params=[_query("status", {"enum": ["open", "closed"]}),
@@ -261,9 +332,11 @@ def openapi_document() -> JSON:
             _ok(_obj({"customers": {"type": "array", "items": _ref("Customer")}},
                      ["customers"])),
             params=[{"name": "identity", "in": "query", "required": True,
-                     "schema": {"type": "string",
-                                "pattern": f"^({'|'.join(IDENTITY_KINDS)}):.+$"},
-                     "description": "kind:address, e.g. phone:+821012345678"}],
+                     "schema": {"type": "string", "pattern": identity_query_pattern()},
+                     "description": "kind:address, e.g. phone:+821012345678 (e-mail "
+                                    "addresses and E.164 numbers; the pattern lists common "
+                                    "numbering plans, the server takes any possible "
+                                    "number)"}],
             errors=(400, 422))},
         "/v1/customers/{id}": {
             "get": _op("One customer (a merged-away id answers with the survivor)",
@@ -278,7 +351,9 @@ def openapi_document() -> JSON:
             errors=(400, 404, 409, 422))},
         "/v1/customers/{id}/merge": {"post": _op(
             "Merge another customer into this one", _ok(_ref("Customer")),
-            params=[_path_id("cus")], body=_obj({"from": _STR}, ["from"], extra=False),
+            params=[_path_id("cus")],
+            body=_obj({"from": {"type": "string", "pattern": f"^cus_{ULID}$"}}, ["from"],
+                      extra=False),
             errors=(400, 404, 422))},
         "/v1/customers/{id}/messages": {"post": _op(
             "A proactive message to a customer on a named channel",
@@ -308,7 +383,8 @@ def openapi_document() -> JSON:
         "/v1/webhooks/dead-letters/replay": {"post": _op(
             "Deliver dead letters again (all, or the given ids)",
             _ok(_obj({"replayed": {"type": "integer"}}, ["replayed"])),
-            body=_obj({"ids": {"type": "array", "items": {"type": "integer"}},
+            body=_obj({"ids": {"type": "array", "items": {
+                "type": "integer", "minimum": 1, "maximum": MAX_INT64}},
                        "subscription": _STR}, extra=False), errors=(400, 422),
             body_required=False)},
         "/hooks/api/{account}/messages": {"post": {

@@ -6,16 +6,13 @@ shapes of CONTRACT.md, so the API serializes them without another mapping layer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from normalizer.model import InboundMessage, Party
-
-if TYPE_CHECKING:
-    from gateway.store.changes import ChangeResult
-    from normalizer.model import DeliveryStatus, MessageChange
+from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
 
 JSON = dict[str, Any]
 
@@ -46,6 +43,15 @@ class IngestResult:
     created: bool
     message_json: bytes | None = None  # ``message`` already encoded, when the store has it
     ignored: str | None = None  # why nothing was stored (a group post where groups are off)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """A message after a change or a receipt, and which of its fields moved (none: a
+    repeat, which emits nothing)."""
+
+    message: JSON
+    changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +115,34 @@ class Page:
     seqs: list[int] = field(default_factory=list)
 
 
-class Store(Protocol):
-    """What the gateway needs from persistence. Every write commits before it returns."""
+# ---------------------------------------------------------------- the interface, by role
+# Each caller types against the role it uses; ``Store`` is all of them, what a backend
+# implements (SQLiteStore; a PostgreSQL store later). Every write commits before it returns.
 
-    async def open(self) -> None:
-        """Open the store, applying pending migrations."""
 
-    async def close(self) -> None:
-        """Finish queued writes and close."""
+class FeedStore(Protocol):
+    """The event feed: long-polls, SSE streams, the daemon's head."""
 
-    async def ping(self) -> None:
-        """Raise StoreError when the store cannot be reached."""
+    async def events_after(self, after: int, limit: int) -> Page:
+        """Return up to ``limit`` events with seq > ``after``, oldest first."""
+
+    async def head_seq(self) -> int:
+        """Return the newest durable event's seq (0 when empty)."""
+
+
+class BlobStore(Protocol):
+    """Attachment bytes, content-addressed, written before the message naming them."""
+
+    async def put_blobs(self, items: list[tuple[str, str, bytes, bool, str | None]]
+                        ) -> list[StoredAttachment]:
+        """Store (filename, content type, bytes, inline, content id) items."""
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the bytes with this digest live."""
+
+
+class IngestStore(BlobStore, Protocol):
+    """The inbound path (gateway/ingest.py)."""
 
     def ingest(self, inbound: InboundMessage,
                attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
@@ -127,30 +150,193 @@ class Store(Protocol):
 
         Awaiting the result returns after the commit."""
 
-    async def enqueue_outbound(self, *, conversation_id: str | None, customer_id: str | None,
-                               request: OutboundRequest, routes: list[Route],
-                               idempotency: tuple[str, str, str] | None) -> tuple[int, JSON]:
-        """Queue an outbound message and its outbox row in one transaction."""
+
+class CheckpointStore(Protocol):
+    """Adapter checkpoints (an IMAP mailbox's last UID, a polling offset)."""
+
+    async def get_checkpoint(self, key: str) -> str | None:
+        """Return a checkpoint, or None."""
+
+    async def set_checkpoint(self, key: str, value: str) -> None:
+        """Store a checkpoint."""
+
+
+class ChangeStore(Protocol):
+    """What a provider reports after a message arrived: an edit, reactions, a withdrawal;
+    an identity the provider withdrew (a TalkTalk profile, a user deleted upstream)."""
 
     async def change_message(self, channel: str, account: str, provider_message_id: str,
                              change: MessageChange) -> ChangeResult:
-        """Apply an edit, reactions or a withdrawal to a delivered message (``message.updated``
-        when anything moved); raise NotFound for an unknown provider id."""
+        """Apply an edit, reactions or a withdrawal to a stored message (``message.updated``
+        when anything moved); NotFound for a provider id the account never delivered."""
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """Take an identity from its customer (``customer.updated``), and the name it gave;
+        NotFound when no customer has it."""
+
+
+class AdapterStore(CheckpointStore, ChangeStore, Protocol):
+    """What an adapter uses: checkpoints, the message a reply answers, attachment files,
+    and the changes its provider reports (receipts go through ``ctx.receipts``)."""
+
+    async def get_message(self, message_id: str) -> JSON:
+        """Return one message or raise NotFound."""
+
+    async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
+        """Return (content type, bytes) of a message's raw payload, if still kept."""
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the bytes with this digest live."""
+
+
+class ReceiptStore(Protocol):
+    """Provider receipts on outbound messages, found by the provider's message id
+    (through the typed sink in gateway/receipts.py)."""
 
     async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
                             status: DeliveryStatus, error: JSON | None = None,
                             at: datetime | None = None) -> ChangeResult | None:
-        """Move an outbound message's status forwards (``message.status``); None if unknown."""
+        """Move an outbound message's status forwards (``message.status``; never back, see
+        :func:`gateway.store.rules.receipt_moves`); None when no message has that id."""
 
     async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
                                    watermark: datetime) -> int:
-        """Mark replies to ``recipient`` sent up to ``watermark`` read; return how many."""
+        """Mark the account's replies to ``recipient`` sent up to ``watermark`` read (a
+        Messenger/Instagram watermark); return how many moved."""
 
-    async def remove_identity(self, kind: str, address: str) -> JSON:
-        """Take an identity a provider withdrew from its customer (``customer.updated``)."""
 
-    async def events_after(self, after: int, limit: int) -> Page:
-        """Return events with seq > after, oldest first."""
+class OutboxStore(Protocol):
+    """The outbox worker (outbox/worker.py)."""
 
-    async def head_seq(self) -> int:
-        """Return the newest event's seq (0 when empty)."""
+    async def claim_outbox(self, limit: int) -> list[OutboxItem]:
+        """Claim due outbox rows, at most one per conversation (keeps reply order)."""
+
+    async def outbox_sent(self, message_id: str, provider_message_id: str | None,
+                          status: str = "sent") -> None:
+        """Mark an outbound message sent."""
+
+    async def outbox_retry(self, message_id: str, delay: float, error: JSON) -> None:
+        """Put a message back for another attempt after ``delay`` seconds."""
+
+    async def outbox_failed(self, message_id: str, error: JSON) -> None:
+        """Fail an outbound message for good."""
+
+    async def recover_inflight(self) -> int:
+        """After a crash: rows that were being sent go back to pending."""
+
+    async def next_outbox_due(self) -> float | None:
+        """When the earliest pending outbox row becomes due (unix time)."""
+
+    async def outbox_depth(self) -> dict[str, int]:
+        """Count outbox rows by state (pending, inflight)."""
+
+
+class WebhookStore(Protocol):
+    """Webhook dispatchers (gateway/webhooks.py) and the dead-letter API."""
+
+    async def fan_out(self, subscription: str, wants: Callable[[str], bool],
+                      limit: int = 1000) -> int:
+        """Turn new events into delivery rows for one subscription; return rows added."""
+
+    async def claim_deliveries(self, subscription: str, limit: int) -> list[Delivery]:
+        """Claim due deliveries, only the oldest open one per ordering key."""
+
+    async def delivery_done(self, delivery_id: int) -> None:
+        """Forget a delivered row."""
+
+    async def delivery_retry(self, delivery_id: int, delay: float, error: str,
+                             dead: bool) -> None:
+        """Schedule another attempt, or dead-letter the delivery."""
+
+    async def recover_deliveries(self) -> None:
+        """After a crash: in-flight deliveries go back to pending."""
+
+    async def next_delivery_due(self, subscription: str) -> float | None:
+        """When the subscription's earliest pending delivery is due."""
+
+    async def list_dead_letters(self, subscription: str | None, limit: int) -> list[JSON]:
+        """Return dead-lettered deliveries with their events."""
+
+    async def replay_dead_letters(self, ids: list[int] | None,
+                                  subscription: str | None) -> int:
+        """Put dead-lettered deliveries back for delivery now; return how many."""
+
+
+class ConversationStore(Protocol):
+    """The API's conversations, messages, replies and attachments."""
+
+    async def get_message(self, message_id: str) -> JSON:
+        """Return one message or raise NotFound."""
+
+    async def list_messages(self, conversation_id: str, after: str | None,
+                            limit: int) -> list[JSON]:
+        """Return a conversation's messages, oldest first."""
+
+    async def get_conversation(self, conversation_id: str) -> JSON:
+        """Return one conversation or raise NotFound."""
+
+    async def list_conversations(self, *, status: str | None, customer_id: str | None,
+                                 after: str | None, limit: int) -> list[JSON]:
+        """List conversations by id (creation order), filtered."""
+
+    async def set_conversation_status(self, conversation_id: str, status: str,
+                                      agent: JSON | None) -> JSON:
+        """Close or reopen a conversation (no-op when unchanged)."""
+
+    async def enqueue_outbound(self, *, conversation_id: str | None, customer_id: str | None,
+                               request: OutboundRequest, routes: list[Route],
+                               idempotency: tuple[str, str, str] | None) -> tuple[int, JSON]:
+        """Queue an outbound message and its outbox row in one transaction; return
+        (HTTP status, the message)."""
+
+    async def get_attachment(self, attachment_id: str) -> tuple[StoredAttachment, Path]:
+        """Return an attachment's metadata and the path of its bytes."""
+
+    async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
+        """Return (content type, bytes) of a message's raw payload, if still kept."""
+
+
+class CustomerStore(Protocol):
+    """The API's customers."""
+
+    async def get_customer(self, customer_id: str) -> JSON:
+        """Return a customer (a merged-away id resolves to the survivor)."""
+
+    async def find_customer(self, kind: str, address: str) -> JSON:
+        """Return the customer owning an identity, or raise NotFound."""
+
+    async def add_identity(self, customer_id: str, kind: str, address: str) -> JSON:
+        """Link an identity to a customer; Conflict when another customer owns it."""
+
+    async def merge_customers(self, survivor_id: str, merged_id: str) -> JSON:
+        """Merge ``merged_id`` into ``survivor_id``; the merged id keeps resolving."""
+
+    async def erase_customer(self, customer_id: str) -> JSON:
+        """Delete everything of a customer; return what was erased."""
+
+
+class AdminStore(Protocol):
+    """The daemon's and the CLI's: lifecycle, health, retention, erasure, backup."""
+
+    async def open(self) -> None:
+        """Open the store, applying pending migrations."""
+
+    async def close(self) -> None:
+        """Finish queued writes, leave the database file self-contained, and close."""
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot read or its last commit failed."""
+
+    async def purge_older_than(self, days: int) -> dict[str, int]:
+        """Retention: drop raw payloads and attachment bytes older than ``days``."""
+
+    async def erase_customer(self, customer_id: str) -> JSON:
+        """Delete everything of a customer; return what was erased."""
+
+    async def backup(self, target: Path) -> None:
+        """Write a consistent online copy of the database to ``target``."""
+
+
+class Store(FeedStore, IngestStore, AdapterStore, ReceiptStore, OutboxStore, WebhookStore,
+            ConversationStore, CustomerStore, AdminStore, Protocol):
+    """Everything the gateway needs from persistence: every role above."""

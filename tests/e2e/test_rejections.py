@@ -84,13 +84,15 @@ async def test_oversized_body_gets_413_before_it_is_read(
     assert status == 413
     assert error["error"]["code"] == "payload_too_large"
 
-    # Chunked, with no Content-Length: refused once the limit is passed.
+    # Chunked, with no Content-Length: refused once the limit is passed. (The timestamp is
+    # current: a stale one is refused before the body is read.)
     async def chunks():  # type: ignore[no-untyped-def]
         for _ in range(40):
             yield b"x" * 65536
 
     async with http.post(f"{daemon.url}/hooks/api/crm/messages", data=chunks(),
-                         headers={"Omnirelay-Signature": "t=1,v1=0"}) as resp:
+                         headers={"Omnirelay-Signature": f"t={int(time.time())},v1=0"}
+                         ) as resp:
         assert resp.status == 413
     assert await head(http, daemon) == before
 
@@ -150,6 +152,9 @@ async def test_metrics_count_messages_by_channel(daemon: Daemon,
                                                  http: aiohttp.ClientSession) -> None:
     await post_inbound(http, daemon.url, {"message_id": unique("m"), "from": {"id": "metric"},
                                           "text": "count me"})
+    # A refusal of its own: the test must not rely on an earlier one having made the counter.
+    status, _ = await post_raw(http, daemon, valid_body(), {"Omnirelay-Signature": "v1=abc"})
+    assert status == 401
     async with http.get(f"{daemon.url}/metrics") as resp:
         text = await resp.text()
     assert 'omnirelay_messages_received_total{account="crm",channel="api"}' in text

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterContext, AdapterState
+from adapters.base import AdapterContext, AdapterState, OutboundMessage
 from adapters.email import EmailAdapter, EmailConfig
 from adapters.email.config import ImapSettings
 from adapters.email.imap import Checkpoint, ImapSession, Mailbox
@@ -28,6 +28,7 @@ from gateway.errors import (
 )
 from gateway.store.base import IngestResult, OutboxItem
 from normalizer.model import InboundMessage
+from outbox.message import outbound_message
 from tests.conftest import free_port
 from tests.email.servers import Dovecot, SmtpSink, mail
 from tests.helpers import unique
@@ -324,19 +325,22 @@ async def test_a_failing_store_leaves_mail_unread_and_the_checkpoint_alone(
 # ---------------------------------------------------------------- outbound pieces
 
 
-def item(**message: Any) -> OutboxItem:
-    """An outbox item for a reply in conversation cnv_01ABC…."""
+def item(**message: Any) -> OutboundMessage:
+    """An outbound reply in conversation cnv_01ABC…, as the outbox hands it to send()."""
     from datetime import UTC, datetime
 
     base = {"id": "msg_01REPLY", "conversation_id": "cnv_01JDX6K8S7M2Q4V9W3E5R8T1Y0",
+            "customer_id": "cus_01C", "channel": "email", "account": "support",
+            "from": {"kind": "email", "address": "support@shop.example", "name": None},
             "to": {"kind": "email", "address": "c@customer.example", "name": "김고객"},
             "text": "hello", "html": None, "subject": None, "attachments": [],
             "automatic": None, "in_reply_to": "msg_parent"}
     base.update(message)
-    return OutboxItem(1, base, {}, 1, datetime.now(UTC),
-                      thread_refs=("root@c.example", "sha256:abc", "msg_01OLD@shop.example",
-                                   "parent@c.example"),
-                      reply_to_provider_id="parent@c.example")
+    return outbound_message(OutboxItem(
+        1, base, {}, 1, datetime.now(UTC),
+        thread_refs=("root@c.example", "sha256:abc", "msg_01OLD@shop.example",
+                     "parent@c.example"),
+        reply_to_provider_id="parent@c.example"))
 
 
 def test_references_follow_the_parent_or_fall_back_to_the_conversation() -> None:

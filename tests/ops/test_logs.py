@@ -155,6 +155,7 @@ async def test_logs_are_json_lines_with_ids_and_without_secrets_or_bodies(
     lines = output.splitlines()
     records = daemon.lines()  # raises if any line is not JSON
     assert len(records) == len(lines)
+    assert records[-1]["event"] == "daemon.stopped"  # queued lines are written out at exit
     for record in records:
         assert isinstance(record, dict) and isinstance(record["event"], str)
         assert record["level"] in LEVELS and record["timestamp"]
@@ -193,3 +194,46 @@ async def test_log_level_warning_drops_info_and_only_stdout_is_used(
     levels = {r["level"] for r in daemon.lines()}
     assert levels <= {"warning", "error"}, levels
     assert daemon.stderr_text() == ""
+
+
+async def send_raw(port: int, request: bytes) -> bytes:
+    """Send ``request`` as raw bytes on a new connection; the answer's first bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(200), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_header_line_is_logged_without_its_bearer_token(
+        tmp_path: Path, daemons: list[OpsDaemon]) -> None:
+    http_port, smtp_port = free_port(), free_port()
+    config, env, secrets = secret_config(tmp_path, http_port, smtp_port, "http://127.0.0.1:9")
+    daemon = OpsDaemon(tmp_path, config, http_port, env=env)
+    daemons.append(daemon)
+    daemon.start()
+    tokens = [secrets["admin-token"], f"not-ours-{unique('t')}"]
+    # aiohttp's parser refuses each and logs the offending line as it came in.
+    shapes = [b"Authorization: Bearer %s\x01", b"Authorization Bearer %s",
+              b" Authorization: Bearer %s", b"X-Trace\x01 Bearer %s"]
+    try:
+        await daemon.wait_ready()
+        for token in tokens:
+            for shape in shapes:
+                line = shape % token.encode()
+                answer = await send_raw(http_port, b"GET /v1/events HTTP/1.1\r\n"
+                                        b"Host: 127.0.0.1\r\n" + line + b"\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+        expected = len(tokens) * len(shapes)
+        await daemon.wait_log(lambda _e: len([r for r in daemon.lines()
+                                              if r.get("logger") == "aiohttp.server"])
+                              >= expected)
+    finally:
+        assert await daemon.stop() == 0
+    output = daemon.logs()
+    parser_errors = [r for r in daemon.lines() if r.get("logger") == "aiohttp.server"]
+    assert all("Bearer ********" in r["exception"] for r in parser_errors), parser_errors
+    for token in tokens:
+        assert token not in output

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.registry import ADAPTERS
-from gateway.config import Section, parse_config
+from gateway.config import COMMON_CHANNEL_KEYS, Section, parse_config
 from gateway.errors import ConfigErrors
 from tests.ops.conftest import ROOT
 
@@ -128,8 +128,7 @@ def config_keys() -> set[str]:
         if not path:
             continue  # [server], [[tokens]]…: the tables themselves
         leaf = f"{name}_file" if how == "secret" else name
-        common = ("type", "name", "required", "groups")
-        if re.fullmatch(r"channels\[\d+\]", path) and name in common:
+        if re.fullmatch(r"channels\[\d+\]", path) and name in COMMON_CHANNEL_KEYS:
             keys.add(f"channels.{leaf}")  # common to every account
             continue
         table = re.sub(r"^channels\[(\d+)\]", lambda m: f"channels.{kinds[int(m[1])]}", path)

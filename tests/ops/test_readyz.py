@@ -82,9 +82,9 @@ async def test_a_required_account_that_cannot_start_fails_readyz_until_it_recove
         status, body = await readyz(http, daemon.url)
         assert status == 503
         assert body["status"] == "unavailable"
-        [problem] = body["problems"]  # the optional account does not count
-        assert problem.startswith("channel email:support: failed (")
-        assert "address already in use" in problem
+        # The optional account does not count; which account, never its error text
+        # (unauthenticated): that is on /v1/channels, behind a token.
+        assert body["problems"] == ["channel email:support: failed"]
         status, report = await get_json(http, f"{daemon.url}/v1/channels")
         by_name = {c["name"]: c for c in report["channels"]}
         assert by_name["support"]["state"] == "failed" and by_name["support"]["required"]
@@ -131,8 +131,7 @@ async def test_a_store_that_cannot_write_fails_readyz_and_recovers_by_itself(
             assert body["error"]["code"] == "store_unavailable"
             status, body = await readyz(http, daemon.url)
             assert status == 503
-            [problem] = body["problems"]
-            assert problem.startswith("store: ")
+            assert body["problems"] == ["store: cannot write"]
         finally:
             resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
         # No message needed: /readyz probes the store itself once it has failed.

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import AdapterState
-from adapters.testing import RecordingAdapter, RecordingConfig
+from adapters.base import AdapterState, SendLimits
+from adapters.testing import RecordingAdapter
+from gateway.backoff import Backoff
 from gateway.config import OutboxConfig, StoreConfig
 from gateway.errors import PermanentSendError, RetryableSendError
 from gateway.metrics import Metrics
 from gateway.store.base import OutboundRequest
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage, Party
-from outbox.retry import Backoff, TokenBucket
+from outbox.retry import TokenBucket
 from outbox.worker import OutboxWorker
 
 
@@ -70,7 +71,7 @@ async def make_rig(tmp_path: Path, *, concurrency: int = 4, rate: float | None =
     store = SQLiteStore(StoreConfig(url=f"sqlite:///{tmp_path}/o.db", data_dir=tmp_path,
                                     synchronous="NORMAL"))
     await store.open()
-    adapter = RecordingAdapter("rec", RecordingConfig(concurrency, rate))
+    adapter = RecordingAdapter("rec", limits=SendLimits(concurrency, rate))
     adapter.state = AdapterState.RUNNING
     worker = OutboxWorker(store, lambda channel, account: adapter,
                           OutboxConfig(workers=4, max_attempts=max_attempts, base_delay=0.05,
@@ -138,7 +139,7 @@ async def test_replies_of_one_conversation_go_out_in_order(rig: Rig) -> None:
     conversation = await rig.conversation("c5")
     ids = [await rig.reply(conversation, f"part {i}") for i in range(4)]
     await rig.wait_status(ids[-1], "sent")
-    assert [item.message["id"] for item in rig.adapter.sent] == ids
+    assert [message.id for message in rig.adapter.sent] == ids
 
 
 async def test_per_account_concurrency_limit(tmp_path: Path) -> None:
@@ -150,6 +151,24 @@ async def test_per_account_concurrency_limit(tmp_path: Path) -> None:
         for message_id in ids:
             await rig.wait_status(message_id, "sent")
         assert rig.adapter.max_active == 2
+    finally:
+        await rig.worker.stop(5)
+        await rig.store.close()
+
+
+async def test_workers_is_the_number_of_sends_in_flight_overall(tmp_path: Path) -> None:
+    """``[outbox] workers`` means what docs/configuration.md says: sends at once."""
+    rig = await make_rig(tmp_path, concurrency=16)
+    rig.worker = OutboxWorker(rig.store, lambda channel, account: rig.adapter,
+                              OutboxConfig(workers=3, base_delay=0.05, max_delay=0.2),
+                              Metrics())
+    rig.adapter.script.delay = 0.05
+    ids = [await rig.reply(await rig.conversation(f"w{i}"), "x") for i in range(10)]
+    await rig.worker.start()  # all ten are due at once
+    try:
+        for message_id in ids:
+            await rig.wait_status(message_id, "sent")
+        assert rig.adapter.max_active == 3
     finally:
         await rig.worker.stop(5)
         await rig.store.close()

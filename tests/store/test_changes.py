@@ -14,7 +14,6 @@ from gateway.config import StoreConfig
 from gateway.errors import NotFound, ValidationFailed
 from gateway.ids import parse_iso, utcnow
 from gateway.store.base import OutboundRequest, Route
-from gateway.store.changes import receipt_moves
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import Group, InboundMessage, MessageChange, Party, Reaction
 
@@ -134,18 +133,6 @@ async def test_a_change_to_an_unknown_message_is_not_found(store: SQLiteStore) -
 
 
 # ---------------------------------------------------------------- receipts
-
-
-@pytest.mark.parametrize(("current", "status", "moves"), [
-    ("sent", "delivered", True), ("delivered", "read", True), ("read", "delivered", False),
-    ("delivered", "sent", False), ("sent", "sent", False), ("queued", "sent", True),
-    ("sent", "failed", True), ("queued", "failed", True), ("delivered", "failed", False),
-    ("read", "failed", False), ("failed", "delivered", True), ("failed", "read", True),
-    ("failed", "sent", False), ("failed", "failed", False),
-])
-def test_receipts_never_move_a_status_backwards(current: str, status: str,
-                                                moves: bool) -> None:
-    assert receipt_moves(current, status) is moves
 
 
 async def test_a_receipt_moves_an_outbound_message_by_its_provider_id(

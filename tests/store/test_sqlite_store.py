@@ -77,12 +77,12 @@ async def test_concurrent_ingest_of_one_message_stores_it_once(store: SQLiteStor
 
 
 async def test_concurrent_writes_share_commits(store: SQLiteStore) -> None:
-    batches_before = store.batches
+    batches_before = store.engine.batches
     await asyncio.gather(*(store.ingest(inbound(f"m{i}", f"u{i % 7}"), [])
                            for i in range(300)))
-    batches = store.batches - batches_before
+    batches = store.engine.batches - batches_before
     assert batches < 300 / 4, f"{batches} commits for 300 messages: no group commit"
-    assert store.jobs >= 300
+    assert store.engine.jobs >= 300
 
 
 async def test_a_failing_job_does_not_undo_the_others_in_its_batch(
@@ -94,8 +94,9 @@ async def test_a_failing_job_does_not_undo_the_others_in_its_batch(
                                    store.ingest(inbound("after"), []), return_exceptions=True)
     assert isinstance(results[1], ValueError)
     assert results[0].created and results[2].created  # type: ignore[union-attr]
-    assert await store.find_message_by_provider_id("api", "a", "before") is not None
-    assert await store.find_message_by_provider_id("api", "a", "after") is not None
+    for result in (results[0], results[2]):
+        stored = await store.get_message(result.message["id"])  # type: ignore[union-attr]
+        assert stored["provider"]["message_id"] in ("before", "after")
 
 
 async def test_database_errors_reach_callers_as_store_errors(store: SQLiteStore) -> None:
@@ -154,19 +155,6 @@ async def test_closed_conversation_reopens_within_the_window_not_after(
     assert sum(b"conversation.opened" in b for b in types) == 2
 
 
-async def test_status_receipts_never_step_back(store: SQLiteStore) -> None:
-    msg = await store.ingest(inbound("s1"), [])
-    await store.write(lambda tx: tx.conn.execute(
-        "UPDATE messages SET direction = 'outbound', status = 'sent', "
-        "data = json_set(data, '$.status', 'sent') WHERE id = ?", (msg.message["id"],)))
-    read = await store.update_status("api", "a", "s1", "read")
-    assert read is not None
-    assert read["status"] == "read"
-    late = await store.update_status("api", "a", "s1", "delivered")
-    assert late is not None
-    assert late["status"] == "read"
-
-
 async def test_a_failing_ingest_in_a_batch_is_undone_alone(store: SQLiteStore) -> None:
     bad = inbound("bad", "sender-of-bad")
     bad.context = {"not json": object()}  # fails after the customer row was written
@@ -197,17 +185,18 @@ async def _in_one_batch(store: SQLiteStore, *writes: Any) -> list[Any]:
 
     holder = asyncio.ensure_future(store.write(hold))
     await asyncio.to_thread(started.wait, 10)
-    jobs_before = store.jobs
+    jobs_before = store.engine.jobs
     tasks = [asyncio.ensure_future(w) for w in writes]
     await asyncio.sleep(0)  # each task runs to its queue.put and waits for its future
-    assert store._queue.qsize() == len(writes)
-    batches_before, reruns_before = store.batches, store.reruns
+    assert store.engine.queue.qsize() == len(writes)
+    batches_before, reruns_before = store.engine.batches, store.engine.reruns
     gate.set()
     await holder
     results = await asyncio.gather(*tasks, return_exceptions=True)
     # The holder's batch, then one batch with every write.
-    assert store.batches == batches_before + 2 and store.jobs == jobs_before + 1 + len(writes)
-    assert store.reruns == reruns_before  # no job failed: the fast path did it all
+    assert store.engine.batches == batches_before + 2
+    assert store.engine.jobs == jobs_before + 1 + len(writes)
+    assert store.engine.reruns == reruns_before  # no job failed: the fast path did it all
     return results
 
 
@@ -356,10 +345,10 @@ async def test_a_failed_fsync_stops_the_store_for_good(
 
 async def test_the_wal_is_folded_back_and_restarted_under_continuous_writes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.store import sqlite as sqlite_store
+    from gateway.store import engine
 
-    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_PAGES", 64)
-    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(engine, "_CHECKPOINT_PAGES", 64)
+    monkeypatch.setattr(engine, "_CHECKPOINT_EVERY", 2)
     config = StoreConfig(url=f"sqlite:///{tmp_path}/w.db", data_dir=tmp_path)
     store = SQLiteStore(config)
     await store.open()
@@ -403,3 +392,51 @@ async def test_the_feed_reads_the_same_from_memory_and_from_the_table(
             expected = await store.read(from_table, after, limit)
             assert list(zip(page.seqs, page.bodies, strict=True)) == expected, (after, limit)
             assert page.next == (expected[-1][0] if expected else after)
+
+
+async def test_a_proactive_message_on_a_channel_with_several_accounts_must_name_one(
+        store: SQLiteStore) -> None:
+    from gateway.errors import ValidationFailed
+    from gateway.store.base import OutboundRequest, Route
+
+    first = await store.ingest(InboundMessage(
+        channel="sms", account="kr-sms", provider_message_id="SM1",
+        sender=Party("phone", "+821012345678"), text="hi"), [])
+    routes = [Route("sms", "us-sms", Party("phone", "+15550100")),
+              Route("sms", "kr-sms", Party("phone", "+8220000000"))]
+    with pytest.raises(ValidationFailed) as refused:
+        await store.enqueue_outbound(
+            conversation_id=None, customer_id=first.message["customer_id"],
+            request=OutboundRequest(text="sale!", channel="sms"), routes=routes,
+            idempotency=None)
+    assert refused.value.details["accounts"] == ["kr-sms", "us-sms"]
+    _, sent = await store.enqueue_outbound(
+        conversation_id=None, customer_id=first.message["customer_id"],
+        request=OutboundRequest(text="sale!", channel="sms", account="us-sms"),
+        routes=routes, idempotency=None)
+    assert (sent["account"], sent["to"]["address"]) == ("us-sms", "+821012345678")
+    # A reply naming the channel goes out on the account the customer wrote to.
+    _, reply = await store.enqueue_outbound(
+        conversation_id=first.message["conversation_id"], customer_id=None,
+        request=OutboundRequest(text="thanks", channel="sms"), routes=routes,
+        idempotency=None)
+    assert reply["account"] == "kr-sms"
+
+
+async def test_close_leaves_the_database_file_self_contained(tmp_path: Path) -> None:
+    import shutil
+
+    config = StoreConfig(url=f"sqlite:///{tmp_path}/c.db", data_dir=tmp_path)
+    store = SQLiteStore(config)
+    await store.open()
+    results = await asyncio.gather(*(store.ingest(inbound(f"c{i}", f"u{i % 9}"), [])
+                                     for i in range(300)))
+    await store.get_message(results[0].message["id"])  # reader connections are open
+    await store.close()
+    assert not (tmp_path / "c.db-wal").exists() or (tmp_path / "c.db-wal").stat().st_size == 0
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copyfile(tmp_path / "c.db", alone / "c.db")
+    check = sqlite3.connect(alone / "c.db")
+    assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 300
+    check.close()

@@ -1,0 +1,109 @@
+"""Write jobs on conversations and customers (the API's changes and an identity a provider
+withdrew), and adapter checkpoints."""
+
+from __future__ import annotations
+
+from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.store.base import JSON
+from gateway.store.jobs.ingest import _link
+from gateway.store.jobs.tx import Tx
+from gateway.store.records import _conversation_json, _customer_json, _resolve_customer_id
+from normalizer.model import Party
+
+
+def _set_conversation_status(tx: Tx, conversation_id: str, status: str,
+                             agent: JSON | None) -> JSON:
+    row = tx.one("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    if row["status"] == status:
+        return _conversation_json(row)
+    closed_at = tx.now_iso if status == "closed" else None
+    tx.conn.execute("UPDATE conversations SET status = ?, closed_at = ? WHERE id = ?",
+                    (status, closed_at, conversation_id))
+    tx.cache.latest.pop(row["customer_id"], None)
+    conversation = _conversation_json(tx.one(  # type: ignore[arg-type]
+        "SELECT * FROM conversations WHERE id = ?", (conversation_id,)))
+    event = "conversation.closed" if status == "closed" else "conversation.reopened"
+    tx.emit(event, {"conversation": conversation, "agent": agent},
+            conversation_id=conversation_id, customer_id=conversation["customer_id"])
+    return conversation
+
+
+def _add_identity(tx: Tx, customer_id: str, kind: str, address: str) -> JSON:
+    cid = _resolve_customer_id(tx.conn, customer_id)
+    row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                 (kind, address))
+    if row is not None:
+        owner = _resolve_customer_id(tx.conn, row["customer_id"])
+        if owner != cid:
+            raise Conflict(f"identity {kind}:{address} belongs to customer {owner}; "
+                           "merge the customers instead", owner=owner)
+        return _customer_json(tx.conn, cid)  # type: ignore[return-value]
+    _link(tx, cid, Party(kind, address), None)
+    tx.conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (tx.now_iso, cid))
+    customer = _customer_json(tx.conn, cid)
+    tx.emit("customer.updated", {"customer": customer}, customer_id=cid)
+    return customer  # type: ignore[return-value]
+
+
+def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
+    survivor = _resolve_customer_id(tx.conn, survivor_id)
+    merged = _resolve_customer_id(tx.conn, merged_id)
+    if survivor == merged:
+        raise ValidationFailed("a customer cannot be merged into itself")
+    tx.cache.clear()  # identities and conversations change owner
+    # Messages are reached through their conversations (indexed), before those move.
+    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
+                    "'$.customer_id', ?) WHERE conversation_id IN "
+                    "(SELECT id FROM conversations WHERE customer_id = ?)",
+                    (survivor, survivor, merged))
+    for table in ("identities", "conversations"):
+        tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
+                        (survivor, merged))
+    tx.conn.execute("UPDATE customers SET merged_into = ?, updated_at = ? WHERE id = ?",
+                    (survivor, tx.now_iso, merged))
+    # Older merges pointing at the merged customer now point straight at the survivor.
+    tx.conn.execute("UPDATE customers SET merged_into = ? WHERE merged_into = ?",
+                    (survivor, merged))
+    # The survivor keeps its name; without one it takes the merged customer's, and with it
+    # which identity gave it (that identity may still rename it).
+    tx.conn.execute("UPDATE customers SET (name, name_source) = (SELECT m.name, m.name_source "
+                    "FROM customers m WHERE m.id = ?) WHERE id = ? AND name IS NULL",
+                    (merged, survivor))
+    tx.conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (tx.now_iso, survivor))
+    customer = _customer_json(tx.conn, survivor, with_conversations=True)
+    tx.emit("customer.merged", {"customer": customer, "merged_customer_id": merged},
+            customer_id=survivor)
+    return customer  # type: ignore[return-value]
+
+
+def _remove_identity(tx: Tx, kind: str, address: str) -> JSON:
+    """Take an identity a provider withdrew from its customer (``customer.updated``).
+
+    The customer's name goes too when that identity gave it. Raises NotFound when no
+    customer has the identity.
+    """
+    row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                 (kind, address))
+    if row is None:
+        raise NotFound(f"no customer has the {kind} identity given")
+    customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+    tx.conn.execute("DELETE FROM identities WHERE kind = ? AND address = ?", (kind, address))
+    tx.cache.identities.pop((kind, address), None)
+    tx.cache.names.pop(customer_id, None)
+    tx.conn.execute("UPDATE customers SET name = CASE WHEN name_source = ?1 THEN NULL "
+                    "ELSE name END, name_source = CASE WHEN name_source = ?1 THEN NULL "
+                    "ELSE name_source END, updated_at = ?2 WHERE id = ?3",
+                    (f"{kind}:{address}", tx.now_iso, customer_id))
+    customer = _customer_json(tx.conn, customer_id)
+    assert customer is not None
+    tx.emit("customer.updated", {"customer": customer}, customer_id=customer_id)
+    return customer
+
+
+def _set_checkpoint(tx: Tx, key: str, value: str) -> None:
+    tx.conn.execute(
+        "INSERT INTO checkpoints (key, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "updated_at = excluded.updated_at", (key, value, tx.now_iso))

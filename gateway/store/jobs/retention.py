@@ -1,0 +1,70 @@
+"""Write jobs that remove data: erasure of a customer, retention of raw payloads and files."""
+
+from __future__ import annotations
+
+from gateway.store.base import JSON
+from gateway.store.jobs.tx import Tx
+from gateway.store.records import _dumps, _loads, _resolve_customer_id
+
+
+def _erase_customer(tx: Tx, customer_id: str) -> JSON:
+    cid = _resolve_customer_id(tx.conn, customer_id)
+    tx.cache.clear()
+    if tx.emitted is not None:
+        tx.emitted.rewritten = True  # stored event bodies change: the feed's tail is stale
+    ids = [cid] + [r[0] for r in tx.conn.execute(
+        "SELECT id FROM customers WHERE merged_into = ?", (cid,))]
+    marks = ",".join("?" * len(ids))
+    conversations = [r[0] for r in tx.conn.execute(
+        f"SELECT id FROM conversations WHERE customer_id IN ({marks})", ids)]
+    messages = [r[0] for r in tx.conn.execute(
+        f"SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+        f"WHERE c.customer_id IN ({marks})", ids)]
+    blobs: list[str] = []
+    for chunk_start in range(0, len(messages), 500):
+        chunk = messages[chunk_start:chunk_start + 500]
+        m = ",".join("?" * len(chunk))
+        blobs += [r[0] for r in tx.conn.execute(
+            f"SELECT sha256 FROM attachments WHERE message_id IN ({m})", chunk)]
+        tx.conn.execute(f"DELETE FROM attachments WHERE message_id IN ({m})", chunk)
+        tx.conn.execute(f"DELETE FROM raw_payloads WHERE message_id IN ({m})", chunk)
+        tx.conn.execute(f"DELETE FROM outbox WHERE message_id IN ({m})", chunk)
+        # A kept Idempotency-Key response is the reply itself: recipient, name, text.
+        tx.conn.execute(f"DELETE FROM idempotency_keys WHERE json_extract(response, '$.id') "
+                        f"IN ({m})", chunk)
+    tx.conn.execute(f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM "
+                    f"conversations WHERE customer_id IN ({marks}))", ids)
+    # Events keep their seq (cursors stay valid) but lose everything personal. One scan of
+    # the events table (no per-customer index: it would cost every commit a random page).
+    c = ",".join("?" * len(conversations))
+    tx.conn.execute(  # bodies are BLOBs: the feed serves them as bytes
+        f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
+        f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true'))) "
+        f"AS BLOB) WHERE customer_id IN ({marks})"
+        + (f" OR conversation_id IN ({c})" if conversations else ""), [*ids, *conversations])
+    if conversations:
+        tx.conn.execute(f"DELETE FROM conversations WHERE id IN ({c})", conversations)
+    tx.conn.execute(f"DELETE FROM identities WHERE customer_id IN ({marks})", ids)
+    tx.conn.execute(f"DELETE FROM customers WHERE id IN ({marks})", ids)
+    tx.emit("customer.erased", {"customer_id": cid, "erased_ids": ids})
+    return {"customer_id": cid, "conversations": len(conversations), "messages": len(messages),
+            "_blobs": sorted(set(blobs))}
+
+
+def _purge(tx: Tx, cutoff: str) -> JSON:
+    raw = tx.conn.execute("DELETE FROM raw_payloads WHERE created_at < ?", (cutoff,)).rowcount
+    rows = tx.conn.execute("SELECT id, message_id, sha256 FROM attachments "
+                           "WHERE created_at < ?", (cutoff,)).fetchall()
+    for row in rows:
+        msg = tx.one("SELECT data FROM messages WHERE id = ?", (row["message_id"],))
+        if msg is not None:
+            data = _loads(msg["data"])
+            for att in data["attachments"]:
+                if att["id"] == row["id"]:
+                    att["purged"] = True
+            tx.conn.execute("UPDATE messages SET data = ? WHERE id = ?",
+                            (_dumps(data), row["message_id"]))
+    tx.conn.execute("DELETE FROM attachments WHERE created_at < ?", (cutoff,))
+    return {"raw_payloads": raw, "attachments": len(rows),
+            "_blobs": sorted({r["sha256"] for r in rows})}
+

@@ -1,0 +1,47 @@
+"""The migration runner: numbered SQL scripts in ``gateway/store/migrations/``, each
+applied once in its own transaction (at start and by ``omnirelay migrate``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+
+from gateway.ids import iso, utcnow
+
+
+def migration_scripts() -> list[tuple[int, str]]:
+    """Return (version, SQL) of every packaged migration, in order."""
+    folder = resources.files("gateway.store") / "migrations"
+    scripts = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            scripts.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8")))
+    return sorted(scripts)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending migrations, each in its own transaction; return the versions applied."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, sql in migration_scripts():
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, iso(utcnow())))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+

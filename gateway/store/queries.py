@@ -1,0 +1,128 @@
+"""The store's reads: plain functions ``query(conn, *args)`` run on a reader thread."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from gateway.errors import NotFound
+from gateway.store.base import JSON, StoredAttachment
+from gateway.store.records import (
+    _conversation_json,
+    _customer_json,
+    _loads,
+    _resolve_customer_id,
+)
+
+
+def get_message(conn: sqlite3.Connection, message_id: str) -> JSON:
+    row = conn.execute("SELECT data FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {message_id} not found")
+    return _loads(row["data"])
+
+
+def list_messages(conn: sqlite3.Connection, conversation_id: str, after: str | None,
+                  limit: int) -> list[JSON]:
+    if conn.execute("SELECT 1 FROM conversations WHERE id = ?",
+                    (conversation_id,)).fetchone() is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    rows = conn.execute(
+        "SELECT data FROM messages WHERE conversation_id = ? AND id > ? "
+        "ORDER BY id LIMIT ?", (conversation_id, after or "", limit)).fetchall()
+    return [_loads(r["data"]) for r in rows]
+
+
+def get_conversation(conn: sqlite3.Connection, conversation_id: str) -> JSON:
+    row = conn.execute("SELECT * FROM conversations WHERE id = ?",
+                       (conversation_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return _conversation_json(row)
+
+
+def list_conversations(conn: sqlite3.Connection, status: str | None, customer_id: str | None,
+                       after: str | None, limit: int) -> list[JSON]:
+    sql = "SELECT * FROM conversations WHERE id > ?"
+    params: list[Any] = [after or ""]
+    if status:
+        sql += " AND status = ?"
+        params.append(status)
+    if customer_id:
+        cid = _resolve_customer_id(conn, customer_id)
+        sql += " AND customer_id = ?"
+        params.append(cid)
+    sql += " ORDER BY id LIMIT ?"
+    params.append(limit)
+    return [_conversation_json(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def get_customer(conn: sqlite3.Connection, customer_id: str) -> JSON:
+    cid = _resolve_customer_id(conn, customer_id)
+    customer = _customer_json(conn, cid, with_conversations=True)
+    if customer is None:
+        raise NotFound(f"customer {customer_id} not found")
+    return customer
+
+
+def find_customer(conn: sqlite3.Connection, kind: str, address: str) -> JSON:
+    row = conn.execute("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                       (kind, address)).fetchone()
+    if row is None:
+        raise NotFound(f"no customer has identity {kind}:{address}")
+    customer = _customer_json(conn, _resolve_customer_id(conn, row["customer_id"]),
+                              with_conversations=True)
+    assert customer is not None
+    return customer
+
+
+def get_attachment(conn: sqlite3.Connection, attachment_id: str) -> StoredAttachment:
+    row = conn.execute("SELECT * FROM attachments WHERE id = ?", (attachment_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"attachment {attachment_id} not found")
+    return StoredAttachment(row["id"], row["filename"], row["content_type"],
+                            row["size"], row["sha256"])
+
+
+def get_raw(conn: sqlite3.Connection, message_id: str) -> tuple[str, bytes] | None:
+    row = conn.execute("SELECT content_type, body FROM raw_payloads WHERE message_id = ?",
+                       (message_id,)).fetchone()
+    return None if row is None else (row["content_type"], bytes(row["body"]))
+
+
+def next_outbox_due(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute("SELECT MIN(next_attempt_at) FROM outbox "
+                       "WHERE state = 'pending'").fetchone()
+    return row[0]
+
+
+def outbox_depth(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT state, COUNT(*) FROM outbox "
+                        "WHERE state IN ('pending', 'inflight') GROUP BY state")
+    return {r[0]: r[1] for r in rows}
+
+
+def list_dead_letters(conn: sqlite3.Connection, subscription: str | None,
+                      limit: int) -> list[JSON]:
+    sql = ("SELECT d.*, e.body FROM webhook_deliveries d JOIN events e ON e.seq = d.seq "
+           "WHERE d.state = 'dead'")
+    params: list[Any] = []
+    if subscription:
+        sql += " AND d.subscription = ?"
+        params.append(subscription)
+    sql += " ORDER BY d.id LIMIT ?"
+    params.append(limit)
+    return [{"id": r["id"], "subscription": r["subscription"], "attempts": r["attempts"],
+             "last_error": r["last_error"], "event": _loads(r["body"])}
+            for r in conn.execute(sql, params)]
+
+
+def next_delivery_due(conn: sqlite3.Connection, subscription: str) -> float | None:
+    return conn.execute("SELECT MIN(next_attempt_at) FROM webhook_deliveries "
+                        "WHERE subscription = ? AND state = 'pending'",
+                        (subscription,)).fetchone()[0]
+
+
+def get_checkpoint(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM checkpoints WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row["value"]
