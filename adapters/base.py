@@ -25,6 +25,8 @@ import asyncio
 import builtins
 import contextlib
 import enum
+import re
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -287,6 +289,26 @@ class ChannelAdapter(ABC):
             self.__dict__["_route_table"] = table
         return table
 
+    def match_route(self, raw_path: str) -> tuple[dict[str, Hook], dict[str, str]] | None:
+        """The handlers of the :meth:`routes` path with parameters (``/messages/{id}``)
+        that ``raw_path`` (relative, still percent-encoded) matches, and the parameters'
+        values, decoded as aiohttp decodes them; None when none matches.
+
+        The app mounts exact routes for the accounts configured at start; an account a
+        reload adds is served through one pattern, whose dispatch looks paths up here.
+        """
+        patterns = self.__dict__.get("_route_patterns")
+        if patterns is None:
+            patterns = [(_path_pattern(path), methods)
+                        for path, methods in self.route_table().items() if "{" in path]
+            self.__dict__["_route_patterns"] = patterns
+        for pattern, methods in patterns:
+            found = pattern.fullmatch(raw_path)
+            if found is not None:
+                return methods, {name: urllib.parse.unquote(value)
+                                 for name, value in found.groupdict().items()}
+        return None
+
     def family_route_table(self) -> dict[str, dict[str, Hook]]:
         """``{path: {method: handler}}`` of :meth:`family_routes`, checked to be in the family.
 
@@ -331,6 +353,17 @@ class ChannelAdapter(ABC):
         result = await self.ctx.ingest(inbound)
         self.counters["received" if result.created else "duplicates"] += 1
         return result
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """A route path's regular expression: ``{name}`` is one path segment, ``{name:regex}``
+    what the regex matches (aiohttp's rules)."""
+    parts = []
+    for literal, name, regex in re.findall(r"([^{]*)(?:\{(\w+)(?::([^{}]+))?\})?", path):
+        parts.append(re.escape(literal))
+        if name:
+            parts.append(f"(?P<{name}>{regex or '[^{}/]+'})")
+    return re.compile("".join(parts))
 
 
 def _table(routes: Sequence[web.RouteDef]) -> dict[str, dict[str, Hook]]:
