@@ -92,7 +92,9 @@ class InboundMessage:
     of omnirelay's own sends is matched by its provider id, or, for a provider without ids,
     by recipient and text within ``match_window`` seconds, and adds nothing; any other echo
     is stored as an outbound message without an agent. ``group`` is set for a post in a
-    group chat (stored only where the account sets ``groups = true``).
+    group chat (stored only where the account sets ``groups = true``). ``error`` flags a
+    message the channel received but could not read (``{"code": "unparsable", "message":
+    …}``): it becomes the stored message's top-level ``error``.
     """
 
     channel: str
@@ -118,3 +120,4 @@ class InboundMessage:
     direction: Literal["inbound", "outbound"] = "inbound"
     match_window: float | None = None
     group: Group | None = None
+    error: dict[str, str] | None = None

@@ -271,7 +271,7 @@ def _add_message(tx: Tx, inbound: InboundMessage, key: DedupeKey,
         provider_message_id=inbound.provider_message_id,
         thread_id=inbound.provider_thread_id, status=status, agent=None,
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
-        content=inbound.content)
+        content=inbound.content, error=inbound.error)
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
     _insert_message(tx, message, attachments, encoded)
     if inbound.raw is not None:
