@@ -287,3 +287,39 @@ async def test_a_read_watermark_reads_the_replies_sent_up_to_it(store: SQLiteSto
     assert await store.apply_read_watermark("api", "a", customer, sent_at) == 0
     assert await store.apply_read_watermark("api", "a", Party("external", "nobody"),
                                             sent_at) == 0
+
+
+async def test_erasing_a_group_poster_takes_their_posts_and_leaves_the_group(
+        store: SQLiteStore) -> None:
+    group = Group("g-1", "Order #12")
+    alice = (await store.ingest(inbound("m1", "alice", group=group), [])).message
+    bob = (await store.ingest(inbound("m2", "bob", group=group), [])).message
+    own = (await store.ingest(inbound("m3", "alice"), [])).message  # her 1:1 conversation
+    group_id = alice["conversation_id"]
+
+    erased = await store.erase_customer(alice["customer_id"])
+    assert (erased["conversations"], erased["messages"]) == (1, 2)
+    for gone in (alice, own):
+        with pytest.raises(NotFound):
+            await store.get_message(gone["id"])
+    assert (await store.get_message(bob["id"]))["text"] == "hi"  # another poster's stays
+    conversation = await store.get_conversation(group_id)
+    assert conversation["customer_id"] == bob["customer_id"]  # the group passes on
+    assert [m["id"] for m in await store.list_messages(group_id, None, 10)] == [bob["id"]]
+    # Nothing of hers is left in the feed (her address, her messages).
+    feed = b"".join(orjson.dumps(e) for e in await events(store))
+    assert b'"alice"' not in feed and alice["id"].encode() not in feed
+
+    await store.erase_customer(bob["customer_id"])  # the last poster: the group goes
+    with pytest.raises(NotFound):
+        await store.get_conversation(group_id)
+
+
+async def test_merging_a_group_opener_moves_only_their_own_posts(store: SQLiteStore) -> None:
+    group = Group("g-1")
+    alice = (await store.ingest(inbound("m1", "alice", group=group), [])).message
+    bob = (await store.ingest(inbound("m2", "bob", group=group), [])).message
+    carol = (await store.ingest(inbound("m3", "carol", group=group), [])).message
+    await store.merge_customers(carol["customer_id"], alice["customer_id"])
+    assert (await store.get_message(alice["id"]))["customer_id"] == carol["customer_id"]
+    assert (await store.get_message(bob["id"]))["customer_id"] == bob["customer_id"]

@@ -53,10 +53,15 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     if survivor == merged:
         raise ValidationFailed("a customer cannot be merged into itself")
     tx.cache.clear()  # identities and conversations change owner
-    # Messages are reached through their conversations (indexed), before those move.
+    # Messages are reached through their conversations (indexed), before those move: all
+    # of a 1:1 conversation, only the merged customer's own posts in a group chat.
     tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
                     "'$.customer_id', ?) WHERE conversation_id IN "
-                    "(SELECT id FROM conversations WHERE customer_id = ?)",
+                    "(SELECT id FROM conversations WHERE customer_id = ? AND group_id IS NULL)",
+                    (survivor, survivor, merged))
+    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
+                    "'$.customer_id', ?) WHERE customer_id = ? AND conversation_id IN "
+                    "(SELECT id FROM conversations WHERE group_id IS NOT NULL)",
                     (survivor, survivor, merged))
     for table in ("identities", "conversations"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
