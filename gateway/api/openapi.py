@@ -424,7 +424,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
             "responses": {
                 **_ok(_obj({"message": _ref("Message"), "changed": {"type": "boolean"}},
                            ["message", "changed"])),
-                **_error_responses(400, 401, 403, 404, 413, 422, 503)}}},
+                **_error_responses(400, 401, 403, 404, 409, 413, 422, 503)}}},
         "/hooks/api/{account}/users/{user_id}": {"delete": {
             "summary": "The user left the other system: their external identity (and the "
                        "name it gave) leaves the customer → customer.updated",

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.config import StoreConfig
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound
 from gateway.ids import parse_iso, utcnow
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.sqlite import SQLiteStore
@@ -147,7 +147,7 @@ async def test_a_receipt_moves_an_outbound_message_by_its_provider_id(
     assert late is not None and late.changed == () and late.message["status"] == "read"
     assert [e["type"] for e in await events(store, head)] == ["message.status"]
     assert await store.apply_receipt("api", "a", "unknown", "read") is None
-    with pytest.raises(ValidationFailed):  # receipts are for outbound messages
+    with pytest.raises(Conflict):  # receipts are for outbound messages
         await store.apply_receipt("api", "a", "m1", "read")
 
 

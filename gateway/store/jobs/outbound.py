@@ -35,7 +35,7 @@ def _apply_receipt(tx: Tx, channel: str, account: str, provider_message_id: str,
     backwards (:func:`~gateway.store.rules.receipt_moves`).
 
     Returns None when no message has that provider id (a provider may report on messages
-    sent from elsewhere); refuses a receipt for an inbound message.
+    sent from elsewhere); a receipt for an inbound message conflicts with what it names.
     """
     row = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
                  "AND provider_message_id = ?", (channel, account, provider_message_id))
@@ -43,8 +43,8 @@ def _apply_receipt(tx: Tx, channel: str, account: str, provider_message_id: str,
         return None
     message: JSON = _loads(row["data"])
     if message["direction"] != "outbound":
-        raise ValidationFailed("that message_id names an inbound message; receipts move "
-                               "outbound messages")
+        raise Conflict("that message_id names an inbound message; receipts move "
+                       "outbound messages")
     if not receipt_moves(message["status"], status):
         return ChangeResult(message)
     message["status"] = status
