@@ -25,6 +25,8 @@ import asyncio
 import builtins
 import contextlib
 import enum
+import re
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +40,11 @@ from gateway.backoff import Backoff
 from gateway.media import MediaSources
 from gateway.store.base import AdapterStore, IngestResult, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
-from normalizer.model import InboundMessage, Party
+from normalizer.model import Group, InboundMessage, Party
 
 if TYPE_CHECKING:
     from gateway.configkit import Section
+    from gateway.receipts import Receipts
 
 JSON = dict[str, Any]
 Hook = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,8 +118,10 @@ class OutboundMessage:
     ``id`` is also the idempotency key: a send retried after a crash carries the same one.
     ``in_reply_to`` is the id of the message being answered; ``reply_to_provider_id`` and
     ``thread_refs`` are the provider ids a channel threads with (e-mail's In-Reply-To and
-    References). ``snapshot`` is the message's contract JSON, for a channel that forwards
-    it as it is (the API channel's callback); read the typed fields for everything else.
+    References). ``group`` is set for a reply into a group chat's conversation: it goes to
+    the group, not to ``to`` alone. ``snapshot`` is the message's contract JSON, for a
+    channel that forwards it as it is (the API channel's callback); read the typed fields
+    for everything else.
     """
 
     id: str
@@ -139,6 +144,7 @@ class OutboundMessage:
     thread_refs: tuple[str, ...] = ()
     attempts: int = 1
     queued_at: datetime | None = None
+    group: Group | None = None
     snapshot: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -173,6 +179,8 @@ class AdapterContext:
     loops: LoopGroup = field(default_factory=LoopGroup)
     log: structlog.typing.FilteringBoundLogger = field(
         default_factory=lambda: structlog.get_logger("adapters"))
+    receipts: Receipts | None = None  # delivery and read receipts (gateway/receipts.py)
+    groups: bool = False  # the account's ``groups``: store group posts, else ignore them
 
     def supervise(self, name: str, body: LoopBody, *,
                   backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:
@@ -229,7 +237,7 @@ class ChannelAdapter(ABC):
         self.state = AdapterState.NEW
         self.last_error: str | None = None
         self.counters: dict[str, int] = {"received": 0, "duplicates": 0, "sent": 0,
-                                         "send_errors": 0}
+                                         "send_errors": 0, "group_posts_ignored": 0}
 
     async def start(self) -> None:
         """Connect and start intake. Safe to call twice."""
@@ -286,6 +294,26 @@ class ChannelAdapter(ABC):
             self.__dict__["_route_table"] = table
         return table
 
+    def match_route(self, raw_path: str) -> tuple[dict[str, Hook], dict[str, str]] | None:
+        """The handlers of the :meth:`routes` path with parameters (``/messages/{id}``)
+        that ``raw_path`` (relative, still percent-encoded) matches, and the parameters'
+        values, decoded as aiohttp decodes them; None when none matches.
+
+        The app mounts exact routes for the accounts configured at start; an account a
+        reload adds is served through one pattern, whose dispatch looks paths up here.
+        """
+        patterns = self.__dict__.get("_route_patterns")
+        if patterns is None:
+            patterns = [(_path_pattern(path), methods)
+                        for path, methods in self.route_table().items() if "{" in path]
+            self.__dict__["_route_patterns"] = patterns
+        for pattern, methods in patterns:
+            found = pattern.fullmatch(raw_path)
+            if found is not None:
+                return methods, {name: urllib.parse.unquote(value)
+                                 for name, value in found.groupdict().items()}
+        return None
+
     def family_route_table(self) -> dict[str, dict[str, Hook]]:
         """``{path: {method: handler}}`` of :meth:`family_routes`, checked to be in the family.
 
@@ -316,10 +344,31 @@ class ChannelAdapter(ABC):
                              self.ctx.loops.health())
 
     async def ingest(self, inbound: InboundMessage) -> IngestResult:
-        """Hand a message to the gateway and count it."""
+        """Hand a message to the gateway and count it.
+
+        A group post where the account does not set ``groups = true`` is not stored: it is
+        counted (``group_posts_ignored``) and the result says why, so the adapter still
+        acknowledges it.
+        """
+        if inbound.group is not None and not self.ctx.groups:
+            self.counters["group_posts_ignored"] += 1
+            return IngestResult({}, created=False,
+                                ignored=f"group posts are off for {self.type} account "
+                                        f"{self.name!r} (groups = false)")
         result = await self.ctx.ingest(inbound)
         self.counters["received" if result.created else "duplicates"] += 1
         return result
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """A route path's regular expression: ``{name}`` is one path segment, ``{name:regex}``
+    what the regex matches (aiohttp's rules)."""
+    parts = []
+    for literal, name, regex in re.findall(r"([^{]*)(?:\{(\w+)(?::([^{}]+))?\})?", path):
+        parts.append(re.escape(literal))
+        if name:
+            parts.append(f"(?P<{name}>{regex or '[^{}/]+'})")
+    return re.compile("".join(parts))
 
 
 def _table(routes: Sequence[web.RouteDef]) -> dict[str, dict[str, Hook]]:

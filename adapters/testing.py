@@ -20,8 +20,8 @@ from adapters.base import (
 )
 from gateway.configkit import Section
 from gateway.errors import NotFound, SendError
-from gateway.store.base import JSON, IngestResult
-from normalizer.model import InboundMessage, Party
+from gateway.store.base import JSON, ChangeResult, IngestResult
+from normalizer.model import InboundMessage, MessageChange, Party
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,15 @@ class MemoryStore:
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         """No raw payloads are kept in memory."""
         return None
+
+    async def change_message(self, channel: str, account: str, provider_message_id: str,
+                             change: MessageChange) -> ChangeResult:
+        """No messages are kept in memory: nothing to change."""
+        raise NotFound(f"no message {provider_message_id} of {channel} account {account}")
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """No customers are kept in memory."""
+        raise NotFound(f"no customer has {kind} identity")
 
 
 async def _refuse_ingest(inbound: InboundMessage) -> IngestResult:

@@ -139,6 +139,7 @@ class ChannelConfig:
     required: bool = True
     send_concurrency: int = 4
     send_rate: float | None = None
+    groups: bool = False  # store group posts (the group is the conversation); else ignore
 
     @property
     def key(self) -> tuple[str, str]:
@@ -329,7 +330,7 @@ def _parse_webhooks(items: list[Any], ctx: ParseContext) -> tuple[WebhookConfig,
     return tuple(hooks)
 
 
-COMMON_CHANNEL_KEYS = ("type", "name", "required", "send_concurrency", "send_rate")
+COMMON_CHANNEL_KEYS = ("type", "name", "required", "send_concurrency", "send_rate", "groups")
 """Keys every ``[[channels]]`` account takes, whatever its type (read here, not by adapters)."""
 
 
@@ -342,6 +343,7 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
                            hint=f"one of {', '.join(sorted(ADAPTERS))}")
         name = section.get("name", str, "", required=True)
         required = section.get("required", bool, True)
+        groups = section.get("groups", bool, False)
         concurrency = section.get("send_concurrency", int, 4)
         if concurrency < 1:
             section.error("send_concurrency", "must be at least 1",
@@ -370,7 +372,7 @@ def _parse_channels(items: list[Any], ctx: ParseContext) -> tuple[ChannelConfig,
         options = adapter.config_class.parse(section)
         section.finish()
         channels.append(ChannelConfig(kind, name, options, required, concurrency,
-                                      None if rate is None else float(rate)))
+                                      None if rate is None else float(rate), groups))
     return tuple(channels)
 
 

@@ -45,6 +45,7 @@ from gateway.logging import configure_logging
 from gateway.media import MediaSources, source_name
 from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
+from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
 from gateway.store.sqlite import SQLiteStore
 from gateway.systemd import Notifier
@@ -192,18 +193,19 @@ class Gateway:
         for path in [p for p, owner in self.route_owners.items() if owner == key]:
             del self.route_owners[path]
 
-    def _context(self) -> AdapterContext:
-        """Each adapter its own context: its own supervised loops, the daemon's stop signal."""
+    def _context(self, account: ChannelConfig) -> AdapterContext:
+        """Each adapter its own context: its own supervised loops, the daemon's stop signal,
+        the receipt sink and the account's ``groups``."""
         assert self.http is not None
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
             authorize=check_token, store=self.store, stopping=self.stopping,
-            media=self.media,
+            media=self.media, receipts=ReceiptSink(self.store), groups=account.groups,
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:
         cls = ADAPTERS[account.type]
-        return cls(account.name, account.options, self._context(),
+        return cls(account.name, account.options, self._context(account),
                    limits=SendLimits(account.send_concurrency, account.send_rate))
 
     # ------------------------------------------------------------------ lifecycle

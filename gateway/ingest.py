@@ -62,6 +62,10 @@ class IngestService:
         # list comparison checks identity before equality.
         if sender is not inbound.sender or linked != inbound.linked_identities:
             inbound = dataclasses.replace(inbound, sender=sender, linked_identities=linked)
+        if inbound.direction == "outbound":  # an echo: its recipient is the customer
+            if inbound.recipient is None:
+                raise ValidationFailed("an outbound message (echo) needs its recipient")
+            inbound = self._canonical_recipient(inbound)
         for att in inbound.attachments:
             if len(att.data) > self.max_attachment_bytes:
                 raise PayloadTooLarge(f"attachment {att.filename!r} is {len(att.data)} bytes; "
@@ -92,6 +96,18 @@ class IngestService:
             info_event("ingest.duplicate", message_id=result.message["id"],
                        channel=inbound.channel, account=inbound.account)
         return result
+
+    def _canonical_recipient(self, inbound: InboundMessage) -> InboundMessage:
+        """An echo's customer is its recipient: canonicalize it as a sender would be."""
+        assert inbound.recipient is not None
+        try:
+            recipient = normalize_party(inbound.recipient, self.default_region)
+        except InvalidIdentity:
+            raise ValidationFailed(f"recipient: not a valid {inbound.recipient.kind} "
+                                   "address") from None
+        if recipient is inbound.recipient:
+            return inbound
+        return dataclasses.replace(inbound, recipient=recipient)
 
 
 def safe_attachments(attachments: list[AttachmentData]) -> list[AttachmentData]:

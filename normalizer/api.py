@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Any
 
@@ -14,12 +15,21 @@ from normalizer.attachments import (
     validate_filename,
 )
 from normalizer.errors import InvalidInput, MalformedInput
-from normalizer.model import AttachmentData, InboundMessage, Party, RemoteAttachment
+from normalizer.model import (
+    AttachmentData,
+    DeliveryStatus,
+    Group,
+    InboundMessage,
+    MessageChange,
+    Party,
+    Reaction,
+    RemoteAttachment,
+)
 from normalizer.timestamps import parse_iso
 from normalizer.urls import origin_of
 
 _KNOWN = {"message_id", "from", "text", "attachments", "sent_at", "subject", "html",
-          "context", "in_reply_to"}
+          "context", "in_reply_to", "direction", "to", "group"}
 _KNOWN_FROM = {"id", "name", "email", "phone"}
 MAX_CONTEXT_DEPTH = 32
 MAX_BODY_DEPTH = 64
@@ -79,6 +89,8 @@ def parse_api_inbound(body: object, account: str, *, media_hosts: frozenset[str]
     unknown = set(body) - _KNOWN
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if body.get("direction", "inbound") != "inbound" or "to" in body:  # an echo
+        return _parse_echo(body, account, media_hosts, media_source)
     message_id = body.get("message_id")
     if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
         raise InvalidInput("message_id must be a non-empty string of at most 255 characters")
@@ -121,6 +133,7 @@ def parse_api_inbound(body: object, account: str, *, media_hosts: frozenset[str]
         sent_at=sent_at, linked_identities=linked, context=context,
         reply_refs=[body["in_reply_to"]] if body.get("in_reply_to") else [],
         remote_attachments=remote,
+        group=_parse_group(body.get("group")),
     )
 
 
@@ -165,6 +178,133 @@ def inbound_attachments(items: object, media_hosts: frozenset[str], media_source
         remote.append(RemoteAttachment(url, media_source, filename,
                                        content_type if item.get("content_type") else None))
     return inline, remote
+
+
+
+
+# ---------------------------------------------------------------- echoes, groups, changes
+
+
+def account_party(account: str) -> Party:
+    """The API account's own identity: the ``from`` of its replies and echoes."""
+    return Party("external", f"omnirelay:{account}", None)
+
+
+def _parse_echo(body: dict[str, Any], account: str, media_hosts: frozenset[str],
+                media_source: str) -> InboundMessage:
+    """``"direction": "outbound"`` with ``"to"`` in place of ``from``: a reply typed in the
+    other system (an echo), parsed like a message from its recipient, then turned round."""
+    if body.get("direction") != "outbound":
+        raise InvalidInput('"to" is for "direction": "outbound" (an echo); '
+                               'a customer\'s message names its sender in "from"')
+    if "from" in body:
+        raise InvalidInput('an outbound message names its recipient in "to", not "from"')
+    if not isinstance(body.get("to"), dict):
+        raise InvalidInput("to must be an object with an id")
+    fields = {k: v for k, v in body.items() if k not in ("direction", "to")}
+    try:
+        parsed = parse_api_inbound({**fields, "from": body["to"]}, account,
+                                   media_hosts=media_hosts, media_source=media_source)
+    except InvalidInput as exc:
+        raise InvalidInput(re.sub(r"\bfrom\b", "to", str(exc))) from exc
+    return InboundMessage(
+        channel=parsed.channel, account=account, provider_message_id=parsed.provider_message_id,
+        sender=account_party(account), recipient=parsed.sender, text=parsed.text,
+        subject=parsed.subject, html=parsed.html, attachments=parsed.attachments,
+        sent_at=parsed.sent_at, reply_refs=parsed.reply_refs,
+        linked_identities=parsed.linked_identities, context=parsed.context,
+        remote_attachments=parsed.remote_attachments, direction="outbound", group=parsed.group)
+
+
+def _parse_group(value: Any) -> Group | None:
+    """``{"id": "…", "name": "…"}``: the group chat a message was posted in."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"id", "name"}:
+        raise InvalidInput('group must be an object with "id" and optionally "name"')
+    group_id, name = value.get("id"), value.get("name")
+    if not isinstance(group_id, str) or not group_id.strip() or len(group_id) > 255:
+        raise InvalidInput("group.id must be a non-empty string of at most 255 characters")
+    if name is not None and not isinstance(name, str):
+        raise InvalidInput("group.name must be a string")
+    return Group(group_id.strip(), name)
+
+
+def parse_api_change(body: Any) -> MessageChange:
+    """``PATCH …/messages/{message_id}``: ``{"text"}`` (an edit), ``{"withdrawn": true}`` or
+    ``{"reactions": [{"emoji", "by", "at"?}]}`` (the whole current set), or several."""
+    if not isinstance(body, dict):
+        raise MalformedInput("the body must be a JSON object")
+    unknown = set(body) - {"text", "withdrawn", "reactions", "edited_at"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if not {"text", "withdrawn", "reactions"} & set(body):
+        raise InvalidInput("a change needs text, withdrawn or reactions")
+    text = body.get("text")
+    if "text" in body and (not isinstance(text, str) or not text):
+        raise InvalidInput("text must be a non-empty string")
+    if "withdrawn" in body and body["withdrawn"] is not True:
+        raise InvalidInput("withdrawn can only be true: a withdrawal is not undone")
+    reactions = None
+    if "reactions" in body:
+        items = body["reactions"]
+        if not isinstance(items, list) or len(items) > 1000:
+            raise InvalidInput("reactions must be a list (the whole current set)")
+        reactions = tuple(_parse_reaction(item, index) for index, item in enumerate(items))
+    return MessageChange(text=text, reactions=reactions, withdrawn=bool(body.get("withdrawn")),
+                         at=_timestamp(body.get("edited_at"), "edited_at"))
+
+
+def _parse_reaction(item: Any, index: int) -> Reaction:
+    if not isinstance(item, dict) or set(item) - {"emoji", "by", "at"}:
+        raise InvalidInput(f'reactions[{index}] must be {{"emoji", "by"}} (and "at")')
+    emoji, by = item.get("emoji"), item.get("by")
+    if not isinstance(emoji, str) or not emoji or len(emoji) > 64:
+        raise InvalidInput(f"reactions[{index}].emoji must be a non-empty string")
+    if not isinstance(by, str) or not by.strip() or len(by) > 255:
+        raise InvalidInput(f"reactions[{index}].by must be a non-empty string")
+    return Reaction(emoji, by.strip(), _timestamp(item.get("at"), f"reactions[{index}].at"))
+
+
+def _timestamp(value: Any, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidInput(f"{field} must be an ISO 8601 timestamp string")
+    try:
+        return parse_iso(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} must be an ISO 8601 timestamp") from exc
+
+
+RECEIPT_STATUSES: tuple[DeliveryStatus, ...] = ("delivered", "read", "failed")
+
+
+def parse_api_status(body: Any) -> tuple[str, DeliveryStatus, dict[str, str] | None,
+                                         datetime | None]:
+    """``POST …/status``: ``{"message_id", "status": delivered|read|failed, "error"?, "at"?}``
+    → (provider message id, status, error, at)."""
+    if not isinstance(body, dict):
+        raise MalformedInput("the body must be a JSON object")
+    unknown = set(body) - {"message_id", "status", "error", "at"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    message_id = body.get("message_id")
+    if not isinstance(message_id, str) or not message_id.strip() or len(message_id) > 255:
+        raise InvalidInput("message_id must be a non-empty string of at most 255 characters")
+    status = next((s for s in RECEIPT_STATUSES if s == body.get("status")), None)
+    if status is None:
+        raise InvalidInput(f"status must be one of {', '.join(RECEIPT_STATUSES)}")
+    error = body.get("error")
+    if error is not None:
+        if status != "failed":
+            raise InvalidInput('error goes only with "status": "failed"')
+        if (not isinstance(error, dict) or set(error) - {"code", "message"}
+                or not all(isinstance(error.get(k, ""), str) for k in ("code", "message"))):
+            raise InvalidInput('error must be {"code": "…", "message": "…"} (strings)')
+        error = {"code": (error.get("code") or "failed")[:100],
+                 "message": (error.get("message") or "")[:1000]}
+    return message_id.strip(), status, error, _timestamp(body.get("at"), "at")
 
 
 def _sent_at(value: object) -> datetime | None:

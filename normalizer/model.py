@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+DeliveryStatus = Literal["queued", "sent", "delivered", "read", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +20,45 @@ class Party:
     def to_json(self) -> dict[str, Any]:
         """Return the contract's ``from``/``to`` object."""
         return {"kind": self.kind, "address": self.address, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group chat a message was posted in (a Telegram group, a LINE room)."""
+
+    id: str
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the contract's ``conversation.group`` object."""
+        return {"id": self.id, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One person's reaction to a message."""
+
+    emoji: str
+    by: str  # the reacting identity's address (a customer id on the provider, or the page)
+    at: datetime | None = None  # when it was given; None: when omnirelay learns of it
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    """What a provider says changed about a message it delivered earlier.
+
+    ``text`` is an edit (the new text; ``edited_at`` is set). ``reactions`` is the whole
+    current set (the API channel, LINE); ``reactions_of`` is one person's current reactions
+    (``("u-42", ("👍",))``; an empty tuple removes theirs: Meta and Telegram report it this
+    way). ``withdrawn`` marks a message the sender took back (unsent, deleted). ``at`` is
+    when the provider says the change happened: an edit older than the stored one is stale.
+    """
+
+    text: str | None = None
+    reactions: tuple[Reaction, ...] | None = None
+    reactions_of: tuple[str, tuple[str, ...]] | None = None
+    withdrawn: bool = False
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +98,15 @@ class InboundMessage:
     ``linked_identities`` are further identities of the *sender* (an e-mail address given
     through the API channel) that link to an existing customer. ``remote_attachments`` are
     fetched after the commit (gateway/fetcher.py) and announced with ``message.updated``.
+
+    ``direction = "outbound"`` makes it an echo: a message the account sent, seen on the
+    provider's side (``sender`` is the account, ``recipient`` the customer). An echo of one
+    of omnirelay's own sends is matched by its provider id, or, for a provider without ids,
+    by recipient and text within ``match_window`` seconds, and adds nothing; any other echo
+    is stored as an outbound message without an agent. ``group`` is set for a post in a
+    group chat (stored only where the account sets ``groups = true``). ``error`` flags a
+    message the channel received but could not read (``{"code": "unparsable", "message":
+    …}``): it becomes the stored message's top-level ``error``.
     """
 
     channel: str
@@ -79,3 +129,7 @@ class InboundMessage:
     raw_content_type: str = "application/octet-stream"
     reply_token: str | None = None
     remote_attachments: list[RemoteAttachment] = field(default_factory=list)
+    direction: Literal["inbound", "outbound"] = "inbound"
+    match_window: float | None = None
+    group: Group | None = None
+    error: dict[str, str] | None = None

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from adapters.base import Agent, OutboundMessage
 from gateway.store.base import OutboxItem, StoredAttachment
-from normalizer.model import Party
+from normalizer.model import Group, Party
 
 
 def outbound_message(item: OutboxItem) -> OutboundMessage:
@@ -39,6 +39,7 @@ def outbound_message(item: OutboxItem) -> OutboundMessage:
         thread_refs=item.thread_refs,
         attempts=item.attempts,
         queued_at=item.created_at,
+        group=_group(item.conversation.get("group")),
         snapshot=message,
     )
 
@@ -54,6 +55,13 @@ def _party(value: object, key: str) -> Party:
     if not isinstance(value, dict) or not isinstance(value.get("address"), str):
         raise ValueError(f"outbound message has no {key!r} party")
     return Party(str(value.get("kind") or ""), value["address"], value.get("name"))
+
+
+def _group(value: object) -> Group | None:
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+        return None
+    name = value.get("name")
+    return Group(value["id"], name if isinstance(name, str) else None)
 
 
 def _agent(value: object) -> Agent | None:

@@ -14,6 +14,7 @@ from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from gateway import signing
 from gateway.errors import (
     MalformedPayload,
+    NotFound,
     PermanentSendError,
     RetryableSendError,
     SendError,
@@ -22,7 +23,8 @@ from gateway.errors import (
 )
 from gateway.http import json_response, read_body, retry_after_seconds
 from gateway.media import MediaSource, source_name
-from normalizer.api import parse_api_inbound
+from gateway.receipts import DeliveryError, Receipt
+from normalizer.api import parse_api_change, parse_api_inbound, parse_api_status
 from normalizer.errors import InvalidInput
 from normalizer.model import Party
 
@@ -54,8 +56,11 @@ class ApiAdapter(ChannelAdapter):
         return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
-        """The inbound route."""
-        return [web.post("/messages", self.handle_inbound)]
+        """Messages in; changes, receipts and withdrawn users (the core paths)."""
+        return [web.post("/messages", self.handle_inbound),
+                web.patch("/messages/{message_id}", self.handle_change),
+                web.post("/status", self.handle_status),
+                web.delete("/users/{user_id}", self.handle_withdrawal)]
 
     def sender(self, channel: str) -> Party:
         """Replies come from the account itself."""
@@ -107,16 +112,78 @@ class ApiAdapter(ChannelAdapter):
         inbound.raw = body
         inbound.raw_content_type = "application/json"
         result = await self.ingest(inbound)
+        if result.ignored is not None:  # a group post where groups are off
+            return json_response({"message": None, "created": False, "ignored": result.ignored},
+                                 status=202)
         message = orjson.Fragment(result.message_json) if result.message_json else result.message
         return json_response({"message": message, "created": result.created},
                              status=201 if result.created else 200)
+
+    # ------------------------------------------------------------ the core paths
+
+    async def _authenticated_body(self, request: web.Request) -> bytes:
+        """The body of a signed or bearer-authenticated request; as for messages, nothing
+        is read before the checks that need no body pass."""
+        signature = self._authenticate_before_body(request)
+        body = await read_body(request)
+        if signature is not None:
+            self._verify_signature(signature, body)
+        return body
+
+    async def _authenticated_json(self, request: web.Request) -> object:
+        """The body of a signed or bearer-authenticated request, parsed."""
+        body = await self._authenticated_body(request)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedPayload(f"the body is not valid JSON: {exc}") from exc
+
+    async def handle_change(self, request: web.Request) -> web.Response:
+        """``PATCH /messages/{message_id}``: an edit, reactions or a withdrawal of a message
+        this account delivered → ``message.updated`` (nothing when it changes nothing)."""
+        payload = await self._authenticated_json(request)
+        try:
+            change = parse_api_change(payload)
+        except InvalidInput as exc:
+            raise from_invalid_input(exc) from exc
+        result = await self.ctx.store.change_message(
+            "api", self.name, request.match_info["message_id"], change)
+        return json_response({"message": result.message, "changed": list(result.changed)})
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        """``POST /status``: a delivery or read receipt (or a failure) for one of the
+        account's replies, named by the provider id the callback answered."""
+        payload = await self._authenticated_json(request)
+        try:
+            message_id, status, error, at = parse_api_status(payload)
+        except InvalidInput as exc:
+            raise from_invalid_input(exc) from exc
+        if self.ctx.receipts is None:
+            raise RuntimeError("the daemon gave this adapter no receipt sink")
+        result = await self.ctx.receipts(Receipt(
+            "api", self.name, message_id, status,
+            None if error is None else DeliveryError(error["code"], error["message"]), at))
+        if result is None:
+            raise NotFound(f"no reply of account {self.name!r} has message_id {message_id!r}")
+        return json_response({"message": result.message, "changed": bool(result.changed)})
+
+    async def handle_withdrawal(self, request: web.Request) -> web.Response:
+        """``DELETE /users/{user_id}``: the user left the other system; their ``external``
+        identity (and the name it gave) leaves the customer → ``customer.updated``."""
+        await self._authenticated_body(request)
+        user_id = request.match_info["user_id"].strip()
+        customer = await self.ctx.store.remove_identity("external", user_id)
+        return json_response({"customer": customer})
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """POST ``{"message": …}`` to the callback URL, signed; without one, done at once."""
         if not self.config.callback_url:
             return SendResult(None, "sent")
         assert self.config.secret is not None
-        body = orjson.dumps({"message": message.snapshot})
+        payload: dict[str, object] = {"message": message.snapshot}
+        if message.group is not None:  # a reply into a group chat goes to the group
+            payload["group"] = message.group.to_json()
+        body = orjson.dumps(payload)
         headers = {
             "Content-Type": "application/json",
             "Omnirelay-Signature": signing.sign(self.config.secret.reveal(), body),
@@ -178,13 +245,16 @@ async def remote_error_excerpt(response: aiohttp.ClientResponse,
 
 
 def _provider_id(text: str) -> str | None:
-    """A receiver may answer ``{"id": "…"}``; that becomes the provider message id."""
+    """A receiver may answer ``{"message_id": "…"}`` (or ``{"id": "…"}``, as before); that
+    becomes the provider message id, which echoes and receipts name."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         return None
-    value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) and value else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("message_id", data.get("id"))
+    return value if isinstance(value, str) and value and len(value) <= 255 else None
 
 
 def _timestamp_in_tolerance(header: str) -> bool:

@@ -7,7 +7,8 @@ acknowledged: ``250`` to the sending server, ``\\Seen`` (or a move) on the IMAP 
 A message the parser cannot take (it raises, or the message is beyond the MIME limits) is
 a *poison message*: refusing or retrying it would bring it back forever (a sending server
 retries for days, an IMAP mailbox fetches it on every start). It is stored as received,
-flagged ``content.error = {"code": "unparsable", …}``, and acknowledged like any other.
+flagged with the message's ``error = {"code": "unparsable", …}``, and acknowledged like
+any other.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class EmailAdapter(ChannelAdapter):
         try:
             return await self.ingest(inbound)
         except ValidationFailed as exc:  # what the parser made of it cannot be stored
-            if inbound.content and "error" in inbound.content:
+            if inbound.error is not None:
                 raise
             refused = exc.with_traceback(None)  # its frames would keep the parse alive
         del inbound
@@ -280,7 +281,7 @@ class EmailAdapter(ChannelAdapter):
                   f"({reason}). It is kept exactly as received: open the raw message."),
             raw=raw, raw_content_type="message/rfc822",
             automatic="auto_reply" if mail_from == "<>" else None,
-            content={"type": "email", "error": {"code": code, "message": reason}},
+            error={"code": code, "message": reason},
         )
 
     async def accept_mail(self, raw: bytes | SpooledData, recipient: str | None, *,

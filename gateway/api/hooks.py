@@ -40,7 +40,14 @@ async def _dispatch(request: web.Request, channel_type: str, account: str,
         raise NotFound(f"no {channel_type} account {account!r}")
     methods = adapter.route_table().get(f"/{tail}" if tail else "")
     if methods is None:
-        raise NotFound(f"no route for {request.path}")
+        # A path with parameters (``/messages/{message_id}``) of an account a reload
+        # added: the accounts configured at start have exact routes for it.
+        segments = request.rel_url.raw_path.split("/", 4)  # "", hooks, type, account, tail
+        found = adapter.match_route(f"/{segments[4]}") if len(segments) == 5 else None
+        if found is None:
+            raise NotFound(f"no route for {request.path}")
+        methods, params = found
+        request.match_info.update(params)
     handler = methods.get(request.method) or methods.get("*")
     if handler is None:
         raise web.HTTPMethodNotAllowed(request.method, sorted(methods))

@@ -155,6 +155,9 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
         "error": _nullable(_obj({"code": _STR, "message": _STR}, ["code", "message"])),
         "agent": _nullable(_ref("Agent")), "automatic": _nullable(_STR),
         "sent_at": _nullable(_TS), "received_at": _TS,
+        # Present once a provider changed the message (message.updated).
+        "edited_at": _TS, "withdrawn": {"type": "boolean"},
+        "reactions": {"type": "array", "items": _ref("Reaction")},
     }, ["id", "conversation_id", "customer_id", "channel", "account", "direction", "text",
         "attachments", "status", "received_at"])
     conversation = _obj({
@@ -164,6 +167,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
         "tags": {"type": "array", "items": _STR},
         "priority": {"enum": ["normal", "high", "urgent"]}, "queue": _nullable(_STR),
         "context": {"type": "object"},
+        "group": _nullable(_ref("Group")),
     }, ["id", "customer_id", "channel", "account", "status", "opened_at"])
     identity = _obj({"kind": _STR, "address": _STR,
                      "channels": {"type": "array", "items": _STR}}, ["kind", "address"])
@@ -224,21 +228,50 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                                    "last_error": _nullable(_STR)}, ["pending", "last_error"])},
                    ["name", "type", "state"])
     non_blank = {"type": "string", "pattern": f"^{NON_BLANK_PATTERN}$"}
-    api_inbound = _obj({
-        "message_id": {**non_blank, "maxLength": 255},
-        "from": _obj({"id": non_blank, "name": _STR,
+    api_party = _obj({"id": non_blank, "name": _STR,
                       "email": {"type": "string", "pattern": f"^{EMAIL_PATTERN}$"},
                       "phone": {"type": "string", "pattern": f"^{PHONE_PATTERN}$"}}, ["id"],
-                     extra=False),
+                     extra=False)
+    api_fields = {
+        "message_id": {**non_blank, "maxLength": 255},
         "text": _STR, "subject": _STR, "html": _STR, "sent_at": _TS, "in_reply_to": _STR,
         "context": {"type": "object"},
         "attachments": {"type": "array", "items": {"anyOf": [
             _ref("AttachmentInput"), _ref("AttachmentUrlInput")]}},
-    }, ["message_id", "from"], extra=False)
-    api_inbound["anyOf"] = [
+        "group": _obj({"id": {**non_blank, "maxLength": 255}, "name": _STR}, ["id"],
+                      extra=False),
+    }
+    api_inbound = {"oneOf": [
+        _obj({**api_fields, "direction": {"const": "inbound"}, "from": api_party},
+             ["message_id", "from"], extra=False),
+        _obj({**api_fields, "direction": {"const": "outbound"}, "to": api_party},
+             ["message_id", "direction", "to"], extra=False),
+    ], "anyOf": [
         {"required": ["text"], "properties": {"text": {"minLength": 1}}},
         {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
-    ]
+    ], "description": "A customer's message (from), or an echo of a reply typed in the "
+                      "other system (direction outbound, to)."}
+    reaction = _obj({"emoji": {"type": "string", "minLength": 1, "maxLength": 64},
+                     "by": {**non_blank, "maxLength": 255}, "at": _TS},
+                    ["emoji", "by"], extra=False)
+    api_change = _obj({
+        "text": {"type": "string", "minLength": 1}, "edited_at": _TS,
+        "withdrawn": {"const": True},
+        "reactions": {"type": "array", "items": _ref("Reaction"), "maxItems": 1000},
+    }, extra=False)
+    api_change["minProperties"] = 1
+    api_change["anyOf"] = [{"required": ["text"]}, {"required": ["withdrawn"]},
+                           {"required": ["reactions"]}]
+    api_status = _obj({
+        "message_id": {**non_blank, "maxLength": 255},
+        "status": {"enum": ["delivered", "read", "failed"]},
+        "error": _obj({"code": _STR, "message": _STR}, extra=False), "at": _TS,
+    }, ["message_id", "status"], extra=False)
+    api_status["if"] = {"required": ["error"]}
+    api_status["then"] = {"properties": {"status": {"const": "failed"}}}
+    group = _obj({"id": _STR, "name": _nullable(_STR)}, ["id"])
+    hook_auth: list[JSON] = [{"bearer": []}, {"signature": []}]
+    account = {"name": "account", "in": "path", "required": True, "schema": _STR}
 
     paths: JSON = {
         "/healthz": {"get": _op("Liveness", _ok(_obj({"status": _STR})), auth=False)},
@@ -376,9 +409,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
             body_required=False)},
         "/hooks/api/{account}/messages": {"post": {
             "summary": "Generic API channel inbound (Omnirelay-Signature or bearer token)",
-            "security": [{"bearer": []}, {"signature": []}],
-            "parameters": [{"name": "account", "in": "path", "required": True,
-                            "schema": _STR}],
+            "security": hook_auth, "parameters": [account],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": _ref("ApiInbound")}}},
             "responses": {
@@ -386,7 +417,42 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                       "A repeat delivery: the stored message"),
                 **_ok(_obj({"message": _ref("Message"), "created": {"type": "boolean"}}),
                       "Stored", 201),
-                **_error_responses(400, 401, 404, 413, 422, 503)}}},
+                **_ok(_obj({"message": {"type": "null"}, "created": {"const": False},
+                            "ignored": _STR}),
+                      "A group post where the account sets no groups = true: not stored", 202),
+                **_error_responses(400, 401, 403, 404, 413, 422, 503)}}},
+        "/hooks/api/{account}/messages/{message_id}": {"patch": {
+            "summary": "Change a message this account delivered: an edit, reactions (the "
+                       "whole current set) or a withdrawal → message.updated",
+            "security": hook_auth,
+            "parameters": [account, {"name": "message_id", "in": "path", "required": True,
+                                     "schema": _STR}],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ApiChange")}}},
+            "responses": {
+                **_ok(_obj({"message": _ref("Message"),
+                            "changed": {"type": "array", "items": _STR}},
+                           ["message", "changed"]),
+                      "The message; changed is empty when nothing changed (no event)"),
+                **_error_responses(400, 401, 403, 404, 413, 422, 503)}}},
+        "/hooks/api/{account}/status": {"post": {
+            "summary": "A delivery or read receipt, or a failure, for a reply (by the provider "
+                       "id the callback answered) → message.status, never backwards",
+            "security": hook_auth, "parameters": [account],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ApiStatus")}}},
+            "responses": {
+                **_ok(_obj({"message": _ref("Message"), "changed": {"type": "boolean"}},
+                           ["message", "changed"])),
+                **_error_responses(400, 401, 403, 404, 409, 413, 422, 503)}}},
+        "/hooks/api/{account}/users/{user_id}": {"delete": {
+            "summary": "The user left the other system: their external identity (and the "
+                       "name it gave) leaves the customer → customer.updated",
+            "security": hook_auth,
+            "parameters": [account, {"name": "user_id", "in": "path", "required": True,
+                                     "schema": _STR}],
+            "responses": {**_ok(_obj({"customer": _ref("Customer")}, ["customer"])),
+                          **_error_responses(401, 403, 404, 503)}}},
     }
     return {
         "openapi": "3.1.0",
@@ -409,6 +475,8 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
                 "Customer": customer, "Event": event, "Agent": agent, "Reply": reply,
                 "Error": error, "Channel": channel, "ApiInbound": api_inbound,
                 "ProactiveMessage": proactive, "IdentityInput": identity_in,
+                "Reaction": reaction, "Group": group, "ApiChange": api_change,
+                "ApiStatus": api_status,
             },
         },
     }

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from normalizer.model import InboundMessage, Party
+from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
 
 JSON = dict[str, Any]
 
@@ -64,6 +64,16 @@ class IngestResult:
     message: JSON
     created: bool
     message_json: bytes | None = None  # ``message`` already encoded, when the store has it
+    ignored: str | None = None  # why nothing was stored (a group post where groups are off)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    """A message after a change or a receipt, and which of its fields moved (none: a
+    repeat, which emits nothing)."""
+
+    message: JSON
+    changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +219,23 @@ class CheckpointStore(Protocol):
         """Store a checkpoint."""
 
 
-class AdapterStore(CheckpointStore, Protocol):
-    """What an adapter reads: checkpoints, the message a reply answers, attachment files."""
+class ChangeStore(Protocol):
+    """What a provider reports after a message arrived: an edit, reactions, a withdrawal;
+    an identity the provider withdrew (a TalkTalk profile, a user deleted upstream)."""
+
+    async def change_message(self, channel: str, account: str, provider_message_id: str,
+                             change: MessageChange) -> ChangeResult:
+        """Apply an edit, reactions or a withdrawal to a stored message (``message.updated``
+        when anything moved); NotFound for a provider id the account never delivered."""
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """Take an identity from its customer (``customer.updated``), and the name it gave;
+        NotFound when no customer has it."""
+
+
+class AdapterStore(CheckpointStore, ChangeStore, Protocol):
+    """What an adapter uses: checkpoints, the message a reply answers, attachment files,
+    and the changes its provider reports (receipts go through ``ctx.receipts``)."""
 
     async def get_message(self, message_id: str) -> JSON:
         """Return one message or raise NotFound."""
@@ -223,15 +248,19 @@ class AdapterStore(CheckpointStore, Protocol):
 
 
 class ReceiptStore(Protocol):
-    """Provider receipts on outbound messages, found by the provider's message id."""
+    """Provider receipts on outbound messages, found by the provider's message id
+    (through the typed sink in gateway/receipts.py)."""
 
-    async def update_status(self, channel: str, account: str, provider_message_id: str,
-                            status: str, error: JSON | None = None) -> JSON | None:
-        """Apply a delivery/read receipt (never stepping back); None when unknown."""
+    async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
+                            status: DeliveryStatus, error: JSON | None = None,
+                            at: datetime | None = None) -> ChangeResult | None:
+        """Move an outbound message's status forwards (``message.status``; never back, see
+        :func:`gateway.store.rules.receipt_moves`); None when no message has that id."""
 
-    async def find_message_by_provider_id(self, channel: str, account: str,
-                                          provider_message_id: str) -> JSON | None:
-        """Return the message stored under a provider id, if any."""
+    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
+                                   watermark: datetime) -> int:
+        """Mark the account's replies to ``recipient`` sent up to ``watermark`` read (a
+        Messenger/Instagram watermark); return how many moved."""
 
 
 class OutboxStore(Protocol):

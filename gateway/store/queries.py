@@ -91,14 +91,6 @@ def get_raw(conn: sqlite3.Connection, message_id: str) -> tuple[str, bytes] | No
     return None if row is None else (row["content_type"], bytes(row["body"]))
 
 
-def find_message_by_provider_id(conn: sqlite3.Connection, channel: str, account: str,
-                                provider_message_id: str) -> JSON | None:
-    row = conn.execute(
-        "SELECT data FROM messages WHERE channel = ? AND account = ? "
-        "AND provider_message_id = ?", (channel, account, provider_message_id)).fetchone()
-    return None if row is None else _loads(row["data"])
-
-
 def next_outbox_due(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT MIN(next_attempt_at) FROM outbox "
                        "WHERE state = 'pending'").fetchone()

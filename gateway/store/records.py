@@ -28,6 +28,8 @@ def _conversation_json(row: sqlite3.Row) -> JSON:
         "closed_at": row["closed_at"], "last_message_at": row["last_message_at"],
         "tags": _loads(row["tags"]), "priority": row["priority"], "queue": row["queue"],
         "context": _loads(row["context"]),
+        "group": ({"id": row["group_id"], "name": row["group_name"]}
+                  if row["group_id"] is not None else None),
     }
 
 
@@ -76,7 +78,7 @@ def _message_json(*, message_id: str, conversation_id: str, customer_id: str, ch
                   in_reply_to: str | None, provider_message_id: str | None,
                   thread_id: str | None, status: str, agent: JSON | None,
                   automatic: str | None, sent_at: str | None, received_at: str,
-                  content: JSON | None = None) -> JSON:
+                  content: JSON | None = None, error: JSON | None = None) -> JSON:
     def party(p: Party | JSON | None) -> JSON | None:
         return p.to_json() if isinstance(p, Party) else p
 
@@ -87,7 +89,7 @@ def _message_json(*, message_id: str, conversation_id: str, customer_id: str, ch
         "html": html, "attachments": [a.to_json() for a in attachments],
         "in_reply_to": in_reply_to,
         "provider": {"message_id": provider_message_id, "thread_id": thread_id},
-        "status": status, "error": None, "agent": agent, "automatic": automatic,
+        "status": status, "error": error, "agent": agent, "automatic": automatic,
         "sent_at": sent_at, "received_at": received_at,
     }
     if content is not None:

@@ -69,12 +69,24 @@ def reply_token_conversation_id(token: str) -> str:
     return "cnv_" + token.upper()
 
 
-def may_join(conversation_customer_id: str, sender_customer_id: str) -> bool:
-    """Whether a threaded message may join that conversation: only its own customer's.
+GroupKey = tuple[str, str]
+"""A group chat as the store knows it: (account, the provider's group id). Two accounts
+(two bots in one Telegram group) keep separate conversations of the same group."""
 
-    A thread reference into another customer's conversation (a forwarded mail, a colleague
-    replying) must not leak it; the message goes to the sender's own conversation instead.
+
+def may_join(conversation_customer_id: str, sender_customer_id: str,
+             conversation_group: GroupKey | None = None,
+             message_group: GroupKey | None = None) -> bool:
+    """Whether a threaded message may join that conversation.
+
+    A 1:1 message joins only its own customer's 1:1 conversation: a thread reference into
+    another customer's conversation (a forwarded mail, a colleague replying) must not leak
+    it, and one into a group chat (even one the sender opened) must not drag a private
+    message into the group. A post in a group chat joins that group's conversation,
+    whoever opened it (each poster is a customer of their own), and no other.
     """
+    if conversation_group is not None or message_group is not None:
+        return conversation_group == message_group
     return conversation_customer_id == sender_customer_id
 
 
@@ -95,6 +107,29 @@ def joins_latest(status: str, closed_at: datetime | None, window_start: datetime
     if status == "open":
         return True
     return closed_at is not None and closed_at >= window_start
+
+
+# ---------------------------------------------------------------- receipts
+
+_STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+def receipt_moves(current: str, status: str) -> bool:
+    """Whether a receipt saying ``status`` moves a message that is ``current``.
+
+    Never backwards: queued < sent < delivered < read. ``failed`` ends a message that was
+    not yet delivered (Twilio's undelivered/failed and Meta's failed follow ``sent``); a
+    failure reported after delivery or reading is stale. Twilio documents that status
+    callbacks may arrive out of order, so a later ``delivered`` or ``read`` proves a
+    failed message arrived after all and moves it on.
+    """
+    if status == current:
+        return False
+    if status == "failed":
+        return current in ("queued", "sent")
+    if current == "failed":
+        return status in ("delivered", "read")
+    return _STATUS_RANK.get(status, -1) > _STATUS_RANK.get(current, 99)
 
 
 # ---------------------------------------------------------------- replies

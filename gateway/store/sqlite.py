@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from gateway.ids import iso, new_id, utcnow
 from gateway.store import queries
 from gateway.store.base import (
     JSON,
+    ChangeResult,
     Delivery,
     FetchBacklog,
     IngestResult,
@@ -37,9 +38,11 @@ from gateway.store.base import (
 )
 from gateway.store.engine import CommitEngine, Job
 from gateway.store.feed import EmittedEvents, FeedTail, read_events
+from gateway.store.jobs.changes import _change_message
 from gateway.store.jobs.customers import (
     _add_identity,
     _merge_customers,
+    _remove_identity,
     _set_checkpoint,
     _set_conversation_status,
 )
@@ -52,13 +55,14 @@ from gateway.store.jobs.media import (
     _recover_fetches,
 )
 from gateway.store.jobs.outbound import (
+    _apply_read_watermark,
+    _apply_receipt,
     _claim_outbox,
     _enqueue_outbound,
     _outbox_failed,
     _outbox_retry,
     _outbox_sent,
     _recover_inflight,
-    _update_status_by_provider,
 )
 from gateway.store.jobs.retention import _erase_customer, _purge
 from gateway.store.jobs.tx import BatchRows, JobBatch, WriterCache
@@ -72,7 +76,7 @@ from gateway.store.jobs.webhooks import (
 )
 from gateway.store.migrate import apply_migrations, migration_scripts
 from gateway.store.records import _message_json
-from normalizer.model import InboundMessage
+from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
 
 __all__ = ["SQLiteStore", "_message_json", "apply_migrations", "migration_scripts"]
 
@@ -245,11 +249,31 @@ class SQLiteStore:
         """Store one inbound message once (see :func:`_ingest`); await the commit."""
         return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days)
 
-    async def update_status(self, channel: str, account: str, provider_message_id: str,
-                            status: str, error: JSON | None = None) -> JSON | None:
-        """Apply a provider's delivery/read receipt to an outbound message."""
-        return await self.engine.write(_update_status_by_provider, channel, account,
-                                       provider_message_id, status, error)
+    # ---------------------------------------------------------------- provider reports
+
+    async def change_message(self, channel: str, account: str, provider_message_id: str,
+                             change: MessageChange) -> ChangeResult:
+        """Apply an edit, reactions or a withdrawal (``message.updated``); NotFound if unknown."""
+        return await self.engine.write(_change_message, channel, account, provider_message_id,
+                                       change)
+
+    async def apply_receipt(self, channel: str, account: str, provider_message_id: str,
+                            status: DeliveryStatus, error: JSON | None = None,
+                            at: datetime | None = None) -> ChangeResult | None:
+        """Move an outbound message's status forwards by its provider id (``message.status``);
+        None when no message has that id."""
+        return await self.engine.write(_apply_receipt, channel, account, provider_message_id,
+                                       status, error, at)
+
+    async def apply_read_watermark(self, channel: str, account: str, recipient: Party,
+                                   watermark: datetime) -> int:
+        """Mark the account's replies to ``recipient`` sent up to ``watermark`` read."""
+        return await self.engine.write(_apply_read_watermark, channel, account, recipient,
+                                       watermark)
+
+    async def remove_identity(self, kind: str, address: str) -> JSON:
+        """Take a withdrawn identity from its customer (``customer.updated``)."""
+        return await self.engine.write(_remove_identity, kind, address)
 
     # ---------------------------------------------------------------- reads
 
@@ -299,12 +323,6 @@ class SQLiteStore:
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         """Return the raw provider payload of a message, if still kept."""
         return await self.engine.read(queries.get_raw, message_id)
-
-    async def find_message_by_provider_id(self, channel: str, account: str,
-                                          provider_message_id: str) -> JSON | None:
-        """Return the message stored under a provider id, if any."""
-        return await self.engine.read(queries.find_message_by_provider_id, channel, account,
-                                      provider_message_id)
 
     # ---------------------------------------------------------------- conversations, customers
 

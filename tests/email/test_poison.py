@@ -34,7 +34,7 @@ def send(port: int, raw: bytes, sender: str = "relay@mail.example") -> dict[str,
 def flagged(feed: Feed) -> list[dict[str, Any]]:
     """Received messages carrying the unparsable flag."""
     return [m for m in feed.received()
-            if (m.get("content") or {}).get("error", {}).get("code") == "unparsable"]
+            if (m["error"] or {}).get("code") == "unparsable"]
 
 
 async def test_ten_thousand_mime_parts_are_stored_once_flagged_and_acknowledged(
@@ -48,7 +48,8 @@ async def test_ten_thousand_mime_parts_are_stored_once_flagged_and_acknowledged(
     await feed.settle()
     (message,) = feed.received()
     assert flagged(feed) == [message]
-    assert "200" in message["content"]["error"]["message"]  # the default max_mime_parts
+    assert "200" in message["error"]["message"]  # the default max_mime_parts
+    assert "content" not in message
     assert message["from"]["address"] == "kim@mail.example"
     assert message["attachments"] == [] and "could not be read" in message["text"]
     assert message["provider"]["message_id"].startswith("sha256:")
@@ -85,8 +86,8 @@ async def test_any_parser_failure_is_stored_with_the_envelope_sender(
     assert message.sender.address == "buyer@mail.example"
     assert message.recipient is not None
     assert message.recipient.address == "support@shop.example"
-    assert message.content == {"type": "email", "error": {
-        "code": "unparsable", "message": f"the parser failed ({type(failure).__name__})"}}
+    assert message.error == {
+        "code": "unparsable", "message": f"the parser failed ({type(failure).__name__})"}
     assert message.raw == raw and message.automatic is None
 
 
@@ -123,7 +124,7 @@ async def test_imap_poison_message_is_seen_checkpointed_and_not_fetched_again(
 async def test_a_parsed_message_the_store_refuses_is_stored_flagged_instead() -> None:
     class RefusesParsedSender(FakeIngest):
         async def __call__(self, inbound: InboundMessage) -> IngestResult:
-            if not (inbound.content or {}).get("error"):
+            if inbound.error is None:
                 raise ValidationFailed("sender: not an e-mail address")
             return await super().__call__(inbound)
 
@@ -137,6 +138,5 @@ async def test_a_parsed_message_the_store_refuses_is_stored_flagged_instead() ->
     finally:
         await email.stop()
     (message,) = ingest.received
-    assert message.content == {"type": "email", "error": {
-        "code": "unparsable", "message": "sender: not an e-mail address"}}
+    assert message.error == {"code": "unparsable", "message": "sender: not an e-mail address"}
     assert message.sender.address == "customer@mail.example" and message.raw == raw

@@ -202,10 +202,10 @@ async def test_mail_beyond_the_mime_part_cap_is_stored_raw_and_flagged(
     for raw in (within, beyond):
         assert await asyncio.to_thread(send, port, raw, "bounce@mail.example") == {}
     ok, flagged = ingest.received
-    assert len(ok.attachments) == 3 and (ok.content or {}).get("error") is None
+    assert len(ok.attachments) == 3 and ok.error is None
     assert flagged.attachments == [] and flagged.raw == beyond
-    assert flagged.content is not None
-    assert flagged.content["error"]["code"] == "unparsable"
-    assert "5" in flagged.content["error"]["message"]
+    assert flagged.error is not None
+    assert flagged.error["code"] == "unparsable"
+    assert "5" in flagged.error["message"]
     assert flagged.sender.address == "kim@mail.example"
     assert email.counters["unparsable"] == 1

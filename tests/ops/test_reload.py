@@ -6,9 +6,13 @@ import asyncio
 import signal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import orjson
+from yarl import URL
 
+from gateway import signing
 from tests.conftest import READ_TOKEN, WRITE_TOKEN, base_config, free_port
 from tests.helpers import all_events, bearer, get_json, post_inbound, unique
 from tests.ops.conftest import NotifySocket, OpsDaemon
@@ -191,4 +195,58 @@ async def test_sighup_with_a_broken_config_is_refused_and_the_old_one_keeps_serv
     assert rejected["level"] == "warning"
     message_id = body["message"]["id"]
     assert not [e for e in daemon.lines() if e.get("message_id") == message_id]
+    assert await daemon.stop() == 0
+
+
+async def signed(http: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any],
+                 secret: str) -> tuple[int, Any]:
+    """A signed hook request; ``url`` is sent as it is (already percent-encoded)."""
+    raw = orjson.dumps(body)
+    headers = {"Content-Type": "application/json",
+               "Omnirelay-Signature": signing.sign(secret, raw)}
+    async with http.request(method, URL(url, encoded=True), data=raw,
+                            headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_an_account_added_by_sighup_serves_its_paths_with_parameters(
+        tmp_path: Path, notify_socket: NotifySocket, daemons: list[OpsDaemon]) -> None:
+    """``/messages/{message_id}`` and ``/users/{user_id}`` of an account a reload added (no
+    exact route of its own) work as on an account configured at start (they were 404)."""
+    http_port, smtp_port = free_port(), free_port()
+    data = tmp_path / "data"
+    before = base_config(data, http_port, smtp_port, extra=channels(SECRET_A, partner=False))
+    daemon = OpsDaemon(tmp_path, before, http_port,
+                       env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemons.append(daemon)
+    daemon.start()
+    await daemon.wait_ready()
+    after = base_config(data, http_port, smtp_port, extra=channels(SECRET_A, partner=True))
+    ready = await reload(daemon, notify_socket, after)
+    assert "4/4 channels running" in ready["STATUS"]
+    async with aiohttp.ClientSession() as http:
+        base = daemon.url
+        for account, secret in (("crm", SECRET_A), ("partner", PARTNER)):
+            message_id, user = f"{unique('m')}/ü 1", unique("u")  # encoded in the path
+            status, _ = await post_inbound(http, base, {
+                "message_id": message_id, "from": {"id": user, "name": "Kim"},
+                "text": "typo"}, account=account, secret=secret)
+            assert status == 201
+            status, body = await signed(
+                http, "PATCH", f"{base}/hooks/api/{account}/messages/{quote(message_id, '')}",
+                {"text": "fixed"}, secret)
+            assert (status, body["changed"]) == (200, ["text", "edited_at"]), (account, body)
+            assert body["message"]["provider"]["message_id"] == message_id
+            status, body = await signed(
+                http, "DELETE", f"{base}/hooks/api/{account}/users/{quote(user, '')}", {},
+                secret)
+            assert status == 200, (account, body)
+            assert body["customer"]["identities"] == [] and body["customer"]["name"] is None
+            # Still nothing matched for a path no route declares.
+            status, _ = await signed(
+                http, "PATCH", f"{base}/hooks/api/{account}/messages/a/b", {"text": "x"},
+                secret)
+            assert status == 404
+        events = await all_events(http, base)
+        assert sum(e["type"] == "message.updated" for e in events) == 2
     assert await daemon.stop() == 0

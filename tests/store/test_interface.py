@@ -10,8 +10,9 @@ from gateway.store import base
 from gateway.store.sqlite import SQLiteStore
 
 ROLES = [base.FeedStore, base.BlobStore, base.IngestStore, base.CheckpointStore, base.MediaStore,
-         base.AdapterStore, base.ReceiptStore, base.OutboxStore, base.WebhookStore,
-         base.ConversationStore, base.CustomerStore, base.AdminStore, base.Store]
+         base.ChangeStore, base.AdapterStore, base.ReceiptStore, base.OutboxStore,
+         base.WebhookStore, base.ConversationStore, base.CustomerStore, base.AdminStore,
+         base.Store]
 
 
 def _methods(protocol: type) -> list[str]:
@@ -43,4 +44,5 @@ def test_store_is_every_role_and_covers_what_callers_use() -> None:
             "set_conversation_status", "outbox_depth", "next_outbox_due",
             "next_delivery_due", "recover_inflight", "recover_deliveries",
             "delivery_done", "delivery_retry", "outbox_retry", "outbox_failed",
-            "backup"} <= every
+            "backup", "change_message", "remove_identity", "apply_receipt",
+            "apply_read_watermark"} <= every

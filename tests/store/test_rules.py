@@ -16,6 +16,7 @@ from gateway.store.rules import (
     dedupe_key,
     joins_latest,
     may_join,
+    receipt_moves,
     reopen_window_start,
     reply_token_conversation_id,
     threading_reference,
@@ -56,13 +57,25 @@ def test_a_reply_token_names_its_conversation() -> None:
         "cnv_01JD0C7YM2T0V2M1BX5X0HQ3GK")
 
 
-@pytest.mark.parametrize(("conversation_customer", "sender", "joins"), [
-    ("cus_1", "cus_1", True),
-    ("cus_2", "cus_1", False),  # a forwarded mail must not leak another customer's thread
+GROUP = ("bot", "g-1")
+
+
+@pytest.mark.parametrize(("conversation_customer", "sender", "conversation_group",
+                          "message_group", "joins"), [
+    ("cus_1", "cus_1", None, None, True),
+    ("cus_2", "cus_1", None, None, False),  # a forwarded mail must not leak another's thread
+    # A group's conversation belongs to the group, whoever opened it.
+    ("cus_2", "cus_1", GROUP, GROUP, True),  # another poster answers in the group
+    ("cus_1", "cus_1", GROUP, GROUP, True),
+    ("cus_1", "cus_1", GROUP, None, False),  # a 1:1 message never joins a group, even its own
+    ("cus_1", "cus_1", None, GROUP, False),  # a group post never joins a 1:1 conversation
+    ("cus_1", "cus_1", GROUP, ("bot", "g-2"), False),  # nor another group
+    ("cus_1", "cus_1", GROUP, ("other-bot", "g-1"), False),  # nor the group of another account
 ])
-def test_a_thread_joins_only_its_own_customers_conversation(
-        conversation_customer: str, sender: str, joins: bool) -> None:
-    assert may_join(conversation_customer, sender) is joins
+def test_a_thread_joins_only_its_own_customers_or_its_own_groups_conversation(
+        conversation_customer: str, sender: str, conversation_group: tuple[str, str] | None,
+        message_group: tuple[str, str] | None, joins: bool) -> None:
+    assert may_join(conversation_customer, sender, conversation_group, message_group) is joins
 
 
 @pytest.mark.parametrize(("status", "closed_days_ago", "window_days", "joins"), [
@@ -137,3 +150,15 @@ def test_the_recipient_is_the_newest_identity_the_channel_reaches(
         channel: str, identities: list[tuple[str, str]], expected: str | None) -> None:
     chosen = choose_recipient(channel, identities)
     assert (chosen["address"] if chosen else None) == expected
+
+
+@pytest.mark.parametrize(("current", "status", "moves"), [
+    ("sent", "delivered", True), ("delivered", "read", True), ("read", "delivered", False),
+    ("delivered", "sent", False), ("sent", "sent", False), ("queued", "sent", True),
+    ("sent", "failed", True), ("queued", "failed", True), ("delivered", "failed", False),
+    ("read", "failed", False), ("failed", "delivered", True), ("failed", "read", True),
+    ("failed", "sent", False), ("failed", "failed", False),
+])
+def test_receipts_never_move_a_status_backwards(current: str, status: str,
+                                                moves: bool) -> None:
+    assert receipt_moves(current, status) is moves

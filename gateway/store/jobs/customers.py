@@ -1,4 +1,5 @@
-"""Write jobs on conversations and customers (the API's changes), and adapter checkpoints."""
+"""Write jobs on conversations and customers (the API's changes and an identity a provider
+withdrew), and adapter checkpoints."""
 
 from __future__ import annotations
 
@@ -55,12 +56,16 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     merged = _resolve_customer_id(tx.conn, merged_id)
     if survivor == merged:
         raise ValidationFailed("a customer cannot be merged into itself")
-    merged_before = _customer_json(tx.conn, merged)
     tx.cache.clear()  # identities and conversations change owner
-    # Messages are reached through their conversations (indexed), before those move.
+    # Messages are reached through their conversations (indexed), before those move: all
+    # of a 1:1 conversation, only the merged customer's own posts in a group chat.
     tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
                     "'$.customer_id', ?) WHERE conversation_id IN "
-                    "(SELECT id FROM conversations WHERE customer_id = ?)",
+                    "(SELECT id FROM conversations WHERE customer_id = ? AND group_id IS NULL)",
+                    (survivor, survivor, merged))
+    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
+                    "'$.customer_id', ?) WHERE customer_id = ? AND conversation_id IN "
+                    "(SELECT id FROM conversations WHERE group_id IS NOT NULL)",
                     (survivor, survivor, merged))
     for table in ("identities", "conversations"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
@@ -70,14 +75,41 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     # Older merges pointing at the merged customer now point straight at the survivor.
     tx.conn.execute("UPDATE customers SET merged_into = ? WHERE merged_into = ?",
                     (survivor, merged))
-    tx.conn.execute("UPDATE customers SET name = COALESCE(name, ?), updated_at = ? WHERE id = ?",
-                    (merged_before["name"] if merged_before else None, tx.now_iso, survivor))
+    # The survivor keeps its name; without one it takes the merged customer's, and with it
+    # which identity gave it (that identity may still rename it).
+    tx.conn.execute("UPDATE customers SET (name, name_source) = (SELECT m.name, m.name_source "
+                    "FROM customers m WHERE m.id = ?) WHERE id = ? AND name IS NULL",
+                    (merged, survivor))
+    tx.conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (tx.now_iso, survivor))
     customer = _customer_json(tx.conn, survivor, with_conversations=True)
     assert customer is not None  # _resolve_customer_id found it
     tx.emit("customer.merged", {"customer": customer, "merged_customer_id": merged},
             customer_id=survivor)
     return customer
 
+
+def _remove_identity(tx: Tx, kind: str, address: str) -> JSON:
+    """Take an identity a provider withdrew from its customer (``customer.updated``).
+
+    The customer's name goes too when that identity gave it. Raises NotFound when no
+    customer has the identity.
+    """
+    row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                 (kind, address))
+    if row is None:
+        raise NotFound(f"no customer has the {kind} identity given")
+    customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+    tx.conn.execute("DELETE FROM identities WHERE kind = ? AND address = ?", (kind, address))
+    tx.cache.identities.pop((kind, address), None)
+    tx.cache.names.pop(customer_id, None)
+    tx.conn.execute("UPDATE customers SET name = CASE WHEN name_source = ?1 THEN NULL "
+                    "ELSE name END, name_source = CASE WHEN name_source = ?1 THEN NULL "
+                    "ELSE name_source END, updated_at = ?2 WHERE id = ?3",
+                    (f"{kind}:{address}", tx.now_iso, customer_id))
+    customer = _customer_json(tx.conn, customer_id)
+    assert customer is not None
+    tx.emit("customer.updated", {"customer": customer}, customer_id=customer_id)
+    return customer
 
 
 def _set_checkpoint(tx: Tx, key: str, value: str) -> None:

@@ -1,23 +1,35 @@
-"""Write jobs of the inbound path: dedupe, the sender's customer, threading, the message."""
+"""Write jobs of the inbound path: dedupe, the sender's customer, threading, the message.
+
+Two kinds of provider message take a turn of their own: a post in a group chat joins the
+group's conversation (each poster a customer), and an echo (a message the account sent,
+seen on the provider's side) is stored as an outbound message of its recipient's
+conversation, or matched to omnirelay's own send.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+from datetime import timedelta
 
 import orjson
 
+from gateway.errors import ValidationFailed
 from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
 from gateway.store.jobs.media import _queue_fetches
-from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message
+from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message, _save_message
 from gateway.store.records import (
     _conversation_json,
+    _customer_json,
     _dumps,
     _loads,
     _message_json,
     _resolve_customer_id,
 )
 from gateway.store.rules import (
+    DedupeKey,
+    GroupKey,
     dedupe_key,
     joins_latest,
     may_join,
@@ -46,7 +58,9 @@ def _owner(tx: Tx, party: Party) -> tuple[str, list[str]] | None:
 def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
     """Return (customer id, the new customer's JSON or None) for the sender.
 
-    Further identities the message carries are linked to the customer.
+    Further identities the message carries are linked to the customer. For a known
+    customer, a name set or changed and an identity linked are announced
+    (``customer.updated``).
     """
     primary = inbound.sender
     others = [p for p in inbound.linked_identities
@@ -61,14 +75,14 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
                 break
     if customer_id is None:
         customer_id = new_id("cus")
-        tx.conn.execute("INSERT INTO customers (id, name, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?)", (customer_id, primary.name, tx.now_iso,
-                                                tx.now_iso))
+        source = f"{primary.kind}:{primary.address}" if primary.name else None
+        tx.conn.execute("INSERT INTO customers (id, name, name_source, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (customer_id, primary.name, source,
+                                                   tx.now_iso, tx.now_iso))
         _link(tx, customer_id, primary, inbound.channel)
         for other in others:
             _link(tx, customer_id, other, None)
-        if primary.name:
-            tx.cache.named.add(customer_id)
+        tx.cache.names[customer_id] = (primary.name, source)
         identities = sorted(
             ({"kind": p.kind, "address": p.address,
               "channels": [inbound.channel] if p is primary else []}
@@ -77,18 +91,44 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
             key=lambda i: (i["kind"], i["address"]))
         return customer_id, {"id": customer_id, "name": primary.name, "merged_into": None,
                              "identities": identities, "created_at": tx.now_iso}
-    if primary.name and customer_id not in tx.cache.named:
-        tx.conn.execute("UPDATE customers SET name = ?, updated_at = ? "
-                        "WHERE id = ? AND name IS NULL", (primary.name, tx.now_iso, customer_id))
-        tx.cache.named.add(customer_id)
-    _link(tx, customer_id, primary, inbound.channel)
+    changed = bool(primary.name) and _take_name(tx, customer_id, primary)
+    changed = _link(tx, customer_id, primary, inbound.channel) or changed
     for other in others:
-        _link(tx, customer_id, other, None)
+        changed = _link(tx, customer_id, other, None) or changed
+    if changed:
+        tx.emit("customer.updated", {"customer": _customer_json(tx.conn, customer_id)},
+                customer_id=customer_id)
     return customer_id, None
 
 
-def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
-    """Give ``party`` to the customer unless someone owns it; note the channel it used."""
+def _take_name(tx: Tx, customer_id: str, sender: Party) -> bool:
+    """Whether the sender's name became the customer's.
+
+    It does when they have none, or when this same identity gave the current one (a
+    renamed profile); another identity's name does not replace it, so names do not flap
+    between channels.
+    """
+    cached = tx.cache.names.get(customer_id)
+    if cached is None:
+        row = tx.one("SELECT name, name_source FROM customers WHERE id = ?", (customer_id,))
+        cached = (row["name"], row["name_source"]) if row is not None else (None, None)
+        tx.cache.names[customer_id] = cached
+    name, source = cached
+    if name == sender.name:  # the usual case: nothing to build or write
+        return False
+    identity = f"{sender.kind}:{sender.address}"
+    if name is not None and source not in (None, identity):
+        return False
+    tx.conn.execute("UPDATE customers SET name = ?, name_source = ?, updated_at = ? "
+                    "WHERE id = ?", (sender.name, identity, tx.now_iso, customer_id))
+    tx.cache.names[customer_id] = (sender.name, identity)
+    return True
+
+
+def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> bool:
+    """Give ``party`` to the customer unless someone owns it; note the channel it used.
+
+    Returns whether the identity is new (the caller announces it)."""
     entry = _owner(tx, party)
     if entry is None:
         channels = [channel] if channel else []
@@ -96,12 +136,13 @@ def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> None:
                         "created_at) VALUES (?, ?, ?, ?, ?)",
                         (party.kind, party.address, customer_id, _dumps(channels), tx.now_iso))
         tx.cache.identities[(party.kind, party.address)] = (customer_id, channels)
-        return
+        return True
     owner, channels = entry
     if channel and owner == customer_id and channel not in channels:
         channels.append(channel)  # the cached list, kept in step with the row
         tx.conn.execute("UPDATE identities SET channels = ? WHERE kind = ? AND address = ?",
                         (_dumps(channels), party.kind, party.address))
+    return False
 
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
@@ -117,6 +158,8 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
                           "AND provider_message_id = ?", key)
         if existing is not None:
             return IngestResult(_loads(existing["data"]), created=False)
+    if inbound.direction == "outbound":
+        return _ingest_echo(tx, inbound, key, attachments, reopen_window_days)
 
     customer_id, new_customer = _resolve_sender(tx, inbound)
     if new_customer is not None:
@@ -124,47 +167,41 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
 
     conversation: JSON | None = None
     in_reply_to: str | None = None
+    if inbound.group is not None:
+        conversation, in_reply_to = _group_conversation(tx, inbound, customer_id,
+                                                        reopen_window_days)
+    else:
+        def find(ref: str) -> sqlite3.Row | JSON | None:
+            row = tx.one("SELECT id, conversation_id FROM messages "
+                         "WHERE provider_message_id = ? AND channel = ? ORDER BY id LIMIT 1",
+                         (ref, inbound.channel))
+            if row is None and tx.rows is not None:  # stored earlier in this batch
+                return tx.rows.by_ref.get((inbound.channel, ref))
+            return row
 
-    def find(ref: str) -> sqlite3.Row | JSON | None:
-        row = tx.one("SELECT id, conversation_id FROM messages WHERE provider_message_id = ? "
-                     "AND channel = ? ORDER BY id LIMIT 1", (ref, inbound.channel))
-        if row is None and tx.rows is not None:  # stored earlier in this batch
-            return tx.rows.by_ref.get((inbound.channel, ref))
-        return row
+        threaded: tuple[str, sqlite3.Row | JSON] | None = (
+            threading_reference(inbound.reply_refs, find) if inbound.reply_refs else None)
+        if threaded is not None:
+            in_reply_to = threaded[1]["id"]
+            conversation = _conversation_by_id(tx, threaded[1]["conversation_id"])
+        if conversation is None and inbound.reply_token:
+            conversation = _conversation_by_id(
+                tx, reply_token_conversation_id(inbound.reply_token))
+        if conversation is not None and not may_join(conversation["customer_id"], customer_id,
+                                                     _group_key(conversation)):
+            conversation = None
+            in_reply_to = None
+        if conversation is None and new_customer is None:
+            latest = _latest_conversation(tx, customer_id)
+            if latest is not None:
+                closed_at = latest["closed_at"]
+                if joins_latest(latest["status"], parse_iso(closed_at) if closed_at else None,
+                                reopen_window_start(tx.now, reopen_window_days)):
+                    conversation = latest
 
-    threaded: tuple[str, sqlite3.Row | JSON] | None = (
-        threading_reference(inbound.reply_refs, find) if inbound.reply_refs else None)
-    if threaded is not None:
-        in_reply_to = threaded[1]["id"]
-        conversation = _conversation_by_id(tx, threaded[1]["conversation_id"])
-    if conversation is None and inbound.reply_token:
-        conversation = _conversation_by_id(tx, reply_token_conversation_id(inbound.reply_token))
-    if conversation is not None and not may_join(conversation["customer_id"], customer_id):
-        conversation = None
-        in_reply_to = None
-    if conversation is None and new_customer is None:
-        latest = _latest_conversation(tx, customer_id)
-        if latest is not None:
-            closed_at = latest["closed_at"]
-            if joins_latest(latest["status"], parse_iso(closed_at) if closed_at else None,
-                            reopen_window_start(tx.now, reopen_window_days)):
-                conversation = latest
-
-    sent_at = iso(inbound.sent_at) if inbound.sent_at else tx.now_iso
+    sent_at = iso(inbound.sent_at) or tx.now_iso
     if conversation is None:
-        conversation_id = new_id("cnv")
-        conversation = {
-            "id": conversation_id, "customer_id": customer_id, "channel": inbound.channel,
-            "account": inbound.account, "status": "open", "opened_at": tx.now_iso,
-            "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
-            "priority": "normal", "queue": None, "context": inbound.context or {}}
-        tx.conn.execute(
-            "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
-            "last_message_at, context) VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
-            (conversation_id, customer_id, inbound.channel, inbound.account, tx.now_iso,
-             tx.now_iso, _dumps(conversation["context"])))
-        tx.emit("conversation.opened", {"conversation": conversation},
-                conversation_id=conversation_id, customer_id=customer_id)
+        conversation = _open_conversation(tx, inbound, customer_id)
     else:
         conversation_id = conversation["id"]
         if conversation["status"] == "closed":
@@ -177,24 +214,67 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
             tx.conn.execute("UPDATE conversations SET context = ? WHERE id = ?",
                             (_dumps(inbound.context), conversation_id))
             conversation["context"] = inbound.context
-        if tx.rows is not None:
-            tx.rows.touched.add(conversation_id)
-        else:
-            tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
-                            (tx.now_iso, conversation_id))
-        conversation["last_message_at"] = tx.now_iso
-    tx.cache.latest[customer_id] = conversation
+        _touch(tx, conversation)
+    if inbound.group is None:  # a group's conversation is nobody's latest 1:1 one
+        tx.cache.latest[customer_id] = conversation
+    return _add_message(tx, inbound, key, attachments, conversation, customer_id, in_reply_to,
+                        direction="inbound", status="received", sent_at=sent_at)
 
+
+def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSON:
+    """Start a conversation for the message (the group's, for a group post)."""
+    conversation_id = new_id("cnv")
+    group = inbound.group
+    conversation: JSON = {
+        "id": conversation_id, "customer_id": customer_id, "channel": inbound.channel,
+        "account": inbound.account, "status": "open", "opened_at": tx.now_iso,
+        "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
+        "priority": "normal", "queue": None, "context": inbound.context or {},
+        "group": None if group is None else group.to_json()}
+    if group is None:
+        tx.conn.execute(
+            "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
+            "last_message_at, context) VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
+            (conversation_id, customer_id, inbound.channel, inbound.account, tx.now_iso,
+             tx.now_iso, _dumps(conversation["context"])))
+    else:
+        tx.conn.execute(
+            "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
+            "last_message_at, context, group_id, group_name) "
+            "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
+            (conversation_id, customer_id, inbound.channel, inbound.account, tx.now_iso,
+             tx.now_iso, _dumps(conversation["context"]), group.id, group.name))
+    tx.emit("conversation.opened", {"conversation": conversation},
+            conversation_id=conversation_id, customer_id=customer_id)
+    return conversation
+
+
+def _touch(tx: Tx, conversation: JSON) -> None:
+    """The conversation's ``last_message_at`` becomes now (at the batch's flush)."""
+    if tx.rows is not None:
+        tx.rows.touched.add(conversation["id"])
+    else:
+        tx.conn.execute("UPDATE conversations SET last_message_at = ? WHERE id = ?",
+                        (tx.now_iso, conversation["id"]))
+    conversation["last_message_at"] = tx.now_iso
+
+
+def _add_message(tx: Tx, inbound: InboundMessage, key: DedupeKey,
+                 attachments: list[StoredAttachment], conversation: JSON, customer_id: str,
+                 in_reply_to: str | None, *, direction: str, status: str,
+                 sent_at: str) -> IngestResult:
+    """Insert the message, its raw payload and ``message.received``."""
     message_id = new_id("msg")
+    conversation_id = conversation["id"]
     message = _message_json(
         message_id=message_id, conversation_id=conversation_id, customer_id=customer_id,
-        channel=inbound.channel, account=inbound.account, direction="inbound",
+        channel=inbound.channel, account=inbound.account, direction=direction,
         sender=inbound.sender, recipient=inbound.recipient, subject=inbound.subject,
         text=inbound.text, html=inbound.html, attachments=attachments, in_reply_to=in_reply_to,
         provider_message_id=inbound.provider_message_id,
-        thread_id=inbound.provider_thread_id, status="received", agent=None,
+        thread_id=inbound.provider_thread_id, status=status, agent=None,
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
-        content=inbound.content)
+        content=inbound.content, error=inbound.error)
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
     _insert_message(tx, message, attachments, encoded)
     if inbound.remote_attachments:  # fetched after this commit (gateway/fetcher.py)
@@ -226,12 +306,155 @@ def _conversation_by_id(tx: Tx, conversation_id: str) -> JSON | None:
 
 
 def _latest_conversation(tx: Tx, customer_id: str) -> JSON | None:
-    """The customer's most recently active conversation."""
+    """The customer's most recently active 1:1 conversation (a group they opened is not
+    theirs alone)."""
     cached = tx.cache.latest.get(customer_id)
     if cached is not None:
         return cached
-    row = tx.one("SELECT * FROM conversations WHERE customer_id = ? "
+    row = tx.one("SELECT * FROM conversations WHERE customer_id = ? AND group_id IS NULL "
                  "ORDER BY last_message_at DESC, id DESC LIMIT 1", (customer_id,))
     return None if row is None else _conversation_json(row)
 
 
+
+
+# ---------------------------------------------------------------- group chats
+
+
+def _group_key(conversation: JSON) -> GroupKey | None:
+    group = conversation.get("group")
+    return None if group is None else (conversation["account"], group["id"])
+
+
+def _group_conversation(tx: Tx, inbound: InboundMessage, customer_id: str,
+                        reopen_window_days: float) -> tuple[JSON | None, str | None]:
+    """The conversation a group post joins (None: start one), and the message it answers.
+
+    A reply reference threads only inside the same group of the same account (a provider's
+    message ids may repeat across chats, Telegram's do). Otherwise the group's latest
+    conversation is joined when it is open or was closed within the reopen window (the
+    caller reopens it).
+    """
+    group = inbound.group
+    assert group is not None
+    key: GroupKey = (inbound.account, group.id)
+    for ref in inbound.reply_refs:
+        row: sqlite3.Row | JSON | None = tx.one(
+            "SELECT m.id, m.conversation_id FROM messages m JOIN conversations c "
+            "ON c.id = m.conversation_id WHERE m.channel = ? AND m.provider_message_id = ? "
+            "AND m.account = ? AND c.group_id = ?",
+            (inbound.channel, ref, inbound.account, group.id))
+        if row is None and tx.rows is not None:  # stored earlier in this batch
+            row = tx.rows.by_ref.get((inbound.channel, ref))
+        if row is None:
+            continue
+        conversation = _conversation_by_id(tx, row["conversation_id"])
+        if conversation is not None and may_join(conversation["customer_id"], customer_id,
+                                                 _group_key(conversation), key):
+            return _renamed(tx, conversation, inbound), row["id"]
+    latest = tx.one("SELECT * FROM conversations WHERE group_id = ? AND channel = ? "
+                    "AND account = ? ORDER BY last_message_at DESC, id DESC LIMIT 1",
+                    (group.id, inbound.channel, inbound.account))
+    if latest is not None:
+        conversation = _conversation_json(latest)
+        closed_at = conversation["closed_at"]
+        if joins_latest(conversation["status"], parse_iso(closed_at) if closed_at else None,
+                        reopen_window_start(tx.now, reopen_window_days)):
+            return _renamed(tx, conversation, inbound), None
+    return None, None
+
+
+def _renamed(tx: Tx, conversation: JSON, inbound: InboundMessage) -> JSON:
+    """Keep the group's name current (``conversation.updated`` when it was renamed)."""
+    group = inbound.group
+    assert group is not None
+    if group.name and (conversation.get("group") or {}).get("name") != group.name:
+        tx.conn.execute("UPDATE conversations SET group_name = ? WHERE id = ?",
+                        (group.name, conversation["id"]))
+        conversation = {**conversation, "group": group.to_json()}
+        tx.emit("conversation.updated", {"conversation": conversation},
+                conversation_id=conversation["id"], customer_id=conversation["customer_id"])
+    return conversation
+
+
+# ---------------------------------------------------------------- echoes
+
+
+def _ingest_echo(tx: Tx, echo: InboundMessage, key: DedupeKey,
+                 attachments: list[StoredAttachment],
+                 reopen_window_days: float) -> IngestResult:
+    """Store a message the account sent elsewhere (an echo); the caller ruled out a repeat
+    (an echo carrying the provider id of one of omnirelay's own sends is one).
+
+    An echo of omnirelay's own send without a provider id (a provider that gives none) is
+    matched by recipient and text within ``echo.match_window`` seconds and adds nothing
+    (the send takes the echo's id). Any other echo joins its customer's open conversation
+    (a new one when none is open; it reopens nothing) as an outbound message with
+    ``agent: null`` and status ``sent``, announced as ``message.received``.
+    """
+    recipient = echo.recipient
+    if recipient is None:
+        raise ValidationFailed("an outbound message (echo) needs its recipient")
+    if echo.match_window is not None:
+        matched = _match_own_send(tx, echo, recipient, echo.match_window)
+        if matched is not None:
+            return IngestResult(matched, created=False)
+    customer_id, new_customer = _resolve_sender(tx, dataclasses.replace(echo, sender=recipient))
+    if new_customer is not None:
+        tx.emit("customer.created", {"customer": new_customer}, customer_id=customer_id)
+    conversation: JSON | None = None
+    in_reply_to: str | None = None
+    if echo.group is not None:
+        conversation, in_reply_to = _group_conversation(tx, echo, customer_id,
+                                                        reopen_window_days)
+    else:
+        for ref in echo.reply_refs:
+            row: sqlite3.Row | JSON | None = tx.one(
+                "SELECT id, conversation_id FROM messages WHERE channel = ? "
+                "AND provider_message_id = ? AND account = ?", (echo.channel, ref, echo.account))
+            if row is None and tx.rows is not None:
+                row = tx.rows.by_ref.get((echo.channel, ref))
+            if row is None:
+                continue
+            found = _conversation_by_id(tx, row["conversation_id"])
+            if found is not None and may_join(found["customer_id"], customer_id,
+                                              _group_key(found)):
+                conversation, in_reply_to = found, row["id"]
+                break
+        if conversation is None and new_customer is None:
+            latest = _latest_conversation(tx, customer_id)
+            if latest is not None and latest["status"] == "open":
+                conversation = latest
+    if conversation is None:
+        conversation = _open_conversation(tx, echo, customer_id)
+    else:
+        _touch(tx, conversation)
+    if echo.group is None:
+        tx.cache.latest[customer_id] = conversation
+    return _add_message(tx, echo, key, attachments, conversation, customer_id, in_reply_to,
+                        direction="outbound", status="sent",
+                        sent_at=iso(echo.sent_at) or tx.now_iso)
+
+
+def _match_own_send(tx: Tx, echo: InboundMessage, recipient: Party,
+                    window: float) -> JSON | None:
+    """omnirelay's own send to ``recipient`` with the echo's text, without a provider id,
+    sent (or queued) within ``window`` seconds; it takes the echo's provider id, so a
+    second echo of the same text matches the next send, never this one again."""
+    owner = _owner(tx, recipient)
+    if owner is None:
+        return None
+    since = tx.now - timedelta(seconds=window)
+    for candidate in tx.conn.execute(
+            "SELECT m.data FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.customer_id = ? AND m.channel = ? AND m.account = ? "
+            "AND m.direction = 'outbound' AND m.provider_message_id IS NULL "
+            "ORDER BY m.id DESC LIMIT 50", (owner[0], echo.channel, echo.account)).fetchall():
+        message: JSON = _loads(candidate["data"])
+        when = message["sent_at"] or message["received_at"]
+        if (message["text"] == echo.text and (message["to"] or {}).get("address")
+                == recipient.address and parse_iso(when) >= since):
+            message["provider"]["message_id"] = echo.provider_message_id
+            _save_message(tx, message)
+            return message
+    return None

@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 
 from gateway.errors import Conflict, NotFound, ValidationFailed
-from gateway.ids import new_id
-from gateway.store.base import JSON, OutboundRequest, OutboxItem, Route
+from gateway.ids import iso, new_id
+from gateway.store.base import JSON, ChangeResult, OutboundRequest, OutboxItem, Route
 from gateway.store.jobs.tx import Tx, _insert_message, _save_message
 from gateway.store.records import (
     _conversation_json,
@@ -23,27 +23,69 @@ from gateway.store.rules import (
     choose_recipient,
     choose_reply_route,
     reachable_kinds,
+    receipt_moves,
 )
+from normalizer.model import DeliveryStatus, Party
+from normalizer.timestamps import parse_iso
 
 
-def _update_status_by_provider(tx: Tx, channel: str, account: str, provider_message_id: str,
-                               status: str, error: JSON | None) -> JSON | None:
+def _apply_receipt(tx: Tx, channel: str, account: str, provider_message_id: str,
+                   status: DeliveryStatus, error: JSON | None,
+                   at: datetime | None) -> ChangeResult | None:
+    """Move an outbound message's status by its provider id (``message.status``), never
+    backwards (:func:`~gateway.store.rules.receipt_moves`).
+
+    Returns None when no message has that provider id (a provider may report on messages
+    sent from elsewhere); a receipt for an inbound message conflicts with what it names.
+    """
     row = tx.one("SELECT data FROM messages WHERE channel = ? AND account = ? "
                  "AND provider_message_id = ?", (channel, account, provider_message_id))
     if row is None:
         return None
     message: JSON = _loads(row["data"])
-    order = ["queued", "sent", "delivered", "read"]
-    current = message["status"]
-    if status == current or (status in order and current in order
-                             and order.index(status) < order.index(current)):
-        return message  # receipts arrive out of order; never step back
+    if message["direction"] != "outbound":
+        raise Conflict("that message_id names an inbound message; receipts move "
+                       "outbound messages")
+    if not receipt_moves(message["status"], status):
+        return ChangeResult(message)
     message["status"] = status
-    message["error"] = error if status == "failed" else None
+    message["error"] = (error or {"code": "failed", "message": "the provider reported a "
+                                  "failure"}) if status == "failed" else None
+    if status != "queued" and not message.get("sent_at"):
+        message["sent_at"] = iso(at) if at is not None else tx.now_iso
     _save_message(tx, message)
     tx.emit("message.status", {"message": message}, conversation_id=message["conversation_id"],
             customer_id=message["customer_id"])
-    return message
+    return ChangeResult(message, ("status",))
+
+
+def _apply_read_watermark(tx: Tx, channel: str, account: str, recipient: Party,
+                          watermark: datetime) -> int:
+    """A read watermark (Messenger, Instagram): every reply of the account to ``recipient``
+    sent up to ``watermark`` and not yet read is read now (``message.status`` each).
+    Returns how many moved."""
+    row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
+                 (recipient.kind, recipient.address))
+    if row is None:
+        return 0
+    customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+    moved = 0
+    for candidate in tx.conn.execute(
+            "SELECT m.data FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.customer_id = ? AND m.channel = ? AND m.account = ? "
+            "AND m.direction = 'outbound' AND m.status IN ('sent', 'delivered')",
+            (customer_id, channel, account)).fetchall():
+        message: JSON = _loads(candidate["data"])
+        sent_at = message["sent_at"]
+        if ((message["to"] or {}).get("address") != recipient.address or sent_at is None
+                or parse_iso(sent_at) > watermark):
+            continue
+        message["status"] = "read"
+        _save_message(tx, message)
+        tx.emit("message.status", {"message": message},
+                conversation_id=message["conversation_id"], customer_id=customer_id)
+        moved += 1
+    return moved
 
 
 def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | None,
@@ -95,8 +137,10 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
                            f"channel {route.channel!r}")
 
     if conv is None:
+        # A proactive message is 1:1: a group the customer opened is not theirs alone.
         latest = tx.one("SELECT * FROM conversations WHERE customer_id = ? AND status = 'open' "
-                        "ORDER BY last_message_at DESC, id DESC LIMIT 1", (cid,))
+                        "AND group_id IS NULL ORDER BY last_message_at DESC, id DESC LIMIT 1",
+                        (cid,))
         if latest is not None:
             conv = latest
         else:

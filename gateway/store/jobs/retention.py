@@ -15,11 +15,17 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     ids = [cid] + [r[0] for r in tx.conn.execute(
         "SELECT id FROM customers WHERE merged_into = ?", (cid,))]
     marks = ",".join("?" * len(ids))
+    # Their 1:1 conversations go whole; in a group chat only their own posts go (the
+    # group's conversation is everyone's, whoever opened it).
     conversations = [r[0] for r in tx.conn.execute(
-        f"SELECT id FROM conversations WHERE customer_id IN ({marks})", ids)]
+        f"SELECT id FROM conversations WHERE customer_id IN ({marks}) AND group_id IS NULL",
+        ids)]
     messages = [r[0] for r in tx.conn.execute(
         f"SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-        f"WHERE c.customer_id IN ({marks})", ids)]
+        f"WHERE c.customer_id IN ({marks}) AND c.group_id IS NULL", ids)]
+    messages += [r[0] for r in tx.conn.execute(
+        f"SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+        f"WHERE c.group_id IS NOT NULL AND m.customer_id IN ({marks})", ids)]
     blobs: list[str] = []
     for chunk_start in range(0, len(messages), 500):
         chunk = messages[chunk_start:chunk_start + 500]
@@ -33,8 +39,14 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
         # A kept Idempotency-Key response is the reply itself: recipient, name, text.
         tx.conn.execute(f"DELETE FROM idempotency_keys WHERE json_extract(response, '$.id') "
                         f"IN ({m})", chunk)
-    tx.conn.execute(f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM "
-                    f"conversations WHERE customer_id IN ({marks}))", ids)
+        tx.conn.execute(f"DELETE FROM messages WHERE id IN ({m})", chunk)
+    # A group they opened passes to its earliest remaining poster; with no post left, it goes.
+    tx.conn.execute(f"DELETE FROM conversations WHERE group_id IS NOT NULL AND customer_id IN "
+                    f"({marks}) AND NOT EXISTS (SELECT 1 FROM messages m "
+                    f"WHERE m.conversation_id = conversations.id)", ids)
+    tx.conn.execute(f"UPDATE conversations SET customer_id = (SELECT m.customer_id FROM "
+                    f"messages m WHERE m.conversation_id = conversations.id ORDER BY m.id "
+                    f"LIMIT 1) WHERE group_id IS NOT NULL AND customer_id IN ({marks})", ids)
     # Events keep their seq (cursors stay valid) but lose everything personal. One scan of
     # the events table (no per-customer index: it would cost every commit a random page).
     c = ",".join("?" * len(conversations))

@@ -148,18 +148,19 @@ class WriterCache:
         self.limit = limit
         # (kind, address) -> [surviving customer id, the identity's channels]
         self.identities: dict[tuple[str, str], tuple[str, list[str]]] = {}
-        self.named: set[str] = set()  # customers known to have a name
+        # customer id -> (name, the "kind:address" of the identity that gave it)
+        self.names: dict[str, tuple[str | None, str | None]] = {}
         self.latest: dict[str, JSON] = {}  # customer id -> their latest conversation
 
     def clear(self) -> None:
         """Forget everything (after a rollback, a merge, an erasure)."""
         self.identities.clear()
-        self.named.clear()
+        self.names.clear()
         self.latest.clear()
 
     def trim(self) -> None:
         """Keep memory bounded."""
-        for store in (self.identities, self.named, self.latest):
+        for store in (self.identities, self.names, self.latest):
             if len(store) > self.limit:
                 store.clear()
 
