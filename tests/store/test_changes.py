@@ -12,10 +12,11 @@ import pytest
 
 from gateway.config import StoreConfig
 from gateway.errors import Conflict, NotFound
-from gateway.ids import parse_iso, utcnow
+from gateway.ids import utcnow
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import Group, InboundMessage, MessageChange, Party, Reaction
+from normalizer.timestamps import parse_iso
 
 ACCOUNT = Party("external", "omnirelay:a")
 
