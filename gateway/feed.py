@@ -28,6 +28,9 @@ class FeedNotifier:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives just as the event is set, and a stopping daemon then hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
         return True

@@ -101,8 +101,11 @@ class OutboxWorker:
         await self._sleep(wait)
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives just as the wake-up is set, and stop() would then wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     def _limit(self, adapter: ChannelAdapter) -> asyncio.Semaphore:
         key = f"{adapter.type}:{adapter.name}"
