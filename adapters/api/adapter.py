@@ -198,7 +198,7 @@ class ApiAdapter(ChannelAdapter):
                 self.config.callback_url, data=body, headers=headers, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
-                text = await remote_error_excerpt(response)
+                text = await _answer_excerpt(response)
                 if 200 <= response.status < 300:
                     return SendResult(_provider_id(text) or message.id, "sent")
                 raise _callback_error(response.status, response.headers.get("Retry-After"),
@@ -224,8 +224,8 @@ def _callback_error(status: int, retry_after: str | None, excerpt: str) -> SendE
                               provider_message=excerpt, error_code="callback_rejected")
 
 
-async def remote_error_excerpt(response: aiohttp.ClientResponse,
-                               limit: int = EXCERPT_CHARS) -> str:
+async def _answer_excerpt(response: aiohttp.ClientResponse,
+                          limit: int = EXCERPT_CHARS) -> str:
     """At most ``limit`` characters of a remote answer, read no further than needed.
 
     What a remote host answers ends up in the outbox error that any read token sees; a
