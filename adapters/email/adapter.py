@@ -244,7 +244,16 @@ class EmailAdapter(ChannelAdapter):
         return await self.ingest(self._poison(raw, recipient, mail_from, refused))
 
     def _parse(self, raw: bytes, recipient: str | None) -> InboundMessage:
-        return parse_email(raw, self.name, recipient=recipient, limits=self.parse_limits)
+        """Parse; after a large message, hand the parse's scratch memory back at once.
+
+        The parse runs in a worker thread and the store writes in its own: each allocates
+        from its own glibc arena, so what the parse freed could not serve the store's
+        copies of the raw message (peak 4.6 times a 20 MB mail instead of 3.8).
+        """
+        message = parse_email(raw, self.name, recipient=recipient, limits=self.parse_limits)
+        if len(raw) >= LARGE_MESSAGE_BYTES and _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+        return message
 
     def _poison(self, raw: bytes, recipient: str | None, mail_from: str | None,
                 error: Exception, code: str = "unparsable") -> InboundMessage:
