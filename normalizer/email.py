@@ -1170,7 +1170,8 @@ def _base64_payload(part: Message, *, min_chars: int | None = None,
             str(part.get("content-transfer-encoding", "")).lower() != "base64":
         return None
     runs = _Runs.of(part)
-    segments = runs.segments(payload) if runs is not None else [payload]
+    segments: list[str | memoryview] = runs.segments(payload) if runs is not None \
+        else [payload]
     size = sum(len(segment) for segment in segments)
     if size < (_BASE64_STREAM_CHARS if min_chars is None else min_chars):
         return None
