@@ -58,10 +58,10 @@ from normalizer.model import InboundMessage, Party
 # Parsing a small message takes ~0.1 ms: cheaper on the loop than a thread hop. Larger
 # ones (attachments) go to a thread so the loop keeps serving other sessions.
 INLINE_PARSE_BYTES = 64 * 1024
-# Parsing and storing a message costs several times its size in memory (the stdlib MIME
-# parser holds it as lines, the store encodes it): so one large message at a time (the
-# parse holds the GIL, so a second one would not run alongside anyway), and the allocator
-# is asked to give the memory back after each.
+# Storing a message costs about four times its size in memory while it runs (the raw
+# bytes, and SQLite building the raw row; the parse itself stays under one): so one large
+# message at a time (the parse holds the GIL, so a second one would not run alongside
+# anyway), and the allocator is asked to give the memory back after each.
 LARGE_MESSAGE_BYTES = 1024 * 1024
 # Poison messages: where their sender is looked for, and how much of the head is read.
 POISON_HEADER_BYTES = 64 * 1024
