@@ -40,7 +40,10 @@ class IngestService:
         self.on_remote_attachments: Callable[[], None] | None = None
 
     async def __call__(self, inbound: InboundMessage) -> IngestResult:
-        """Store ``inbound`` once and return after its commit."""
+        """Store ``inbound`` once and return after its commit.
+
+        ``inbound.attachments`` is emptied once their bytes are in the blob store.
+        """
         started = time.perf_counter()
         # Errors and log lines name the field, never the refused address: a log is out of
         # reach of a customer's erasure.
@@ -66,15 +69,20 @@ class IngestService:
             if inbound.recipient is None:
                 raise ValidationFailed("an outbound message (echo) needs its recipient")
             inbound = self._canonical_recipient(inbound)
-        for att in inbound.attachments:
-            if len(att.data) > self.max_attachment_bytes:
-                raise PayloadTooLarge(f"attachment {att.filename!r} is {len(att.data)} bytes; "
-                                      f"the limit is {self.max_attachment_bytes}")
+        # Not a loop variable: it would keep the last attachment's bytes alive below.
+        too_large = next((a for a in inbound.attachments
+                          if len(a.data) > self.max_attachment_bytes), None)
+        if too_large is not None:
+            raise PayloadTooLarge(f"attachment {too_large.filename!r} is {len(too_large.data)} "
+                                  f"bytes; the limit is {self.max_attachment_bytes}")
         if inbound.attachments:
             inbound.attachments = safe_attachments(inbound.attachments)
         stored = await self.store.put_blobs([
             (a.filename, a.content_type, a.data, a.inline, a.content_id)
             for a in inbound.attachments]) if inbound.attachments else []
+        # The bytes are in the blob store now; the store's own copies of the raw message
+        # (SQLite builds its row in memory) need not sit beside 25 MB of them.
+        inbound.attachments = []
         result = await self.store.ingest(inbound, stored)
         counters = self._counters.get((inbound.channel, inbound.account))
         if counters is None:

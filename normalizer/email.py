@@ -18,13 +18,17 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.errors
 import email.feedparser
 import email.parser
 import email.utils
 import hashlib
 import html as html_lib
+import io
 import quopri
 import re
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -152,14 +156,131 @@ class _LimitedFeedParser(email.feedparser.FeedParser):
 
 
 def _parse_bytes(raw: bytes, budget: _Budget, base_depth: int = 0) -> Message:
-    """``BytesParser(policy=_POLICY).parsebytes(raw)``, under ``budget``."""
+    """``BytesParser(policy=_POLICY).parsebytes(raw)``, under ``budget``.
+
+    Each chunk is decoded as it is fed (ASCII with surrogate escapes maps one byte to one
+    character, so the chunks are BytesParser's): no copy of the whole message as ``str``
+    lives beside the parse.
+    """
     parser = _LimitedFeedParser(budget, base_depth)
-    text = raw.decode("ascii", "surrogateescape")
-    for start in range(0, len(text), 8192):  # the chunks BytesParser feeds
-        parser.feed(text[start:start + 8192])
+    view = memoryview(raw)
+    for start in range(0, len(raw), 8192):  # the chunks BytesParser feeds
+        parser.feed(codecs.ascii_decode(view[start:start + 8192], "surrogateescape")[0])
     message = parser.close()
     assert isinstance(message, Message)
     return message
+
+# Runs of base64 lines this long, in a message this large, skip the feed parser (_Runs).
+_RUN_BYTES = 64 * 1024
+_RUN_MESSAGE_BYTES = 1024 * 1024
+# Whole CRLF lines of base64 characters, from the start of a line (a line of 999 or more
+# ends the run: RFC 5322 lines are at most 998). Possessive: no two quantifiers overlap,
+# and the engine keeps no backtracking state per line (greedy, it held 1.5 times the run).
+_BASE64_RUN = re.compile(rb"(?<![^\n])(?:[A-Za-z0-9+/=]{1,998}+\r\n)++")
+
+
+class _Runs:
+    """Long runs of base64 lines, lifted out of a large message before the feed parser.
+
+    The feed parser holds a body as one str per line, joins them, then strips the last
+    line break: for a 20 MB attachment almost four times its size at once. A run of at
+    least :data:`_RUN_BYTES` of lines of nothing but base64 characters (each CRLF-ended,
+    the first at the start of a line) is replaced by one line: a token of the same
+    characters, so the parser treats it exactly as each line of the run (not a header,
+    not a boundary, not a continuation) and the structure it finds is the same. A base64
+    part then decodes its runs straight from the raw bytes (:func:`_base64_payload`);
+    every other payload gets its runs back before anything reads it.
+    """
+
+    __slots__ = ("pattern", "prefix", "raw", "spans")
+
+    def __init__(self, raw: bytes, prefix: str) -> None:
+        self.raw = memoryview(raw)
+        self.spans: list[tuple[int, int]] = []
+        self.prefix = prefix
+        self.pattern = re.compile(re.escape(prefix) + r"(\d+)")
+
+    @classmethod
+    def lift(cls, raw: bytes) -> tuple[bytes, _Runs] | None:
+        """``raw`` with its long base64 runs replaced by tokens, and the runs; or None."""
+        if len(raw) < _RUN_MESSAGE_BYTES:
+            return None
+        prefix = "OmniRelayRun" + secrets.token_hex(8) + "n"  # digits of the index follow
+        if prefix.encode() in raw:
+            return None
+        runs = cls(raw, prefix)
+        pieces: list[bytes | memoryview] = []
+        position = 0
+        for match in _BASE64_RUN.finditer(raw):
+            start, end = match.start(), match.end() - 2  # the last line break stays
+            if end - start < _RUN_BYTES:
+                continue
+            pieces += (runs.raw[position:start], f"{prefix}{len(runs.spans)}".encode())
+            runs.spans.append((start, end))
+            position = end
+        if not runs.spans:
+            return None
+        pieces.append(runs.raw[position:])
+        return b"".join(pieces), runs
+
+    def segments(self, text: str) -> list[str | memoryview]:
+        """``text`` as pieces: its own, and the runs its tokens stand for (raw bytes)."""
+        found: list[str | memoryview] = []
+        position = 0
+        for match in self.pattern.finditer(text):
+            start, end = self.spans[int(match.group(1))]
+            found += (text[position:match.start()], self.raw[start:end])
+            position = match.end()
+        found.append(text[position:])
+        return found
+
+    def restore(self, text: str) -> str:
+        """``text`` with its runs put back."""
+        return "".join(piece if isinstance(piece, str) else codecs.ascii_decode(piece)[0]
+                       for piece in self.segments(text))
+
+    def attach(self, msg: Message) -> None:
+        """Leave the runs of base64 parts for :func:`_base64_payload`; put back the rest."""
+        for part in msg.walk():
+            for name in ("preamble", "epilogue"):
+                value = getattr(part, name, None)
+                if isinstance(value, str) and self.prefix in value:
+                    setattr(part, name, self.restore(value))
+            payload = _stored_payload(part)
+            if not isinstance(payload, str) or self.prefix not in payload:
+                continue
+            if str(part.get("content-transfer-encoding", "")).lower() == "base64":
+                vars(part)["_omnirelay_runs"] = self
+            else:
+                vars(part)["_payload"] = self.restore(payload)
+
+    @staticmethod
+    def of(part: Message) -> _Runs | None:
+        """The runs a part's payload still refers to."""
+        runs = vars(part).get("_omnirelay_runs")
+        return runs if isinstance(runs, _Runs) else None
+
+    @staticmethod
+    def restore_tree(part: Message) -> None:
+        """Put back every run below ``part`` (before it is read as text or serialized)."""
+        for inner in part.walk():
+            runs = _Runs.of(inner)
+            payload = _stored_payload(inner)
+            if runs is not None and isinstance(payload, str):
+                vars(inner)["_payload"] = runs.restore(payload)
+                del vars(inner)["_omnirelay_runs"]
+
+
+def _parse_large(raw: bytes, budget: _Budget) -> Message:
+    """:func:`_parse_bytes`, with long base64 runs kept out of the feed parser (_Runs)."""
+    lifted = _Runs.lift(raw)
+    if lifted is None:
+        return _parse_bytes(raw, budget)
+    text, runs = lifted
+    msg = _parse_bytes(text, budget)
+    del text
+    runs.attach(msg)
+    return msg
 
 # ---------------------------------------------------------------- charsets
 
@@ -826,6 +947,14 @@ _ASCII_TRIGGERS = tuple(w for w in _TRIGGERS if w.isascii())
 # How much of a text the quote and signature heuristics read: the new part of a reply is
 # at its top, and a budget keeps their cost the same for a 20 MB body as for a 64 KB one.
 _HEURISTIC_CHARS = 64 * 1024
+# The most of ``text``, ``content.full_text`` and ``html`` a message carries (characters);
+# beyond, they end with TRUNCATED_NOTE and ``content.truncated`` names them. The raw
+# message keeps every byte. A text part's first _TEXT_BYTES are read: 1 Mi characters in
+# any charset.
+MAX_TEXT_CHARS = 1024 * 1024
+_TEXT_BYTES = 4 * MAX_TEXT_CHARS
+TRUNCATED_NOTE = ("\n\n[omnirelay: the rest of this text is cut (over 1 MiB); "
+                  "the whole message is in its raw payload]")
 
 
 def strip_reply(text: str) -> str:
@@ -944,6 +1073,7 @@ class _Body:
     dsn: dict[str, Any] | None = None
     original_ids: list[str] = field(default_factory=list)
     codec: str | None = None  # what the first 8-bit text part turned out to be
+    cut: set[str] = field(default_factory=set)  # subtypes of text parts read only in part
 
 
 @dataclass(slots=True)
@@ -1010,7 +1140,92 @@ def _filename(info: _Info, fallback_charset: str | None) -> str | None:
     return name or None
 
 
+# A base64 body at least this long is decoded a chunk at a time (see _base64_payload).
+_BASE64_STREAM_CHARS = 64 * 1024
+_BASE64_CHUNK_CHARS = 1024 * 1024
+_BASE64_ALPHABET = re.compile(r"[A-Za-z0-9+/]*")
+_LINE_ENDS = str.maketrans("", "", "\r\n")
+
+
+def _stored_payload(part: Message) -> object:
+    """The payload as the parser stored it (``get_payload()`` re-decodes a str with 8-bit
+    bytes in it: a copy, and not the bytes)."""
+    return vars(part).get("_payload")
+
+
+def _base64_payload(part: Message, *, min_chars: int | None = None,
+                    chunk_chars: int | None = None) -> bytes | None:
+    """``part.get_payload(decode=True)`` of a long, well-formed base64 body, without its copies.
+
+    The stdlib encodes the whole body to bytes, splits it into lines, joins them and pads
+    the result before decoding: four copies of a 20 MB attachment beside the decoded bytes.
+    Here each chunk (of the payload, or of a run still in the raw message: see _Runs) is
+    stripped of its line breaks and decoded into one growing buffer. Anything but plain
+    base64 (non-ASCII, a character outside the alphabet, ``=`` before the end, a short
+    body, another transfer encoding) answers None: the stdlib decides, with its lenient
+    fallbacks, so the result is always the stdlib's.
+    """
+    payload = _stored_payload(part)
+    if not isinstance(payload, str) or \
+            str(part.get("content-transfer-encoding", "")).lower() != "base64":
+        return None
+    runs = _Runs.of(part)
+    segments: list[str | memoryview] = runs.segments(payload) if runs is not None \
+        else [payload]
+    size = sum(len(segment) for segment in segments)
+    if size < (_BASE64_STREAM_CHARS if min_chars is None else min_chars):
+        return None
+    # One buffer of at least the decoded size, made at once: grown step by step, each
+    # step's copy leaves a hole in the heap (a 20 MB attachment cost 2.8 times its size).
+    out = io.BytesIO()
+    out.seek(size * 3 // 4 + 2)
+    out.write(b"\0")
+    out.seek(0)
+    carry = ""  # alphabet characters short of a quantum of four
+    padding = ""  # the "=" at the end: nothing but more of them may follow
+    for chunk in _chunks(segments, chunk_chars or _BASE64_CHUNK_CHARS):
+        if not chunk.isascii():
+            return None
+        chunk = chunk.translate(_LINE_ENDS)
+        if padding or "=" in chunk:
+            letters = chunk.rstrip("=")
+            if (padding and letters) or len(padding) + len(chunk) - len(letters) > 3:
+                return None
+            padding += chunk[len(letters):]
+            chunk = letters
+        piece = carry + chunk
+        if not _BASE64_ALPHABET.fullmatch(piece):
+            return None
+        usable = len(piece) - len(piece) % 4  # whole quanta of four
+        out.write(binascii.a2b_base64(piece[:usable]))
+        carry = piece[usable:]
+    # The end, padded as the stdlib pads it (decode_b: validate=True).
+    piece = carry + padding
+    missing = len(piece) % 4
+    try:
+        out.write(base64.b64decode(piece + "==="[:4 - missing] if missing else piece,
+                                   validate=True))
+    except binascii.Error:
+        return None
+    if missing:
+        part.policy.handle_defect(part, email.errors.InvalidBase64PaddingDefect())
+    out.truncate()
+    return out.getvalue()  # the buffer itself, shrunk in place: not a copy
+
+
+def _chunks(segments: list[str | memoryview], size: int) -> Iterator[str]:
+    """The text of ``segments`` (str, or ASCII bytes of the raw message) ``size`` at a time."""
+    for segment in segments:
+        for start in range(0, len(segment), size):
+            piece = segment[start:start + size]
+            yield piece if isinstance(piece, str) else codecs.ascii_decode(piece)[0]
+
+
 def _part_bytes(part: Message) -> bytes:
+    streamed = _base64_payload(part)
+    if streamed is not None:
+        return streamed
+    _Runs.restore_tree(part)
     try:
         payload = part.get_payload(decode=True)
     except Exception:
@@ -1025,8 +1240,34 @@ def _part_bytes(part: Message) -> bytes:
     return b""
 
 
+def _text_bytes(part: Message) -> tuple[bytes, bool]:
+    """A text part's bytes, at most :data:`_TEXT_BYTES` of them (cut after a line break).
+
+    A body without a transfer encoding is cut before it is encoded, so a 20 MB text is
+    never copied whole; a line break is a safe place to cut in every charset mail uses.
+    """
+    payload = _stored_payload(part)
+    cte = str(part.get("content-transfer-encoding", "")).lower()
+    if isinstance(payload, str) and len(payload) > _TEXT_BYTES and \
+            cte not in ("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"):
+        try:  # the parser's characters are bytes (ASCII and surrogate escapes)
+            data = payload[:_TEXT_BYTES + 1].encode("ascii", "surrogateescape")
+        except UnicodeEncodeError:
+            data = _part_bytes(part)
+    else:
+        data = _part_bytes(part)
+    if len(data) <= _TEXT_BYTES:
+        return data, False
+    end = data.rfind(b"\n", _TEXT_BYTES // 2, _TEXT_BYTES)
+    return data[:end + 1 if end >= 0 else _TEXT_BYTES], True
+
+
 def _part_text(part: Message, info: _Info, fallback_charset: str | None, body: _Body) -> str:
-    text, codec = _decode(_part_bytes(part), info.param("charset") or fallback_charset)
+    data, cut = _text_bytes(part)
+    if cut:
+        body.cut.add(info.subtype)
+    text, codec = _decode(data, info.param("charset") or fallback_charset)
+    del data
     if body.codec is None and codec not in (None, "utf_8", "ascii"):
         body.codec = codec
     if "\r" in text:
@@ -1060,6 +1301,7 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
                 _walk(child, alt, fallback, inline_context=inline_context, budget=budget,
                       depth=depth + 1)
                 body.codec = body.codec or alt.codec
+                body.cut |= alt.cut
                 if alt.plain and not chosen.plain:
                     chosen.plain = alt.plain
                 if alt.html:
@@ -1100,6 +1342,7 @@ def _walk(part: Message, body: _Body, fallback: str | None, *, inline_context: b
         return
     if ctype == "message/rfc822" and part.is_multipart():
         inner = part.get_payload(0)
+        _Runs.restore_tree(part)
         data = inner.as_bytes() if isinstance(inner, Message) else b""
         subject = decode_header(_raw_header(inner, "Subject"), fallback) \
             if isinstance(inner, Message) else None
@@ -1138,6 +1381,7 @@ def _salvage_multipart(part: Message, body: _Body, fallback: str | None, budget:
                 _walk(_parse_bytes(chunk, budget, depth + 1), found, fallback,
                       inline_context=False, budget=budget, depth=depth + 1)
         if found.plain or found.html:
+            body.cut |= found.cut
             body.plain += found.plain
             body.html += found.html
             body.attachments += found.attachments
@@ -1257,7 +1501,7 @@ def _parse_single_part(raw: bytes) -> Message | None:
         msg.set_raw(*_POLICY.header_source_parse(lines))
     if msg.get_content_maintype() in ("multipart", "message"):
         return None
-    msg.set_payload(raw[end.end():].decode("ascii", "surrogateescape"))
+    msg.set_payload(codecs.ascii_decode(memoryview(raw)[end.end():], "surrogateescape")[0])
     return msg
 
 
@@ -1273,7 +1517,7 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
     try:
         msg = _parse_single_part(raw)
         if msg is None:  # not `or`: a Message without headers is falsy
-            msg = _parse_bytes(raw, budget)
+            msg = _parse_large(raw, budget)
     except MessageTooComplex:
         raise
     except Exception:  # pragma: no cover - the feed parser is lenient; belt and braces
@@ -1313,6 +1557,13 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
     if not full_text.strip() and not body.attachments and not msg.is_multipart():
         full_text = _broken_text(raw)
     full_text = full_text.strip()
+    truncated = []
+    if len(full_text) > MAX_TEXT_CHARS or (body.plain and "plain" in body.cut):
+        full_text = full_text[:MAX_TEXT_CHARS].rstrip() + TRUNCATED_NOTE
+        truncated.append("text")
+    if html is not None and (len(html) > MAX_TEXT_CHARS or "html" in body.cut):
+        html = html[:MAX_TEXT_CHARS]
+        truncated.append("html")
     text = strip_reply(full_text) if full_text else ""
 
     refs = _message_ids(h.get("in-reply-to"))
@@ -1339,6 +1590,8 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
         content["cc"] = [a for _, a in cc]
     if body.dsn is not None:
         content["dsn"] = body.dsn
+    if truncated:
+        content["truncated"] = truncated
     cids = {a.content_id: hashlib.sha256(a.data).hexdigest()
             for a in body.attachments if a.content_id and a.inline}
     if cids:
