@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.store import compact
 from gateway.store.base import JSON
 from gateway.store.jobs.ingest import _link
 from gateway.store.jobs.tx import Tx
-from gateway.store.records import _conversation_json, _customer_json, _resolve_customer_id
+from gateway.store.records import (
+    _conversation_json,
+    _customer_json,
+    _loads,
+    _resolve_customer_id,
+)
 from normalizer.model import Party
 
 
@@ -54,10 +62,15 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     merged_before = _customer_json(tx.conn, merged)
     tx.cache.clear()  # identities and conversations change owner
     # Messages are reached through their conversations (indexed), before those move.
-    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
-                    "'$.customer_id', ?) WHERE conversation_id IN "
-                    "(SELECT id FROM conversations WHERE customer_id = ?)",
-                    (survivor, survivor, merged))
+    # Stored JSON may be compact (compact.py), so it is rewritten here, not by json_set.
+    moved = tx.conn.execute("SELECT id, data FROM messages WHERE conversation_id IN "
+                            "(SELECT id FROM conversations WHERE customer_id = ?)",
+                            (merged,)).fetchall()
+    for row in moved:
+        message = _loads(row["data"])
+        message["customer_id"] = survivor
+        tx.conn.execute("UPDATE messages SET customer_id = ?, data = ? WHERE id = ?",
+                        (survivor, compact.pack(orjson.dumps(message)), row["id"]))
     for table in ("identities", "conversations"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
                         (survivor, merged))

@@ -7,6 +7,7 @@ import sqlite3
 import orjson
 
 from gateway.ids import iso, new_id, parse_iso
+from gateway.store import compact
 from gateway.store.base import JSON, IngestResult, StoredAttachment
 from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message
 from gateway.store.records import (
@@ -193,9 +194,14 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
         content=inbound.content)
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
-    _insert_message(tx, message, attachments, encoded)
+    # The event shares the row's copy of the message (compact storage, migration 0007).
+    event_seq = tx.emit("message.received", {"message": orjson.Fragment(encoded),
+                                             "conversation": conversation},
+                        conversation_id=conversation_id, customer_id=customer_id,
+                        shares=(message_id, encoded))
+    _insert_message(tx, message, attachments, encoded, event_seq)
     if inbound.raw is not None:
-        raw = (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso)
+        raw = (message_id, inbound.raw_content_type, compact.pack_raw(inbound.raw), tx.now_iso)
         if tx.rows is not None:
             tx.rows.raw.append(raw)
         else:
@@ -203,9 +209,6 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
     if tx.rows is not None:
         tx.rows.by_key[key] = message
         tx.rows.by_ref.setdefault((inbound.channel, inbound.provider_message_id), message)
-    tx.emit("message.received", {"message": orjson.Fragment(encoded),
-                                 "conversation": conversation},
-            conversation_id=conversation_id, customer_id=customer_id)
     return IngestResult(message, created=True, message_json=encoded)
 
 
