@@ -120,15 +120,31 @@ def register(dictionary_id: int, data: bytes) -> None:
         _dictionary_bytes[dictionary_id] = data
 
 
-def pack(value: bytes) -> bytes:
-    """One zstd frame of ``value`` (with the built-in dictionary)."""
+def _compressor() -> zstandard.ZstdCompressor:
     compressor = _local.compressor
     if compressor is None:
-        register(BUILTIN_ID, _BUILTIN)
+        # The dictionary digested once for the level (not at every call).
+        digested = zstandard.ZstdCompressionDict(_BUILTIN,
+                                                 dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        digested.precompute_compress(level=LEVEL)
         compressor = _local.compressor = zstandard.ZstdCompressor(
-            level=LEVEL, dict_data=_dictionaries[BUILTIN_ID], write_checksum=False,
-            write_content_size=True, write_dict_id=False)
-    return compressor.compress(value)
+            dict_data=digested, write_checksum=False, write_content_size=True,
+            write_dict_id=False)
+    return compressor
+
+
+def pack(value: bytes) -> bytes:
+    """One zstd frame of ``value`` (with the built-in dictionary)."""
+    return _compressor().compress(value)
+
+
+def pack_many(values: list[bytes]) -> list[bytes]:
+    """:func:`pack` of each value, in one call (a batch's rows: one release of the GIL,
+    not one a value; getting it back under load waits for the event loop)."""
+    if not values:
+        return []
+    return [segment.tobytes()
+            for segment in _compressor().multi_compress_to_buffer(values, threads=0)]
 
 
 def unpack(value: bytes | str) -> bytes | str:
@@ -169,10 +185,12 @@ def frames_in(blob: bytes) -> list[bytes]:
     return found
 
 
-def pack_raw(body: bytes) -> bytes:
+def pack_raw(body: bytes, packed: bytes | None = None) -> bytes:
     """A raw provider payload as stored: a frame when that is smaller, or when the payload
-    itself starts like one (so reading it back cannot mistake it); else as received."""
-    packed = pack(body)
+    itself starts like one (so reading it back cannot mistake it); else as received.
+    ``packed``: :func:`pack` of ``body`` when already made."""
+    if packed is None:
+        packed = pack(body)
     if len(packed) < len(body) or body[:4] == MAGIC:
         return packed
     return body

@@ -7,9 +7,8 @@ import sqlite3
 import orjson
 
 from gateway.ids import iso, new_id, parse_iso
-from gateway.store import compact
 from gateway.store.base import JSON, IngestResult, StoredAttachment
-from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message
+from gateway.store.jobs.tx import Tx, _insert_message, _insert_raw
 from gateway.store.records import (
     _conversation_json,
     _dumps,
@@ -201,11 +200,7 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
                         shares=(message_id, encoded))
     _insert_message(tx, message, attachments, encoded, event_seq)
     if inbound.raw is not None:
-        raw = (message_id, inbound.raw_content_type, compact.pack_raw(inbound.raw), tx.now_iso)
-        if tx.rows is not None:
-            tx.rows.raw.append(raw)
-        else:
-            tx.conn.execute(_INSERT_RAW + _VALUES[4], raw)
+        _insert_raw(tx, message_id, inbound.raw_content_type, inbound.raw)
     if tx.rows is not None:
         tx.rows.by_key[key] = message
         tx.rows.by_ref.setdefault((inbound.channel, inbound.provider_message_id), message)

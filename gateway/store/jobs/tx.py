@@ -63,12 +63,14 @@ class Tx:
                 stored = body[:message_at] + body[message_at + len(shares[1]):]
             else:
                 message_at = None
-        row = (seq, event_id, event_type, self.now_iso, conversation_id, customer_id,
-               compact.pack(stored), message_ref, message_at)
-        if self.rows is not None:
-            self.rows.events.append(row)
+        if self.rows is not None:  # compressed with the batch's other rows at its flush
+            self.rows.events.append((seq, event_id, event_type, self.now_iso,
+                                     conversation_id, customer_id, stored, message_ref,
+                                     message_at))
         else:
-            self.conn.execute(_INSERT_EVENT + _VALUES[9], row)
+            self.conn.execute(_INSERT_EVENT + _VALUES[9], (
+                seq, event_id, event_type, self.now_iso, conversation_id, customer_id,
+                compact.pack(stored), message_ref, message_at))
         return seq
 
 
@@ -121,6 +123,7 @@ class BatchRows:
     def flush(self, conn: sqlite3.Connection, now_iso: str) -> None:
         """Insert everything collected so far, then start empty (and forget the lookup:
         the job that runs next may change the table)."""
+        self._pack()
         _insert_chunked(conn, _INSERT_MESSAGE, 11, self.messages)
         _insert_chunked(conn, _INSERT_RAW, 4, self.raw)
         _insert_chunked(conn, _INSERT_EVENT, 9, self.events)
@@ -136,6 +139,21 @@ class BatchRows:
         self.by_key.clear()
         self.by_ref.clear()
         self.stored = None
+
+
+    def _pack(self) -> None:
+        """Compress the rows' JSON and raw payloads (compact.py), all in one call."""
+        messages, events, raw = self.messages, self.events, self.raw
+        packed = compact.pack_many([r[9] for r in messages] + [r[6] for r in events]
+                                   + [r[2] for r in raw])
+        for i, row in enumerate(messages):
+            messages[i] = (*row[:9], packed[i], row[10])
+        done = len(messages)
+        for i, row in enumerate(events):
+            events[i] = (*row[:6], packed[done + i], *row[7:])
+        done += len(events)
+        for i, row in enumerate(raw):
+            raw[i] = (row[0], row[1], compact.pack_raw(row[2], packed[done + i]), row[3])
 
 
 def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
@@ -211,11 +229,12 @@ class JobBatch:
 def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachment],
                     encoded: bytes | None = None, event_seq: int | None = None) -> None:
     """Insert a message row (``event_seq``: the event that shares its JSON, see Tx.emit)."""
+    data = encoded or orjson.dumps(message)
     row = (message["id"], message["conversation_id"], message["customer_id"],
            message["channel"], message["account"], message["direction"],
            message["provider"]["message_id"], message["status"], message["received_at"],
-           compact.pack(encoded or orjson.dumps(message)), event_seq)
-    if tx.rows is not None:
+           data if tx.rows is not None else compact.pack(data), event_seq)
+    if tx.rows is not None:  # compressed at the batch's flush
         tx.rows.messages.append(row)
     else:
         tx.conn.execute(_INSERT_MESSAGE + _VALUES[11], row)
@@ -225,6 +244,15 @@ def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachmen
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (att.id, message["id"], att.filename, att.content_type, att.size, att.sha256,
              tx.now_iso))
+
+
+def _insert_raw(tx: Tx, message_id: str, content_type: str, body: bytes) -> None:
+    """Keep a message's raw provider payload (compressed at the batch's flush)."""
+    if tx.rows is not None:
+        tx.rows.raw.append((message_id, content_type, body, tx.now_iso))
+    else:
+        tx.conn.execute(_INSERT_RAW + _VALUES[4], (message_id, content_type,
+                                                   compact.pack_raw(body), tx.now_iso))
 
 
 def _save_message(tx: Tx, message: JSON) -> None:
