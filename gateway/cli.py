@@ -113,6 +113,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     try:
         conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
         conn.execute("PRAGMA journal_mode = WAL")
         try:
             applied = apply_migrations(conn)

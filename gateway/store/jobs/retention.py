@@ -85,5 +85,9 @@ def _reclaim_free_pages(tx: Tx, pages: int) -> int:
     """
     if tx.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
         return 0
-    tx.conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()  # every step
+    free = int(tx.conn.execute("PRAGMA freelist_count").fetchone()[0])
+    # One page per statement: the pragma yields a column-less row per page, and Python's
+    # sqlite3 stops at the first (executescript would run it all but commit the batch).
+    for _ in range(min(free, pages)):
+        tx.conn.execute("PRAGMA incremental_vacuum(1)")
     return int(tx.conn.execute("PRAGMA freelist_count").fetchone()[0])
