@@ -140,7 +140,6 @@ class BatchRows:
         self.by_ref.clear()
         self.stored = None
 
-
     def _pack(self) -> None:
         """Compress the rows' JSON and raw payloads (compact.py), all in one call."""
         messages, events, raw = self.messages, self.events, self.raw
