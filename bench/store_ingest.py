@@ -93,16 +93,20 @@ def compression_cpu(db: Path, messages: int) -> float | None:
         return None
     conn = sqlite3.connect(db)
     try:
-        values = [compact.unpack_bytes(r[0]) for table, column in (
-            ("messages", "data"), ("events", "body"), ("raw_payloads", "body"))
+        json_values = [compact.unpack_bytes(r[0]) for table, column in (
+            ("messages", "data"), ("events", "body"))
             for r in conn.execute(f"SELECT {column} FROM {table}")]
+        raw_values = [compact.unpack_bytes(r[0])
+                      for r in conn.execute("SELECT body FROM raw_payloads")]
     finally:
         conn.close()
     best = float("inf")
     for _ in range(7):
         started = time.thread_time()
-        for start in range(0, len(values), 768):
-            compact.pack_many(values[start:start + 768])
+        for start in range(0, len(json_values), 768):
+            compact.pack_many(json_values[start:start + 768])
+        for start in range(0, len(raw_values), 256):
+            compact.pack_many(raw_values[start:start + 256], compact.LEVEL_RAW)
         best = min(best, time.thread_time() - started)
     return best / messages
 

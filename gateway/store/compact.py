@@ -26,7 +26,10 @@ import zstandard
 
 MAGIC = b"\x28\xb5\x2f\xfd"  # every zstd frame starts with it; JSON text never does
 BUILTIN_ID = 1
-LEVEL = 1  # level 3 saved ~12 bytes a message for ~40 % more CPU (docs/benchmarks.md)
+# zstd levels, chosen by CPU per byte saved (docs/benchmarks.md, "Disk per message"): JSON is
+# written on every message and read often, raw payloads are cold.
+LEVEL_JSON = -1
+LEVEL_RAW = 1
 
 _ZERO_ID = "0" * 26
 _TIME = "2026-01-01T00:00:00.000Z"
@@ -92,7 +95,7 @@ class _Codecs(threading.local):
     """Compressors and decompressors are not thread-safe: one set per thread."""
 
     def __init__(self) -> None:
-        self.compressor: zstandard.ZstdCompressor | None = None
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
         self.decompressors: dict[int, zstandard.ZstdDecompressor] = {}
 
 
@@ -122,31 +125,31 @@ def register(dictionary_id: int, data: bytes) -> None:
         _dictionary_bytes[dictionary_id] = data
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    compressor = _local.compressor
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    compressor = _local.compressors.get(level)
     if compressor is None:
         # The dictionary digested once for the level (not at every call).
         digested = zstandard.ZstdCompressionDict(_BUILTIN,
                                                  dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        digested.precompute_compress(level=LEVEL)
-        compressor = _local.compressor = zstandard.ZstdCompressor(
+        digested.precompute_compress(level=level)
+        compressor = _local.compressors[level] = zstandard.ZstdCompressor(
             dict_data=digested, write_checksum=False, write_content_size=True,
             write_dict_id=False)
     return compressor
 
 
-def pack(value: bytes) -> bytes:
+def pack(value: bytes, level: int = LEVEL_JSON) -> bytes:
     """One zstd frame of ``value`` (with the built-in dictionary)."""
-    return _compressor().compress(value)
+    return _compressor(level).compress(value)
 
 
-def pack_many(values: list[bytes]) -> list[bytes]:
+def pack_many(values: list[bytes], level: int = LEVEL_JSON) -> list[bytes]:
     """:func:`pack` of each value, in one call (a batch's rows: one release of the GIL,
     not one a value; getting it back under load waits for the event loop)."""
     if not values:
         return []
     items: list[bytes | bytearray | memoryview[int]] = list(values)
-    frames = _compressor().multi_compress_to_buffer(items, threads=0)
+    frames = _compressor(level).multi_compress_to_buffer(items, threads=0)
     return [frames[i].tobytes() for i in range(len(frames))]
 
 
@@ -191,9 +194,9 @@ def frames_in(blob: bytes) -> list[bytes]:
 def pack_raw(body: bytes, packed: bytes | None = None) -> bytes:
     """A raw provider payload as stored: a frame when that is smaller, or when the payload
     itself starts like one (so reading it back cannot mistake it); else as received.
-    ``packed``: :func:`pack` of ``body`` when already made."""
+    ``packed``: ``pack(body, LEVEL_RAW)`` when already made."""
     if packed is None:
-        packed = pack(body)
+        packed = pack(body, LEVEL_RAW)
     if len(packed) < len(body) or body[:4] == MAGIC:
         return packed
     return body

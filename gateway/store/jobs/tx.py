@@ -141,18 +141,17 @@ class BatchRows:
         self.stored = None
 
     def _pack(self) -> None:
-        """Compress the rows' JSON and raw payloads (compact.py), all in one call."""
+        """Compress the rows' JSON, then their raw payloads (compact.py): two calls a batch."""
         messages, events, raw = self.messages, self.events, self.raw
-        packed = compact.pack_many([r[9] for r in messages] + [r[6] for r in events]
-                                   + [r[2] for r in raw])
+        packed = compact.pack_many([r[9] for r in messages] + [r[6] for r in events])
         for i, row in enumerate(messages):
             messages[i] = (*row[:9], packed[i], row[10])
         done = len(messages)
         for i, row in enumerate(events):
             events[i] = (*row[:6], packed[done + i], *row[7:])
-        done += len(events)
+        packed = compact.pack_many([r[2] for r in raw], compact.LEVEL_RAW)
         for i, row in enumerate(raw):
-            raw[i] = (row[0], row[1], compact.pack_raw(row[2], packed[done + i]), row[3])
+            raw[i] = (row[0], row[1], compact.pack_raw(row[2], packed[i]), row[3])
 
 
 def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
