@@ -444,6 +444,7 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
     """
     import orjson
 
+    from gateway.store import compact
     from gateway.store.sqlite import _message_json, apply_migrations
     from normalizer.model import Party
 
@@ -476,6 +477,8 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -1000000")
     apply_migrations(conn)
+    conn.execute("INSERT INTO codec_dictionaries (id, data) VALUES (?, ?)",
+                 compact.builtin_dictionary())
     day = 86_400_000
     window = 7 * day
     cust_id: list[str | None] = [None] * customers
@@ -499,14 +502,21 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
         return (conv[0], cid, "api", ACCOUNT, status, _iso_ms(conv[1]), closed,
                 _iso_ms(conv[2]), "[]", "normal", None, "{}")
 
-    def event(type_: str, ms: int, data: dict[str, Any], conv: str | None, cid: str) -> None:
+    def event(type_: str, ms: int, data: dict[str, Any], conv: str | None, cid: str,
+              shares: tuple[str, bytes] | None = None) -> int:
+        """Stored as Tx.emit stores it: compressed, without the JSON it shares with a row."""
         nonlocal seq
         seq += 1
         eid = "evt_" + _ulid(ms, rng)
         created = _iso_ms(ms)
         body = orjson.dumps({"id": eid, "seq": str(seq), "type": type_, "created_at": created,
                              "data": data})
-        rows_e.append((seq, eid, type_, created, conv, cid, body))
+        ref = at = None
+        if shares is not None:
+            ref, at = shares[0], body.find(shares[1])
+            body = body[:at] + body[at + len(shares[1]):]
+        rows_e.append((seq, eid, type_, created, conv, cid, compact.pack(body), ref, at))
+        return seq
 
     def flush() -> None:
         conn.execute("BEGIN")
@@ -516,10 +526,12 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
                          " opened_at, closed_at, last_message_at, tags, priority, queue, "
                          "context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", conv_rows)
         conn.executemany("INSERT INTO messages (id, conversation_id, customer_id, channel, "
-                         "account, direction, provider_message_id, status, created_at, data) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows_m)
+                         "account, direction, provider_message_id, status, created_at, data, "
+                         "event_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows_m)
         conn.executemany("INSERT INTO raw_payloads VALUES (?, ?, ?, ?)", rows_r)
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows_e)
+        conn.executemany("INSERT INTO events (seq, id, type, created_at, conversation_id, "
+                         "customer_id, body, message_ref, message_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows_e)
         conn.execute("COMMIT")
         for rows in (rows_c, rows_i, conv_rows, rows_m, rows_r, rows_e):
             rows.clear()
@@ -562,12 +574,14 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
             text=text, html=None, attachments=(), in_reply_to=None,
             provider_message_id=provider_id, thread_id=None, status="received", agent=None,
             automatic=None, sent_at=now, received_at=now)
+        encoded = orjson.dumps(message)
+        event_seq = event("message.received", ms,
+                          {"message": orjson.Fragment(encoded),
+                           "conversation": conv_json(conv, cid, "open", None)},
+                          conv[0], cid, shares=(message["id"], encoded))
         rows_m.append((message["id"], conv[0], cid, "api", ACCOUNT, "inbound", provider_id,
-                       "received", now, orjson.dumps(message).decode()))
-        rows_r.append((message["id"], "application/json", raw, now))
-        event("message.received", ms, {"message": message,
-                                       "conversation": conv_json(conv, cid, "open", None)},
-              conv[0], cid)
+                       "received", now, compact.pack(encoded), event_seq))
+        rows_r.append((message["id"], "application/json", compact.pack_raw(raw), now))
         if len(rows_m) >= 50_000:
             flush()
             log(f"prefill: {n + 1}/{messages} messages "
@@ -900,8 +914,8 @@ def verify(db: Path, acked: list[str], sent: int, prefix_tag: str,
             "AND provider_message_id >= ? AND provider_message_id < ?",
             (ACCOUNT, f"{prefix_tag}-", f"{prefix_tag}.")) }
         events = conn.execute(
-            "SELECT COUNT(*) FROM events e JOIN messages m ON m.id = "
-            "json_extract(e.body, '$.data.message.id') WHERE e.seq > ? "
+            "SELECT COUNT(*) FROM events e JOIN messages m ON m.id = e.message_ref "
+            "WHERE e.seq > ? "
             "AND e.type = 'message.received' "
             "AND m.provider_message_id >= ? AND m.provider_message_id < ?",
             (base_seq, f"{prefix_tag}-", f"{prefix_tag}.")).fetchone()[0]

@@ -1,4 +1,5 @@
-"""``omnirelay`` command line: run, migrate, check-config, backup, erase-customer, purge."""
+"""``omnirelay`` command line: run, migrate, check-config, backup, erase-customer, purge,
+vacuum."""
 
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     try:
         conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
         conn.execute("PRAGMA journal_mode = WAL")
         try:
             applied = apply_migrations(conn)
@@ -124,6 +126,47 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
+    return 0
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    """Rewrite the database file without its free pages, with incremental vacuum on."""
+    from gateway.daemon import StoreLock
+
+    try:
+        config = _config(args, resolve_secrets=False)
+    except ConfigErrors as exc:
+        _print_config_errors(exc, str(args.config))
+        return EX_CONFIG
+    path = config.store.sqlite_path
+    if not path.exists():
+        print(f"omnirelay: {path} does not exist", file=sys.stderr)
+        return 1
+    lock = StoreLock(path)
+    try:
+        lock.acquire()
+    except OmnirelayError as exc:
+        print(f"omnirelay: {exc.message}; stop the daemon first (VACUUM rewrites the file)",
+              file=sys.stderr)
+        return 1
+    try:
+        before = path.stat().st_size
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            # A database from before migration 0007 turns incremental here: from then on
+            # purges and erasures give their pages back without another VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        after = path.stat().st_size
+    except sqlite3.Error as exc:
+        print(f"omnirelay: vacuum failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
+    print(f"{path}: {before:,} bytes before, {after:,} after; incremental vacuum on")
     return 0
 
 
@@ -287,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c")
     p = add("purge", cmd_purge, "purge raw payloads and attachments older than N days")
     p.add_argument("days", type=int)
+    p.add_argument("--config", "-c")
+    p = add("vacuum", cmd_vacuum, "rewrite the database without free pages (daemon stopped)")
     p.add_argument("--config", "-c")
     add("openapi", cmd_openapi, "print the OpenAPI document")
     return parser

@@ -187,6 +187,10 @@ class CommitEngine:
         if readonly:
             conn.execute("PRAGMA query_only = ON")
         else:
+            # A new database gives freed pages back on request (PRAGMA incremental_vacuum
+            # after a purge or an erasure); only possible before WAL mode and the first
+            # table, and a no-op on an existing database.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             conn.execute("PRAGMA journal_mode = WAL")
             if self.pipelined:
                 # Durability is the syncer's job (an fsync of the WAL before any caller

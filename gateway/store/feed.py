@@ -8,6 +8,7 @@ import itertools
 import sqlite3
 import threading
 
+from gateway.store import compact
 from gateway.store.base import Page
 
 
@@ -84,12 +85,33 @@ class FeedTail:
 
 
 
+# What serving a stored event reads (alias ``e`` for events): its stored body and, when the
+# body shares a message row's JSON (Tx.emit), where that goes and the JSON itself: the
+# event's own copy once the row changed, else the row's.
+EVENT_BODY_COLUMNS = ("e.body AS body, e.message_at AS message_at, "
+                      "COALESCE(e.message_snapshot, m.data) AS message_data")
+EVENT_BODY_JOIN = ("LEFT JOIN messages m ON e.message_snapshot IS NULL "
+                   "AND m.id = e.message_ref")
+
+
+def event_body(row: sqlite3.Row) -> bytes:
+    """An event's body as served (the bytes it was emitted with), from EVENT_BODY_COLUMNS."""
+    body = compact.unpack_bytes(row["body"])
+    at = row["message_at"]
+    if at is None:
+        return body
+    data = row["message_data"]
+    message = compact.unpack_bytes(data) if data is not None else b"null"
+    return body[:at] + message + body[at:]
+
+
 def read_events(conn: sqlite3.Connection, after: int, head: int, limit: int) -> Page:
     """Up to ``limit`` events with ``after < seq <= head`` from the table, oldest first.
 
     ``head`` is the newest durable seq: a consumer never sees an event a crash could undo.
     """
-    rows = conn.execute("SELECT seq, body FROM events WHERE seq > ? AND seq <= ? "
-                        "ORDER BY seq LIMIT ?", (after, head, limit)).fetchall()
-    return Page([bytes(r["body"]) for r in rows], rows[-1]["seq"] if rows else after,
+    rows = conn.execute(f"SELECT e.seq AS seq, {EVENT_BODY_COLUMNS} FROM events e "
+                        f"{EVENT_BODY_JOIN} WHERE e.seq > ? AND e.seq <= ? "
+                        "ORDER BY e.seq LIMIT ?", (after, head, limit)).fetchall()
+    return Page([event_body(r) for r in rows], rows[-1]["seq"] if rows else after,
                 [r["seq"] for r in rows])

@@ -21,6 +21,9 @@ def migration_scripts() -> list[tuple[int, str]]:
 
 def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     """Apply pending migrations, each in its own transaction; return the versions applied."""
+    # A new database reclaims freed pages on request (``PRAGMA incremental_vacuum`` after a
+    # purge or an erasure); this must precede its first table and changes nothing later.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                  "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
@@ -42,6 +45,17 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
 
 
 def _split_sql(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """The script's statements (a trigger's body holds semicolons of its own)."""
+    statements: list[str] = []
+    current = ""
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
 

@@ -6,7 +6,9 @@ import sqlite3
 from typing import Any
 
 from gateway.errors import NotFound
+from gateway.store import compact
 from gateway.store.base import JSON, FetchBacklog, StoredAttachment
+from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
 from gateway.store.records import (
     _conversation_json,
     _customer_json,
@@ -88,7 +90,7 @@ def get_attachment(conn: sqlite3.Connection, attachment_id: str) -> StoredAttach
 def get_raw(conn: sqlite3.Connection, message_id: str) -> tuple[str, bytes] | None:
     row = conn.execute("SELECT content_type, body FROM raw_payloads WHERE message_id = ?",
                        (message_id,)).fetchone()
-    return None if row is None else (row["content_type"], bytes(row["body"]))
+    return None if row is None else (row["content_type"], compact.unpack_bytes(row["body"]))
 
 
 def next_outbox_due(conn: sqlite3.Connection) -> float | None:
@@ -106,8 +108,8 @@ def outbox_depth(conn: sqlite3.Connection) -> dict[str, int]:
 
 def list_dead_letters(conn: sqlite3.Connection, subscription: str | None,
                       limit: int) -> list[JSON]:
-    sql = ("SELECT d.*, e.body FROM webhook_deliveries d JOIN events e ON e.seq = d.seq "
-           "WHERE d.state = 'dead'")
+    sql = (f"SELECT d.*, {EVENT_BODY_COLUMNS} FROM webhook_deliveries d JOIN events e "
+           f"ON e.seq = d.seq {EVENT_BODY_JOIN} WHERE d.state = 'dead'")
     params: list[Any] = []
     if subscription:
         sql += " AND d.subscription = ?"
@@ -115,7 +117,7 @@ def list_dead_letters(conn: sqlite3.Connection, subscription: str | None,
     sql += " ORDER BY d.id LIMIT ?"
     params.append(limit)
     return [{"id": r["id"], "subscription": r["subscription"], "attempts": r["attempts"],
-             "last_error": r["last_error"], "event": _loads(r["body"])}
+             "last_error": r["last_error"], "event": _loads(event_body(r))}
             for r in conn.execute(sql, params)]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import NotFound
+from gateway.store import compact
 from gateway.store.base import JSON, StoredAttachment
 from normalizer.model import Party
 
@@ -18,7 +19,8 @@ def _dumps(value: Any) -> str:
 
 
 def _loads(value: str | bytes | None) -> Any:
-    return None if value is None else orjson.loads(value)
+    """Parse stored JSON, plain or compact (a zstd frame, see compact.py)."""
+    return None if value is None else orjson.loads(compact.unpack(value))
 
 
 def _conversation_json(row: sqlite3.Row) -> JSON:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
-from gateway.store import queries
+from gateway.store import compact, queries
 from gateway.store.base import (
     JSON,
     ChangeResult,
@@ -64,7 +64,7 @@ from gateway.store.jobs.outbound import (
     _outbox_sent,
     _recover_inflight,
 )
-from gateway.store.jobs.retention import _erase_customer, _purge
+from gateway.store.jobs.retention import _erase_customer, _purge, _reclaim_free_pages
 from gateway.store.jobs.tx import BatchRows, JobBatch, WriterCache
 from gateway.store.jobs.webhooks import (
     _claim_deliveries,
@@ -97,6 +97,10 @@ class SQLiteJobs:
     def prepare(self, conn: sqlite3.Connection) -> int:
         """Apply pending migrations; return the newest event's seq."""
         apply_migrations(conn)
+        conn.execute("INSERT OR IGNORE INTO codec_dictionaries (id, data) VALUES (?, ?)",
+                     compact.builtin_dictionary())
+        for row in conn.execute("SELECT id, data FROM codec_dictionaries"):
+            compact.register(row[0], bytes(row[1]))
         seq: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         return seq
 
@@ -343,6 +347,7 @@ class SQLiteStore:
         """Delete everything of a customer (support data is personal data)."""
         result = await self.engine.write(_erase_customer, customer_id)
         await asyncio.to_thread(self._delete_unreferenced_blobs, result.pop("_blobs"))
+        await self.reclaim_space()
         # Erased rows' old page images must not linger in the WAL file (secure_delete
         # zeroes them in the database itself).
         await asyncio.to_thread(self.engine.truncate_wal)
@@ -353,7 +358,21 @@ class SQLiteStore:
         cutoff = iso(utcnow() - timedelta(days=days))
         result = await self.engine.write(_purge, cutoff)
         await asyncio.to_thread(self._delete_unreferenced_blobs, result.pop("_blobs"))
+        await self.reclaim_space()
         return result
+
+    async def reclaim_space(self, step: int = 2048) -> None:
+        """Shrink the file by its free pages (after a purge or an erasure), ``step`` pages
+        per write batch so that ingest goes on meanwhile; the checkpointer then truncates
+        the file."""
+        remaining = await self.engine.write(_reclaim_free_pages, step)
+        for _ in range(100_000):  # bounded: each pass frees up to ``step`` pages
+            if remaining == 0:
+                break
+            before = remaining
+            remaining = await self.engine.write(_reclaim_free_pages, step)
+            if remaining >= before:  # nothing more to give back
+                break
 
     # ---------------------------------------------------------------- outbound
 

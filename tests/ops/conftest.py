@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.store import compact
 from tests.conftest import API_SECRET, Daemon, base_config, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,7 +206,8 @@ async def omnirelay_async(*args: str, env: dict[str, str] | None = None
 
 
 def table_text(db: Path) -> str:
-    """Every text and blob value of every table, for grepping personal data."""
+    """Every text and blob value of every table, for grepping personal data (compressed
+    values too: gateway/store/compact.py)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         chunks = []
@@ -214,8 +216,8 @@ def table_text(db: Path) -> str:
         for table in tables:
             for row in conn.execute(f'SELECT * FROM "{table}"'):
                 for value in row:
-                    if isinstance(value, bytes):
-                        chunks.append(value.decode("utf-8", "replace"))
+                    if isinstance(value, bytes):  # compact values decompressed
+                        chunks.append(compact.unpack_bytes(value).decode("utf-8", "replace"))
                     elif isinstance(value, str):
                         chunks.append(value)
         return "\n".join(chunks)

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.store import compact
 from tests.conftest import TOKEN, Receiver
 from tests.helpers import all_events, bearer, get_json, post_inbound, post_json, unique
 from tests.ops.conftest import OpsDaemon, crm_config, omnirelay_async, table_text
@@ -241,6 +242,8 @@ async def test_erasure_by_api_and_cli_leaves_nothing_of_the_customer(
             assert keeper["texts"][0] in feed
             # Not even in the files' free pages or the WAL (secure_delete + checkpoint).
             raw = b"".join(p.read_bytes() for p in data.glob("omnirelay.db*"))
+            raw += b"".join(compact.frames_in(raw))  # compressed values, decompressed
+            assert keeper["texts"][0].encode() in raw  # the search finds what is there
             for value in (by_api["email"], by_api["phone"], *by_api["texts"]):
                 assert value.encode() not in raw, f"{value!r} left in the database file"
     finally:
@@ -261,7 +264,7 @@ async def test_erasure_by_api_and_cli_leaves_nothing_of_the_customer(
     assert blob(data, shared).exists()  # the keeper's message still references it
     assert keeper["name"] in everything and blob(data, keeper["bytes"]).exists()
     with sqlite3.connect(data / "omnirelay.db") as conn:
-        erased_events = [orjson.loads(row[0]) for row in conn.execute(
+        erased_events = [orjson.loads(compact.unpack(row[0])) for row in conn.execute(
             "SELECT body FROM events WHERE type = 'customer.erased' ORDER BY seq")]
     assert [e["data"]["customer_id"] for e in erased_events] == [
         customer_ids[by_api["id"]], customer_ids[by_cli["id"]]]

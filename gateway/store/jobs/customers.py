@@ -3,11 +3,19 @@ withdrew), and adapter checkpoints."""
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.store import compact
 from gateway.store.base import JSON
 from gateway.store.jobs.ingest import _link
 from gateway.store.jobs.tx import Tx
-from gateway.store.records import _conversation_json, _customer_json, _resolve_customer_id
+from gateway.store.records import (
+    _conversation_json,
+    _customer_json,
+    _loads,
+    _resolve_customer_id,
+)
 from normalizer.model import Party
 
 
@@ -58,15 +66,19 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
         raise ValidationFailed("a customer cannot be merged into itself")
     tx.cache.clear()  # identities and conversations change owner
     # Messages are reached through their conversations (indexed), before those move: all
-    # of a 1:1 conversation, only the merged customer's own posts in a group chat.
-    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
-                    "'$.customer_id', ?) WHERE conversation_id IN "
-                    "(SELECT id FROM conversations WHERE customer_id = ? AND group_id IS NULL)",
-                    (survivor, survivor, merged))
-    tx.conn.execute("UPDATE messages SET customer_id = ?, data = json_set(data, "
-                    "'$.customer_id', ?) WHERE customer_id = ? AND conversation_id IN "
-                    "(SELECT id FROM conversations WHERE group_id IS NOT NULL)",
-                    (survivor, survivor, merged))
+    # of a 1:1 conversation, only the merged customer's own posts in a group chat. Stored
+    # JSON may be compact (compact.py), so it is rewritten here, not by json_set.
+    moved = tx.conn.execute(
+        "SELECT id, data FROM messages WHERE conversation_id IN "
+        "(SELECT id FROM conversations WHERE customer_id = ? AND group_id IS NULL) "
+        "UNION ALL SELECT id, data FROM messages WHERE customer_id = ? AND conversation_id IN "
+        "(SELECT id FROM conversations WHERE group_id IS NOT NULL)",
+        (merged, merged)).fetchall()
+    for row in moved:
+        message = _loads(row["data"])
+        message["customer_id"] = survivor
+        tx.conn.execute("UPDATE messages SET customer_id = ?, data = ? WHERE id = ?",
+                        (survivor, compact.pack(orjson.dumps(message)), row["id"]))
     for table in ("identities", "conversations"):
         tx.conn.execute(f"UPDATE {table} SET customer_id = ? WHERE customer_id = ?",
                         (survivor, merged))

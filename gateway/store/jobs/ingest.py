@@ -18,7 +18,12 @@ from gateway.errors import ValidationFailed
 from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
 from gateway.store.jobs.media import _queue_fetches
-from gateway.store.jobs.tx import _INSERT_RAW, _VALUES, Tx, _insert_message, _save_message
+from gateway.store.jobs.tx import (
+    Tx,
+    _insert_message,
+    _insert_raw,
+    _save_message,
+)
 from gateway.store.records import (
     _conversation_json,
     _customer_json,
@@ -276,21 +281,19 @@ def _add_message(tx: Tx, inbound: InboundMessage, key: DedupeKey,
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
         content=inbound.content, error=inbound.error)
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
-    _insert_message(tx, message, attachments, encoded)
+    # The event shares the row's copy of the message (compact storage, migration 0007).
+    event_seq = tx.emit("message.received", {"message": orjson.Fragment(encoded),
+                                             "conversation": conversation},
+                        conversation_id=conversation_id, customer_id=customer_id,
+                        shares=(message_id, encoded))
+    _insert_message(tx, message, attachments, encoded, event_seq)
     if inbound.remote_attachments:  # fetched after this commit (gateway/fetcher.py)
         _queue_fetches(tx, message_id, inbound.remote_attachments)
     if inbound.raw is not None:
-        raw = (message_id, inbound.raw_content_type, inbound.raw, tx.now_iso)
-        if tx.rows is not None:
-            tx.rows.raw.append(raw)
-        else:
-            tx.conn.execute(_INSERT_RAW + _VALUES[4], raw)
+        _insert_raw(tx, message_id, inbound.raw_content_type, inbound.raw)
     if tx.rows is not None:
         tx.rows.by_key[key] = message
         tx.rows.by_ref.setdefault((inbound.channel, inbound.provider_message_id), message)
-    tx.emit("message.received", {"message": orjson.Fragment(encoded),
-                                 "conversation": conversation},
-            conversation_id=conversation_id, customer_id=customer_id)
     return IngestResult(message, created=True, message_json=encoded)
 
 

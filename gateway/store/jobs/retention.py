@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
+
+from gateway.store import compact
 from gateway.store.base import JSON
 from gateway.store.jobs.tx import Tx
-from gateway.store.records import _dumps, _loads, _resolve_customer_id
+from gateway.store.records import _loads, _resolve_customer_id
 
 
 def _erase_customer(tx: Tx, customer_id: str) -> JSON:
@@ -53,8 +56,13 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     tx.conn.execute(  # bodies are BLOBs: the feed serves them as bytes
         f"UPDATE events SET body = CAST(json_object('id', id, 'seq', CAST(seq AS TEXT), "
         f"'type', type, 'created_at', created_at, 'data', json_object('erased', json('true'))) "
-        f"AS BLOB) WHERE customer_id IN ({marks})"
+        f"AS BLOB), message_ref = NULL, message_at = NULL, message_snapshot = NULL "
+        f"WHERE customer_id IN ({marks})"
         + (f" OR conversation_id IN ({c})" if conversations else ""), [*ids, *conversations])
+    # After the events: they no longer name the messages, so the rows go without the
+    # migration 0007 triggers copying them into events.
+    tx.conn.execute(f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM "
+                    f"conversations WHERE customer_id IN ({marks}))", ids)
     if conversations:
         tx.conn.execute(f"DELETE FROM conversations WHERE id IN ({c})", conversations)
     tx.conn.execute(f"DELETE FROM identities WHERE customer_id IN ({marks})", ids)
@@ -76,8 +84,25 @@ def _purge(tx: Tx, cutoff: str) -> JSON:
                 if att["id"] == row["id"]:
                     att["purged"] = True
             tx.conn.execute("UPDATE messages SET data = ? WHERE id = ?",
-                            (_dumps(data), row["message_id"]))
+                            (compact.pack(orjson.dumps(data)), row["message_id"]))
     tx.conn.execute("DELETE FROM attachments WHERE created_at < ?", (cutoff,))
     return {"raw_payloads": raw, "attachments": len(rows),
             "_blobs": sorted({r["sha256"] for r in rows})}
 
+
+
+def _reclaim_free_pages(tx: Tx, pages: int) -> int:
+    """Give up to ``pages`` free pages back to the file system; return how many stay free.
+
+    Only a database with ``auto_vacuum = INCREMENTAL`` (every one created since migration
+    0007; older ones after ``omnirelay vacuum``) can; elsewhere free pages are reused by
+    new rows and 0 is returned. Small steps, so a big purge does not hold up the writer.
+    """
+    if tx.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        return 0
+    free = int(tx.conn.execute("PRAGMA freelist_count").fetchone()[0])
+    # One page per statement: the pragma yields a column-less row per page, and Python's
+    # sqlite3 stops at the first (executescript would run it all but commit the batch).
+    for _ in range(min(free, pages)):
+        tx.conn.execute("PRAGMA incremental_vacuum(1)")
+    return int(tx.conn.execute("PRAGMA freelist_count").fetchone()[0])

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 
 from gateway.ids import new_id
+from gateway.store import compact
 from gateway.store.base import JSON, StoredAttachment
 from gateway.store.engine import CommitEngine
 from gateway.store.feed import EmittedEvents
-from gateway.store.records import _dumps
 
 
 @dataclass(slots=True)
@@ -41,28 +41,47 @@ class Tx:
         return row
 
     def emit(self, event_type: str, data: JSON, *, conversation_id: str | None = None,
-             customer_id: str | None = None) -> int:
-        """Append an event to the feed inside the job's transaction."""
+             customer_id: str | None = None,
+             shares: tuple[str, bytes] | None = None) -> int:
+        """Append an event to the feed inside the job's transaction.
+
+        ``shares``: (message id, its row's JSON exactly as in ``data``): the stored body
+        leaves that JSON out and the feed splices the row's in (one copy on disk; the
+        migration 0007 triggers copy it into the event before the row changes).
+        """
         seq = self.engine.next_seq()
         event_id = new_id("evt")
         body = orjson.dumps({"id": event_id, "seq": str(seq), "type": event_type,
                              "created_at": self.now_iso, "data": data})
-        row = (seq, event_id, event_type, self.now_iso, conversation_id, customer_id, body)
         if self.emitted is not None:
             self.emitted.append((seq, body))
-        if self.rows is not None:
-            self.rows.events.append(row)
+        message_ref = message_at = None
+        stored = body
+        if shares is not None:
+            message_at = body.find(shares[1])
+            if message_at >= 0:
+                message_ref = shares[0]
+                stored = body[:message_at] + body[message_at + len(shares[1]):]
+            else:
+                message_at = None
+        if self.rows is not None:  # compressed with the batch's other rows at its flush
+            self.rows.events.append((seq, event_id, event_type, self.now_iso,
+                                     conversation_id, customer_id, stored, message_ref,
+                                     message_at))
         else:
-            self.conn.execute(_INSERT_EVENT + _VALUES[7], row)
+            self.conn.execute(_INSERT_EVENT + _VALUES[9], (
+                seq, event_id, event_type, self.now_iso, conversation_id, customer_id,
+                compact.pack(stored), message_ref, message_at))
         return seq
 
 
 _INSERT_EVENT = ("INSERT INTO events (seq, id, type, created_at, conversation_id, customer_id,"
-                 " body) VALUES ")
+                 " body, message_ref, message_at) VALUES ")
 _INSERT_MESSAGE = ("INSERT INTO messages (id, conversation_id, customer_id, channel, account, "
-                   "direction, provider_message_id, status, created_at, data) VALUES ")
+                   "direction, provider_message_id, status, created_at, data, event_seq) "
+                   "VALUES ")
 _INSERT_RAW = "INSERT INTO raw_payloads (message_id, content_type, body, created_at) VALUES "
-_VALUES = {width: "(" + ", ".join("?" * width) + ")" for width in (4, 7, 10)}
+_VALUES = {width: "(" + ", ".join("?" * width) + ")" for width in (4, 9, 11)}
 _CHUNK = 64  # rows per multi-row statement: one prepared statement per size up to this
 
 
@@ -105,9 +124,10 @@ class BatchRows:
     def flush(self, conn: sqlite3.Connection, now_iso: str) -> None:
         """Insert everything collected so far, then start empty (and forget the lookup:
         the job that runs next may change the table)."""
-        _insert_chunked(conn, _INSERT_MESSAGE, 10, self.messages)
+        self._pack()
+        _insert_chunked(conn, _INSERT_MESSAGE, 11, self.messages)
         _insert_chunked(conn, _INSERT_RAW, 4, self.raw)
-        _insert_chunked(conn, _INSERT_EVENT, 7, self.events)
+        _insert_chunked(conn, _INSERT_EVENT, 9, self.events)
         touched = sorted(self.touched)
         for start in range(0, len(touched), _CHUNK):
             chunk = touched[start:start + _CHUNK]
@@ -120,6 +140,19 @@ class BatchRows:
         self.by_key.clear()
         self.by_ref.clear()
         self.stored = None
+
+    def _pack(self) -> None:
+        """Compress the rows' JSON, then their raw payloads (compact.py): two calls a batch."""
+        messages, events, raw = self.messages, self.events, self.raw
+        packed = compact.pack_many([r[9] for r in messages] + [r[6] for r in events])
+        for i, row in enumerate(messages):
+            messages[i] = (*row[:9], packed[i], row[10])
+        done = len(messages)
+        for i, row in enumerate(events):
+            events[i] = (*row[:6], packed[done + i], *row[7:])
+        packed = compact.pack_many([r[2] for r in raw], compact.LEVEL_RAW)
+        for i, row in enumerate(raw):
+            raw[i] = (row[0], row[1], compact.pack_raw(row[2], packed[i]), row[3])
 
 
 def _insert_chunked(conn: sqlite3.Connection, head: str, width: int,
@@ -194,15 +227,17 @@ class JobBatch:
 
 
 def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachment],
-                    encoded: bytes | None = None) -> None:
+                    encoded: bytes | None = None, event_seq: int | None = None) -> None:
+    """Insert a message row (``event_seq``: the event that shares its JSON, see Tx.emit)."""
+    data = encoded or orjson.dumps(message)
     row = (message["id"], message["conversation_id"], message["customer_id"],
            message["channel"], message["account"], message["direction"],
            message["provider"]["message_id"], message["status"], message["received_at"],
-           (encoded or orjson.dumps(message)).decode())
-    if tx.rows is not None:
+           data if tx.rows is not None else compact.pack(data), event_seq)
+    if tx.rows is not None:  # compressed at the batch's flush
         tx.rows.messages.append(row)
     else:
-        tx.conn.execute(_INSERT_MESSAGE + _VALUES[10], row)
+        tx.conn.execute(_INSERT_MESSAGE + _VALUES[11], row)
     for att in attachments:
         tx.conn.execute(
             "INSERT INTO attachments (id, message_id, filename, content_type, size, sha256, "
@@ -211,8 +246,17 @@ def _insert_message(tx: Tx, message: JSON, attachments: Iterable[StoredAttachmen
              tx.now_iso))
 
 
+def _insert_raw(tx: Tx, message_id: str, content_type: str, body: bytes) -> None:
+    """Keep a message's raw provider payload (compressed at the batch's flush)."""
+    if tx.rows is not None:
+        tx.rows.raw.append((message_id, content_type, body, tx.now_iso))
+    else:
+        tx.conn.execute(_INSERT_RAW + _VALUES[4], (message_id, content_type,
+                                                   compact.pack_raw(body), tx.now_iso))
+
+
 def _save_message(tx: Tx, message: JSON) -> None:
     tx.conn.execute("UPDATE messages SET status = ?, provider_message_id = ?, data = ? "
                     "WHERE id = ?", (message["status"], message["provider"]["message_id"],
-                                     _dumps(message), message["id"]))
+                                     compact.pack(orjson.dumps(message)), message["id"]))
 

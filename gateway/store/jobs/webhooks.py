@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.store.base import Delivery
+from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
 from gateway.store.jobs.tx import Tx
 
 
@@ -38,8 +39,9 @@ def _fan_out(tx: Tx, subscription: str, wants: Callable[[str], bool], limit: int
 
 def _claim_deliveries(tx: Tx, subscription: str, limit: int, now: float) -> list[Delivery]:
     rows = tx.conn.execute(
-        "SELECT d.id, d.seq, d.ordering_key, d.attempts, d.created_at, e.id AS event_id, e.body "
-        "FROM webhook_deliveries d JOIN events e ON e.seq = d.seq "
+        "SELECT d.id, d.seq, d.ordering_key, d.attempts, d.created_at, e.id AS event_id, "
+        f"{EVENT_BODY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.seq = d.seq "
+        f"{EVENT_BODY_JOIN} "
         "WHERE d.subscription = ? AND d.state = 'pending' AND d.next_attempt_at <= ? "
         "AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.subscription = d.subscription"
         "  AND p.ordering_key = d.ordering_key AND p.state IN ('pending', 'inflight') "
@@ -49,7 +51,7 @@ def _claim_deliveries(tx: Tx, subscription: str, limit: int, now: float) -> list
         tx.conn.execute("UPDATE webhook_deliveries SET state = 'inflight', "
                         "attempts = attempts + 1 WHERE id = ?", (row["id"],))
     return [Delivery(r["id"], subscription, r["seq"], r["ordering_key"], r["attempts"] + 1,
-                     bytes(r["body"]), r["event_id"],
+                     event_body(r), r["event_id"],
                      datetime.fromtimestamp(r["created_at"], UTC)) for r in rows]
 
 
