@@ -168,7 +168,7 @@ async def test_rows_written_before_migration_0007_read_as_before(tmp_path: Path)
     body = orjson.dumps({"id": "evt_01", "seq": "1", "type": "message.received",
                          "created_at": "2025-01-01T00:00:00.000Z",
                          "data": {"message": message}})
-    conn.execute("INSERT INTO customers VALUES ('cus_01', NULL, NULL, 't', 't')")
+    conn.execute("INSERT INTO customers (id, created_at, updated_at) VALUES ('cus_01', 't', 't')")
     conn.execute("INSERT INTO conversations (id, customer_id, channel, account, status, "
                  "opened_at, last_message_at) VALUES ('cnv_01', 'cus_01', 'api', 'a', "
                  "'open', 't', 't')")
