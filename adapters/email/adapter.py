@@ -36,6 +36,7 @@ from adapters.base import (
     SendLimits,
     SendResult,
 )
+from adapters.email.bounces import read_bounce, returned_to_null_sender
 from adapters.email.config import EmailConfig
 from adapters.email.imap import Mailbox, append_copy
 from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession, SpooledData
@@ -43,6 +44,7 @@ from adapters.email.outbound import render, submit, thread_of
 from gateway.errors import (
     AdapterConfigError,
     AdapterNotReady,
+    Conflict,
     NotFound,
     OmnirelayError,
     PayloadTooLarge,
@@ -51,7 +53,8 @@ from gateway.errors import (
     StoreError,
     ValidationFailed,
 )
-from gateway.store.base import IngestResult
+from gateway.receipts import Receipt
+from gateway.store.base import ChangeResult, IngestResult
 from normalizer.email import MessageTooComplex, ParseLimits, parse_email
 from normalizer.identity import InvalidIdentity, normalize_email
 from normalizer.model import InboundMessage, Party
@@ -67,6 +70,9 @@ LARGE_MESSAGE_BYTES = 1024 * 1024
 # Poison messages: where their sender is looked for, and how much of the head is read.
 POISON_HEADER_BYTES = 64 * 1024
 UNKNOWN_SENDER = "unknown@invalid"
+# A bounce's references tried against our replies (each one a store lookup): its own
+# In-Reply-To, its References newest first, then the original it quotes.
+MAX_BOUNCE_REFS = 10
 
 
 class EmailAdapter(ChannelAdapter):
@@ -92,7 +98,7 @@ class EmailAdapter(ChannelAdapter):
         self.counters.update({"smtp_accepted": 0, "smtp_rejected": 0, "smtp_deferred": 0,
                               "smtp_connections_refused": 0, "smtp_timeouts": 0,
                               "unparsable": 0, "imap_imported": 0, "imap_reconnects": 0,
-                              "sent_copy_errors": 0})
+                              "sent_copy_errors": 0, "bounces_applied": 0})
 
     def sender(self, channel: str) -> Party:
         """Replies come from the account's address."""
@@ -236,7 +242,7 @@ class EmailAdapter(ChannelAdapter):
             inbound = self._poison(raw, recipient, mail_from, exc)
         refused: ValidationFailed
         try:
-            return await self.ingest(inbound)
+            return await self._hand_over(inbound, mail_from)
         except ValidationFailed as exc:  # what the parser made of it cannot be stored
             if inbound.error is not None:
                 raise
@@ -293,6 +299,56 @@ class EmailAdapter(ChannelAdapter):
             error={"code": code, "message": reason},
         )
 
+    # ------------------------------------------------------------------ bounces
+
+    async def _hand_over(self, inbound: InboundMessage,
+                         mail_from: str | None = None) -> IngestResult:
+        """Ingest a parsed message, unless it is a bounce of one of our replies.
+
+        Such a bounce is a receipt (the reply's ``message.status``), not a customer's
+        message: it is acknowledged like a stored message and stores nothing. Any other
+        message, a bounce naming none of our replies included, is ingested as it is.
+        """
+        if inbound.automatic == "bounce" and inbound.reply_refs:
+            applied = await self._apply_bounce(inbound, mail_from)
+            if applied is not None:
+                return applied
+        return await self.ingest(inbound)
+
+    async def _apply_bounce(self, inbound: InboundMessage,
+                            mail_from: str | None) -> IngestResult | None:
+        """Apply a bounce to the reply it names (adapters/email/bounces.py); None when it
+        names none of this account's replies.
+
+        The references are tried in order and the first outbound message of the account
+        takes the verdict. A report that moves nothing (delayed, relayed) is applied as
+        ``sent``: it proves the reply left, and a receipt never moves a message back, so
+        that only finds the reply.
+        """
+        verdict = read_bounce(inbound, null_sender=returned_to_null_sender(inbound.raw,
+                                                                           mail_from))
+        if verdict is None or self.ctx.receipts is None:
+            return None
+        status = verdict.status or "sent"
+        result: ChangeResult | None = None
+        for ref in inbound.reply_refs[:MAX_BOUNCE_REFS]:
+            try:
+                result = await self.ctx.receipts(Receipt(
+                    "email", self.name, ref, status, verdict.error, inbound.sent_at))
+            except Conflict:  # a customer's message (a bounce of their own mail, quoted)
+                continue
+            if result is not None:
+                break
+        if result is None:
+            return None
+        message = result.message
+        self.counters["bounces_applied"] += 1
+        self.log.info("email.bounce_applied", message_id=message["id"], action=verdict.action,
+                      status=message["status"], moved=bool(result.changed))
+        return IngestResult(message, created=False,
+                            ignored=f"a delivery report ({verdict.action}) on reply "
+                                    f"{message['id']}: applied as its status, not stored")
+
     async def accept_mail(self, raw: bytes | SpooledData, recipient: str | None, *,
                           mail_from: str | None = None) -> str:
         """SMTP DATA: store the message and return the reply line (250 after commit)."""
@@ -325,7 +381,7 @@ class EmailAdapter(ChannelAdapter):
             if task is not None:
                 self._inflight.discard(task)
         self.counters["smtp_accepted"] += 1
-        if not result.created:
+        if not result.created and result.ignored is None:
             self.log.info("email.duplicate", message_id=result.message["id"])
         return "250 2.0.0 Message accepted"
 
