@@ -15,8 +15,11 @@ holding shutdown for ``shutdown_timeout``.
 
 Declared on the class: ``type`` (the config ``type``), ``channels`` (the message channels
 it sends and receives on), ``identity_kinds`` (the customer identities those channels
-carry; the registry's union is what the API accepts), ``config_class`` and, for routes
-outside ``/hooks/{type}/{account}``, ``route_family`` (e.g. ``"/chat"``).
+carry, including ones linked from a message's content; the registry's union is what the
+API accepts), ``channel_identity_kinds`` (per channel, the identity kinds a reply or a
+proactive message can be sent to: the store picks the recipient among them),
+``config_class`` and, for routes outside ``/hooks/{type}/{account}``, ``route_family``
+(e.g. ``"/chat"``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from aiohttp import ClientSession, WSCloseCode, web
 
 from gateway.backoff import Backoff
 from gateway.media import MediaSources
-from gateway.store.base import AdapterStore, IngestResult, StoredAttachment
+from gateway.store.base import AdapterStore, IngestResult, Route, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
 from normalizer.model import Group, InboundMessage, Party
 
@@ -222,6 +225,9 @@ class ChannelAdapter(ABC):
     type: ClassVar[str]
     channels: ClassVar[frozenset[str]]
     identity_kinds: ClassVar[frozenset[str]]
+    # {"sms": ("phone",), "whatsapp": ("phone", "whatsapp")}: every channel of ``channels``,
+    # with the kinds (a subset of ``identity_kinds``) it can deliver to.
+    channel_identity_kinds: ClassVar[Mapping[str, tuple[str, ...]]]
     config_class: ClassVar[builtins.type[AdapterConfig]]  # `type` is the attribute above
     route_family: ClassVar[str | None] = None
     config: AdapterConfig  # a subclass narrows it to its own config_class
@@ -337,6 +343,13 @@ class ChannelAdapter(ABC):
     @abstractmethod
     def sender(self, channel: str) -> Party:
         """The account's own identity on ``channel`` (the ``from`` of its replies)."""
+
+    def route(self, channel: str) -> Route:
+        """Where this account sends on ``channel``, as the store routes replies: its sender
+        identity and the identity kinds the channel reaches (the store imports no adapter,
+        so what routing needs to know of the channel travels in the route)."""
+        return Route(channel, self.name, self.sender(channel),
+                     tuple(self.channel_identity_kinds.get(channel, ())))
 
     def health(self) -> AdapterHealth:
         """A cheap snapshot: state, last error, counters, supervised loops."""

@@ -2,7 +2,9 @@
 
 What the rest of the daemon needs to know about channels follows from here: which config
 types exist, which identity kinds customers can have (:func:`identity_kinds`, the API's
-enum and validation), and which route families adapters serve outside ``/hooks``.
+enum and validation), and which route families adapters serve outside ``/hooks``. Which
+kinds a channel sends to travels to the store in each account's route
+(:meth:`~adapters.base.ChannelAdapter.route`).
 """
 
 from __future__ import annotations

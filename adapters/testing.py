@@ -1,4 +1,5 @@
-"""Scriptable in-memory adapters for tests of the outbox and the daemon's supervision."""
+"""Scriptable in-memory adapters for tests of the outbox, the daemon's supervision and
+what an adapter's declarations bring (a new channel and identity kind)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ class RecordingAdapter(ChannelAdapter):
     type = "recording"
     channels = frozenset({"api"})
     identity_kinds = frozenset({"external"})
+    channel_identity_kinds = {"api": ("external",)}
     config_class = RecordingConfig
 
     def __init__(self, name: str = "rec", config: RecordingConfig | None = None,
@@ -165,3 +167,21 @@ class SocketAdapter(RecordingAdapter):
                 if frame.type is WSMsgType.TEXT:
                     await ws.send_str(frame.data)
         return ws
+
+
+class PigeonAdapter(RecordingAdapter):
+    """A channel no real adapter has, with an identity kind of its own (``pigeon``).
+
+    Registered for a test, it shows what a new channel brings by declaring it: the API takes
+    its kind, the OpenAPI document lists it, and replies on it go to the customer's pigeon
+    identity.
+    """
+
+    type = "pigeon"
+    channels = frozenset({"pigeon"})
+    identity_kinds = frozenset({"pigeon"})
+    channel_identity_kinds = {"pigeon": ("pigeon",)}
+
+    def sender(self, channel: str) -> Party:
+        """The account's loft."""
+        return Party("pigeon", f"loft:{self.name}")

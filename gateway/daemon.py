@@ -158,7 +158,7 @@ class Gateway:
 
     def routes(self) -> list[Route]:
         """Where replies can go: every configured account and its channels."""
-        return [Route(channel, adapter.name, adapter.sender(channel))
+        return [adapter.route(channel)
                 for adapter in self.adapters.values() for channel in sorted(adapter.channels)]
 
     def family_hook(self, path: str, method: str) -> Hook:

@@ -37,6 +37,9 @@ class ApiAdapter(ChannelAdapter):
     type = "api"
     channels = frozenset({"api"})
     identity_kinds = frozenset({"external", "email", "phone"})
+    # The callback's receiver knows its users by their own ids: a reply goes to the
+    # customer's external id, never to an e-mail address or number the message linked.
+    channel_identity_kinds = {"api": ("external",)}
     config_class = ApiConfig
     config: ApiConfig
 

@@ -81,6 +81,7 @@ class EmailAdapter(ChannelAdapter):
     type = "email"
     channels = frozenset({"email"})
     identity_kinds = frozenset({"email"})
+    channel_identity_kinds = {"email": ("email",)}
     config_class = EmailConfig
     config: EmailConfig
 

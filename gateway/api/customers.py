@@ -7,8 +7,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from adapters.registry import identity_kinds
 from gateway.api.auth import require
-from gateway.api.openapi import IDENTITY_KINDS
 from gateway.api.params import json_body
 from gateway.api.view import gw
 from gateway.errors import BadRequest, NotFound, ValidationFailed
@@ -20,12 +20,17 @@ log = structlog.get_logger(__name__)
 
 
 def _identity(value: Any, region: str) -> Party:
-    """A client's ``{"kind", "address"}`` canonicalized as ingest does, so lookups match."""
+    """A client's ``{"kind", "address"}`` canonicalized as ingest does, so lookups match.
+
+    The kinds are the registered adapters' (a kind no channel brings yet is refused, with
+    the list).
+    """
     if not isinstance(value, dict) or set(value) - {"kind", "address"}:
         raise ValidationFailed('an identity is {"kind": "…", "address": "…"}')
     kind, address = value.get("kind"), value.get("address")
-    if not isinstance(kind, str) or kind not in IDENTITY_KINDS:
-        raise ValidationFailed(f"kind must be one of {', '.join(IDENTITY_KINDS)}")
+    kinds = identity_kinds()
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ValidationFailed(f"kind must be one of {', '.join(kinds)}", kinds=list(kinds))
     if not isinstance(address, str) or not address.strip():
         raise ValidationFailed("address must be a non-empty string")
     try:

@@ -1,19 +1,21 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``/v1/openapi.json``.
 
 Built in Python so that shared schemas are written once; ``omnirelay openapi`` prints it
-and ``docs/openapi.json`` is a copy that a test keeps in step.
+and ``docs/openapi.json`` is a copy that a test keeps in step. The identity kinds it accepts
+are the adapter registry's (:func:`adapters.registry.identity_kinds`): a channel brings its
+kinds with it.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
+from adapters.registry import identity_kinds as registered_identity_kinds
 from gateway import __version__
 
 JSON = dict[str, Any]
-IDENTITY_KINDS = ("email", "external", "instagram", "line", "messenger", "navertalk", "phone",
-                  "telegram", "webchat", "whatsapp")
 
 
 def _ref(name: str) -> JSON:
@@ -46,14 +48,34 @@ URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^@/?#\s]+([/?#]\S*)?$"
 HEARTBEAT_RANGE = (1, 60)
 
 
-def _other_kinds() -> list[str]:
-    return [kind for kind in IDENTITY_KINDS if kind not in ("email", "phone")]
+# The kinds whose addresses have a form of their own; any other kind's is non-blank text.
+ADDRESS_PATTERNS = {"email": EMAIL_PATTERN, "phone": PHONE_PATTERN}
 
 
-def identity_query_pattern() -> str:
-    """``kind:address`` as ``GET /v1/customers?identity=`` accepts it."""
-    return (f"^(email:{EMAIL_PATTERN}|phone:{PHONE_PATTERN}"
-            f"|({'|'.join(_other_kinds())}):{NON_BLANK_PATTERN})$")
+def _address_patterns(kinds: tuple[str, ...]) -> list[tuple[list[str], str]]:
+    """(kinds, address pattern) for ``kinds``: e-mail and phone each their own, the others
+    (ids a provider gives) together."""
+    groups = [([kind], ADDRESS_PATTERNS[kind]) for kind in kinds if kind in ADDRESS_PATTERNS]
+    others = [kind for kind in kinds if kind not in ADDRESS_PATTERNS]
+    if others:
+        groups.append((others, NON_BLANK_PATTERN))
+    return groups
+
+
+def identity_query_pattern(kinds: tuple[str, ...]) -> str:
+    """``kind:address`` as ``GET /v1/customers?identity=`` accepts it, for ``kinds``."""
+    branches = [f"{_one_of(group)}:{pattern}" for group, pattern in _address_patterns(kinds)]
+    return f"^({'|'.join(branches)})$"
+
+
+def _one_of(kinds: list[str]) -> str:
+    """A regular expression matching exactly one of ``kinds``."""
+    escaped = [re.escape(kind) for kind in kinds]
+    return escaped[0] if len(escaped) == 1 else f"({'|'.join(escaped)})"
+
+
+def _kind_schema(kinds: list[str]) -> JSON:
+    return {"const": kinds[0]} if len(kinds) == 1 else {"enum": kinds}
 
 
 def _obj(props: JSON, required: list[str] | None = None, extra: bool = True) -> JSON:
@@ -126,14 +148,20 @@ def _routing(routes: tuple[tuple[str, str], ...]) -> list[JSON]:
     return branches
 
 
-@cache
-def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
+def openapi_document(routes: tuple[tuple[str, str], ...] = (),
+                     identity_kinds: tuple[str, ...] | None = None) -> JSON:
     """Return the OpenAPI document (a dict ready for JSON).
 
     ``routes`` (channel, account pairs) is what the running daemon serves: given, the
     reply schemas name the configured channels and accounts; ``docs/openapi.json`` is
-    the document without them.
+    the document without them. ``identity_kinds`` defaults to the registered adapters'.
     """
+    kinds = registered_identity_kinds() if identity_kinds is None else identity_kinds
+    return _document(routes, kinds)
+
+
+@cache
+def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...]) -> JSON:
     party = _obj({"kind": _STR, "address": _STR, "name": _nullable(_STR)},
                  ["kind", "address"])
     # size, sha256 and url are null only for a file given by URL whose fetch was given up:
@@ -207,17 +235,14 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
         reply = {"allOf": [reply, {"anyOf": _routing(routes)}]}
     proactive = {"allOf": [_ref("Reply"), {"required": ["channel"],
                                            "properties": {"channel": {"minLength": 1}}}]}
-    identity_in = _obj({"kind": {"enum": list(IDENTITY_KINDS)},
+    identity_in = _obj({"kind": {"enum": list(kinds),
+                                 "description": "the identity kinds the registered channel "
+                                                "adapters bring"},
                         "address": {"type": "string", "minLength": 1}},
                        ["kind", "address"], extra=False)
     identity_in["anyOf"] = [
-        {"properties": {"kind": {"const": "email"},
-                        "address": {"pattern": f"^{EMAIL_PATTERN}$"}}},
-        {"properties": {"kind": {"const": "phone"},
-                        "address": {"pattern": f"^{PHONE_PATTERN}$"}}},
-        {"properties": {"kind": {"enum": _other_kinds()},
-                        "address": {"pattern": f"^{NON_BLANK_PATTERN}$"}}},
-    ]
+        {"properties": {"kind": _kind_schema(group), "address": {"pattern": f"^{pattern}$"}}}
+        for group, pattern in _address_patterns(kinds)]
     error = _obj({"error": _obj({"code": _STR, "message": _STR}, ["code", "message"])},
                  ["error"])
     channel = _obj({"name": _STR, "type": _STR, "channels": {"type": "array", "items": _STR},
@@ -352,7 +377,7 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = ()) -> JSON:
             _ok(_obj({"customers": {"type": "array", "items": _ref("Customer")}},
                      ["customers"])),
             params=[{"name": "identity", "in": "query", "required": True,
-                     "schema": {"type": "string", "pattern": identity_query_pattern()},
+                     "schema": {"type": "string", "pattern": identity_query_pattern(kinds)},
                      "description": "kind:address, e.g. phone:+821012345678 (e-mail "
                                     "addresses and E.164 numbers; the pattern lists common "
                                     "numbering plans, the server takes any possible "

@@ -94,11 +94,14 @@ class OutboundRequest:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Which accounts serve a channel, and the sender identity of each account."""
+    """An account that sends on a channel: its sender identity, and the identity kinds the
+    channel reaches (a customer's newest identity of one of them is the recipient when the
+    request names none). The daemon builds it from the adapter's declarations."""
 
     channel: str
     account: str
     sender: Party
+    kinds: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

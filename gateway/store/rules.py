@@ -20,20 +20,6 @@ T = TypeVar("T")
 # (channel, account, provider message id): one provider message is stored once.
 DedupeKey = tuple[str, str, str]
 
-# Which identity kinds a channel can reach a customer on (replies, proactive messages).
-CHANNEL_IDENTITY_KINDS: dict[str, tuple[str, ...]] = {
-    "email": ("email",),
-    "sms": ("phone",),
-    "whatsapp": ("phone", "whatsapp"),
-    "messenger": ("messenger",),
-    "instagram": ("instagram",),
-    "telegram": ("telegram",),
-    "line": ("line",),
-    "navertalk": ("navertalk",),
-    "webchat": ("webchat",),
-    "api": ("external",),
-}
-
 
 # ---------------------------------------------------------------- inbound
 
@@ -149,7 +135,7 @@ class LastInbound:
 class ReplyRoute:
     """Where a reply goes: the route (channel, account, our sender identity), the
     recipient when the rule knows it (None: the customer's newest identity reachable on
-    the channel, see :func:`choose_recipient`) and the message it answers."""
+    the route's channel, see :func:`choose_recipient`) and the message it answers."""
 
     route: Route
     recipient: JSON | None = None
@@ -210,16 +196,11 @@ def choose_reply_route(*, channel: str | None, account: str | None,
     return ReplyRoute(candidates[0], recipient, in_reply_to)
 
 
-def reachable_kinds(channel: str) -> tuple[str, ...]:
-    """The identity kinds a channel can send to."""
-    return CHANNEL_IDENTITY_KINDS.get(channel, ())
-
-
-def choose_recipient(channel: str, identities_newest_first: Iterable[tuple[str, str]]
+def choose_recipient(route: Route, identities_newest_first: Iterable[tuple[str, str]]
                      ) -> JSON | None:
-    """The customer's newest identity (kind, address) that ``channel`` reaches, or None."""
-    kinds = reachable_kinds(channel)
+    """The customer's newest identity (kind, address) that ``route``'s channel reaches
+    (``route.kinds``, as its adapter declares them), or None."""
     for kind, address in identities_newest_first:
-        if kind in kinds:
+        if kind in route.kinds:
             return {"kind": kind, "address": address, "name": None}
     return None

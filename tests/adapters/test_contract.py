@@ -77,6 +77,10 @@ def test_the_adapter_declares_its_channel_facts(type_: str) -> None:
     assert cls.channels and all(isinstance(c, str) for c in cls.channels)
     assert cls.identity_kinds and cls.identity_kinds <= CONTRACT_IDENTITY_KINDS
     assert set(cls.identity_kinds) <= set(identity_kinds())
+    # Every channel says which of those kinds a reply can go to (the store routes by it).
+    assert set(cls.channel_identity_kinds) == set(cls.channels)
+    for kinds in cls.channel_identity_kinds.values():
+        assert kinds and set(kinds) <= cls.identity_kinds
     assert issubclass(cls.config_class, AdapterConfig)
 
 
@@ -164,7 +168,7 @@ async def test_send_answers_with_a_typed_result_or_a_typed_error(
     adapter = make_adapter(type_, http)
     await adapter.start()
     channel = sorted(adapter.channels)[0]
-    kind = sorted(adapter.identity_kinds)[0]
+    kind = adapter.channel_identity_kinds[channel][0]
     message = OutboundMessage(
         id="msg_01CONTRACT", conversation_id="cnv_01CONTRACT", customer_id="cus_01CONTRACT",
         channel=channel, account="acct", to=Party(kind, ADDRESSES.get(kind, "u-42")),

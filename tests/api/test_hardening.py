@@ -165,7 +165,7 @@ async def _app_over(store: object, channels: list[dict[str, Any]] | None = None
                                    max_streams_per_token=8),
             tokens=(TokenConfig("admin", Secret(TOKEN), frozenset({"admin"})),),
             store=SimpleNamespace(max_attachment_bytes=1 << 20, default_region="KR")),
-        adapters={}, store=store, routes=lambda: [Route("api", "crm", None)],
+        adapters={}, store=store, routes=lambda: [Route("api", "crm", None, ("external",))],
         channel_report=lambda: [dict(entry) for entry in channels or []])
     client = TestClient(TestServer(create_app(gateway)))  # type: ignore[arg-type]
     await client.start_server()

@@ -91,9 +91,9 @@ def test_requests_the_server_refuses_are_invalid_in_the_schema() -> None:
     identity_in = Draft202012Validator(doc["components"]["schemas"]["IdentityInput"])
     assert not identity_in.is_valid({"kind": "phone", "address": "0"})
     assert not identity_in.is_valid({"kind": "email", "address": "0"})
-    assert not identity_in.is_valid({"kind": "telegram", "address": "  "})
+    assert not identity_in.is_valid({"kind": "external", "address": "  "})
     assert identity_in.is_valid({"kind": "phone", "address": "+821012345678"})
-    assert identity_in.is_valid({"kind": "telegram", "address": "12345"})
+    assert identity_in.is_valid({"kind": "external", "address": "12345"})
 
     replay = doc["paths"]["/v1/webhooks/dead-letters/replay"]["post"]["requestBody"]
     replay_body = Draft202012Validator(replay["content"]["application/json"]["schema"])

@@ -47,9 +47,7 @@ class Rig:
         return str(message["id"])
 
     def routes(self) -> list:
-        from gateway.store.base import Route
-
-        return [Route("api", "rec", self.adapter.sender("api"))]
+        return [self.adapter.route("api")]
 
     async def status(self, message_id: str) -> dict:
         """The stored message."""

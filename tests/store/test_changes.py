@@ -61,7 +61,7 @@ async def reply(store: SQLiteStore, conversation_id: str, text: str = "our reply
     _, message = await store.enqueue_outbound(
         conversation_id=conversation_id, customer_id=None,
         request=OutboundRequest(text=text, agent={"id": "a-1", "name": "Agent"}),
-        routes=[Route("api", "a", ACCOUNT)], idempotency=None)
+        routes=[Route("api", "a", ACCOUNT, ("external",))], idempotency=None)
     await store.claim_outbox(10)
     await store.outbox_sent(message["id"], provider_id)
     return await store.get_message(message["id"])

@@ -57,7 +57,7 @@ async def main(data):
     await store.open()
     first = await store.ingest(inbound("before", "u1"), [])
     conversation_id = first.message["conversation_id"]
-    routes = [Route("api", "a", Party("external", "shop"))]
+    routes = [Route("api", "a", Party("external", "shop"), ("external",))]
     before = counts(db)
     files_before = sorted(str(p) for p in data.rglob("*") if p.is_file())
 
@@ -143,7 +143,7 @@ async def test_database_or_disk_is_full_fails_the_batch_with_that_error(
         pages = await store.read(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
         await store.write(lambda tx: tx.conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
         events_before = await store.head_seq()
-        routes = [Route("api", "a", Party("external", "shop"))]
+        routes = [Route("api", "a", Party("external", "shop"), ("external",))]
         results = await asyncio.gather(
             *(store.ingest(InboundMessage(channel="api", account="a",
                                           provider_message_id=f"m{i}",

@@ -95,9 +95,15 @@ def test_the_reopen_window_counts_from_when_the_conversation_was_closed(
     assert joins_latest(status, closed_at, reopen_window_start(NOW, window_days)) is joins
 
 
-SMS_US = Route("sms", "us-sms", Party("phone", "+15550100"))
-SMS_KR = Route("sms", "kr-sms", Party("phone", "+82200000"))
-EMAIL = Route("email", "support", Party("email", "support@shop.example"))
+SMS_US = Route("sms", "us-sms", Party("phone", "+15550100"), ("phone",))
+SMS_KR = Route("sms", "kr-sms", Party("phone", "+82200000"), ("phone",))
+EMAIL = Route("email", "support", Party("email", "support@shop.example"), ("email",))
+WHATSAPP = Route("whatsapp", "wa", Party("phone", "+15550199"), ("phone", "whatsapp"))
+# A channel whose adapter declares a kind no other channel has (tests/adapters' pigeon post).
+PIGEON = Route("pigeon", "loft", Party("pigeon", "loft-1"), ("pigeon",))
+# The kinds come from the route, not from the channel's name: an adapter that reaches no
+# kind on a channel gets no recipient there.
+SILENT = Route("sms", "silent", Party("phone", "+15550111"), ())
 ROUTES = [SMS_US, SMS_KR, EMAIL]
 FROM_KIM = {"kind": "phone", "address": "+821012345678", "name": "Kim"}
 LAST_ON_KR = LastInbound("msg_9", "sms", "kr-sms", FROM_KIM)
@@ -140,16 +146,21 @@ def test_a_reply_that_cannot_be_routed_is_refused_with_the_choices(
     assert says in refused.reason
 
 
-@pytest.mark.parametrize(("channel", "identities", "expected"), [
-    ("sms", [("email", "k@x.com"), ("phone", "+8210"), ("phone", "+8211")], "+8210"),
-    ("whatsapp", [("whatsapp", "wa-1"), ("phone", "+8210")], "wa-1"),
-    ("email", [("phone", "+8210")], None),
-    ("pigeon", [("phone", "+8210")], None),
+@pytest.mark.parametrize(("route", "identities", "expected"), [
+    (SMS_US, [("email", "k@x.com"), ("phone", "+8210"), ("phone", "+8211")],
+     ("phone", "+8210")),
+    (WHATSAPP, [("whatsapp", "wa-1"), ("phone", "+8210")], ("whatsapp", "wa-1")),
+    (WHATSAPP, [("email", "k@x.com"), ("phone", "+8210")], ("phone", "+8210")),
+    (EMAIL, [("phone", "+8210")], None),
+    (PIGEON, [("phone", "+8210"), ("pigeon", "coop-7")], ("pigeon", "coop-7")),
+    (PIGEON, [("phone", "+8210")], None),
+    (SILENT, [("phone", "+8210")], None),
 ])
-def test_the_recipient_is_the_newest_identity_the_channel_reaches(
-        channel: str, identities: list[tuple[str, str]], expected: str | None) -> None:
-    chosen = choose_recipient(channel, identities)
-    assert (chosen["address"] if chosen else None) == expected
+def test_the_recipient_is_the_newest_identity_the_routes_channel_reaches(
+        route: Route, identities: list[tuple[str, str]],
+        expected: tuple[str, str] | None) -> None:
+    chosen = choose_recipient(route, identities)
+    assert ((chosen["kind"], chosen["address"]) if chosen else None) == expected
 
 
 @pytest.mark.parametrize(("current", "status", "moves"), [

@@ -405,8 +405,8 @@ async def test_a_proactive_message_on_a_channel_with_several_accounts_must_name_
     first = await store.ingest(InboundMessage(
         channel="sms", account="kr-sms", provider_message_id="SM1",
         sender=Party("phone", "+821012345678"), text="hi"), [])
-    routes = [Route("sms", "us-sms", Party("phone", "+15550100")),
-              Route("sms", "kr-sms", Party("phone", "+8220000000"))]
+    routes = [Route("sms", "us-sms", Party("phone", "+15550100"), ("phone",)),
+              Route("sms", "kr-sms", Party("phone", "+8220000000"), ("phone",))]
     with pytest.raises(ValidationFailed) as refused:
         await store.enqueue_outbound(
             conversation_id=None, customer_id=first.message["customer_id"],

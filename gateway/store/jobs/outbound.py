@@ -22,7 +22,6 @@ from gateway.store.rules import (
     RouteRefused,
     choose_recipient,
     choose_reply_route,
-    reachable_kinds,
     receipt_moves,
 )
 from normalizer.model import DeliveryStatus, Party
@@ -126,11 +125,12 @@ def _enqueue_outbound(tx: Tx, conversation_id: str | None, customer_id: str | No
                                accounts=list(chosen.accounts))
     route, recipient, in_reply_to = chosen.route, chosen.recipient, chosen.in_reply_to
     if recipient is None:
-        kinds = reachable_kinds(route.channel)
+        # The kinds the channel reaches come with the route, as its adapter declared them.
+        kinds = route.kinds
         rows = tx.conn.execute(
             f"SELECT kind, address FROM identities WHERE customer_id = ? AND kind IN "
             f"({','.join('?' * len(kinds))}) ORDER BY created_at DESC", (cid, *kinds)).fetchall()
-        recipient = choose_recipient(route.channel, ((r["kind"], r["address"]) for r in rows))
+        recipient = choose_recipient(route, ((r["kind"], r["address"]) for r in rows))
         if recipient is None:
             # The customer's state, not the request, is in the way: 409.
             raise Conflict(f"customer {cid} has no identity reachable on "
