@@ -340,6 +340,11 @@ class ChannelAdapter(ABC):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Send one outbound message or raise RetryableSendError / PermanentSendError."""
 
+    def media_origins(self) -> frozenset[str]:
+        """Origins a payload may name attachment URLs on (the API channel's ``media_hosts``);
+        the served OpenAPI document states them."""
+        return frozenset()
+
     @abstractmethod
     def sender(self, channel: str) -> Party:
         """The account's own identity on ``channel`` (the ``from`` of its replies)."""

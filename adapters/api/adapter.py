@@ -65,6 +65,10 @@ class ApiAdapter(ChannelAdapter):
                 web.post("/status", self.handle_status),
                 web.delete("/users/{user_id}", self.handle_withdrawal)]
 
+    def media_origins(self) -> frozenset[str]:
+        """The account's ``media_hosts``."""
+        return self.config.media_hosts
+
     def sender(self, channel: str) -> Party:
         """Replies come from the account itself."""
         return Party("external", f"omnirelay:{self.name}", None)

@@ -37,5 +37,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 description of this API (any valid token; CONTRACT: all of /v1),
     naming this daemon's channels and accounts."""
-    routes = tuple(sorted({(route.channel, route.account) for route in gw(request).routes()}))
-    return json_response(openapi_document(routes))
+    gateway = gw(request)
+    routes = tuple(sorted({(route.channel, route.account) for route in gateway.routes()}))
+    hosts = tuple(sorted({origin for adapter in gateway.adapters.values()
+                          for origin in adapter.media_origins()}))
+    return json_response(openapi_document(routes, media_hosts=hosts))

@@ -149,19 +149,26 @@ def _routing(routes: tuple[tuple[str, str], ...]) -> list[JSON]:
 
 
 def openapi_document(routes: tuple[tuple[str, str], ...] = (),
-                     identity_kinds: tuple[str, ...] | None = None) -> JSON:
+                     identity_kinds: tuple[str, ...] | None = None,
+                     media_hosts: tuple[str, ...] | None = None) -> JSON:
     """Return the OpenAPI document (a dict ready for JSON).
 
     ``routes`` (channel, account pairs) is what the running daemon serves: given, the
     reply schemas name the configured channels and accounts; ``docs/openapi.json`` is
     the document without them. ``identity_kinds`` defaults to the registered adapters'.
+    ``media_hosts`` (the origins of the daemon's API accounts) narrows attachments given by
+    URL to those origins, none at all when there are none: a schema-valid request is then
+    one the daemon accepts.
     """
     kinds = registered_identity_kinds() if identity_kinds is None else identity_kinds
-    return _document(routes, kinds)
+    return _document(routes, kinds, media_hosts)
 
 
 @cache
-def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...]) -> JSON:
+def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
+              media_hosts: tuple[str, ...] | None) -> JSON:
+    url_pattern = URL_PATTERN if media_hosts is None else (
+        "^(" + "|".join(re.escape(host) for host in media_hosts) + r")([/?#]\S*)?$")
     party = _obj({"kind": _STR, "address": _STR, "name": _nullable(_STR)},
                  ["kind", "address"])
     # size, sha256 and url are null only for a file given by URL whose fetch was given up:
@@ -212,7 +219,7 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...]) -> JS
                                              "contentEncoding": "base64"}},
                          ["filename", "content_base64"], extra=False)
     attachment_url_in = _obj({
-        "url": {"type": "string", "maxLength": 2048, "pattern": URL_PATTERN,
+        "url": {"type": "string", "maxLength": 2048, "pattern": url_pattern,
                 "description": "its origin must be one of the account's media_hosts "
                                "(else 422); fetched after the message is committed"},
         "filename": {"type": "string", "minLength": 1, "maxLength": 255},
@@ -262,7 +269,8 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...]) -> JS
         "text": _STR, "subject": _STR, "html": _STR, "sent_at": _TS, "in_reply_to": _STR,
         "context": {"type": "object"},
         "attachments": {"type": "array", "items": {"anyOf": [
-            _ref("AttachmentInput"), _ref("AttachmentUrlInput")]}},
+            _ref("AttachmentInput"),
+            *([_ref("AttachmentUrlInput")] if media_hosts is None or media_hosts else [])]}},
         "group": _obj({"id": {**non_blank, "maxLength": 255}, "name": _STR}, ["id"],
                       extra=False),
     }
