@@ -913,12 +913,18 @@ def verify(db: Path, acked: list[str], sent: int, prefix_tag: str,
             "SELECT provider_message_id FROM messages WHERE channel = 'api' AND account = ? "
             "AND provider_message_id >= ? AND provider_message_id < ?",
             (ACCOUNT, f"{prefix_tag}-", f"{prefix_tag}.")) }
-        events = conn.execute(
-            "SELECT COUNT(*) FROM events e JOIN messages m ON m.id = e.message_ref "
-            "WHERE e.seq > ? "
-            "AND e.type = 'message.received' "
-            "AND m.provider_message_id >= ? AND m.provider_message_id < ?",
-            (base_seq, f"{prefix_tag}-", f"{prefix_tag}.")).fetchone()[0]
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        if "message_ref" in columns:
+            events = conn.execute(
+                "SELECT COUNT(*) FROM events e JOIN messages m ON m.id = e.message_ref "
+                "WHERE e.seq > ? "
+                "AND e.type = 'message.received' "
+                "AND m.provider_message_id >= ? AND m.provider_message_id < ?",
+                (base_seq, f"{prefix_tag}-", f"{prefix_tag}.")).fetchone()[0]
+        else:  # a store from before migration 0007 (an A/B run with --src)
+            events = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE seq > ? AND type = 'message.received'",
+                (base_seq,)).fetchone()[0]
         integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
     finally:
         conn.close()
