@@ -520,7 +520,8 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
 
     def flush() -> None:
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO customers VALUES (?, ?, NULL, ?, ?)", rows_c)
+        conn.executemany("INSERT INTO customers (id, name, name_source, created_at, "
+                         "updated_at) VALUES (?, ?, ?, ?, ?)", rows_c)
         conn.executemany("INSERT INTO identities VALUES (?, ?, ?, ?, ?)", rows_i)
         conn.executemany("INSERT INTO conversations (id, customer_id, channel, account, status,"
                          " opened_at, closed_at, last_message_at, tags, priority, queue, "
@@ -545,7 +546,7 @@ def build_prefill(target: Path, messages: int, seed: int = 7) -> None:
         now = _iso_ms(ms)
         if cid is None:
             cid = cust_id[cust] = "cus_" + _ulid(ms, rng)
-            rows_c.append((cid, name, now, now))
+            rows_c.append((cid, name, f"external:{external}", now, now))  # as _take_name
             rows_i.append(("email", email, cid, "[]", now))
             rows_i.append(("external", external, cid, '["api"]', now))
             event("customer.created", ms, {"customer": {
