@@ -113,11 +113,19 @@ def client_address(request: web.Request) -> str:
     return result
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def json_response(data: Any, *, status: int = 200,
                   headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response serialized with orjson."""
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
+    """A JSON response serialized with orjson.
+
+    The header is given whole, not as ``content_type=``: aiohttp then skips parsing and
+    re-rendering it (about half the cost of building a response, paid by every answer).
+    """
+    return web.Response(body=orjson.dumps(data), status=status,
+                        headers=_JSON_HEADERS if headers is None
+                        else {**headers, **_JSON_HEADERS})
 
 
 async def read_body(request: web.Request) -> bytes:
