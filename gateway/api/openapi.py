@@ -260,17 +260,22 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
                                    "last_error": _nullable(_STR)}, ["pending", "last_error"])},
                    ["name", "type", "state"])
     non_blank = {"type": "string", "pattern": f"^{NON_BLANK_PATTERN}$"}
-    api_party = _obj({"id": non_blank, "name": _STR,
-                      "email": {"type": "string", "pattern": f"^{EMAIL_PATTERN}$"},
-                      "phone": {"type": "string", "pattern": f"^{PHONE_PATTERN}$"}}, ["id"],
+    # email and phone are linked to the customer when valid; an invalid one is skipped (and
+    # logged by its field name), never a reason to lose the message: any string is accepted.
+    linked = {"type": "string", "description": "linked when it is a valid address"}
+    api_party = _obj({"id": non_blank, "name": _nullable(_STR),
+                      "email": _nullable(linked), "phone": _nullable(linked)}, ["id"],
                      extra=False)
     api_fields = {
         "message_id": {**non_blank, "maxLength": 255},
-        "text": _STR, "subject": _STR, "html": _STR, "sent_at": _TS, "in_reply_to": _STR,
-        "context": {"type": "object"},
-        "attachments": {"type": "array", "items": {"anyOf": [
+        # null is taken as absent, as the server does (a schema-valid request is accepted
+        # and a schema-violating one refused: both are checked by schemathesis).
+        "text": _nullable(_STR), "subject": _nullable(_STR), "html": _nullable(_STR),
+        "sent_at": _nullable(_TS), "in_reply_to": _nullable(_STR),
+        "context": _nullable({"type": "object"}),
+        "attachments": _nullable({"type": "array", "items": {"anyOf": [
             _ref("AttachmentInput"),
-            *([_ref("AttachmentUrlInput")] if media_hosts is None or media_hosts else [])]}},
+            *([_ref("AttachmentUrlInput")] if media_hosts is None or media_hosts else [])]}}),
         "group": _obj({"id": {**non_blank, "maxLength": 255}, "name": _STR}, ["id"],
                       extra=False),
     }
@@ -280,8 +285,9 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
         _obj({**api_fields, "direction": {"const": "outbound"}, "to": api_party},
              ["message_id", "direction", "to"], extra=False),
     ], "anyOf": [
-        {"required": ["text"], "properties": {"text": {"minLength": 1}}},
-        {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+        {"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}},
+        {"required": ["attachments"],
+         "properties": {"attachments": {"type": "array", "minItems": 1}}},
     ], "description": "A customer's message (from), or an echo of a reply typed in the "
                       "other system (direction outbound, to)."}
     reaction = _obj({"emoji": {"type": "string", "minLength": 1, "maxLength": 64},
