@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sqlite3
 import sys
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,25 +98,43 @@ def _privileged_ports(config: Config) -> list[str]:
             "(grants CAP_NET_BIND_SERVICE)" for note in notes]
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending schema migrations (the daemon does this at start too)."""
-    from gateway.daemon import StoreLock
-    from gateway.store.sqlite import apply_migrations
-
+def _store_config(args: argparse.Namespace) -> Config:
+    """The configuration of a command that only touches the store (secrets unread); a
+    broken file prints its errors and exits 78, as ``check-config`` does."""
     try:
-        config = _config(args, resolve_secrets=False)
+        return _config(args, resolve_secrets=False)
     except ConfigErrors as exc:
         _print_config_errors(exc, str(args.config))
-        return EX_CONFIG
-    path = config.store.sqlite_path
-    make_store_private(config.store)
+        raise SystemExit(EX_CONFIG) from None
+
+
+@contextlib.contextmanager
+def _store_locked(path: Path, hint: str) -> Iterator[None]:
+    """Hold the store's lock for an offline command; exit 1 with ``hint`` while a daemon
+    (or another command) holds it: the daemon numbers events in memory, a second writer
+    would collide with it."""
+    from gateway.daemon import StoreLock
+
     lock = StoreLock(path)
     try:
         lock.acquire()
     except OmnirelayError as exc:
-        print(f"omnirelay: {exc.message}; the daemon migrates at start", file=sys.stderr)
-        return 1
+        print(f"omnirelay: {exc.message}; {hint}", file=sys.stderr)
+        raise SystemExit(1) from None
     try:
+        yield
+    finally:
+        lock.release()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply pending schema migrations (the daemon does this at start too)."""
+    from gateway.store.sqlite import apply_migrations
+
+    config = _store_config(args)
+    path = config.store.sqlite_path
+    make_store_private(config.store)
+    with _store_locked(path, "the daemon migrates at start"):
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -123,49 +142,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             applied = apply_migrations(conn)
         finally:
             conn.close()
-    finally:
-        lock.release()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
     return 0
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
     """Rewrite the database file without its free pages, with incremental vacuum on."""
-    from gateway.daemon import StoreLock
-
-    try:
-        config = _config(args, resolve_secrets=False)
-    except ConfigErrors as exc:
-        _print_config_errors(exc, str(args.config))
-        return EX_CONFIG
+    config = _store_config(args)
     path = config.store.sqlite_path
     if not path.exists():
         print(f"omnirelay: {path} does not exist", file=sys.stderr)
         return 1
-    lock = StoreLock(path)
-    try:
-        lock.acquire()
-    except OmnirelayError as exc:
-        print(f"omnirelay: {exc.message}; stop the daemon first (VACUUM rewrites the file)",
-              file=sys.stderr)
-        return 1
-    try:
-        before = path.stat().st_size
-        conn = sqlite3.connect(path, isolation_level=None)
+    with _store_locked(path, "stop the daemon first (VACUUM rewrites the file)"):
         try:
-            # A database from before migration 0007 turns incremental here: from then on
-            # purges and erasures give their pages back without another VACUUM.
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-        after = path.stat().st_size
-    except sqlite3.Error as exc:
-        print(f"omnirelay: vacuum failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        lock.release()
+            before = path.stat().st_size
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                # A database from before migration 0007 turns incremental here: from then
+                # on purges and erasures give their pages back without another VACUUM.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+            after = path.stat().st_size
+        except sqlite3.Error as exc:
+            print(f"omnirelay: vacuum failed: {exc}", file=sys.stderr)
+            return 1
     print(f"{path}: {before:,} bytes before, {after:,} after; incremental vacuum on")
     return 0
 
@@ -198,29 +201,16 @@ def _store_command(args: argparse.Namespace, action: str, arg: str) -> int:
     The daemon numbers events in memory, so a second writer would collide with its next
     event; the running daemon offers the same operations through its API.
     """
-    from gateway.daemon import StoreLock
-
-    try:
-        config = _config(args, resolve_secrets=False)
-    except ConfigErrors as exc:
-        _print_config_errors(exc, str(args.config))
-        return EX_CONFIG
+    config = _store_config(args)
     configure_logging("warning", "json")
     make_store_private(config.store)
-    lock = StoreLock(config.store.sqlite_path)
-    try:
-        lock.acquire()
-    except OmnirelayError as exc:
-        hint = _ONLINE_HINT.get(action, "stop the service first").format(id=arg)
-        print(f"omnirelay: {exc.message}; {hint}", file=sys.stderr)
-        return 1
-    try:
-        result = asyncio.run(_with_store(config, action, arg))
-    except OmnirelayError as exc:
-        print(f"omnirelay: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        lock.release()
+    hint = _ONLINE_HINT.get(action, "stop the service first").format(id=arg)
+    with _store_locked(config.store.sqlite_path, hint):
+        try:
+            result = asyncio.run(_with_store(config, action, arg))
+        except OmnirelayError as exc:
+            print(f"omnirelay: {exc.message}", file=sys.stderr)
+            return 1
     import orjson
 
     print(orjson.dumps(result).decode() if isinstance(result, dict) else result)
@@ -234,11 +224,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     checked, so a half-written file never looks like a backup. Attachment bytes live in
     ``<data_dir>/blobs`` (immutable, content-addressed files): copy that directory after.
     """
-    try:
-        config = _config(args, resolve_secrets=False)
-    except ConfigErrors as exc:
-        _print_config_errors(exc, str(args.config))
-        return EX_CONFIG
+    config = _store_config(args)
     source = config.store.sqlite_path
     target = Path(args.file)
     if not source.exists():
