@@ -38,7 +38,7 @@ from gateway.errors import StoreError
 from gateway.http import redact_url, remote_error_excerpt, retry_after_seconds
 from gateway.ids import new_id
 from gateway.logging import info_event
-from gateway.media import MediaSource, MediaSources
+from gateway.media import MediaSource, MediaSources, ResolveFailed
 from gateway.metrics import Metrics
 from gateway.store.base import FetchBacklog, MediaStore, PendingFetch, StoredAttachment
 from gateway.supervisor import LoopGroup, SupervisedLoop
@@ -230,6 +230,17 @@ class MediaFetcher:
                               retry=False)
         credentials: Mapping[str, str] = (await source.credentials()
                                           if source.credentials is not None else {})
+        resolved = None
+        if source.resolve is not None:  # the real URL may carry a credential: never shown
+            try:
+                url = resolved = await source.resolve(url)
+            except ResolveFailed as exc:
+                raise FetchFailed("media_unavailable" if exc.retry else "media_refused",
+                                  exc.message[:300], retry=exc.retry,
+                                  retry_after=exc.retry_after) from exc
+            if origin_of(url) != first_origin:
+                raise FetchFailed("media_host_refused", "the resolved URL is not on the "
+                                  "reference's host", retry=False)
         for _hop in range(MAX_REDIRECTS + 1):
             origin = origin_of(url)
             # Credentials only to the provider's own hosts, and never once a redirect left
@@ -250,8 +261,9 @@ class MediaFetcher:
                                             await _excerpt(response))
                     return await self._stream(item, response)
             except (TimeoutError, aiohttp.ClientError) as exc:
+                shown = item.url if url == resolved else url
                 raise FetchFailed("media_unreachable",
-                                  f"{type(exc).__name__}: {redact_url(url)}", retry=True
+                                  f"{type(exc).__name__}: {redact_url(shown)}", retry=True
                                   ) from exc
         raise FetchFailed("media_redirected", f"more than {MAX_REDIRECTS} redirects",
                           retry=False)

@@ -21,6 +21,22 @@ CredentialHeaders = Callable[[], Awaitable[Mapping[str, str]]]
 """Returns the headers that authenticate a fetch (``Authorization: …``); called per fetch,
 so a provider's short-lived token can be refreshed."""
 
+ResolveUrl = Callable[[str], Awaitable[str]]
+"""Turns a stored reference into the URL to GET, at fetch time: for a provider whose file
+URL needs a lookup first and carries the credential in its path (Telegram's ``getFile``
+and ``/file/bot<token>/<path>``), so the credential is never stored with the message.
+Raises :class:`ResolveFailed`; the URL it returns must be on the source's origins."""
+
+
+class ResolveFailed(Exception):
+    """A reference the provider could not resolve now (``retry``) or at all."""
+
+    def __init__(self, message: str, *, retry: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
+        self.retry_after = retry_after
+
 
 
 class InvalidOrigin(ValueError):
@@ -53,18 +69,22 @@ class MediaSource:
     before the fetch). ``redirect_origins``: the only hosts a redirect is followed to (a
     CDN the provider documents); every other redirect fails the fetch. ``credentials``:
     headers sent only to ``origins`` and only before any redirect to another origin.
+    ``resolve``: see :data:`ResolveUrl` (the reference and the resolved URL are both
+    checked against ``origins``; errors name the reference, never the resolved URL).
     """
 
     origins: frozenset[str]
     redirect_origins: frozenset[str] = frozenset()
     credentials: CredentialHeaders | None = None
+    resolve: ResolveUrl | None = None
 
     @classmethod
     def of(cls, origins: Iterable[str], *, redirect_origins: Iterable[str] = (),
-           credentials: CredentialHeaders | None = None) -> MediaSource:
+           credentials: CredentialHeaders | None = None,
+           resolve: ResolveUrl | None = None) -> MediaSource:
         """A source from configured origins (each passed through :func:`parse_origin`)."""
         return cls(frozenset(parse_origin(o) for o in origins),
-                   frozenset(parse_origin(o) for o in redirect_origins), credentials)
+                   frozenset(parse_origin(o) for o in redirect_origins), credentials, resolve)
 
     def allows(self, url: str) -> bool:
         """Whether ``url`` is on one of the source's origins."""
