@@ -25,7 +25,7 @@ from telegram import error as tg_error
 from telegram.ext import Application, ApplicationBuilder, CallbackContext, ExtBot, TypeHandler
 from telegram.request import HTTPXRequest
 
-from adapters.base import ChannelAdapter, OutboundMessage, SendResult
+from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendResult
 from adapters.telegram.config import TelegramConfig
 from adapters.telegram.outbound import (
     MAX_CAPTION_UNITS,
@@ -44,7 +44,6 @@ from gateway.errors import (
     NotFound,
     PermanentSendError,
     RetryableSendError,
-    from_invalid_input,
 )
 from gateway.http import json_response, read_body
 from gateway.media import MediaSource, ResolveFailed, source_name
@@ -59,6 +58,7 @@ ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_
 PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
 MAX_PHOTO_BYTES = 10 * 1024 * 1024  # larger images go as documents
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_PARTIAL_SENDS = 1000  # messages whose sent parts are remembered for their retry
 
 Part = Callable[[], Coroutine[Any, Any, Message]]
 T = TypeVar("T")
@@ -116,6 +116,15 @@ class TelegramAdapter(ChannelAdapter):
     def routes(self) -> Sequence[web.RouteDef]:
         """``POST /hooks/telegram/{account}``: updates in webhook mode."""
         return [web.post("", self.handle_webhook)]
+
+    def health(self) -> AdapterHealth:
+        """State, counters (``last_update_at``: unix seconds of the latest update) and the
+        update loop; ``last_error`` is the loop's latest failure when the bot has one."""
+        health = super().health()
+        if health.last_error is None:
+            health.last_error = next((loop.last_error for loop in health.loops
+                                      if loop.last_error), None)
+        return health
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,8 +197,8 @@ class TelegramAdapter(ChannelAdapter):
             try:
                 updates = await self._until_stopping(
                     self.bot.raw_updates(offset, self.config.poll_timeout))
-            except tg_error.RetryAfter as exc:
-                await asyncio.sleep(retry_after_of(exc))
+            except tg_error.RetryAfter as exc:  # flood control: wait as told, then go on
+                await self._until_stopping(asyncio.sleep(retry_after_of(exc)))
                 continue
             except tg_error.InvalidToken as exc:
                 raise AdapterAuthError("Telegram refused the bot token (getUpdates)",
@@ -306,12 +315,11 @@ class TelegramAdapter(ChannelAdapter):
             parsed = parse_update(raw, self.name, api_base_url=self.config.api_base_url,
                                   media_source=self.media_source)
         except InvalidInput as exc:
-            # Not a shape Telegram sends: skipping it is the only way past it.
+            # Not a shape Telegram sends: refusing it would stop the stream behind it for
+            # good, so it is counted and logged (by update id, not content) and passed.
             self.counters["updates_unreadable"] += 1
             self.log.warning("telegram.update_unreadable", update_id=raw.get("update_id"),
                              error=str(exc))
-            if raw.get("update_id") is None:
-                raise from_invalid_input(exc) from exc
             return
         if parsed.ignored is not None:
             self.counters["updates_ignored"] += 1
@@ -389,6 +397,8 @@ class TelegramAdapter(ChannelAdapter):
             raise PermanentSendError("nothing to send: no text and no attachments",
                                      error_code="empty_message")
         sent = self._sent_parts.setdefault(message.id, [])
+        while len(self._sent_parts) > MAX_PARTIAL_SENDS:  # the outbox gave up on the oldest
+            del self._sent_parts[next(iter(self._sent_parts))]
         try:
             for part in parts[len(sent):]:
                 result = await part()
