@@ -25,6 +25,18 @@ FILE_REFERENCE_PATH = "/omnirelay-file"
 """The path of a file reference on ``api_base_url`` (``?file_id=…``): never requested as
 it is, turned into ``/file/bot<token>/<file_path>`` by ``getFile`` at fetch time."""
 MAX_TEXT = 4096  # what Telegram allows in one message (and so never exceeds inbound)
+SERVICE_KEYS = frozenset({
+    "new_chat_members", "left_chat_member", "new_chat_title", "new_chat_photo",
+    "delete_chat_photo", "group_chat_created", "supergroup_chat_created",
+    "channel_chat_created", "message_auto_delete_timer_changed", "migrate_to_chat_id",
+    "migrate_from_chat_id", "pinned_message", "forum_topic_created", "forum_topic_edited",
+    "forum_topic_closed", "forum_topic_reopened", "general_forum_topic_hidden",
+    "general_forum_topic_unhidden", "video_chat_scheduled", "video_chat_started",
+    "video_chat_ended", "video_chat_participants_invited", "write_access_allowed",
+    "chat_background_set", "boost_added", "proximity_alert_triggered", "connected_website",
+    "successful_payment", "refunded_payment"})
+"""Fields of a service message (the chat changed; nobody wrote anything), per the Bot API's
+Message object."""
 _START = re.compile(r"^/start(?:@\w+)?(?:\s+(?P<payload>\S.*))?$", re.DOTALL)
 _PRIVATE = "private"
 
@@ -75,6 +87,9 @@ def parse_update(update: object, account: str, *, api_base_url: str,
     files = _Files(api_base_url, media_source)
     for key in ("message", "channel_post"):
         if isinstance(update.get(key), dict):
+            service = sorted(k for k in SERVICE_KEYS if update[key].get(k))
+            if service:  # a member joined, a title changed…: nothing a customer wrote
+                return ParsedUpdate(update_id, ignored=f"service message ({service[0]})")
             return ParsedUpdate(update_id, message=_message(update[key], account, files))
     for key in ("edited_message", "edited_channel_post"):
         if isinstance(update.get(key), dict):

@@ -96,6 +96,7 @@ class TelegramAdapter(ChannelAdapter):
         self._ready = asyncio.Event()  # the bot answered getMe
         self._pending: dict[int, tuple[dict[str, Any], bytes]] = {}
         self._failures: dict[int, BaseException] = {}
+        self._handled: set[int] = set()  # updates the Application's handler took
         self._sent_parts: dict[str, list[str]] = {}  # message id → provider ids already sent
         self._token = self.config.token.reveal()
 
@@ -290,10 +291,18 @@ class TelegramAdapter(ChannelAdapter):
             raise MalformedPayload("update_id must be an integer")
         self._pending[update_id] = (raw, body)
         try:
-            update = Update.de_json(raw, self._app.bot)
-            await self._app.process_update(update)
+            try:
+                update = Update.de_json(raw, self._app.bot)
+            except Exception as exc:  # a shape PTB cannot read: the normalizer judges it
+                self.log.info("telegram.update_not_for_ptb", update_id=update_id,
+                              error=f"{type(exc).__name__}: {exc}"[:200])
+            else:
+                await self._app.process_update(update)
+            if update_id not in self._handled:  # PTB skipped it: never pass it unstored
+                await self._store(raw, body)
         finally:
             self._pending.pop(update_id, None)
+            self._handled.discard(update_id)
         failure = self._failures.pop(update_id, None)
         if failure is not None:
             raise failure
@@ -302,6 +311,7 @@ class TelegramAdapter(ChannelAdapter):
                          context: CallbackContext[Any, Any, Any, Any]) -> None:
         """The Application's handler: normalize, store, then answer a callback query.
         A failure is kept for :meth:`process` (the Application would only log it)."""
+        self._handled.add(update.update_id)
         raw, body = self._pending[update.update_id]
         try:
             await self._store(raw, body)

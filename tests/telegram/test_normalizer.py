@@ -184,6 +184,14 @@ def test_other_update_kinds_are_ignored_with_the_reason() -> None:
     assert parsed.ignored is not None and "my_chat_member" in parsed.ignored
 
 
+def test_service_messages_are_ignored() -> None:
+    joined = parse({"message": message(chat=group_chat(), new_chat_members=[LEE])})
+    assert joined.message is None and joined.ignored == "service message (new_chat_members)"
+    pinned = parse({"message": message(pinned_message={"message_id": 1, "date": 0,
+                                                       "chat": {"id": 1, "type": "private"}})})
+    assert pinned.message is None and pinned.ignored is not None
+
+
 def test_not_an_update_is_refused() -> None:
     with pytest.raises(MalformedInput):
         parse_update([], "shop", api_base_url=API, media_source="s")

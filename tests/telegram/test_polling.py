@@ -247,3 +247,14 @@ async def test_health_shows_the_poll_loop_the_last_update_and_the_last_error(
     assert "Bad Gateway" in await client.until(errored)
     later = fake.queue(text("after the outage"))
     await client.message(pid(later), timeout=15)
+
+
+async def test_an_unreadable_update_is_passed_and_the_stream_goes_on(
+        fake: FakeBotApi, client: Client, gateway: Gateway) -> None:
+    adapter = gateway.adapters[("telegram", "shop")]
+    unreadable = adapter.counters["updates_unreadable"]
+    fake.queue({"message": {"message_id": 1, "date": 1, "text": "no chat"}})
+    fake.queue({"message": "not an object"})
+    later = fake.queue(text("still flowing"))
+    await client.message(pid(later))
+    assert adapter.counters["updates_unreadable"] == unreadable + 1
