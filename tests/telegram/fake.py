@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections import defaultdict
@@ -200,6 +201,9 @@ class FakeBotApi:
             return _error(400, "Bad Request: message text is empty")
         if len(text.encode("utf-16-le")) // 2 > 4096:
             return _error(400, "Bad Request: message is too long")
+        problem = _markup_problem(text, params.get("parse_mode"))
+        if problem:
+            return _error(400, f"Bad Request: can't parse entities: {problem}")
         return self._sent(params, {"text": text})
 
     async def _sendPhoto(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
@@ -282,6 +286,29 @@ def _value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+_MARKDOWN_V2_RESERVED = set("_*[]()~`>#+-=|{}.!")
+
+
+def _markup_problem(text: str, parse_mode: object) -> str | None:
+    """What Telegram would refuse in text meant to show literally (no entities): an
+    unescaped MarkdownV2 character, or a raw ``<`` / ``&`` in HTML."""
+    if parse_mode == "MarkdownV2":
+        escaped = False
+        for index, char in enumerate(text):
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char in _MARKDOWN_V2_RESERVED:
+                return f"character '{char}' is reserved and must be escaped (at {index})"
+    elif parse_mode == "HTML":
+        if "<" in text:
+            return "unsupported start tag"
+        if re.search(r"&(?!lt;|gt;|amp;|quot;)", text):
+            return "unescaped '&'"
+    return None
 
 
 def _ok(result: Any) -> web.Response:

@@ -14,6 +14,7 @@ from tests.telegram.updates import KIM, group_chat, text
 TELEGRAM_OPTIONS = f'''mode = "webhook"
 webhook_secret = "{WEBHOOK_SECRET}"
 groups = true
+parse_mode = "markdown"
 '''
 UPDATE_IDS = iter(range(90_000, 99_999))
 
@@ -97,3 +98,25 @@ async def test_a_callback_query_by_webhook_is_stored_then_answered(
     assert stored["text"] == "yes"
     assert [c for c in fake.calls_of("answerCallbackQuery")
             if c.params.get("callback_query_id") == "wh-cbq-1"]
+
+
+async def test_with_markdown_on_a_reply_is_escaped_to_show_as_typed(
+        fake: FakeBotApi, client: Client) -> None:
+    delivered = update(text("what does 1.5*2 (approx) cost?"))
+    assert (await post(client, delivered))[0] == 200
+    body = delivered["message"]
+    stored = await client.message(f"{body['chat']['id']}:{body['message_id']}")
+    typed = "About 3.00 [USD] - see shop.example/faq_2 #best!"
+    status, answer = await client.post(f"/v1/conversations/{stored['conversation_id']}/messages",
+                                       {"text": typed})
+    assert status == 202, answer
+
+    async def sent() -> Any:
+        current = await client.get(f"/v1/messages/{answer['id']}")
+        return current if current["status"] in ("sent", "failed") else None
+
+    result = await client.until(sent)
+    assert result["status"] == "sent", result["error"]
+    call = fake.calls_of("sendMessage")[-1]
+    assert call.params["parse_mode"] == "MarkdownV2"
+    assert call.params["text"].replace("\\", "") == typed
