@@ -102,8 +102,10 @@ class TelegramAdapter(ChannelAdapter):
 
     @property
     def checkpoint_key(self) -> str:
-        """Where the next ``getUpdates`` offset is kept."""
-        return f"telegram:{self.name}:offset"
+        """Where the next ``getUpdates`` offset is kept: per bot, so an account given
+        another bot's token does not start from the old bot's offset (update ids are per
+        bot, and an offset too high would confirm the new bot's updates unread)."""
+        return f"telegram:{self.name}:{self.config.bot_id}:offset"
 
     @property
     def media_source(self) -> str:

@@ -31,7 +31,7 @@ async def test_a_text_message_becomes_a_customer_message_and_its_update_is_confi
     # The next getUpdates confirms it (offset past it), and the checkpoint holds the offset.
     await fake.wait_for(lambda: any(int(c.params.get("offset") or 0) > update["update_id"]
                                     for c in fake.calls_of("getUpdates")))
-    assert await gateway.store.get_checkpoint("telegram:shop:offset") == \
+    assert await gateway.store.get_checkpoint(f"telegram:shop:{BOT_ID}:offset") == \
         str(update["update_id"] + 1)
     raw = await client.http.get(f"{client.base}/v1/messages/{stored['id']}/raw",
                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
