@@ -38,7 +38,7 @@ from gateway.errors import StoreError
 from gateway.http import redact_url, remote_error_excerpt, retry_after_seconds
 from gateway.ids import new_id
 from gateway.logging import info_event
-from gateway.media import MediaSource, MediaSources
+from gateway.media import MediaLookupFailed, MediaSource, MediaSources
 from gateway.metrics import Metrics
 from gateway.store.base import FetchBacklog, MediaStore, PendingFetch, StoredAttachment
 from gateway.supervisor import LoopGroup, SupervisedLoop
@@ -225,9 +225,15 @@ class MediaFetcher:
         assert self.http is not None
         url = item.url
         first_origin = origin_of(url)
-        if first_origin is None or first_origin not in source.origins:
+        if first_origin is None or not source.allows(url):
             raise FetchFailed("media_host_refused", "the URL is not on the source's hosts",
                               retry=False)
+        if source.resolve is not None:
+            url = await _resolved(url, source)
+            first_origin = origin_of(url)
+            if first_origin is None or not source.allows(url):
+                raise FetchFailed("media_host_refused", "the looked-up URL is not on the "
+                                  "source's hosts", retry=False)
         credentials: Mapping[str, str] = (await source.credentials()
                                           if source.credentials is not None else {})
         for _hop in range(MAX_REDIRECTS + 1):
@@ -282,6 +288,19 @@ class MediaFetcher:
             raise
         content_type = response.headers.get("Content-Type")
         return Downloaded(path, digest.hexdigest(), size, content_type)
+
+
+async def _resolved(url: str, source: MediaSource) -> str:
+    """The download URL the source's lookup gives for ``url`` (see MediaSource.resolve)."""
+    assert source.resolve is not None
+    try:
+        return await source.resolve(url)
+    except MediaLookupFailed as exc:
+        raise FetchFailed("media_lookup_failed", str(exc)[:300], retry=exc.retry,
+                          retry_after=exc.retry_after) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise FetchFailed("media_unreachable", f"{type(exc).__name__}: {redact_url(url)}",
+                          retry=True) from exc
 
 
 def _redirect_target(url: str, response: aiohttp.ClientResponse, source: MediaSource) -> str:

@@ -21,6 +21,21 @@ CredentialHeaders = Callable[[], Awaitable[Mapping[str, str]]]
 """Returns the headers that authenticate a fetch (``Authorization: …``); called per fetch,
 so a provider's short-lived token can be refreshed."""
 
+MediaResolver = Callable[[str], Awaitable[str]]
+"""Turns a reference URL into the file's download URL (WhatsApp: a Graph media id's
+lookup answers the URL to download); raises :class:`MediaLookupFailed`."""
+
+
+class MediaLookupFailed(Exception):
+    """A :data:`MediaResolver` could not find the file's URL; ``retry`` says whether to
+    try again later (a rate limit, a 5xx) or give up (the media id expired)."""
+
+    def __init__(self, message: str, *, retry: bool,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry = retry
+        self.retry_after = retry_after
+
 
 
 class InvalidOrigin(ValueError):
@@ -53,23 +68,34 @@ class MediaSource:
     before the fetch). ``redirect_origins``: the only hosts a redirect is followed to (a
     CDN the provider documents); every other redirect fails the fetch. ``credentials``:
     headers sent only to ``origins`` and only before any redirect to another origin.
+    ``resolve``: for a provider whose references are not the file itself, called before
+    the download; the URL it returns must be on ``origins`` too.
     """
 
     origins: frozenset[str]
     redirect_origins: frozenset[str] = frozenset()
     credentials: CredentialHeaders | None = None
+    resolve: MediaResolver | None = None
 
     @classmethod
     def of(cls, origins: Iterable[str], *, redirect_origins: Iterable[str] = (),
-           credentials: CredentialHeaders | None = None) -> MediaSource:
+           credentials: CredentialHeaders | None = None,
+           resolve: MediaResolver | None = None) -> MediaSource:
         """A source from configured origins (each passed through :func:`parse_origin`)."""
         return cls(frozenset(parse_origin(o) for o in origins),
-                   frozenset(parse_origin(o) for o in redirect_origins), credentials)
+                   frozenset(parse_origin(o) for o in redirect_origins), credentials, resolve)
 
     def allows(self, url: str) -> bool:
-        """Whether ``url`` is on one of the source's origins."""
+        """Whether ``url`` is on one of the source's origins. An origin written
+        ``https://*.fbcdn.net`` takes every subdomain (a CDN with one host per region)."""
         origin = origin_of(url)
-        return origin is not None and origin in self.origins
+        if origin is None:
+            return False
+        if origin in self.origins:
+            return True
+        scheme, _, host = origin.partition("://")
+        return any(o.startswith(f"{scheme}://*.") and host.endswith(o[len(scheme) + 4:])
+                   for o in self.origins)
 
 
 class MediaSources:
