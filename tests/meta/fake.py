@@ -13,12 +13,13 @@ code/subcode, a 429 with headers, a 5xx, or a hang past the client's timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 VERSION = "v21.0"
 PAGE_ID = "100000000000001"
@@ -62,6 +63,7 @@ class FakeGraph:
         self.cdn: dict[str, tuple[bytes, str]] = {}  # name → (bytes, type)
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._release = asyncio.Event()  # set: hanging answers end (the test is over)
         self.url = ""
 
     # ------------------------------------------------------------------ test controls
@@ -76,9 +78,11 @@ class FakeGraph:
             "/messages") and (target is None or f"/{target}/" in c.path)]
 
     def reset(self) -> None:
-        """Forget calls and queued failures (between tests sharing the fake)."""
+        """Forget calls and queued failures, end hanging answers (between tests)."""
         self.calls.clear()
         self.failures.clear()
+        self._release.set()
+        self._release = asyncio.Event()
 
     # ------------------------------------------------------------------ server
 
@@ -98,6 +102,7 @@ class FakeGraph:
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -111,12 +116,13 @@ class FakeGraph:
         elif request.content_type.startswith("multipart/"):
             form: dict[str, Any] = {}
             reader = await request.multipart()
-            async for part in reader:
-                data = await part.read()  # type: ignore[union-attr]
-                form[part.name or ""] = (  # type: ignore[union-attr]
-                    {"filename": part.filename, "bytes": data,  # type: ignore[union-attr]
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, BodyPartReader)
+                data = await part.read()
+                form[part.name or ""] = (
+                    {"filename": part.filename, "bytes": bytes(data),
                      "content_type": part.headers.get("Content-Type")}
-                    if part.filename else data.decode())  # type: ignore[union-attr]
+                    if part.filename else bytes(data).decode())
             call.form = form
         self.calls.append(call)
         return call
@@ -125,8 +131,9 @@ class FakeGraph:
         """A queued failure, or the Graph auth error for a wrong token; None: succeed."""
         if self.failures:
             failure = self.failures.pop(0)
-            if failure.hang:
-                await asyncio.sleep(30)
+            if failure.hang:  # past the client's timeout, until the test is over
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._release.wait(), 30)
             return graph_error(failure)
         if call.authorization != f"Bearer {self._token_for(node)}":
             return graph_error(Failure(401, 190, None, "Invalid OAuth access token."))
