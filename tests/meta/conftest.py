@@ -148,6 +148,15 @@ async def fake_graph() -> AsyncIterator[FakeGraph]:
 
 
 @pytest.fixture(scope="session")
+async def fake_graph_elsewhere() -> AsyncIterator[FakeGraph]:
+    """Another host (not the configured Graph API): nothing may reach it."""
+    fake = FakeGraph()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(scope="session")
 async def meta(tmp_path_factory: pytest.TempPathFactory,
                fake_graph: FakeGraph) -> AsyncIterator[MetaGateway]:
     """Account ``shop`` (all three networks, HUMAN_AGENT allowed) and ``strict`` (the same

@@ -61,6 +61,7 @@ class FakeGraph:
         self.failures: list[Failure] = []
         self.media: dict[str, tuple[bytes, str]] = {}  # WhatsApp media id → (bytes, type)
         self.cdn: dict[str, tuple[bytes, str]] = {}  # name → (bytes, type)
+        self.media_urls: dict[str, str] = {}  # media id → the URL its lookup answers
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()  # set: hanging answers end (the test is over)
@@ -187,7 +188,8 @@ class FakeGraph:
             return graph_error(Failure(404, 100, 33, "Unsupported get request."))
         data, content_type = self.media[media_id]
         return web.json_response({"messaging_product": "whatsapp", "id": media_id,
-                                  "url": f"{self.url}/media/{media_id}",
+                                  "url": self.media_urls.get(media_id,
+                                                             f"{self.url}/media/{media_id}"),
                                   "mime_type": content_type, "file_size": len(data)})
 
     async def _media_download(self, request: web.Request) -> web.Response:

@@ -302,6 +302,24 @@ async def test_whatsapp_messages_of_each_type(meta: MetaGateway, graph: FakeGrap
     assert lookups and all(c.authorization == f"Bearer {WHATSAPP_TOKEN}" for c in lookups)
 
 
+async def test_a_media_lookup_pointing_off_the_graph_hosts_is_refused_without_the_token(
+        meta: MetaGateway, graph: FakeGraph, fake_graph_elsewhere: FakeGraph) -> None:
+    wa_id = "1" + uid()[:10]
+    fake_graph_elsewhere.media["9100"] = (b"secret", "image/jpeg")
+    graph.media["9100"] = (b"x", "image/jpeg")
+    graph.media_urls["9100"] = f"{fake_graph_elsewhere.url}/media/9100"
+    image = whatsapp_message(wa_id, "image", {"id": "9100", "mime_type": "image/jpeg"})
+    status, _ = await meta.hook(whatsapp_batch(image))
+    assert status == 200
+
+    async def settled() -> Any:
+        message = await meta.message(image["id"], "whatsapp")
+        return message if message and message["attachments"] else None
+    attachment = (await wait_until(settled))["attachments"][0]
+    assert attachment["error"]["code"] == "media_host_refused"
+    assert fake_graph_elsewhere.calls == []  # neither the token nor a request went there
+
+
 async def test_a_whatsapp_number_is_the_phone_identity_sms_shares(meta: MetaGateway) -> None:
     wa_id = "1" + uid()[:10]
     await meta.hook(whatsapp_batch(whatsapp_message(wa_id, "text", {"body": "hi"}),
