@@ -179,7 +179,9 @@ def _single_event(event: JSON, channel: str, own_id: str,
         if message.get("is_deleted") is True:
             return MetaChange(channel, mid, MessageChange(withdrawn=True, at=at), raw)
         if message.get("is_echo") is True or sender == own_id:
-            customer = recipient or ""
+            if recipient is None:
+                return MetaSkipped("echo_without_recipient", {"channel": channel})
+            customer = recipient
             inbound = _messaging_message(message, mid, channel, own_id, customer, at,
                                          account)
             inbound.direction = "outbound"

@@ -36,10 +36,12 @@ from adapters.meta.config import WHATSAPP_MEDIA_HOSTS, MetaConfig
 from adapters.meta.graph import GraphClient
 from gateway.errors import (
     Forbidden,
+    InboundRejected,
     MalformedPayload,
     NotFound,
     PermanentSendError,
     RetryableSendError,
+    ValidationFailed,
     from_invalid_input,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
@@ -194,7 +196,17 @@ class MetaAdapter(ChannelAdapter):
                     outcome["duplicates"] += 1
                     return
                 event.match_window = ECHO_MATCH_WINDOW
-            result = await self.ingest(event)
+            try:
+                result = await self.ingest(event)
+            except (ValidationFailed, InboundRejected) as exc:
+                # Signed by Meta but unusable (an identity that cannot be one): refusing
+                # the POST would make Meta redeliver the whole batch for days, so it is
+                # logged and skipped, and the rest of the batch is stored.
+                self.log.warning("meta.event_refused", network=event.channel,
+                                 provider_message_id=event.provider_message_id,
+                                 error=exc.message)
+                self._skip(outcome, "refused", event.channel)
+                return
             outcome["stored" if result.created else "duplicates"] += 1
         elif isinstance(event, MetaChange):
             try:

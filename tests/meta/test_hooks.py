@@ -102,6 +102,15 @@ async def test_a_batch_stores_each_message_once_and_a_redelivery_adds_nothing(
     assert await meta.seq() == after
 
 
+async def test_an_unusable_event_is_skipped_and_the_rest_of_the_batch_stored(
+        meta: MetaGateway) -> None:
+    good = messenger_text(uid(), "still here")
+    status, body = await meta.hook(page_batch(messenger_text(" ", "who?"), good))
+    assert status == 200, body
+    assert (body["stored"], body["skipped"]) == (1, 1)
+    assert await meta.message(good["message"]["mid"], "messenger") is not None
+
+
 async def test_entries_of_another_page_are_acknowledged_and_not_stored(
         meta: MetaGateway) -> None:
     before = await meta.seq()
