@@ -61,6 +61,7 @@ from normalizer.meta import (
     parse_meta_webhook,
 )
 from normalizer.model import InboundMessage, Party
+from normalizer.urls import origin_of
 
 if TYPE_CHECKING:
     from gateway.receipts import Receipts
@@ -127,7 +128,8 @@ class MetaAdapter(ChannelAdapter):
                 return {"Authorization": f"Bearer {token.reveal()}"}
 
             self.ctx.media.register(self.account.graph_source, MediaSource.of(
-                [self.config.graph_url.rsplit("/", 1)[0], *WHATSAPP_MEDIA_HOSTS],
+                [origin_of(self.config.graph_url) or self.config.graph_url,
+                 *WHATSAPP_MEDIA_HOSTS],
                 credentials=credentials, resolve=self._media_url))
 
     async def on_stop(self) -> None:
