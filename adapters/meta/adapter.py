@@ -55,6 +55,7 @@ from normalizer.meta import (
     WHATSAPP,
     MetaAccount,
     MetaChange,
+    MetaEvent,
     MetaReadWatermark,
     MetaReceipt,
     MetaSkipped,
@@ -112,7 +113,7 @@ class MetaAdapter(ChannelAdapter):
         self._own_mids: OrderedDict[str, None] = OrderedDict()
         # Parts already sent of a message whose later part failed (text sent, attachment
         # rate limited): the outbox's retry sends only the rest, never the text twice.
-        self._sent_parts: dict[str, list[str]] = {}
+        self._sent_parts: OrderedDict[str, list[str]] = OrderedDict()
         self.counters.update({"changes": 0, "receipts": 0, "skipped": 0})
 
     # ------------------------------------------------------------------ lifecycle
@@ -190,7 +191,7 @@ class MetaAdapter(ChannelAdapter):
             await self._apply(event, outcome)
         return json_response(outcome)
 
-    async def _apply(self, event: object, outcome: dict[str, int]) -> None:
+    async def _apply(self, event: MetaEvent, outcome: dict[str, int]) -> None:
         """Store or apply one event; returns after its commit."""
         if isinstance(event, InboundMessage):
             if event.direction == "outbound":
@@ -251,7 +252,9 @@ class MetaAdapter(ChannelAdapter):
         status, answer, retry_after = await self.graph.get_json(url, token.reveal())
         if status == 200 and isinstance(answer.get("url"), str):
             return str(answer["url"])
-        message = str((answer.get("error") or {}).get("message") or f"answered {status}")
+        error = answer.get("error")
+        said = error.get("message") if isinstance(error, dict) else None
+        message = str(said or f"answered {status}")
         raise MediaLookupFailed(f"WhatsApp media lookup: {message}"[:300],
                                 retry=status in (408, 429) or status >= 500,
                                 retry_after=retry_after_seconds(retry_after))
@@ -273,6 +276,8 @@ class MetaAdapter(ChannelAdapter):
         else:
             parts = self._messenger_parts(message, age)
         ids = self._sent_parts.setdefault(message.id, [])
+        while len(self._sent_parts) > OWN_MIDS_KEPT:  # messages the outbox gave up on
+            self._sent_parts.popitem(last=False)
         try:
             for part in parts[len(ids):]:
                 mid = await part()

@@ -329,6 +329,21 @@ async def test_a_media_lookup_pointing_off_the_graph_hosts_is_refused_without_th
     assert fake_graph_elsewhere.calls == []  # neither the token nor a request went there
 
 
+async def test_an_expired_media_id_is_kept_as_a_failed_attachment(meta: MetaGateway,
+                                                                  graph: FakeGraph) -> None:
+    image = whatsapp_message("1" + uid()[:10], "image", {"id": "404404",
+                                                         "mime_type": "image/jpeg"})
+    status, body = await meta.hook(whatsapp_batch(image))
+    assert status == 200 and body["stored"] == 1
+
+    async def settled() -> Any:
+        message = await meta.message(image["id"], "whatsapp")
+        return message if message and message["attachments"] else None
+    attachment = (await wait_until(settled))["attachments"][0]
+    assert attachment["error"]["code"] == "media_lookup_failed"
+    assert "Unsupported get request" in attachment["error"]["message"]
+
+
 async def test_a_whatsapp_number_is_the_phone_identity_sms_shares(meta: MetaGateway) -> None:
     wa_id = "1" + uid()[:10]
     await meta.hook(whatsapp_batch(whatsapp_message(wa_id, "text", {"body": "hi"}),
