@@ -176,7 +176,7 @@ whatsapp_access_token = "{WHATSAPP_TOKEN}"
 graph_base_url = "{fake_graph.url}"
 media_hosts = ["{fake_graph.url}"]
 human_agent = {human}
-timeout = 1.0
+timeout = 5.0
 """ for name, human in (("shop", "true"), ("strict", "false")))
     config = parse_config(f"""
 [server]

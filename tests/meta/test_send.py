@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -291,7 +292,12 @@ async def test_a_graph_api_that_hangs_is_a_retryable_timeout(meta: MetaGateway,
                                                             graph: FakeGraph) -> None:
     message = await inbound(meta, "messenger", hours_ago=1)
     graph.fail_next(Failure(hang=True))
-    result = await outcome(meta, reply_to(message, meta))
+    client = meta.adapter().graph
+    configured, client.timeout = client.timeout, aiohttp.ClientTimeout(total=0.3)
+    try:
+        result = await outcome(meta, reply_to(message, meta))
+    finally:
+        client.timeout = configured
     assert isinstance(result, RetryableSendError) and result.code == "provider_unreachable"
 
 
