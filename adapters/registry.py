@@ -12,10 +12,15 @@ from __future__ import annotations
 from adapters.api import ApiAdapter
 from adapters.base import RESERVED_PREFIXES, ChannelAdapter
 from adapters.email import EmailAdapter
+from adapters.meta import MetaAdapter
 from adapters.telegram import TelegramAdapter
 
-ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (ApiAdapter, EmailAdapter,
-                                                                      TelegramAdapter)}
+ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (
+    ApiAdapter,
+    EmailAdapter,
+    MetaAdapter,
+    TelegramAdapter,
+)}
 
 
 def identity_kinds(adapters: dict[str, type[ChannelAdapter]] | None = None) -> tuple[str, ...]:

@@ -225,22 +225,18 @@ class MediaFetcher:
         assert self.http is not None
         url = item.url
         first_origin = origin_of(url)
-        if first_origin is None or first_origin not in source.origins:
+        if first_origin is None or not source.allows(url):
             raise FetchFailed("media_host_refused", "the URL is not on the source's hosts",
                               retry=False)
         credentials: Mapping[str, str] = (await source.credentials()
                                           if source.credentials is not None else {})
         resolved = None
         if source.resolve is not None:  # the real URL may carry a credential: never shown
-            try:
-                url = resolved = await source.resolve(url)
-            except ResolveFailed as exc:
-                raise FetchFailed("media_unavailable" if exc.retry else "media_refused",
-                                  exc.message[:300], retry=exc.retry,
-                                  retry_after=exc.retry_after) from exc
-            if origin_of(url) != first_origin:
+            url = resolved = await _resolved(url, source)
+            first_origin = origin_of(url)
+            if first_origin is None or not source.allows(url):
                 raise FetchFailed("media_host_refused", "the resolved URL is not on the "
-                                  "reference's host", retry=False)
+                                  "source's hosts", retry=False)
         for _hop in range(MAX_REDIRECTS + 1):
             origin = origin_of(url)
             # Credentials only to the provider's own hosts, and never once a redirect left
@@ -294,6 +290,20 @@ class MediaFetcher:
             raise
         content_type = response.headers.get("Content-Type")
         return Downloaded(path, digest.hexdigest(), size, content_type)
+
+
+async def _resolved(url: str, source: MediaSource) -> str:
+    """The download URL the source's lookup gives for ``url`` (see MediaSource.resolve)."""
+    assert source.resolve is not None
+    try:
+        return await source.resolve(url)
+    except ResolveFailed as exc:
+        code = exc.code or ("media_unavailable" if exc.retry else "media_refused")
+        raise FetchFailed(code, exc.message[:300], retry=exc.retry,
+                          retry_after=exc.retry_after) from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise FetchFailed("media_unreachable", f"{type(exc).__name__}: {redact_url(url)}",
+                          retry=True) from exc
 
 
 def _redirect_target(url: str, response: aiohttp.ClientResponse, source: MediaSource) -> str:

@@ -23,19 +23,24 @@ so a provider's short-lived token can be refreshed."""
 
 ResolveUrl = Callable[[str], Awaitable[str]]
 """Turns a stored reference into the URL to GET, at fetch time: for a provider whose file
-URL needs a lookup first and carries the credential in its path (Telegram's ``getFile``
-and ``/file/bot<token>/<path>``), so the credential is never stored with the message.
+URL needs a lookup first (WhatsApp Cloud's media id → download URL) or carries the
+credential in its path (Telegram's ``getFile`` and ``/file/bot<token>/<path>``), so the
+credential is never stored with the message.
 Raises :class:`ResolveFailed`; the URL it returns must be on the source's origins."""
 
 
 class ResolveFailed(Exception):
-    """A reference the provider could not resolve now (``retry``) or at all."""
+    """A reference the provider could not resolve now (``retry``: a rate limit, a 5xx) or at
+    all (a WhatsApp media id expired). ``code`` names the failure on the attachment
+    (default ``media_unavailable`` / ``media_refused``)."""
 
-    def __init__(self, message: str, *, retry: bool, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry: bool, retry_after: float | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
         self.retry_after = retry_after
+        self.code = code
 
 
 
@@ -70,7 +75,8 @@ class MediaSource:
     CDN the provider documents); every other redirect fails the fetch. ``credentials``:
     headers sent only to ``origins`` and only before any redirect to another origin.
     ``resolve``: see :data:`ResolveUrl` (the reference and the resolved URL are both
-    checked against ``origins``; errors name the reference, never the resolved URL).
+    checked against ``origins``, so a lookup on the API host may answer a URL on a
+    documented media host; errors name the reference, never the resolved URL).
     """
 
     origins: frozenset[str]
@@ -87,9 +93,16 @@ class MediaSource:
                    frozenset(parse_origin(o) for o in redirect_origins), credentials, resolve)
 
     def allows(self, url: str) -> bool:
-        """Whether ``url`` is on one of the source's origins."""
+        """Whether ``url`` is on one of the source's origins. An origin written
+        ``https://*.fbcdn.net`` takes every subdomain (a CDN with one host per region)."""
         origin = origin_of(url)
-        return origin is not None and origin in self.origins
+        if origin is None:
+            return False
+        if origin in self.origins:
+            return True
+        scheme, _, host = origin.partition("://")
+        return any(o.startswith(f"{scheme}://*.") and host.endswith(o[len(scheme) + 4:])
+                   for o in self.origins)
 
 
 class MediaSources:
