@@ -59,14 +59,16 @@ class Env:
         async with self.http.post(f"{self.base}/v1/conversations/{conversation_id}/messages",
                                   json=body, headers=bearer(TOKEN)) as response:
             assert response.status == 202, await response.text()
-            message: dict[str, Any] = (await response.json())["message"]
+            message: dict[str, Any] = await response.json()
             return message
 
     async def settled(self, message_id: str, *statuses: str) -> dict[str, Any]:
-        """Wait until the message reaches one of ``statuses``."""
+        """Wait until the message reaches one of ``statuses`` (any but ``failed`` after
+        Twilio accepted it: a reply is ``queued`` from the start)."""
         async def check() -> dict[str, Any] | None:
             message = await self.get_message(message_id)
-            return message if message["status"] in statuses else None
+            done = message["status"] == "failed" or message["provider"]["message_id"]
+            return message if done and message["status"] in statuses else None
         found: dict[str, Any] = await wait_until(check, timeout=15)
         return found
 
