@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import time
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -54,10 +53,11 @@ from normalizer.twilio import (
 EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 TWIML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
 MAX_MEDIA = 10  # Twilio's limit per message (WhatsApp: one)
-# A status callback can beat the outbox's commit of the provider id it names; such a
-# receipt for one of our own sends is applied again after these delays (seconds).
+# A status callback can beat the outbox's commit of the provider id it names (Twilio may
+# call back before its answer to the send reaches us): a receipt that finds no message is
+# applied again after these delays (seconds), at most MAX_PARKED at a time.
 RECEIPT_RETRY_DELAYS = (0.2, 1.0, 5.0, 20.0)
-RECENT_SENDS = 10_000
+MAX_PARKED = 1000
 
 
 class TwilioAdapter(ChannelAdapter):
@@ -83,7 +83,6 @@ class TwilioAdapter(ChannelAdapter):
         self.pacer = SenderPacer(self.config.sender_rate) if self.config.sender_rate else None
         self._http: TwilioHttpClient | None = None
         self._client: Client | None = None
-        self._recent_sends: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ lifecycle
@@ -188,7 +187,7 @@ class TwilioAdapter(ChannelAdapter):
                 _, number = address_channel(fields["To"])
                 await self._record_opt_out(number, "stop", "Twilio error 21610", "")
         result = await self._receipts()(receipt)
-        if result is None and report.message_sid in self._recent_sends:
+        if result is None and len(self._tasks) < MAX_PARKED:
             self._spawn(self._apply_later(receipt))
         return web.Response(status=204)
 
@@ -306,18 +305,10 @@ class TwilioAdapter(ChannelAdapter):
                                      f"{str(exc)[:200]}", error_code="provider_unreachable"
                                      ) from exc
         sid = str(created.sid)
-        self._remember(sid)
         if self.last_error is not None:  # the credentials work again
             self.last_error = None
         status = STATUSES.get(str(created.status or ""), "queued")
         return SendResult(sid, status if status in ("queued", "sent") else "queued")
-
-    def _remember(self, sid: str) -> None:
-        now = time.monotonic()
-        self._recent_sends[sid] = now
-        if len(self._recent_sends) > RECENT_SENDS:
-            cutoff = now - 600
-            self._recent_sends = {k: v for k, v in self._recent_sends.items() if v > cutoff}
 
 
 def _callback_channel(fields: Mapping[str, str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -102,6 +102,9 @@ class FakeTwilio(_App):
         self.media_script: dict[str, list[int]] = {}  # media SID -> statuses first
         self.media_requests: list[tuple[str, dict[str, str]]] = []
         self.arrived = asyncio.Event()
+        # Called with the new SID before the 201 goes out: a status callback that beats
+        # the caller's own record of the send.
+        self.before_answer: Callable[[str, MultiDict[str]], Awaitable[None]] | None = None
 
     def fail_next(self, *answers: Scripted) -> None:
         """Answer the next creates with these, then normally again."""
@@ -143,6 +146,8 @@ class FakeTwilio(_App):
         if "From" not in form and "MessagingServiceSid" not in form:
             return _error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required")
         sid = "SM" + uuid.uuid4().hex
+        if self.before_answer is not None:
+            await self.before_answer(sid, form)
         self.created.append(Created(sid, MultiDict((k, str(v)) for k, v in form.items()),
                                     request.headers.get("Authorization", "")))
         return web.json_response(_resource(sid, form), status=201)

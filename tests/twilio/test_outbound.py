@@ -104,6 +104,24 @@ async def test_status_callbacks_move_the_status_forwards_only(env: Env) -> None:
     assert statuses == ["queued", "sent", "delivered", "read"]
 
 
+async def test_a_callback_that_beats_the_send_being_recorded_still_counts(env: Env) -> None:
+    number = phone()
+    message = await inbound(env, number)
+    answers: list[int] = []
+
+    async def early_callback(sid: str, form: Any) -> None:
+        if form.get("To") == number:  # Twilio calls back before its 201 reached us
+            answers.append((await env.hooks.post(STATUS_HOOK, status_fields(
+                sid, "sent", to=number)))[0])
+    env.fake.before_answer = early_callback
+    try:
+        queued = await env.reply(message["conversation_id"], {"text": "fast carrier"})
+        await env.settled(queued["id"], "sent")
+    finally:
+        env.fake.before_answer = None
+    assert answers == [204]
+
+
 async def test_a_whatsapp_failure_outside_the_window_is_window_closed(env: Env) -> None:
     number = phone()
     queued = await reply(env, number, whatsapp=True)
