@@ -1,11 +1,12 @@
 -- wrk script for bench/twilio_ingest.py: Twilio incoming-message webhooks, signed.
 --
 --   WRK_RESULT=out.json wrk -t1 -c50 -d10s --timeout 30s --latency -s bench/wrk_twilio.lua \
---       http://127.0.0.1:8080/hooks/twilio/bench/messages -- BODIES_FILE
+--       http://127.0.0.1:8080/hooks/twilio/bench/messages -- BODIES_FILE [OFFSET]
 --
 -- wrk cannot compute X-Twilio-Signature (HMAC-SHA1), so the orchestrator precomputes one
 -- signed form body per message: BODIES_FILE has one "signature<TAB>body" line each. Each
--- request takes the next line (each a distinct MessageSid); past the end it starts over,
+-- request takes the next line (each a distinct MessageSid), starting after OFFSET lines
+-- (what an earlier run, the warm-up, already sent); past the end it starts over,
 -- which Twilio would call a retry (stored once). The orchestrator makes enough lines that
 -- a run never gets there, and the result says how many requests were sent. done() writes
 -- the counts and wrk's latency distribution to $WRK_RESULT as JSON.
@@ -20,6 +21,7 @@ function setup(thread)
 end
 
 function init(args)
+   n = tonumber(args[2] or "0")
    for line in io.lines(args[1]) do
       local tab = string.find(line, "\t", 1, true)
       lines[#lines + 1] = {string.sub(line, 1, tab - 1), string.sub(line, tab + 1)}

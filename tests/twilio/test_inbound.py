@@ -183,3 +183,12 @@ async def test_bad_input_is_refused_clearly(env: Env) -> None:
     fields = inbound_fields("", phone(), "no sid")
     status, body, _ = await env.hooks.post(HOOK, fields)
     assert status == 422 and b"MessageSid is required" in body
+
+
+async def test_a_signature_over_the_url_with_its_default_port_is_accepted(env: Env) -> None:
+    message_sid = sid()
+    fields = inbound_fields(message_sid, phone(), "signed with :443")
+    with_port = PUBLIC_URL.replace("sms.shop.example", "sms.shop.example:443")
+    signature = env.hooks.validator.compute_signature(with_port + HOOK, fields)
+    assert (await env.hooks.post(HOOK, fields, signature=signature))[0] == 200
+    assert (await env.message_of(message_sid))["text"] == "signed with :443"
