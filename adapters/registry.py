@@ -14,12 +14,14 @@ from adapters.base import RESERVED_PREFIXES, ChannelAdapter
 from adapters.email import EmailAdapter
 from adapters.meta import MetaAdapter
 from adapters.telegram import TelegramAdapter
+from adapters.twilio import TwilioAdapter
 
 ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (
     ApiAdapter,
     EmailAdapter,
     MetaAdapter,
     TelegramAdapter,
+    TwilioAdapter,
 )}
 
 

@@ -1,0 +1,319 @@
+"""Twilio adapter: SMS, MMS and WhatsApp in through signed hooks, out through the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import MultiDict
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.rest import Client
+
+from adapters.base import (
+    AdapterConfig,
+    AdapterContext,
+    ChannelAdapter,
+    OutboundMessage,
+    SendLimits,
+    SendResult,
+)
+from adapters.twilio.config import TwilioConfig
+from adapters.twilio.media import MediaLinks
+from adapters.twilio.outbound import SenderPacer, TwilioHttpClient, send_error
+from adapters.twilio.signature import TwilioSignature, form_fields
+from gateway.errors import (
+    NotFound,
+    OmnirelayError,
+    PermanentSendError,
+    RetryableSendError,
+    from_invalid_input,
+)
+from gateway.http import read_body
+from gateway.media import MediaSource, source_name
+from gateway.receipts import DeliveryError, Receipt, Receipts
+from normalizer.attachments import sanitize_content_type
+from normalizer.errors import InvalidInput
+from normalizer.model import Party
+from normalizer.twilio import (
+    STATUSES,
+    OptOut,
+    address_channel,
+    opt_out_of,
+    parse_twilio_inbound,
+    parse_twilio_status,
+)
+
+EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+TWIML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+MAX_MEDIA = 10  # Twilio's limit per message (WhatsApp: one)
+# A status callback can beat the outbox's commit of the provider id it names (Twilio may
+# call back before its answer to the send reaches us): a receipt that finds no message is
+# applied again after these delays (seconds), at most MAX_PARKED at a time.
+RECEIPT_RETRY_DELAYS = (0.2, 1.0, 5.0, 20.0)
+MAX_PARKED = 1000
+
+
+class TwilioAdapter(ChannelAdapter):
+    """``/hooks/twilio/{account}/messages`` and ``/status`` in; Twilio's Messages API out."""
+
+    type = "twilio"
+    channels = frozenset({"sms", "whatsapp"})
+    identity_kinds = frozenset({"phone"})
+    # One number, two channels: SMS and WhatsApp both reach the customer's phone identity.
+    channel_identity_kinds = {"sms": ("phone",), "whatsapp": ("phone",)}
+    config_class = TwilioConfig
+    config: TwilioConfig
+
+    def __init__(self, name: str, config: AdapterConfig, ctx: AdapterContext, *,
+                 limits: SendLimits | None = None) -> None:
+        super().__init__(name, config, ctx, limits=limits)
+        self.counters.update({"status_callbacks": 0, "opt_outs": 0, "opt_ins": 0})
+        self.public_url = (self.config.public_url or self.ctx.public_url).rstrip("/")
+        self.hook_base = f"{self.public_url}/hooks/{self.type}/{self.name}"
+        token = self.config.auth_token.reveal()
+        self.signature = TwilioSignature(token, self.config.account_sid)
+        self.links = MediaLinks(token, self.hook_base, self.config.media_link_ttl)
+        self.pacer = SenderPacer(self.config.sender_rate) if self.config.sender_rate else None
+        self._http: TwilioHttpClient | None = None
+        self._client: Client | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        """Make the SDK client (its aiohttp session needs the running loop) and register
+        Twilio's media host, with the account's credentials for it alone."""
+        self._http = TwilioHttpClient(timeout=self.config.timeout)
+        # A non-empty environment: the SDK would read TWILIO_EDGE / TWILIO_REGION from
+        # os.environ, and either one rewrites api_base_url's host.
+        self._client = Client(self.config.account_sid, self.config.auth_token.reveal(),
+                              http_client=self._http, environment={"OMNIRELAY": "1"})
+        self._client.api.base_url = self.config.api_base_url
+        basic = base64.b64encode(
+            f"{self.config.account_sid}:{self.config.auth_token.reveal()}".encode()).decode()
+
+        async def credentials() -> Mapping[str, str]:
+            return {"Authorization": f"Basic {basic}"}
+
+        self.ctx.media.register(self.media_source, MediaSource(
+            frozenset({self.config.api_base_url}), self.config.media_redirect_hosts,
+            credentials))
+
+    async def on_stop(self) -> None:
+        """Pending fetches wait for the next start; late receipts are dropped."""
+        self.ctx.media.unregister(self.media_source)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    @property
+    def media_source(self) -> str:
+        """The name this account's media URLs are fetched under."""
+        return source_name(self.type, self.name)
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        """Messages and status callbacks in; MMS attachment links out."""
+        return [web.post("/messages", self.handle_inbound),
+                web.post("/status", self.handle_status),
+                web.get("/media/{token}", self.serve_media)]
+
+    def media_origins(self) -> frozenset[str]:
+        """Twilio's API host: the only origin a media URL is fetched from."""
+        return frozenset({self.config.api_base_url})
+
+    def sender(self, channel: str) -> Party:
+        """The number replies come from (the messaging service's SID without one)."""
+        number = self.config.from_number
+        if channel == "whatsapp" and self.config.whatsapp_from:
+            number = self.config.whatsapp_from.removeprefix("whatsapp:")
+        return Party("phone", number or self.config.messaging_service_sid or "", None)
+
+    # ------------------------------------------------------------ inbound
+
+    async def _signed_form(self, request: web.Request) -> tuple[bytes, MultiDict[str]]:
+        """The body and its fields, once Twilio's signature over them holds.
+
+        A request without the header is refused before its body is read.
+        """
+        self.signature.require_header(request.headers)
+        body = await read_body(request)
+        fields = form_fields(body)
+        # public_url (its path prefix included) + the path and query Twilio called.
+        self.signature.check(self.public_url + request.raw_path, fields, request.headers)
+        return body, fields
+
+    async def handle_inbound(self, request: web.Request) -> web.Response:
+        """Store the message, record an opt-out, then answer the empty TwiML."""
+        body, fields = await self._signed_form(request)
+        try:
+            inbound = parse_twilio_inbound(fields, self.name, media_source=self.media_source)
+        except InvalidInput as exc:
+            raise from_invalid_input(exc) from exc
+        inbound.raw = body
+        inbound.raw_content_type = "application/x-www-form-urlencoded"
+        result = await self.ingest(inbound)
+        opt_out = opt_out_of(fields) if inbound.channel == "sms" else None
+        if opt_out is not None:
+            # Also on a repeat: the first delivery may have stopped between the two commits.
+            await self._record_opt_out(inbound.sender.address, opt_out, inbound.text.strip(),
+                                       str(result.message.get("id") or ""))
+        return web.Response(body=EMPTY_TWIML, headers=TWIML_HEADERS)
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        """A status callback moves our message's status forwards (never back)."""
+        _body, fields = await self._signed_form(request)
+        try:
+            report = parse_twilio_status(fields)
+        except InvalidInput as exc:
+            raise from_invalid_input(exc) from exc
+        self.counters["status_callbacks"] += 1
+        if report.status is None:  # receiving/received: an inbound message's own states
+            return web.Response(status=204)
+        channel = _callback_channel(fields)
+        error = None if report.error is None else DeliveryError(*report.error)
+        receipt = Receipt(channel, self.name, report.message_sid, report.status, error)
+        if report.error is not None and report.error[0] == "opted_out" and fields.get("To"):
+            with contextlib.suppress(InvalidInput):
+                _, number = address_channel(fields["To"])
+                await self._record_opt_out(number, "stop", "Twilio error 21610", "")
+        result = await self._receipts()(receipt)
+        if result is None and len(self._tasks) < MAX_PARKED:
+            self._spawn(self._apply_later(receipt))
+        return web.Response(status=204)
+
+    def _receipts(self) -> Receipts:
+        if self.ctx.receipts is None:
+            raise RuntimeError("the daemon gave this adapter no receipt sink")
+        return self.ctx.receipts
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_later(self, receipt: Receipt) -> None:
+        """Apply a receipt that arrived before the outbox stored our provider id."""
+        for delay in RECEIPT_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                if await self._receipts()(receipt) is not None:
+                    return
+            except OmnirelayError as exc:  # the store is busy or down: try again later
+                self.log.warning("twilio.receipt_retry", error=exc.message)
+        self.log.info("twilio.receipt_unmatched", provider_message_id=receipt.provider_message_id)
+
+    async def serve_media(self, request: web.Request) -> web.StreamResponse:
+        """An MMS attachment, for Twilio to fetch by its signed, expiring link."""
+        sha256, content_type = self.links.verify(request.match_info.get("token", ""))
+        path = self.ctx.store.blob_path(sha256)
+        if not await asyncio.to_thread(path.exists):
+            raise NotFound("the attachment's bytes are gone (retention)")
+        return web.FileResponse(path, headers={
+            "Content-Type": sanitize_content_type(content_type),
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"})
+
+    # ------------------------------------------------------------ opt-outs
+
+    def _opt_out_key(self, phone: str) -> str:
+        return f"twilio:{self.name}:opt-out:{phone}"
+
+    async def _record_opt_out(self, phone: str, action: OptOut, keyword: str,
+                              message_id: str) -> None:
+        """Remember that ``phone`` opted out of (or back into) this account's SMS."""
+        await self.ctx.store.set_checkpoint(self._opt_out_key(phone), orjson.dumps({
+            "opted_out": action == "stop", "keyword": keyword[:32], "message_id": message_id,
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }).decode())
+        self.counters["opt_outs" if action == "stop" else "opt_ins"] += 1
+        self.log.info("twilio.opt_out" if action == "stop" else "twilio.opt_in",
+                      message_id=message_id or None)
+
+    async def opted_out(self, phone: str) -> bool:
+        """Whether ``phone`` has opted out of this account's SMS (STOP, not yet START)."""
+        value = await self.ctx.store.get_checkpoint(self._opt_out_key(phone))
+        if not value:
+            return False
+        try:
+            return bool(orjson.loads(value).get("opted_out"))
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+
+    # ------------------------------------------------------------ outbound
+
+    def _from(self, channel: str) -> tuple[str | None, str | None]:
+        """(From, MessagingServiceSid) for a message on ``channel``."""
+        number = self.config.from_number
+        if channel == "whatsapp":
+            if self.config.whatsapp_from:
+                return self.config.whatsapp_from, None
+            if number:
+                return f"whatsapp:{number}", None
+        return number, None if number else self.config.messaging_service_sid
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Create the message through Twilio's Messages API (status callbacks to /status)."""
+        if message.to.kind != "phone":
+            raise PermanentSendError(f"Twilio sends to phone numbers, not {message.to.kind}",
+                                     error_code="invalid_number")
+        if message.channel == "sms" and await self.opted_out(message.to.address):
+            raise PermanentSendError("the customer opted out of SMS from this number (STOP); "
+                                     "they must text START first", error_code="opted_out")
+        limit = 1 if message.channel == "whatsapp" else MAX_MEDIA
+        if len(message.attachments) > limit:
+            raise PermanentSendError(f"{message.channel} takes at most {limit} attachment(s) "
+                                     "per message", error_code="too_many_attachments")
+        sender, service = self._from(message.channel)
+        to = message.to.address if message.channel == "sms" else f"whatsapp:{message.to.address}"
+        options: dict[str, object] = {"to": to, "status_callback": f"{self.hook_base}/status"}
+        if sender:
+            options["from_"] = sender
+        if service:
+            options["messaging_service_sid"] = service
+        if message.template:  # a Content API template (WhatsApp outside the 24-hour window)
+            options["content_sid"] = message.template
+            if message.variables:
+                options["content_variables"] = orjson.dumps(dict(message.variables)).decode()
+        if message.text:
+            options["body"] = message.text
+        if message.attachments:
+            options["media_url"] = [self.links.link(a) for a in message.attachments]
+        if self.pacer is not None:
+            await self.pacer.wait(sender or service or "")
+        assert self._client is not None, "send() before start()"
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                created = await self._client.messages.create_async(**options)
+        except TwilioRestException as exc:
+            error = send_error(exc)
+            if error.code == "opted_out" and message.channel == "sms":
+                await self._record_opt_out(message.to.address, "stop", "Twilio error 21610", "")
+            if error.code == "auth_failed":
+                self.last_error = error.message
+            raise error from exc
+        except (TimeoutError, aiohttp.ClientError, TwilioException) as exc:
+            raise RetryableSendError(f"Twilio unreachable: {type(exc).__name__}: "
+                                     f"{str(exc)[:200]}", error_code="provider_unreachable"
+                                     ) from exc
+        sid = str(created.sid)
+        if self.last_error is not None:  # the credentials work again
+            self.last_error = None
+        status = STATUSES.get(str(created.status or ""), "queued")
+        return SendResult(sid, status if status in ("queued", "sent") else "queued")
+
+
+def _callback_channel(fields: Mapping[str, str]) -> str:
+    """A status callback's channel: WhatsApp addresses (or ChannelPrefix) say whatsapp."""
+    if fields.get("ChannelPrefix", "").lower() == "whatsapp" or any(
+            fields.get(k, "").lower().startswith("whatsapp:") for k in ("To", "From")):
+        return "whatsapp"
+    return "sms"
