@@ -13,9 +13,10 @@ from adapters.api import ApiAdapter
 from adapters.base import RESERVED_PREFIXES, ChannelAdapter
 from adapters.email import EmailAdapter
 from adapters.line import LineAdapter
+from adapters.navertalk import NaverTalkAdapter
 
 ADAPTERS: dict[str, type[ChannelAdapter]] = {
-    cls.type: cls for cls in (ApiAdapter, EmailAdapter, LineAdapter)}
+    cls.type: cls for cls in (ApiAdapter, EmailAdapter, LineAdapter, NaverTalkAdapter)}
 
 
 def identity_kinds(adapters: dict[str, type[ChannelAdapter]] | None = None) -> tuple[str, ...]:

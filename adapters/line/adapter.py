@@ -18,9 +18,6 @@ gets 409 and is not sent again.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import Sequence
@@ -43,8 +40,8 @@ from linebot.v3.webhook import SignatureValidator
 
 from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from adapters.line.config import LineConfig
+from adapters.line.media import SignedMedia
 from gateway.errors import (
-    Forbidden,
     MalformedPayload,
     NotFound,
     PermanentSendError,
@@ -92,8 +89,8 @@ class LineAdapter(ChannelAdapter):
         self._api: Any = None  # AsyncMessagingApi
         self._validator = SignatureValidator(self.config.channel_secret.reveal())
         self._names: dict[str, tuple[str | None, float]] = {}
-        self._media_key = hashlib.sha256(
-            b"omnirelay-line-media:" + self.config.channel_secret.reveal().encode()).digest()
+        self.media = SignedMedia(self.config.channel_secret.reveal(),
+                                 f"{self.ctx.public_url}/hooks/line/{self.name}", self.ctx.store)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -127,7 +124,7 @@ class LineAdapter(ChannelAdapter):
     def routes(self) -> Sequence[web.RouteDef]:
         """The webhook, and the signed URLs LINE fetches a reply's images from."""
         return [web.post("", self.handle_webhook),
-                web.get("/media/{signature}/{sha256}", self.handle_media)]
+                web.get("/media/{signature}/{sha256}", self.media.handle)]
 
     def sender(self, channel: str) -> Party:
         """Replies come from the official account."""
@@ -251,32 +248,6 @@ class LineAdapter(ChannelAdapter):
                 del self._names[key]
         self._names[user] = (name, now + self.config.profile_cache_seconds)
 
-    # ------------------------------------------------------------ media for replies
-
-    def media_url(self, sha256: str) -> str:
-        """A public, unguessable URL of a stored blob, for LINE to fetch a reply's image."""
-        return (f"{self.ctx.public_url.rstrip('/')}/hooks/line/{self.name}/media/"
-                f"{self._media_signature(sha256)}/{sha256}")
-
-    def _media_signature(self, sha256: str) -> str:
-        digest = hmac.new(self._media_key, sha256.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest[:18]).decode()
-
-    async def handle_media(self, request: web.Request) -> web.StreamResponse:
-        """Serve a reply's image to LINE; only with the URL's signature (else 403)."""
-        sha256 = request.match_info.get("sha256", "")
-        expected = self._media_signature(sha256)
-        if len(sha256) != 64 or not hmac.compare_digest(
-                expected, request.match_info.get("signature", "")):
-            raise Forbidden("this media URL is not signed by this account")
-        path = self.ctx.store.blob_path(sha256)
-        if not path.exists():
-            raise NotFound("no such media")
-        head = await asyncio.to_thread(_read_head, path)
-        return web.FileResponse(path, headers={
-            "Content-Type": "image/png" if head.startswith(b"\x89PNG") else "image/jpeg",
-            "Cache-Control": "private, max-age=86400"})
-
     # ------------------------------------------------------------ outbound
 
     def _messages(self, message: OutboundMessage) -> list[Any]:
@@ -302,7 +273,7 @@ class LineAdapter(ChannelAdapter):
                 raise PermanentSendError(
                     f"LINE cannot send {attachment.content_type} ({attachment.filename!r}): "
                     "only JPEG and PNG images", error_code="attachment_not_supported")
-            url = self.media_url(attachment.sha256)
+            url = self.media.url(attachment.sha256)
             items.append(ImageMessage(originalContentUrl=url, previewImageUrl=url))
         if not items:
             raise PermanentSendError("nothing to send", error_code="empty_message")
@@ -337,11 +308,6 @@ class LineAdapter(ChannelAdapter):
             if sent and first_id is None:
                 first_id = str(sent[0].id)
         return SendResult(first_id or message.id, "sent")
-
-
-def _read_head(path: Any) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(8)
 
 
 def _accepted_before(exc: ApiException) -> str | None:

@@ -63,6 +63,7 @@ class FakeLine:
         self.content_calls = 0
         self._ids = itertools.count(500000000000000)
         self._runner: web.AppRunner | None = None
+        self._release = asyncio.Event()  # ends every hang at stop
 
     @property
     def api_url(self) -> str:
@@ -81,6 +82,7 @@ class FakeLine:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -117,7 +119,10 @@ class FakeLine:
         self.pushes.append({"json": body, "headers": dict(request.headers), "sent": sent,
                             "at": time.time()})
         if plan.hang:
-            await asyncio.sleep(plan.hang)
+            try:
+                await asyncio.wait_for(self._release.wait(), plan.hang)
+            except TimeoutError:
+                pass
         return web.json_response({"sentMessages": sent}, headers={"X-Line-Request-Id": request_id})
 
     async def profile(self, request: web.Request) -> web.Response:
