@@ -1,10 +1,11 @@
 """LINE Official Account adapter: signed webhooks in, the push API out (line-bot-sdk v3).
 
 Inbound ``POST /hooks/line/{account}``: ``X-Line-Signature`` is checked on the raw body
-with the SDK's validator before anything is parsed; each event of the body is stored
-(messages, postbacks, follows) or applied (unsend, edit) in order, and only when every one
-is committed does LINE get its 200. A failure answers 500 and LINE's redelivery (same
-``webhookEventId``, same message ids) stores the rest, never a second copy. Media is not
+with the SDK's validator before anything is parsed; the body's messages (messages,
+postbacks, follows) are committed in one transaction, all or none, and changes (unsend,
+edit) applied in order; only then does LINE get its 200. A failure answers 500 and
+stores nothing of those messages; LINE's redelivery (same ``webhookEventId``, same message
+ids) stores them, never a second copy. Media is not
 downloaded in the hook: it is a pending fetch of the data API's content endpoint, done
 after the commit by the daemon's fetcher with the channel access token.
 
@@ -151,12 +152,27 @@ class LineAdapter(ChannelAdapter):
         except InvalidInput as exc:
             raise from_invalid_input(exc) from exc
         names = await self._display_names(events)
+        # Messages are committed together (all or none); a change to a message (unsend,
+        # edit) first commits the messages before it, which it may name.
+        batch: list[InboundMessage] = []
         for event in events:
-            await self._apply(event, names)
+            outcome = self._outcome(event, names)
+            if isinstance(outcome, InboundMessage):
+                batch.append(outcome)
+            elif isinstance(outcome, LineChange):
+                await self._flush(batch)
+                await self._change(outcome)
+        await self._flush(batch)
         return web.Response(status=200)
 
-    async def _apply(self, event: dict[str, Any], names: dict[str, str | None]) -> None:
-        """Store or apply one event; returns after its commit."""
+    async def _flush(self, batch: list[InboundMessage]) -> None:
+        if batch:
+            await self.ingest_all(list(batch))
+            batch.clear()
+
+    def _outcome(self, event: dict[str, Any], names: dict[str, str | None]
+                 ) -> InboundMessage | LineChange | None:
+        """What one event means; None for one ignored or unreadable (logged, counted)."""
         if (event.get("deliveryContext") or {}).get("isRedelivery") is True:
             self.counters["redeliveries"] += 1
         try:
@@ -169,26 +185,27 @@ class LineAdapter(ChannelAdapter):
             self.counters["invalid_events"] += 1
             self.log.warning("line.event_invalid", reason=str(exc),
                              event_id=event.get("webhookEventId"))
-            return
+            return None
         if isinstance(outcome, Ignored):
             self.counters["ignored_events"] += 1
             self.log.debug("line.event_ignored", event_type=outcome.event_type,
                            reason=outcome.reason)
+            return None
+        if isinstance(outcome, InboundMessage):
+            outcome.raw = orjson.dumps(event)
+            outcome.raw_content_type = "application/json"
+        return outcome
+
+    async def _change(self, change: LineChange) -> None:
+        """An unsend or an edit of a stored message (``message.updated``)."""
+        try:
+            result = await self.ctx.store.change_message("line", self.name, change.message_id,
+                                                         change.change)
+        except NotFound:
+            self.log.info("line.change_unknown_message", message_id=change.message_id)
             return
-        if isinstance(outcome, LineChange):
-            try:
-                result = await self.ctx.store.change_message(
-                    "line", self.name, outcome.message_id, outcome.change)
-            except NotFound:
-                self.log.info("line.change_unknown_message", message_id=outcome.message_id)
-                return
-            if result.changed:
-                self.counters["changes"] += 1
-            return
-        assert isinstance(outcome, InboundMessage)
-        outcome.raw = orjson.dumps(event)
-        outcome.raw_content_type = "application/json"
-        await self.ingest(outcome)
+        if result.changed:
+            self.counters["changes"] += 1
 
     async def _display_names(self, events: list[dict[str, Any]]) -> dict[str, str | None]:
         """Display names of the events' senders, from the cache or the profile endpoint.

@@ -63,7 +63,7 @@ async def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeLine
         """
     proc = Daemon(tmp, base_config(tmp / "data", http_port, smtp_port, extra=extra), http_port)
     proc.start()
-    await proc.wait_ready()
+    await proc.wait_ready(timeout=60)
     yield proc
     await proc.stop()
 
@@ -349,7 +349,7 @@ async def test_a_push_whose_answer_was_lost_in_a_crash_is_not_sent_twice(
     await wait_until(lambda: _accepted(fake, count_before), timeout=20)
     daemon.kill()  # the daemon dies while the push is in flight
     daemon.start()
-    await daemon.wait_ready()
+    await daemon.wait_ready(timeout=60)
     await wait_until(lambda: _sent(http, daemon, queued["id"]), timeout=30)
     assert len(fake.pushes) == count_before + 1  # accepted once
     assert fake.push_attempts > attempts_before + 1  # the retry was answered 409

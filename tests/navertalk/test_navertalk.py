@@ -56,7 +56,7 @@ async def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeTalkTalk
         "max_body_bytes = 1048576", 'max_body_bytes = 1048576\ntrusted_proxies = ["127.0.0.2/32"]')
     proc = Daemon(tmp, config, http_port)
     proc.start()
-    await proc.wait_ready()
+    await proc.wait_ready(timeout=60)
     yield proc
     await proc.stop()
 
