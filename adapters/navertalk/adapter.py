@@ -248,12 +248,15 @@ class NaverTalkAdapter(ChannelAdapter):
     async def send(self, message: OutboundMessage) -> SendResult:
         """POST each event with the Authorization token; ``resultCode`` "00" is success."""
         events = self._events(message)
-        if len(events) > 1:  # the echo of each piece is ours too
-            until = time.monotonic() + self.config.echo_match_seconds
-            self._forget_expired()
-            for event in events:
-                if "textContent" in event:
-                    self._pieces[(message.to.address, event["textContent"]["text"])] = until
+        # The echo of each piece of a split reply, and of an image (echoed as "(image)",
+        # which no stored text matches), is ours too: known here, not by the store.
+        until = time.monotonic() + self.config.echo_match_seconds
+        self._forget_expired()
+        for event in events:
+            if "imageContent" in event:
+                self._pieces[(message.to.address, "(image)")] = until
+            elif len(events) > 1:
+                self._pieces[(message.to.address, event["textContent"]["text"])] = until
         done = self._progress.get(message.id, 0)
         for index in range(done, len(events)):
             await self._post(events[index])

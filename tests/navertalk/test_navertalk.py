@@ -273,6 +273,11 @@ async def test_replies_are_split_at_the_limit_and_result_codes_map_to_retry_or_f
 
     pieces = await wait_until(lambda: _joined(sent_pieces, text), timeout=20)
     assert all(len(p) <= 10_000 for p in pieces) and len(pieces) == 3
+    stored = len(await messages(http, daemon, user))
+    for piece in pieces:  # TalkTalk echoes each piece: all ours, nothing new
+        await post_event(daemon, {"event": "echo", "echoedEvent": "send", "user": user,
+                                  "textContent": {"text": piece}})
+    assert len(await messages(http, daemon, user)) == stored
     fake.plans.append(Planned(result_code="01", message="Authorization 정보 오류"))
     status, queued = await post_json(http, f"{daemon.url}/v1/conversations/{cid}/messages",
                                      {"text": "실패할 답"})
