@@ -69,6 +69,10 @@ class Ingest(Protocol):
     async def __call__(self, inbound: InboundMessage) -> IngestResult: ...
 
 
+IngestAll = Callable[[list[InboundMessage]], Awaitable[list[IngestResult]]]
+"""Several messages of one provider request stored in one transaction, all or none."""
+
+
 class AdapterState(enum.StrEnum):
     """Where an adapter is in its lifecycle."""
 
@@ -183,6 +187,7 @@ class AdapterContext:
     log: structlog.typing.FilteringBoundLogger = field(
         default_factory=lambda: structlog.get_logger("adapters"))
     receipts: Receipts | None = None  # delivery and read receipts (gateway/receipts.py)
+    ingest_all: IngestAll | None = None  # None: ``ChannelAdapter.ingest_all`` stores one by one
     groups: bool = False  # the account's ``groups``: store group posts, else ignore them
 
     def supervise(self, name: str, body: LoopBody, *,
@@ -376,6 +381,26 @@ class ChannelAdapter(ABC):
         result = await self.ctx.ingest(inbound)
         self.counters["received" if result.created else "duplicates"] += 1
         return result
+
+
+    async def ingest_all(self, inbounds: list[InboundMessage]) -> list[IngestResult]:
+        """Hand over the messages of one provider request (a LINE webhook's events) to be
+        committed together: all of them or, when the store fails, none, so that the
+        provider's redelivery finds nothing half-stored. Group posts where ``groups`` is off
+        are left out as :meth:`ingest` leaves them out. Results come in the given order."""
+        kept = [m for m in inbounds if m.group is None or self.ctx.groups]
+        if self.ctx.ingest_all is not None and len(kept) > 1:
+            stored = iter(await self.ctx.ingest_all(kept))
+            results = []
+            for inbound in inbounds:
+                if inbound.group is not None and not self.ctx.groups:
+                    results.append(await self.ingest(inbound))  # counted, not stored
+                    continue
+                result = next(stored)
+                self.counters["received" if result.created else "duplicates"] += 1
+                results.append(result)
+            return results
+        return [await self.ingest(inbound) for inbound in inbounds]
 
 
 def _path_pattern(path: str) -> re.Pattern[str]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 from adapters.api import ApiAdapter
 from adapters.base import RESERVED_PREFIXES, ChannelAdapter
 from adapters.email import EmailAdapter
+from adapters.line import LineAdapter
 from adapters.meta import MetaAdapter
+from adapters.navertalk import NaverTalkAdapter
 from adapters.telegram import TelegramAdapter
 from adapters.twilio import TwilioAdapter
 
 ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (
     ApiAdapter,
     EmailAdapter,
+    LineAdapter,
     MetaAdapter,
+    NaverTalkAdapter,
     TelegramAdapter,
     TwilioAdapter,
 )}

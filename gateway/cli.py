@@ -79,6 +79,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     for warning in _privileged_ports(config):
         print(f"{args.file}: note: {warning}", file=sys.stderr)
+    for channel in config.channels:  # what an account's type wants ops to see (allowed_ips)
+        check_notes = getattr(channel.options, "check_notes", None)
+        for note in check_notes() if callable(check_notes) else ():
+            print(f"{args.file}: note: {channel.type}:{channel.name} {note}", file=sys.stderr)
     print(f"{args.file}: OK — {len(config.channels)} channel(s): "
           + ", ".join(f"{c.name} ({c.type})" for c in config.channels))
     return 0

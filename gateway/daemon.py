@@ -201,6 +201,7 @@ class Gateway:
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
             authorize=check_token, store=self.store, stopping=self.stopping,
             media=self.media, receipts=ReceiptSink(self.store), groups=account.groups,
+            ingest_all=self.ingest.ingest_all,
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:

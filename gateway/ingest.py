@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from gateway.errors import PayloadTooLarge, ValidationFailed
 from gateway.logging import info_event
 from gateway.metrics import Metrics
-from gateway.store.base import IngestResult, IngestStore
+from gateway.store.base import IngestResult, IngestStore, StoredAttachment
 from normalizer.attachments import sanitize_content_type, sanitize_filename
 from normalizer.identity import InvalidIdentity, normalize_party
 from normalizer.model import AttachmentData, InboundMessage
@@ -45,6 +45,31 @@ class IngestService:
         ``inbound.attachments`` is emptied once their bytes are in the blob store.
         """
         started = time.perf_counter()
+        inbound, stored = await self._prepare(inbound)
+        result = await self.store.ingest(inbound, stored)
+        self._count(inbound, result, started)
+        return result
+
+    async def ingest_all(self, inbounds: list[InboundMessage]) -> list[IngestResult]:
+        """Store the messages of one provider request in one transaction, all or none (a
+        LINE webhook's events); return after the commit, a result per message in order.
+
+        A store without ``ingest_all`` stores them one after the other (each committed).
+        """
+        started = time.perf_counter()
+        prepared = [await self._prepare(inbound) for inbound in inbounds]
+        batch = getattr(self.store, "ingest_all", None)
+        if batch is not None:
+            results: list[IngestResult] = await batch(prepared)
+        else:
+            results = [await self.store.ingest(inbound, stored) for inbound, stored in prepared]
+        for (inbound, _), result in zip(prepared, results, strict=True):
+            self._count(inbound, result, started)
+        return results
+
+    async def _prepare(self, inbound: InboundMessage
+                       ) -> tuple[InboundMessage, list[StoredAttachment]]:
+        """Canonical identities, attachment metadata and bytes in the blob store."""
         # Errors and log lines name the field, never the refused address: a log is out of
         # reach of a customer's erasure.
         try:
@@ -83,7 +108,10 @@ class IngestService:
         # The bytes are in the blob store now; the store's own copies of the raw message
         # (SQLite builds its row in memory) need not sit beside 25 MB of them.
         inbound.attachments = []
-        result = await self.store.ingest(inbound, stored)
+        return inbound, stored
+
+    def _count(self, inbound: InboundMessage, result: IngestResult, started: float) -> None:
+        """Metrics, the fetcher's wake-up and the log line of one stored message."""
         counters = self._counters.get((inbound.channel, inbound.account))
         if counters is None:
             labels = (inbound.channel, inbound.account)
@@ -103,7 +131,6 @@ class IngestService:
             counters[1].inc()
             info_event("ingest.duplicate", message_id=result.message["id"],
                        channel=inbound.channel, account=inbound.account)
-        return result
 
     def _canonical_recipient(self, inbound: InboundMessage) -> InboundMessage:
         """An echo's customer is its recipient: canonicalize it as a sender would be."""

@@ -173,7 +173,9 @@ class IngestStore(BlobStore, Protocol):
                attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
         """Store one inbound message once; resolve customer and conversation; emit events.
 
-        Awaiting the result returns after the commit."""
+        Awaiting the result returns after the commit. A backend may also offer
+        ``ingest_all(items)``: several messages in one transaction, all or none (SQLite does;
+        gateway/ingest.py falls back to one commit each without it)."""
 
 
 class MediaStore(BlobStore, Protocol):

@@ -46,7 +46,7 @@ from gateway.store.jobs.customers import (
     _set_checkpoint,
     _set_conversation_status,
 )
-from gateway.store.jobs.ingest import _ingest
+from gateway.store.jobs.ingest import _ingest, _ingest_all
 from gateway.store.jobs.media import (
     _claim_fetches,
     _fetch_done,
@@ -252,6 +252,11 @@ class SQLiteStore:
                attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
         """Store one inbound message once (see :func:`_ingest`); await the commit."""
         return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days)
+
+    def ingest_all(self, items: list[tuple[InboundMessage, list[StoredAttachment]]]
+                   ) -> Awaitable[list[IngestResult]]:
+        """Store several messages in one transaction, all or none (see :func:`_ingest_all`)."""
+        return self.engine.write(_ingest_all, items, self.config.reopen_window_days)
 
     # ---------------------------------------------------------------- provider reports
 

@@ -226,6 +226,14 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
                         direction="inbound", status="received", sent_at=sent_at)
 
 
+def _ingest_all(tx: Tx, items: list[tuple[InboundMessage, list[StoredAttachment]]],
+                reopen_window_days: float) -> list[IngestResult]:
+    """Several messages of one provider request (a LINE webhook's events) in one job: the
+    job runs inside its own savepoint, so they are committed all together or not at all."""
+    return [_ingest(tx, inbound, attachments, reopen_window_days)
+            for inbound, attachments in items]
+
+
 def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSON:
     """Start a conversation for the message (the group's, for a group post)."""
     conversation_id = new_id("cnv")
