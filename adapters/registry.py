@@ -12,8 +12,10 @@ from __future__ import annotations
 from adapters.api import ApiAdapter
 from adapters.base import RESERVED_PREFIXES, ChannelAdapter
 from adapters.email import EmailAdapter
+from adapters.webchat import WebChatAdapter
 
-ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (ApiAdapter, EmailAdapter)}
+ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (ApiAdapter, EmailAdapter,
+                                                                      WebChatAdapter)}
 
 
 def identity_kinds(adapters: dict[str, type[ChannelAdapter]] | None = None) -> tuple[str, ...]:
