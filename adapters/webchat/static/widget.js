@@ -2,7 +2,7 @@
  *
  * One file, no dependencies, no eval, no inline styles or handlers: a page with a strict
  * Content-Security-Policy needs only script-src, style-src and connect-src for HOST.
- * Everything shown is set with textContent (never innerHTML), so no visitor or agent text
+ * Everything shown is set with textContent (never parsed as HTML), so no visitor or agent text
  * can become markup. The widget lives in a shadow root, so the shop's CSS and ours stay apart.
  * It talks only to HOST: no fonts, images or analytics from anywhere else.
  */
@@ -213,6 +213,14 @@
     timer = setTimeout(connect, delay);
   }
   window.addEventListener("online", function () { if (!ws) { retry = 0; connect(); } });
+  window.addEventListener("offline", function () {
+    // the device lost its network: say so now rather than when a ping times out
+    if (!ws) { return; }
+    var old = ws; ws = null; online = false;
+    old.onclose = null; old.onmessage = null;
+    try { old.close(); } catch (e) { /* already closing */ }
+    schedule();
+  });
 
   function handle(frame) {
     if (frame.type === "welcome") {
