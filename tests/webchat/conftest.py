@@ -91,6 +91,7 @@ async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         name = "tight"
         allowed_origins = ["http://127.0.0.1:{shop_port}"]
         visitor_messages_per_minute = 20
+        max_connections_per_ip = 3
         """
     daemon = Daemon(tmp, base_config(tmp / "data", http_port, smtp_port, extra=extra),
                     http_port)

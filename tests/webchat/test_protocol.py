@@ -43,13 +43,21 @@ async def status_of(api: aiohttp.ClientSession, daemon: Daemon, message_id: str)
 
 async def test_a_page_of_another_origin_cannot_open_the_chat(
         chat_daemon: Daemon, api: aiohttp.ClientSession, foreign: Site) -> None:
+    before = await shop_counters(api, chat_daemon)
     for headers in ({"Origin": foreign.origin}, {}, {"Origin": "null"}):
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await api.ws_connect(f"{chat_daemon.url}/chat/shop/ws", headers=headers)
         assert refused.value.status == 403
-    channels = await get_json(api, f"{chat_daemon.url}/v1/channels")
+    after = await shop_counters(api, chat_daemon)
+    assert after["refused_origin"] == before["refused_origin"] + 3
+    assert after["connections"] == before["connections"]  # refused before the upgrade
+
+
+async def shop_counters(api: aiohttp.ClientSession, daemon: Daemon) -> dict[str, int]:
+    """The ``shop`` account's counters in /v1/channels."""
+    channels = await get_json(api, f"{daemon.url}/v1/channels")
     shop = next(c for c in channels["channels"] if c["name"] == "shop")
-    assert shop["counters"]["refused_origin"] >= 3 and shop["counters"]["received"] == 0
+    return dict(shop["counters"])
 
 
 async def test_a_visitors_message_is_stored_confirmed_and_on_the_feed(
@@ -247,3 +255,23 @@ async def test_the_widget_and_its_stylesheet_are_served_for_any_page(
         assert response.status == 404  # no demo page unless demo_page = true
     async with api.get(f"{chat_daemon.url}/chat/nobody/widget.js") as response:
         assert response.status == 404
+
+
+async def test_an_address_may_hold_only_so_many_chats_open(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    url = f"{chat_daemon.url}/chat/tight/ws"
+    held = [await api.ws_connect(url, headers={"Origin": shop.origin}) for _ in range(3)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await api.ws_connect(url, headers={"Origin": shop.origin})
+    assert refused.value.status == 429
+    await held.pop().close()
+
+    async def accepted() -> bool:
+        try:
+            held.append(await api.ws_connect(url, headers={"Origin": shop.origin}))
+        except aiohttp.WSServerHandshakeError:
+            return False
+        return True
+    await wait_until(accepted)  # the closed one's place is free again
+    for ws in held:
+        await ws.close()
