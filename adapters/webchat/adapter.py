@@ -34,6 +34,7 @@ from adapters.webchat.limits import RateLimiter, limiter
 from gateway.errors import Forbidden, NotFound, OmnirelayError
 from gateway.http import client_address, json_response
 from gateway.receipts import Receipt
+from gateway.store.base import StoredAttachment
 from normalizer.errors import InvalidInput
 from normalizer.model import DeliveryStatus, Party
 from normalizer.webchat import (
@@ -65,7 +66,7 @@ class HistoryStore(Protocol):
                             limit: int) -> list[dict[str, Any]]:
         """A conversation's messages, oldest first."""
 
-    async def get_attachment(self, attachment_id: str) -> tuple[Any, Path]:
+    async def get_attachment(self, attachment_id: str) -> tuple[StoredAttachment, Path]:
         """An attachment's metadata and the path of its bytes."""
 
 
@@ -194,8 +195,7 @@ class WebChatAdapter(ChannelAdapter):
             raise Forbidden("this file link is not valid")
         store = self._history_store()
         meta, path = await store.get_attachment(attachment_id)
-        content_type = str(getattr(meta, "content_type", "application/octet-stream"))
-        filename = str(getattr(meta, "filename", "file"))
+        content_type, filename = meta.content_type, meta.filename
         inline = content_type in ("image/png", "image/jpeg", "image/gif", "image/webp")
         disposition = "inline" if inline else "attachment"
         return web.FileResponse(path, headers={
@@ -298,9 +298,11 @@ class WebChatAdapter(ChannelAdapter):
         async for frame in conn.ws:
             if frame.type is not WSMsgType.TEXT:
                 continue
+            data: object = None
             try:
                 data = orjson.loads(frame.data)
                 kind = frame_type(data)
+                assert isinstance(data, dict)  # frame_type checked it
                 if kind == "message":
                     await self._message(conn, data)
                 elif kind in ("ack", "read"):
@@ -312,15 +314,19 @@ class WebChatAdapter(ChannelAdapter):
                     raise InvalidInput(f"unknown frame type {kind!r}")
             except (orjson.JSONDecodeError, InvalidInput) as exc:
                 self.counters["invalid_frames"] += 1
-                client_id = data.get("id") if isinstance(data, dict) else None
                 await self._push(conn, {"type": "error", "code": "invalid",
                                         "message": str(exc)[:300],
-                                        "client_id": client_id if isinstance(client_id, str)
-                                        else None})
-            except OmnirelayError as exc:  # the store cannot write now: the widget retries
-                await self._push(conn, {"type": "error", "code": exc.code,
-                                        "message": exc.message[:300], "retry_after": 5,
-                                        "client_id": data.get("id")})
+                                        "client_id": _client_id(data)})
+            except OmnirelayError as exc:
+                # Refused by the store (a file over [store] max_attachment_bytes): as
+                # invalid, never resent. Unavailable (disk full, 503): the widget keeps the
+                # message and sends it again.
+                retry = exc.status >= 500
+                await self._push(conn, {"type": "error",
+                                        "code": exc.code if retry else "invalid",
+                                        "message": exc.message[:300],
+                                        "retry_after": 5 if retry else None,
+                                        "client_id": _client_id(data)})
 
     async def _message(self, conn: Connection, data: dict[str, Any]) -> None:
         """Store a visitor's message, then confirm it to every tab of the visitor."""
@@ -469,6 +475,12 @@ class WebChatAdapter(ChannelAdapter):
         signature = tokens.file_signature(self._secret, self.name, visitor, attachment_id)
         return (f"{self.base}/file?id={quote(attachment_id)}&v={quote(visitor)}"
                 f"&sig={signature}")
+
+
+def _client_id(frame: object) -> str | None:
+    """The widget's id of the message a frame carried, to name it in an error."""
+    value = frame.get("id") if isinstance(frame, dict) else None
+    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def _visitors(message: Mapping[str, Any], account: str, visitor: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Daemon
 from tests.webchat.conftest import ARTIFACTS, Site, get_json, reply, wait_until
+from tests.webchat.test_protocol import PNG
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -171,7 +172,8 @@ async def test_a_page_of_another_origin_gets_no_chat(
     # Kept in the widget, never stored.
     await page.locator("li.msg.pending", has_text="let me in").wait_for()
     assert await page.get_attribute(WIDGET, "data-state") != "online"
-    assert "Offline" in (await page.locator(".status").text_content() or "")
+    assert await page.locator(".status").text_content() in (
+        "Connecting…", "Offline — your messages are kept and sent when the connection returns.")
 
 
 async def _refused(api: aiohttp.ClientSession, daemon: Daemon) -> int:
@@ -202,6 +204,61 @@ async def test_messages_typed_offline_are_sent_when_the_connection_returns(
         timeout=20000)
     assert await conversation_of(api, chat_daemon, "typed on the train")
     assert await page.locator("li.msg.pending").count() == 0
+
+
+@pytest.fixture(scope="session")
+async def form_site(chat_daemon: Daemon) -> AsyncIterator[Site]:
+    """A site embedding the ``form`` account (pre-chat form on)."""
+    site = Site(chat_daemon.url, "form", chat_daemon.ports["form"])  # type: ignore[attr-defined]
+    await site.start()
+    yield site
+    await site.stop()
+
+
+async def test_the_pre_chat_form_names_the_visitor_and_links_their_email(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, form_site: Site,
+        visitor_page: Watched) -> None:
+    page = await open_shop(visitor_page, form_site)
+    assert await page.locator(".composer").is_hidden()
+    await page.fill("#omnirelay-name", "Park Jisoo")
+    await page.fill("#omnirelay-email", "not-an-address")
+    await page.click(".start")
+    assert await page.locator(".prechat").is_visible()  # the browser's own check stops it
+    await page.fill("#omnirelay-email", "jisoo@example.com")
+    await page.click(".start")
+    assert await page.locator(".composer").is_visible()
+    await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached",
+                                 timeout=15000)
+    await page.fill("#omnirelay-text", "About my order")
+    await page.press("#omnirelay-text", "Enter")
+    await page.locator("li.msg.me:not(.pending)", has_text="About my order").wait_for()
+    found = await get_json(api, f"{chat_daemon.url}/v1/customers?identity="
+                                "email:jisoo@example.com")
+    [customer] = found["customers"]
+    assert customer["name"] == "Park Jisoo"
+    assert {i["kind"] for i in customer["identities"]} == {"webchat", "email"}
+    # Asked once: a reload goes straight to the chat.
+    await page.reload()
+    await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached")
+    await page.click(".bubble")
+    assert await page.locator(".prechat").is_hidden()
+    assert visitor_page.problems == []
+
+
+async def test_a_file_is_sent_from_the_browser_and_shown(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site,
+        visitor_page: Watched) -> None:
+    page = await open_shop(visitor_page, shop)
+    await page.set_input_files("#omnirelay-file", files=[
+        {"name": "photo.png", "mimeType": "image/png", "buffer": PNG}])
+    thumb = page.locator("li.msg.me:not(.pending) img.thumb")
+    await thumb.wait_for()
+    await page.wait_for_function(
+        "() => { const host = document.querySelector('#omnirelay-chat');"
+        " const img = host.shadowRoot.querySelector('img.thumb');"
+        " return img && img.complete && img.naturalWidth === 1; }")
+    assert await thumb.get_attribute("alt") == "photo.png"
+    assert visitor_page.problems == []  # the shop's CSP let it load from omnirelay only
 
 
 def test_the_screenshot_is_kept_as_an_artifact() -> None:

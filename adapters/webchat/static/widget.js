@@ -344,7 +344,12 @@
   function finishPrechat(values) {
     profile = values; save("profile", profile);
     prechat.hidden = true; composer.hidden = false;
-    if (ws) { ws.close(); }  // say hello again with the name and e-mail
+    if (ws) {  // say hello again, now with the name and e-mail
+      var old = ws; ws = null; online = false;
+      old.onclose = null; old.onmessage = null;
+      try { old.close(); } catch (e) { /* already closing */ }
+      retry = 0; connect();
+    }
     text.focus();
   }
   prechat.addEventListener("submit", function (event) {
