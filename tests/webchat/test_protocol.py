@@ -158,6 +158,10 @@ async def test_history_on_reconnect_is_the_visitors_own_web_chat_only(
                          token=visitor.welcome["token"])
     assert back.welcome["visitor"] == visitor.welcome["visitor"]
     assert [m["text"] for m in back.history] == ["Hi, it is Lee", "Hello Lee"]
+    # Not acknowledged before the reload: the history's copy is, as the widget does.
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "sent"))
+    await back.send({"type": "ack", "ids": [queued["id"]]})
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "delivered"))
     await back.ws.close()
 
 
