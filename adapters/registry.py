@@ -17,6 +17,7 @@ from adapters.meta import MetaAdapter
 from adapters.navertalk import NaverTalkAdapter
 from adapters.telegram import TelegramAdapter
 from adapters.twilio import TwilioAdapter
+from adapters.webchat import WebChatAdapter
 
 ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (
     ApiAdapter,
@@ -26,6 +27,7 @@ ADAPTERS: dict[str, type[ChannelAdapter]] = {cls.type: cls for cls in (
     NaverTalkAdapter,
     TelegramAdapter,
     TwilioAdapter,
+    WebChatAdapter,
 )}
 
 

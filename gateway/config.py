@@ -435,7 +435,8 @@ def embedded_default(environ: Mapping[str, str] | None = None) -> Config:
 
     SQLite under ``$OMNIRELAY_DATA_DIR``, HTTP on ``$OMNIRELAY_LISTEN``, an e-mail account
     ``default`` with an SMTP listener on ``$OMNIRELAY_SMTP_LISTEN`` taking any recipient,
-    and an API account ``default``. The API token is ``$OMNIRELAY_API_TOKEN``, else one
+    an API account ``default`` and a web chat account ``default`` serving its demo page at
+    ``/chat/default/``. The API token is ``$OMNIRELAY_API_TOKEN``, else one
     generated into the data dir on first start.
     """
     env = os.environ if environ is None else environ
@@ -462,6 +463,10 @@ accept_any_recipient = true
 [[channels]]
 type = "api"
 name = "default"
+[[channels]]
+type = "webchat"
+name = "default"
+demo_page = true
 """
     config = parse_config(text, source="<embedded default>", environ=env)
     default_token = TokenConfig("default", Secret(token), frozenset({"admin"}))

@@ -1,0 +1,530 @@
+"""Web chat: the widget, its WebSocket, and agents' replies pushed to open browsers.
+
+A shop adds ``<script src="https://…/chat/{account}/widget.js" async></script>`` to its
+pages. The widget opens ``/chat/{account}/ws`` (the ``Origin`` must be one of the account's
+``allowed_origins``), says who it is with its signed visitor token, gets the visitor's
+history, and exchanges JSON frames (docs/webchat.md). A visitor's message is stored like
+every channel's (normalizer, ingest) and confirmed to the browser only after the commit.
+An agent's reply leaves through the outbox like any other channel's: ``send`` pushes it to
+the visitor's open sockets; the browser's ``ack`` makes it ``delivered`` and its ``read``
+(shown in the open panel) ``read``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendResult
+from adapters.webchat import tokens
+from adapters.webchat.config import WebChatConfig
+from adapters.webchat.limits import RateLimiter, limiter
+from gateway.errors import Forbidden, NotFound, OmnirelayError
+from gateway.http import client_address, json_response
+from gateway.receipts import Receipt
+from gateway.store.base import StoredAttachment
+from normalizer.errors import InvalidInput
+from normalizer.model import DeliveryStatus, Party
+from normalizer.webchat import (
+    Hello,
+    frame_type,
+    parse_hello,
+    parse_receipt_ids,
+    parse_visitor_message,
+)
+
+HELLO_TIMEOUT = 10.0  # seconds a new socket has to say who it is
+PUSH_TIMEOUT = 5.0  # a browser that does not take a frame within this is dropped
+RECEIPT_RETRIES = 10  # an ack can overtake the outbox recording the send; try again
+RECEIPT_RETRY_DELAY = 0.2
+HEARTBEAT = 25.0  # pings keep proxies from closing a quiet chat
+STATIC = resources.files("adapters.webchat") / "static"
+_STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """What the daemon's store offers beyond ``AdapterStore`` that web chat reads: the
+    visitor's customer and conversations (history) and attachment files (downloads)."""
+
+    async def find_customer(self, kind: str, address: str) -> dict[str, Any]:
+        """The customer owning an identity, with conversations; NotFound otherwise."""
+
+    async def list_messages(self, conversation_id: str, after: str | None,
+                            limit: int) -> list[dict[str, Any]]:
+        """A conversation's messages, oldest first."""
+
+    async def get_attachment(self, attachment_id: str) -> tuple[StoredAttachment, Path]:
+        """An attachment's metadata and the path of its bytes."""
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One open WebSocket of a visitor (a tab)."""
+
+    ws: web.WebSocketResponse
+    visitor: str
+    hello: Hello
+    address: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Replies this socket was given, and the furthest status it reported for each: a
+    # browser may report only on what it was shown, and only forwards.
+    replies: dict[str, str] = field(default_factory=dict)
+
+
+class WebChatAdapter(ChannelAdapter):
+    """The widget (``/chat/{account}/widget.js``), its WebSocket and the demo page."""
+
+    type = "webchat"
+    channels = frozenset({"webchat"})
+    identity_kinds = frozenset({"webchat", "email"})
+    channel_identity_kinds = {"webchat": ("webchat",)}
+    config_class = WebChatConfig
+    route_family = "/chat"
+    config: WebChatConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counters.update({"connections": 0, "visitors_online": 0, "refused_origin": 0,
+                              "rate_limited": 0, "invalid_frames": 0})
+        self._secret = b""
+        self._sockets: dict[str, set[Connection]] = {}
+        self._per_address: dict[str, int] = {}
+        self._visitor_rate: RateLimiter = limiter(self.config.visitor_messages_per_minute)
+        self._address_rate: RateLimiter = limiter(self.config.ip_messages_per_minute)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        """Take the token secret (configured, else the account's own kept in the store)."""
+        if self.config.secret is not None:
+            self._secret = self.config.secret.reveal().encode()
+        else:
+            key = f"webchat:{self.name}:token-secret"
+            stored = await self.ctx.store.get_checkpoint(key)
+            if stored is None:
+                stored = secrets.token_hex(32)
+                await self.ctx.store.set_checkpoint(key, stored)
+            self._secret = bytes.fromhex(stored)
+        if self.config.demo_page:
+            self.log.info("webchat.demo_page", url=f"{self.ctx.public_url}{self.base}/")
+
+    async def on_stop(self) -> None:
+        """Close every open socket (1001) and wait for the receipts still being written."""
+        for conn in [c for conns in self._sockets.values() for c in conns]:
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=1001, message=b"server shutting down")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def base(self) -> str:
+        """``/chat/{account}``."""
+        return f"/chat/{self.name}"
+
+    def family_routes(self) -> Sequence[web.RouteDef]:
+        """The widget, its stylesheet, the WebSocket, file downloads and the demo page."""
+        routes = [web.get(f"{self.base}/widget.js", self.widget_js),
+                  web.get(f"{self.base}/widget.css", self.widget_css),
+                  web.get(f"{self.base}/ws", self.socket),
+                  web.get(f"{self.base}/file", self.file)]
+        if self.config.demo_page:
+            routes.append(web.get(f"{self.base}/", self.demo))
+        return routes
+
+    def sender(self, channel: str) -> Party:
+        """Replies come from the account itself."""
+        return Party("webchat", f"omnirelay:{self.name}", self.config.title)
+
+    def health(self) -> AdapterHealth:
+        """The base health, with the sockets open right now."""
+        self.counters["visitors_online"] = len(self._sockets)
+        return super().health()
+
+    # ------------------------------------------------------------------ static parts
+
+    async def widget_js(self, request: web.Request) -> web.StreamResponse:
+        """The widget: one file, no dependencies, no eval (CSP: ``script-src`` our host)."""
+        return _static("widget.js", "application/javascript")
+
+    async def widget_css(self, request: web.Request) -> web.StreamResponse:
+        """The widget's stylesheet, loaded into its shadow root (CSP: ``style-src``)."""
+        return _static("widget.css", "text/css")
+
+    async def demo(self, request: web.Request) -> web.StreamResponse:
+        """A shop page with the widget, under a strict CSP, to try it (``demo_page``)."""
+        page = (STATIC / "demo.html").read_text(encoding="utf-8")
+        host = request.host
+        for name, value in (("base", self.base), ("title", self.config.title),
+                            ("origin", f"{request.scheme}://{host}")):
+            page = page.replace("{{" + name + "}}", html.escape(value))
+        csp = (f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' "
+               f"blob: data:; connect-src 'self' ws://{host} wss://{host}; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Content-Security-Policy": csp,
+                                     "X-Content-Type-Options": "nosniff",
+                                     "Referrer-Policy": "no-referrer",
+                                     "Cache-Control": "no-store"})
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        """An attachment of the visitor's conversation, by the signed link they were given.
+
+        Served as a download in a sandbox (``Content-Disposition: attachment``, CSP
+        ``sandbox``, ``nosniff``) except raster images, which the widget shows inline:
+        nothing a visitor or agent uploads runs as a page of ours.
+        """
+        attachment_id = request.query.get("id", "")
+        visitor = request.query.get("v", "")
+        signature = request.query.get("sig", "")
+        expected = tokens.file_signature(self._secret, self.name, visitor, attachment_id)
+        if not attachment_id or not secrets.compare_digest(signature, expected):
+            raise Forbidden("this file link is not valid")
+        store = self._history_store()
+        meta, path = await store.get_attachment(attachment_id)
+        content_type, filename = meta.content_type, meta.filename
+        inline = content_type in ("image/png", "image/jpeg", "image/gif", "image/webp")
+        disposition = "inline" if inline else "attachment"
+        return web.FileResponse(path, headers={
+            "Content-Type": content_type if inline else "application/octet-stream",
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename)}",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "X-Content-Type-Options": "nosniff",
+            "Cross-Origin-Resource-Policy": "cross-origin",
+            "Cache-Control": "private, max-age=86400"})
+
+    # ------------------------------------------------------------------ the WebSocket
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        """Whether the page opening the socket may: an allowed origin, or the demo page's."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return False
+        origin = origin.rstrip("/").lower()
+        if origin in self.config.allowed_origins:
+            return True
+        if self.config.demo_page:
+            own = {f"{request.scheme}://{request.host}".lower(),
+                   self.ctx.public_url.rstrip("/").lower()}
+            return origin in own
+        return False
+
+    async def socket(self, request: web.Request) -> web.StreamResponse:
+        """``/chat/{account}/ws``: check the Origin and the address's connections, then
+        serve the visitor until they leave or the daemon stops."""
+        if not self.origin_allowed(request):
+            self.counters["refused_origin"] += 1
+            raise Forbidden("this page's origin may not open the chat "
+                            "(the account's allowed_origins)")
+        address = client_address(request)
+        if self._per_address.get(address, 0) >= self.config.max_connections_per_ip:
+            self.counters["rate_limited"] += 1
+            return json_response({"error": {"code": "rate_limited", "message":
+                                            "too many chat connections from this address"}},
+                                 status=429, headers={"Retry-After": "30"})
+        max_frame = self.config.max_file_bytes * 4 // 3 * 5 + self.config.max_text_chars * 4
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=max_frame + 65536)
+        await ws.prepare(request)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self.counters["connections"] += 1
+        conn: Connection | None = None
+        try:
+            async with self.ctx.closing_on_stop(ws):
+                conn = await self._greet(ws, address)
+                if conn is not None:
+                    await self._serve(conn)
+        finally:
+            if conn is not None:
+                self._forget(conn)
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
+        return ws
+
+    async def _greet(self, ws: web.WebSocketResponse, address: str) -> Connection | None:
+        """The hello frame: verify the token (a forged one is a new visitor), answer with
+        the visitor's token and settings, then their history."""
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                frame = await ws.receive()
+        except TimeoutError:
+            await ws.close(code=4000, message=b"no hello")
+            return None
+        if frame.type is not WSMsgType.TEXT:
+            return None
+        try:
+            data = orjson.loads(frame.data)
+            if frame_type(data) != "hello":
+                raise InvalidInput('the first frame must be {"type": "hello"}')
+            hello = parse_hello(data)
+        except (orjson.JSONDecodeError, InvalidInput) as exc:
+            await _send(ws, {"type": "error", "code": "invalid", "message": str(exc)})
+            await ws.close(code=4000, message=b"bad hello")
+            return None
+        visitor = tokens.verify(self._secret, self.name, hello.token) or tokens.new_visitor_id()
+        conn = Connection(ws, visitor, hello, address)
+        self._sockets.setdefault(visitor, set()).add(conn)
+        await self._push(conn, {
+            "type": "welcome", "visitor": visitor,
+            "token": tokens.issue(self._secret, self.name, visitor),
+            "title": self.config.title, "pre_chat_form": self.config.pre_chat_form,
+            "limits": {"max_text_chars": self.config.max_text_chars,
+                       "max_file_bytes": self.config.max_file_bytes}})
+        history = await self._history(visitor)
+        for message in history:
+            if message["direction"] == "outbound":
+                conn.replies[message["id"]] = message["status"]
+        await self._push(conn, {"type": "history",
+                                "messages": [self._for_visitor(m, visitor) for m in history]})
+        return conn
+
+    async def _serve(self, conn: Connection) -> None:
+        """Frames until the socket closes; a bad frame is answered, never fatal."""
+        async for frame in conn.ws:
+            if frame.type is not WSMsgType.TEXT:
+                continue
+            data: object = None
+            try:
+                data = orjson.loads(frame.data)
+                kind = frame_type(data)
+                assert isinstance(data, dict)  # frame_type checked it
+                if kind == "message":
+                    await self._message(conn, data)
+                elif kind in ("ack", "read"):
+                    self._receipts(conn, parse_receipt_ids(data),
+                                   "delivered" if kind == "ack" else "read")
+                elif kind == "ping":
+                    await self._push(conn, {"type": "pong"})
+                else:
+                    raise InvalidInput(f"unknown frame type {kind!r}")
+            except (orjson.JSONDecodeError, InvalidInput) as exc:
+                self.counters["invalid_frames"] += 1
+                await self._push(conn, {"type": "error", "code": "invalid",
+                                        "message": str(exc)[:300],
+                                        "client_id": _client_id(data)})
+            except OmnirelayError as exc:
+                # Refused by the store (a file over [store] max_attachment_bytes): as
+                # invalid, never resent. Unavailable (disk full, 503): the widget keeps the
+                # message and sends it again.
+                retry = exc.status >= 500
+                await self._push(conn, {"type": "error",
+                                        "code": exc.code if retry else "invalid",
+                                        "message": exc.message[:300],
+                                        "retry_after": 5 if retry else None,
+                                        "client_id": _client_id(data)})
+
+    async def _message(self, conn: Connection, data: dict[str, Any]) -> None:
+        """Store a visitor's message, then confirm it to every tab of the visitor."""
+        client_id = data.get("id") if isinstance(data.get("id"), str) else None
+        wait = max(self._visitor_rate.take(conn.visitor),
+                   self._address_rate.take(conn.address))
+        if wait > 0:
+            self.counters["rate_limited"] += 1
+            await self._push(conn, {"type": "error", "code": "rate_limited",
+                                    "message": "slow down: sent again shortly",
+                                    "retry_after": round(wait, 1), "client_id": client_id})
+            return
+        inbound = parse_visitor_message(
+            data, account=self.name, visitor=conn.visitor, hello=conn.hello,
+            max_text_chars=self.config.max_text_chars,
+            max_file_bytes=self.config.max_file_bytes)
+        inbound.raw = orjson.dumps({k: v for k, v in data.items() if k != "attachments"})
+        inbound.raw_content_type = "application/json"
+        result = await self.ingest(inbound)
+        frame = {"type": "message", "message": self._for_visitor(result.message, conn.visitor),
+                 "client_id": client_id}
+        await self._broadcast(conn.visitor, frame)
+
+    def _receipts(self, conn: Connection, ids: Iterable[str], status: DeliveryStatus) -> None:
+        """The browser got (``delivered``) or showed (``read``) replies: each moves once,
+        forwards only, and only for replies this socket was given."""
+        for message_id in ids:
+            current = conn.replies.get(message_id)
+            if current is None or _STATUS_RANK.get(current, 9) >= _STATUS_RANK[status]:
+                continue
+            conn.replies[message_id] = status
+            task = asyncio.ensure_future(self._receipt(message_id, status))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _receipt(self, message_id: str, status: DeliveryStatus) -> None:
+        """Hand one receipt to the store. A browser can acknowledge a reply before the
+        outbox has recorded its send (the provider id): then try again shortly."""
+        assert self.ctx.receipts is not None
+        for _ in range(RECEIPT_RETRIES):
+            try:
+                result = await self.ctx.receipts(Receipt("webchat", self.name, message_id,
+                                                         status))
+            except OmnirelayError as exc:
+                self.log.warning("webchat.receipt_failed", message_id=message_id,
+                                 error=exc.message)
+                return
+            if result is not None:
+                return
+            await asyncio.sleep(RECEIPT_RETRY_DELAY)
+
+    # ------------------------------------------------------------------ outbound
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Push the reply to the visitor's open sockets; it is ``sent`` (kept for their
+        history when none is open) and becomes ``delivered`` when a browser acknowledges
+        it. The message id is the provider id the browser's receipts name."""
+        snapshot = dict(message.snapshot) or _snapshot(message)
+        visitor = message.to.address
+        frame = {"type": "message", "message": self._for_visitor(snapshot, visitor),
+                 "client_id": None}
+        for conn in list(self._sockets.get(visitor, ())):
+            conn.replies.setdefault(message.id, "sent")
+        await self._broadcast(visitor, frame)
+        self.counters["sent"] += 1
+        return SendResult(message.id, "sent")
+
+    async def _broadcast(self, visitor: str, frame: Mapping[str, Any]) -> None:
+        """One frame to every open socket of a visitor (their tabs)."""
+        conns = list(self._sockets.get(visitor, ()))
+        if not conns:
+            return
+        body = orjson.dumps(frame).decode()
+        await asyncio.gather(*(self._push_text(conn, body) for conn in conns))
+
+    async def _push(self, conn: Connection, frame: Mapping[str, Any]) -> None:
+        await self._push_text(conn, orjson.dumps(frame).decode())
+
+    async def _push_text(self, conn: Connection, body: str) -> None:
+        """Send, or drop a browser that does not take the frame in time."""
+        if conn.ws.closed:
+            return
+        try:
+            async with conn.lock, asyncio.timeout(PUSH_TIMEOUT):
+                await conn.ws.send_str(body)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self._forget(conn)
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=1011, message=b"too slow")
+
+    def _forget(self, conn: Connection) -> None:
+        conns = self._sockets.get(conn.visitor)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._sockets[conn.visitor]
+
+    # ------------------------------------------------------------------ history
+
+    def _history_store(self) -> HistoryStore:
+        store = self.ctx.store
+        if not isinstance(store, HistoryStore):
+            raise NotFound("this store keeps no web chat history")
+        return store
+
+    async def _history(self, visitor: str) -> list[dict[str, Any]]:
+        """The visitor's own web chat messages on this account, oldest first.
+
+        Only theirs: a visitor linked by e-mail to a customer with other channels never
+        sees those channels' messages, even where they share a conversation.
+        """
+        store = self.ctx.store
+        if not isinstance(store, HistoryStore):
+            return []
+        try:
+            customer = await store.find_customer("webchat", visitor)
+        except NotFound:
+            return []
+        limit = self.config.history_messages
+        found: list[dict[str, Any]] = []
+        for conversation in reversed(customer.get("conversations", [])[-5:]):
+            after: str | None = None
+            mine: list[dict[str, Any]] = []
+            while True:
+                page = await store.list_messages(conversation["id"], after, 1000)
+                mine += [m for m in page if _visitors(m, self.name, visitor)]
+                if len(page) < 1000:
+                    break
+                after = page[-1]["id"]
+            found = mine + found
+            if len(found) >= limit:
+                break
+        found.sort(key=lambda m: str(m["id"]))
+        return found[-limit:]
+
+    def _for_visitor(self, message: Mapping[str, Any], visitor: str) -> dict[str, Any]:
+        """The message as the visitor's browser gets it: attachment URLs become signed
+        links of this account (``/v1/attachments`` needs an API token)."""
+        view = dict(message)
+        view["attachments"] = [{**att, "url": self._file_link(visitor, att["id"])}
+                               for att in message.get("attachments") or ()
+                               if isinstance(att, dict) and "id" in att]
+        return view
+
+    def _file_link(self, visitor: str, attachment_id: str) -> str:
+        signature = tokens.file_signature(self._secret, self.name, visitor, attachment_id)
+        return (f"{self.base}/file?id={quote(attachment_id)}&v={quote(visitor)}"
+                f"&sig={signature}")
+
+
+def _client_id(frame: object) -> str | None:
+    """The widget's id of the message a frame carried, to name it in an error."""
+    value = frame.get("id") if isinstance(frame, dict) else None
+    return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+def _visitors(message: Mapping[str, Any], account: str, visitor: str) -> bool:
+    """Whether a stored message is one of this visitor's web chat messages."""
+    if message.get("channel") != "webchat" or message.get("account") != account:
+        return False
+    party = message.get("from") if message.get("direction") == "inbound" else message.get("to")
+    return isinstance(party, dict) and party.get("kind") == "webchat" and \
+        party.get("address") == visitor
+
+
+def _snapshot(message: OutboundMessage) -> dict[str, Any]:
+    """The contract JSON of an outbound message built from its typed fields (a send
+    without the outbox's snapshot: tests, tools)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    return {"id": message.id, "conversation_id": message.conversation_id,
+            "customer_id": message.customer_id, "channel": message.channel,
+            "account": message.account, "direction": "outbound",
+            "from": message.sender.to_json(), "to": message.to.to_json(),
+            "subject": message.subject, "text": message.text, "html": None,
+            "attachments": [a.to_json() for a in message.attachments],
+            "in_reply_to": message.in_reply_to,
+            "provider": {"message_id": message.id, "thread_id": None}, "status": "sent",
+            "error": None, "automatic": message.automatic,
+            "agent": None if message.agent is None else {"id": message.agent.id,
+                                                         "name": message.agent.name},
+            "sent_at": now, "received_at": now}
+
+
+async def _send(ws: web.WebSocketResponse, frame: Mapping[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(orjson.dumps(frame).decode())
+
+
+_STATIC_CACHE: dict[str, bytes] = {}
+
+
+def _static(name: str, content_type: str) -> web.Response:
+    """A file of the widget, cacheable for five minutes by browsers and CDNs."""
+    body = _STATIC_CACHE.get(name)
+    if body is None:
+        body = _STATIC_CACHE[name] = (STATIC / name).read_bytes()
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers={
+        "Cache-Control": "public, max-age=300",
+        "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+        "Access-Control-Allow-Origin": "*"})

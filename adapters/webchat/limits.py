@@ -1,0 +1,58 @@
+"""Rate limits per visitor and per client address: token buckets kept in memory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+MAX_KEYS = 100_000  # buckets kept; the fullest ones are dropped first beyond this
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass(slots=True)
+class RateLimiter:
+    """``per_minute`` events per key, with bursts of up to ``burst``.
+
+    ``take`` answers 0 when the event may go ahead, else how many seconds until it may
+    (the widget waits that long and sends again: nothing the visitor typed is lost).
+    """
+
+    per_minute: int
+    burst: int
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Spend one token of ``key``; 0 if there was one, else the wait in seconds."""
+        now = time.monotonic() if now is None else now
+        rate = self.per_minute / 60.0
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= MAX_KEYS:
+                self._forget_full(now)
+            bucket = self.buckets[key] = _Bucket(float(self.burst), now)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / rate
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled: forgetting them changes nothing."""
+        rate = self.per_minute / 60.0
+        for key in [k for k, b in self.buckets.items()
+                    if b.tokens + (now - b.at) * rate >= self.burst]:
+            del self.buckets[key]
+        if len(self.buckets) >= MAX_KEYS:  # all busy: forget the oldest half
+            for key in list(self.buckets)[: MAX_KEYS // 2]:
+                del self.buckets[key]
+
+
+def limiter(per_minute: int) -> RateLimiter:
+    """A limiter allowing ``per_minute`` with a burst of a quarter minute's worth (≥ 5)."""
+    return RateLimiter(per_minute, max(5, per_minute // 4))

@@ -1,0 +1,104 @@
+"""The pure half of web chat: frames → values and messages (normalizer/webchat.py), tokens
+and rate limits (adapters/webchat)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from adapters.webchat import tokens
+from adapters.webchat.limits import RateLimiter, limiter
+from normalizer.errors import InvalidInput, MalformedInput
+from normalizer.model import InboundMessage, Party
+from normalizer.webchat import (
+    Hello,
+    frame_type,
+    parse_hello,
+    parse_receipt_ids,
+    parse_visitor_message,
+)
+
+VISITOR = "vis_" + "A" * 22
+HELLO = Hello(None, "Kim", "kim@example.com", "https://shop.example/p/1", None)
+
+
+def message(frame: dict[str, object], hello: Hello = HELLO) -> InboundMessage:
+    return parse_visitor_message(frame, account="shop", visitor=VISITOR, hello=hello,
+                                 max_text_chars=20, max_file_bytes=10)
+
+
+def test_a_message_is_the_visitors_with_the_forms_email_linked() -> None:
+    inbound = message({"type": "message", "id": "abc-1", "text": "  hello\x00 there  "})
+    assert inbound.channel == "webchat" and inbound.account == "shop"
+    assert inbound.provider_message_id == f"{VISITOR}:abc-1"
+    assert inbound.sender == Party("webchat", VISITOR, "Kim")
+    assert inbound.text == "hello there"
+    assert inbound.linked_identities == [Party("email", "kim@example.com", "Kim")]
+    assert inbound.context == {"page_url": "https://shop.example/p/1"}
+
+
+@pytest.mark.parametrize(("frame", "error"), [
+    ({"id": "a", "text": "x" * 21}, "longer than 20"),
+    ({"id": "a", "text": ""}, "needs text or a file"),
+    ({"id": "a", "text": 5}, "text must be a string"),
+    ({"id": "a b", "text": "hi"}, "id must be"),
+    ({"text": "hi"}, "id must be"),
+    ({"id": "a", "text": "hi", "attachments": "x"}, "attachments must be a list"),
+    ({"id": "a", "attachments": [{"filename": "f.bin", "content_base64":
+                                  base64.b64encode(b"x" * 11).decode()}]}, "larger than 10"),
+    ({"id": "a", "attachments": [{"filename": "f.bin", "content_base64": "%%%"}]},
+     "not base64"),
+])
+def test_bad_messages_are_refused_with_a_reason(frame: dict[str, object], error: str) -> None:
+    with pytest.raises(InvalidInput, match=error):
+        message({"type": "message", **frame})
+
+
+def test_a_file_alone_is_a_message() -> None:
+    inbound = message({"type": "message", "id": "f", "attachments": [
+        {"filename": "a.txt", "content_type": "text/plain",
+         "content_base64": base64.b64encode(b"hi").decode()}]},
+        Hello(None, None, None, None, None))
+    assert inbound.text == "" and inbound.attachments[0].data == b"hi"
+    assert inbound.linked_identities == [] and inbound.context is None
+
+
+def test_hello_keeps_only_what_it_can_use() -> None:
+    hello = parse_hello({"type": "hello", "token": 7, "name": " Kim\n  Lee ",
+                         "email": "not an address", "page_url": "javascript:alert(1)",
+                         "referrer": "https://google.example/?q=shoes"})
+    assert hello == Hello(None, "Kim Lee", None, None, "https://google.example/?q=shoes")
+    assert parse_hello({"type": "hello", "name": "x" * 500}).name == "x" * 100
+
+
+def test_frames_and_receipts_are_checked() -> None:
+    with pytest.raises(MalformedInput):
+        frame_type([1, 2])
+    with pytest.raises(MalformedInput):
+        frame_type({"kind": "message"})
+    assert frame_type({"type": "ack"}) == "ack"
+    assert parse_receipt_ids({"ids": ["msg_01ABC", "cnv_01ABC", 5, "msg_<b>"]}) == ["msg_01ABC"]
+    with pytest.raises(InvalidInput):
+        parse_receipt_ids({"ids": ["msg_1"] * 501})
+
+
+def test_tokens_verify_only_for_their_account_and_secret() -> None:
+    visitor = tokens.new_visitor_id()
+    token = tokens.issue(b"s" * 32, "shop", visitor)
+    assert tokens.verify(b"s" * 32, "shop", token) == visitor
+    assert tokens.verify(b"s" * 32, "other", token) is None
+    assert tokens.verify(b"t" * 32, "shop", token) is None
+    assert tokens.verify(b"s" * 32, "shop", token[:-1] + ("A" if token[-1] != "A" else "B")) \
+        is None
+    assert tokens.verify(b"s" * 32, "shop", None) is None
+    assert tokens.verify(b"s" * 32, "shop", "vis_short.sig") is None
+
+
+def test_the_rate_limiter_allows_a_burst_then_says_how_long_to_wait() -> None:
+    bucket = RateLimiter(per_minute=60, burst=3)
+    assert [bucket.take("v", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("v", now=0.0) == pytest.approx(1.0)
+    assert bucket.take("v", now=1.0) == 0.0  # one a second comes back
+    assert bucket.take("other", now=1.0) == 0.0  # per key
+    assert limiter(20).burst == 5 and limiter(600).burst == 150

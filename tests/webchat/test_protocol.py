@@ -1,0 +1,281 @@
+"""The widget's WebSocket protocol against a real daemon (no browser): origins, tokens,
+frames, history, receipts, limits and files, as docs/webchat.md describes them."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Daemon
+from tests.webchat.conftest import AUTH, Site, connect, get_json, reply, wait_until
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
+                       "hKmMIQAAAABJRU5ErkJggg==")
+
+
+def cid() -> str:
+    """A fresh client id, as the widget makes one."""
+    return uuid.uuid4().hex
+
+
+async def events_of(api: aiohttp.ClientSession, daemon: Daemon,
+                    message_id: str) -> list[dict[str, Any]]:
+    """Every feed event about one message."""
+    found, after = [], "0"
+    while True:
+        page = await get_json(api, f"{daemon.url}/v1/events?after={after}&limit=1000")
+        found += [e for e in page["events"]
+                  if (e["data"].get("message") or {}).get("id") == message_id]
+        if not page["events"]:
+            return found
+        after = page["next"]
+
+
+async def status_of(api: aiohttp.ClientSession, daemon: Daemon, message_id: str) -> str:
+    """A message's status as the API shows it."""
+    message = await get_json(api, f"{daemon.url}/v1/messages/{message_id}")
+    return str(message["status"])
+
+
+async def test_a_page_of_another_origin_cannot_open_the_chat(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, foreign: Site) -> None:
+    before = await shop_counters(api, chat_daemon)
+    for headers in ({"Origin": foreign.origin}, {}, {"Origin": "null"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await api.ws_connect(f"{chat_daemon.url}/chat/shop/ws", headers=headers)
+        assert refused.value.status == 403
+    after = await shop_counters(api, chat_daemon)
+    assert after["refused_origin"] == before["refused_origin"] + 3
+    assert after["connections"] == before["connections"]  # refused before the upgrade
+
+
+async def shop_counters(api: aiohttp.ClientSession, daemon: Daemon) -> dict[str, int]:
+    """The ``shop`` account's counters in /v1/channels."""
+    channels = await get_json(api, f"{daemon.url}/v1/channels")
+    shop = next(c for c in channels["channels"] if c["name"] == "shop")
+    return dict(shop["counters"])
+
+
+async def test_a_visitors_message_is_stored_confirmed_and_on_the_feed(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    visitor = await connect(api, chat_daemon, "shop", shop.origin,
+                            page_url=f"{shop.origin}/shoes/42")
+    assert visitor.welcome["visitor"].startswith("vis_") and visitor.history == []
+    assert visitor.welcome["title"] == "Kim's shop"
+    confirmed = await visitor.say("Do you have size 42?", client_id := cid())
+    message = confirmed["message"]
+    assert confirmed["type"] == "message" and confirmed["client_id"] == client_id
+    assert message["direction"] == "inbound" and message["channel"] == "webchat"
+    assert message["from"] == {"kind": "webchat", "address": visitor.welcome["visitor"],
+                               "name": None}
+    assert message["provider"]["message_id"] == f"{visitor.welcome['visitor']}:{client_id}"
+    [event] = [e for e in await events_of(api, chat_daemon, message["id"])
+               if e["type"] == "message.received"]
+    assert event["data"]["message"]["text"] == "Do you have size 42?"
+    conversation = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
+                                       f"{message['conversation_id']}")
+    assert conversation["context"] == {"page_url": f"{shop.origin}/shoes/42"}
+    # The widget resends what it has not seen confirmed: stored once.
+    again = await visitor.say("Do you have size 42?", client_id)
+    assert again["message"]["id"] == message["id"]
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
+                                 f"{message['conversation_id']}/messages")
+    assert [m["id"] for m in listed["messages"]] == [message["id"]]
+    await visitor.ws.close()
+
+
+async def test_a_reply_reaches_every_tab_live_and_the_browser_reports_delivered_and_read(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    tab1 = await connect(api, chat_daemon, "shop", shop.origin)
+    token = tab1.welcome["token"]
+    tab2 = await connect(api, chat_daemon, "shop", shop.origin, token=token)
+    assert tab2.welcome["visitor"] == tab1.welcome["visitor"]
+    mine = (await tab1.say("Where is my parcel?", cid()))["message"]
+    assert (await tab2.next("message"))["message"]["id"] == mine["id"]  # the other tab too
+
+    queued = await reply(api, chat_daemon, mine["conversation_id"], "It ships today.")
+    pushed = [(await tab.next("message"))["message"] for tab in (tab1, tab2)]
+    for message in pushed:
+        assert message["id"] == queued["id"] and message["text"] == "It ships today."
+        assert message["agent"] == {"id": "a-1", "name": "Mina"}
+        assert message["to"]["address"] == tab1.welcome["visitor"]
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "sent"))
+
+    await tab1.send({"type": "ack", "ids": [queued["id"]]})
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "delivered"))
+    await tab2.send({"type": "read", "ids": [queued["id"]]})
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "read"))
+    await tab1.send({"type": "ack", "ids": [queued["id"]]})  # late: never backwards
+    statuses = [e["data"]["message"]["status"] for e in
+                await events_of(api, chat_daemon, queued["id"]) if e["type"] == "message.status"]
+    assert statuses == ["sent", "delivered", "read"]
+    for tab in (tab1, tab2):
+        await tab.ws.close()
+
+
+async def _is(api: aiohttp.ClientSession, daemon: Daemon, message_id: str,
+              status: str) -> bool:
+    return await status_of(api, daemon, message_id) == status
+
+
+async def test_a_browser_reports_only_on_replies_it_was_given(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    owner = await connect(api, chat_daemon, "shop", shop.origin)
+    mine = (await owner.say("Hello", cid()))["message"]
+    await owner.ws.close()
+    queued = await reply(api, chat_daemon, mine["conversation_id"], "Hi there")
+    stranger = await connect(api, chat_daemon, "shop", shop.origin)
+    await stranger.send({"type": "read", "ids": [queued["id"]]})
+    await stranger.send({"type": "ping"})
+    await stranger.next("pong")
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "sent"))
+    assert await status_of(api, chat_daemon, queued["id"]) == "sent"
+    await stranger.ws.close()
+
+
+async def test_history_on_reconnect_is_the_visitors_own_web_chat_only(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    # A customer known by e-mail from another channel, with a message of their own there.
+    async with api.post(f"{chat_daemon.url}/hooks/api/default/messages", headers=AUTH,
+                        json={"message_id": "crm-" + cid(), "text": "my card number is 4111",
+                              "from": {"id": "lee-1", "email": "lee@example.com"}}) as resp:
+        assert resp.status == 201
+        known = (await resp.json())["message"]
+    visitor = await connect(api, chat_daemon, "shop", shop.origin, name="Lee",
+                            email="lee@example.com")
+    mine = (await visitor.say("Hi, it is Lee", cid()))["message"]
+    assert mine["customer_id"] == known["customer_id"]  # the e-mail linked them
+    assert mine["from"]["name"] == "Lee"
+    queued = await reply(api, chat_daemon, mine["conversation_id"], "Hello Lee", agent=None)
+    assert (await visitor.next("message"))["message"]["id"] == queued["id"]
+    await visitor.ws.close()
+
+    back = await connect(api, chat_daemon, "shop", shop.origin,
+                         token=visitor.welcome["token"])
+    assert back.welcome["visitor"] == visitor.welcome["visitor"]
+    assert [m["text"] for m in back.history] == ["Hi, it is Lee", "Hello Lee"]
+    # Not acknowledged before the reload: the history's copy is, as the widget does.
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "sent"))
+    await back.send({"type": "ack", "ids": [queued["id"]]})
+    await wait_until(lambda: _is(api, chat_daemon, queued["id"], "delivered"))
+    await back.ws.close()
+
+
+async def test_a_forged_token_starts_a_new_visitor(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    first = await connect(api, chat_daemon, "shop", shop.origin)
+    await first.say("private question", cid())
+    await first.ws.close()
+    victim = first.welcome["visitor"]
+    for token in (f"{victim}.forged", f"{victim}.{first.welcome['token'].split('.')[1][:-1]}A",
+                  first.welcome["token"].replace("vis_", "vis-"), "garbage", 42):
+        other = await connect(api, chat_daemon, "shop", shop.origin, token=token)
+        assert other.welcome["visitor"] != victim and other.history == []
+        await other.ws.close()
+    # The token of one account is not valid on another.
+    elsewhere = await connect(api, chat_daemon, "tight", shop.origin,
+                              token=first.welcome["token"])
+    assert elsewhere.welcome["visitor"] != victim
+    await elsewhere.ws.close()
+
+
+async def test_bad_frames_are_answered_and_store_nothing(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    visitor = await connect(api, chat_daemon, "shop", shop.origin)
+    too_long = await visitor.say("x" * 501, cid())
+    assert too_long["type"] == "error" and too_long["code"] == "invalid"
+    assert "500" in too_long["message"]
+    empty = await visitor.say("   ", cid())
+    assert empty["code"] == "invalid"
+    bad_id = await visitor.say("hi", "not a valid id!")
+    assert bad_id["code"] == "invalid"
+    await visitor.ws.send_str("{not json")
+    assert (await visitor.next("error"))["code"] == "invalid"
+    await visitor.send({"type": "nonsense"})
+    assert (await visitor.next("error"))["code"] == "invalid"
+    # Still open, and nothing was stored for this visitor.
+    assert await _customer_of(api, chat_daemon, visitor.welcome["visitor"]) is None
+    assert (await visitor.say("now a real one", cid()))["type"] == "message"
+    await visitor.ws.close()
+
+
+async def _customer_of(api: aiohttp.ClientSession, daemon: Daemon,
+                       visitor: str) -> dict[str, Any] | None:
+    async with api.get(f"{daemon.url}/v1/customers", headers=AUTH,
+                       params={"identity": f"webchat:{visitor}"}) as response:
+        customers = (await response.json())["customers"]
+        return customers[0] if customers else None
+
+
+async def test_a_visitor_over_the_rate_is_told_when_to_send_again(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    visitor = await connect(api, chat_daemon, "tight", shop.origin)
+    answers = [await visitor.say(f"message {n}", cid()) for n in range(8)]
+    stored = [a for a in answers if a["type"] == "message"]
+    limited = [a for a in answers if a["type"] == "error"]
+    assert len(stored) == 5  # the burst: a quarter minute of 20/min, at least 5
+    assert all(a["code"] == "rate_limited" and a["retry_after"] > 0 for a in limited)
+    await visitor.ws.close()
+
+
+async def test_a_file_is_stored_and_only_its_signed_link_serves_it(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    visitor = await connect(api, chat_daemon, "shop", shop.origin)
+    upload = [{"filename": "receipt.png", "content_type": "image/png",
+               "content_base64": base64.b64encode(PNG).decode()}]
+    message = (await visitor.say("my receipt", cid(), attachments=upload))["message"]
+    [attachment] = message["attachments"]
+    assert attachment["filename"] == "receipt.png" and attachment["size"] == len(PNG)
+    assert attachment["url"].startswith("/chat/shop/file?")
+    async with api.get(chat_daemon.url + attachment["url"]) as response:
+        assert response.status == 200 and await response.read() == PNG
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    async with api.get(chat_daemon.url + attachment["url"][:-2] + "xx") as response:
+        assert response.status == 403
+    # The agent sees it through the API like any channel's attachment.
+    stored = await get_json(api, f"{chat_daemon.url}/v1/messages/{message['id']}")
+    assert stored["attachments"][0]["url"] == f"/v1/attachments/{attachment['id']}"
+    big = [{"filename": "big.bin", "content_type": "application/octet-stream",
+            "content_base64": base64.b64encode(b"x" * 100_001).decode()}]
+    refused = await visitor.say("too big", cid(), attachments=big)
+    assert refused["code"] == "invalid" and "100000" in refused["message"]
+    await visitor.ws.close()
+
+
+async def test_the_widget_and_its_stylesheet_are_served_for_any_page(
+        chat_daemon: Daemon, api: aiohttp.ClientSession) -> None:
+    async with api.get(f"{chat_daemon.url}/chat/shop/widget.js") as response:
+        assert response.status == 200
+        assert response.content_type == "application/javascript"
+        body = await response.text()
+    assert "innerHTML" not in body and "eval(" not in body and "new Function" not in body
+    async with api.get(f"{chat_daemon.url}/chat/shop/widget.css") as response:
+        assert response.status == 200 and response.content_type == "text/css"
+    async with api.get(f"{chat_daemon.url}/chat/shop/") as response:
+        assert response.status == 404  # no demo page unless demo_page = true
+    async with api.get(f"{chat_daemon.url}/chat/nobody/widget.js") as response:
+        assert response.status == 404
+
+
+async def test_an_address_may_hold_only_so_many_chats_open(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    url = f"{chat_daemon.url}/chat/tight/ws"
+    held = [await api.ws_connect(url, headers={"Origin": shop.origin}) for _ in range(3)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await api.ws_connect(url, headers={"Origin": shop.origin})
+    assert refused.value.status == 429
+    await held.pop().close()
+
+    async def accepted() -> bool:
+        try:
+            held.append(await api.ws_connect(url, headers={"Origin": shop.origin}))
+        except aiohttp.WSServerHandshakeError:
+            return False
+        return True
+    await wait_until(accepted)  # the closed one's place is free again
+    for ws in held:
+        await ws.close()
