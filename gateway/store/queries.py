@@ -45,17 +45,31 @@ def get_conversation(conn: sqlite3.Connection, conversation_id: str) -> JSON:
 
 
 def list_conversations(conn: sqlite3.Connection, status: str | None, customer_id: str | None,
-                       after: str | None, limit: int) -> list[JSON]:
-    sql = "SELECT * FROM conversations WHERE id > ?"
+                       after: str | None, limit: int, *, channel: str | None = None,
+                       account: str | None = None, tag: str | None = None,
+                       queue: str | None = None, assignee: str | None = None,
+                       updated_since: str | None = None) -> list[JSON]:
+    """Conversations in id order after the cursor, every filter given (each has an index:
+    migration 0008; ``tag`` goes through conversation_tags)."""
+    sql = "SELECT c.* FROM conversations c WHERE c.id > ?"
     params: list[Any] = [after or ""]
-    if status:
-        sql += " AND status = ?"
-        params.append(status)
+    for column, value in (("status", status), ("channel", channel), ("account", account),
+                          ("queue", queue), ("assignee_id", assignee)):
+        if value is not None:
+            sql += f" AND c.{column} = ?"
+            params.append(value)
     if customer_id:
         cid = _resolve_customer_id(conn, customer_id)
-        sql += " AND customer_id = ?"
+        sql += " AND c.customer_id = ?"
         params.append(cid)
-    sql += " ORDER BY id LIMIT ?"
+    if tag is not None:
+        sql += (" AND c.id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ?"
+                " AND conversation_id > ?)")
+        params += [tag, after or ""]
+    if updated_since is not None:
+        sql += " AND c.updated_at >= ?"
+        params.append(updated_since)
+    sql += " ORDER BY c.id LIMIT ?"
     params.append(limit)
     return [_conversation_json(r) for r in conn.execute(sql, params).fetchall()]
 

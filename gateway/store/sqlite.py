@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
+from gateway.stats.query import StatsQuery, compute_stats
 from gateway.store import compact, queries
 from gateway.store.base import (
     JSON,
@@ -46,6 +47,7 @@ from gateway.store.jobs.customers import (
     _set_checkpoint,
     _set_conversation_status,
 )
+from gateway.store.jobs.fields import _patch_conversation
 from gateway.store.jobs.ingest import _ingest
 from gateway.store.jobs.media import (
     _claim_fetches,
@@ -306,10 +308,23 @@ class SQLiteStore:
         return await self.engine.read(queries.get_conversation, conversation_id)
 
     async def list_conversations(self, *, status: str | None, customer_id: str | None,
-                                 after: str | None, limit: int) -> list[JSON]:
-        """List conversations by id (creation order), filtered."""
-        return await self.engine.read(queries.list_conversations, status, customer_id,
-                                      after, limit)
+                                 after: str | None, limit: int,
+                                 **filters: str | None) -> list[JSON]:
+        """List conversations by id (creation order), filtered (``filters``: channel,
+        account, tag, queue, assignee, updated_since)."""
+        def query(conn: sqlite3.Connection) -> list[JSON]:
+            return queries.list_conversations(conn, status, customer_id, after, limit,
+                                              **filters)
+        return await self.engine.read(query)
+
+    async def patch_conversation(self, conversation_id: str, fields: JSON,
+                                 agent: JSON | None) -> JSON:
+        """Set tags, priority, queue, assignee (one conversation.updated if any moved)."""
+        return await self.engine.write(_patch_conversation, conversation_id, fields, agent)
+
+    async def stats(self, query: StatsQuery) -> JSON:
+        """The support metrics of a period (docs/stats.md), from the aggregates."""
+        return await self.engine.read(compute_stats, query)
 
     async def get_customer(self, customer_id: str) -> JSON:
         """Return a customer (a merged-away id resolves to the survivor)."""

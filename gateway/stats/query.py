@@ -1,0 +1,241 @@
+"""The support metrics of a period, read from the aggregates (docs/stats.md).
+
+A read touches the quarter hours of the period only (plus one SUM over older ones for
+the open conversations), never the events: a month is a few thousand rows whatever the
+traffic. Medians and p90s are exact, over the stored samples (linear interpolation
+between the two nearest ranks, numpy's default and Excel's PERCENTILE.INC).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from gateway.store.jobs.stats import BUCKET_SECONDS, DURATIONS
+
+GROUPINGS = ("channel", "account", "agent", "day")
+_COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
+             "csat_sent", "csat_answers", "csat_sum", "csat_good")
+
+JSON = dict[str, Any]
+Key = str | None
+AccountKeys = Callable[[str, str], str]  # (channel, account) -> an account group's key
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """A period (unix seconds, whole quarter hours, ``start`` inclusive, ``end``
+    exclusive), a grouping and the time zone of its days."""
+
+    start: int
+    end: int
+    group_by: str | None = None
+    time_zone: str = "UTC"
+    # An account group's key; None: the name, or "channel:name" when the period has the
+    # name on several channels.
+    account_keys: AccountKeys | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    samples: dict[str, list[bytes]] = field(
+        default_factory=lambda: {name: [] for name in DURATIONS})
+    open: int = 0
+    writers: int | None = None
+
+
+def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
+    """``GET /v1/stats``'s answer without ``from``/``to`` (the caller's formatting)."""
+    first, last = query.start // BUCKET_SECONDS, -(-query.end // BUCKET_SECONDS)
+    rows = conn.execute(
+        "SELECT bucket, channel, account, agent, created, closes, resolved, with_reply, "
+        "one_touch, resolved_msgs, csat_sent, csat_answers, csat_sum, csat_good, frt, "
+        "response, resolution FROM stat_buckets WHERE bucket >= ? AND bucket < ?",
+        (first, last)).fetchall()
+    key_of = _key_function(query, [(r[1], r[2]) for r in rows])
+    groups: dict[Key, _Group] = {}
+    if query.group_by == "day":
+        for day in _days(conn, query):
+            groups[day.isoformat()] = _Group()
+    elif query.group_by is None:
+        groups[None] = _Group()
+    for row in rows:
+        group = groups.setdefault(key_of(row[0], row[1], row[2], row[3]), _Group())
+        counters = group.counters
+        for i, name in enumerate(_COUNTERS, start=4):
+            counters[name] += row[i]
+        for i, name in enumerate(DURATIONS, start=14):
+            if row[i]:
+                group.samples[name].append(row[i])
+    _open_conversations(conn, query, first, last, key_of, groups)
+    _writers(conn, query, first, last, key_of, groups)
+    ordered = sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    return {"group_by": query.group_by,
+            "groups": [{"key": key, **_metrics(group)} for key, group in ordered]}
+
+
+def _key_function(query: StatsQuery, seen: Iterable[tuple[str, str]]
+                  ) -> Callable[[int, str, str, str], Key]:
+    """How a row's (bucket, channel, account, agent) maps to its group's key."""
+    grouping = query.group_by
+    if grouping == "channel":
+        return lambda bucket, channel, account, agent: channel
+    if grouping == "agent":
+        return lambda bucket, channel, account, agent: agent or None
+    if grouping == "account":
+        channels_of: dict[str, set[str]] = {}
+        for channel, account in seen:
+            channels_of.setdefault(account, set()).add(channel)
+        named = query.account_keys
+
+        def account_key(bucket: int, channel: str, account: str, agent: str) -> Key:
+            if named is not None:
+                return named(channel, account)
+            return f"{channel}:{account}" if len(channels_of.get(account, ())) > 1 else account
+        return account_key
+    if grouping == "day":
+        zone = ZoneInfo(query.time_zone)
+        days: dict[int, str] = {}
+
+        def day_key(bucket: int, channel: str, account: str, agent: str) -> Key:
+            day = days.get(bucket)
+            if day is None:
+                day = days[bucket] = datetime.fromtimestamp(
+                    bucket * BUCKET_SECONDS, zone).date().isoformat()
+            return day
+        return day_key
+    return lambda bucket, channel, account, agent: None
+
+
+def _days(conn: sqlite3.Connection, query: StatsQuery) -> list[date]:
+    """The local days of the period, from the first stored data on and up to now (or the
+    newest data): a period reaching far into the past or the future has no empty days."""
+    zone = ZoneInfo(query.time_zone)
+    oldest, newest = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM stat_buckets").fetchone()
+    if oldest is None:
+        return []
+    now = datetime.now(UTC).timestamp()
+    start = max(query.start, oldest * BUCKET_SECONDS)
+    end = min(query.end, max(now, (newest + 1) * BUCKET_SECONDS))
+    if start >= end:
+        return []
+    day = datetime.fromtimestamp(start, zone).date()
+    last = datetime.fromtimestamp(end - 1, zone).date()
+    days = []
+    while day <= last:
+        days.append(day)
+        day += timedelta(days=1)
+    return days
+
+
+def _open_conversations(conn: sqlite3.Connection, query: StatsQuery, first: int, last: int,
+                        key_of: Callable[[int, str, str, str], Key],
+                        groups: dict[Key, _Group]) -> None:
+    """Conversations open at the end of the period (of each day, grouped by day)."""
+    if query.group_by != "day":
+        for channel, account, agent, total in conn.execute(
+                "SELECT channel, account, agent, SUM(open_delta) FROM stat_buckets "
+                "WHERE bucket < ? GROUP BY channel, account, agent", (last,)):
+            if total:
+                groups.setdefault(key_of(last, channel, account, agent), _Group()).open += total
+        return
+    running: int = conn.execute("SELECT COALESCE(SUM(open_delta), 0) FROM stat_buckets "
+                                "WHERE bucket < ?", (first,)).fetchone()[0]
+    change: dict[Key, int] = {}
+    for bucket, delta in conn.execute(
+            "SELECT bucket, SUM(open_delta) FROM stat_buckets WHERE bucket >= ? AND "
+            "bucket < ? AND open_delta != 0 GROUP BY bucket", (first, last)):
+        day = key_of(bucket, "", "", "")
+        change[day] = change.get(day, 0) + delta
+    for day in sorted(key for key in groups if key is not None):
+        running += change.get(day, 0)
+        groups[day].open = running
+
+
+def _writers(conn: sqlite3.Connection, query: StatsQuery, first: int, last: int,
+             key_of: Callable[[int, str, str, str], Key], groups: dict[Key, _Group]) -> None:
+    """Distinct customers who wrote, for the contact rate (none per agent)."""
+    grouping = query.group_by
+    if grouping == "day":
+        seen: dict[Key, set[str]] = {}
+        for bucket, customer_id in conn.execute(
+                "SELECT bucket, customer_id FROM stat_writers WHERE bucket >= ? AND "
+                "bucket < ?", (first, last)):
+            seen.setdefault(key_of(bucket, "", "", ""), set()).add(customer_id)
+        for day, customers in seen.items():
+            groups.setdefault(day, _Group()).writers = len(customers)
+    elif grouping in ("channel", "account"):
+        columns = "channel" if grouping == "channel" else "channel, account"
+        for row in conn.execute(
+                f"SELECT channel, {'account' if grouping == 'account' else 'NULL'}, "
+                f"COUNT(DISTINCT customer_id) FROM stat_writers WHERE bucket >= ? AND "
+                f"bucket < ? GROUP BY {columns}", (first, last)):
+            group = groups.setdefault(key_of(first, row[0], row[1] or "", ""), _Group())
+            group.writers = (group.writers or 0) + row[2]
+    else:  # one total; grouped by agent, the customers go with the unattributed group
+        groups.setdefault(None, _Group()).writers = conn.execute(
+            "SELECT COUNT(DISTINCT customer_id) FROM stat_writers WHERE bucket >= ? AND "
+            "bucket < ?", (first, last)).fetchone()[0]
+
+
+def duration(blobs: list[bytes]) -> JSON:
+    """``{"median", "p90", "count"}`` in seconds (null without samples)."""
+    if not blobs:
+        return {"median": None, "p90": None, "count": 0}
+    values = np.frombuffer(b"".join(blobs), dtype="<f8")
+    median, p90 = np.quantile(values, [0.5, 0.9])
+    return {"median": round(float(median), 3), "p90": round(float(p90), 3),
+            "count": int(values.size)}
+
+
+def _ratio(part: int, whole: int | None) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _metrics(group: _Group) -> JSON:
+    c = group.counters
+    return {
+        "conversations_created": c["created"],
+        "open_conversations": group.open,
+        "first_response_time": duration(group.samples["frt"]),
+        "response_time": duration(group.samples["response"]),
+        "resolution_time": duration(group.samples["resolution"]),
+        "one_touch_resolution_rate": _ratio(c["one_touch"], c["with_reply"]),
+        "automatic_resolutions": c["resolved"] - c["with_reply"],
+        "messages_per_conversation": _ratio(c["resolved_msgs"], c["resolved"]),
+        "conversations_closed": c["closes"],
+        "contact_rate": _ratio(c["created"], group.writers),
+        "csat": {
+            "surveys_sent": c["csat_sent"],
+            "responses": c["csat_answers"],
+            "response_rate": _ratio(c["csat_answers"], c["csat_sent"]),
+            "average_score": _ratio(c["csat_sum"], c["csat_answers"]),
+            "satisfaction_score": _ratio(c["csat_good"], c["csat_answers"]),
+        },
+    }
+
+
+def period(start: datetime | None, end: datetime | None, now: datetime | None = None,
+           days: int = 7) -> tuple[int, int]:
+    """A period as unix seconds on quarter hours: the given bounds rounded down to one
+    (the answer names the period used), else the last ``days`` days up to the next quarter
+    hour. Raises ValueError when it would be empty."""
+    if end is None:
+        moment = (now or datetime.now(UTC)).timestamp()
+        end_s = -(-int(moment) // BUCKET_SECONDS) * BUCKET_SECONDS
+    else:
+        end_s = int(end.timestamp() // BUCKET_SECONDS) * BUCKET_SECONDS
+    if start is None:
+        start_s = end_s - days * 86_400
+    else:
+        start_s = int(start.timestamp() // BUCKET_SECONDS) * BUCKET_SECONDS
+    if start_s >= end_s:
+        raise ValueError("from must be before to (both rounded down to the quarter hour)")
+    return start_s, end_s

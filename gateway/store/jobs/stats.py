@@ -1,0 +1,337 @@
+"""The support metrics' aggregates, kept as the events are written (docs/stats.md).
+
+Every event goes through ``Tx.emit``, which hands it to :func:`observe` in the same
+transaction: what the metrics need of it lands in ``stat_buckets`` (counters and exact
+duration samples per quarter hour, channel, account and agent), ``stat_writers`` (who
+wrote, for the contact rate) and ``stat_conversations`` (what each conversation has seen
+so far). The same function replays the stored events (:func:`rebuild`), so the aggregates
+of a store older than migration 0008 are the ones the events give, and a test can compare
+both. ``/shared/METRICS.md`` defines each number; the rules below follow it:
+
+- a customer message is an inbound message with ``automatic`` null (an auto-reply or a
+  bounce is not one); a human reply is an outbound message with ``automatic`` null,
+  counted when it is sent (``message.status`` sent, delivered or read, or an echo), never
+  when queued, so a failed send is no reply;
+- first response: the first human reply after the customer's first message (a
+  conversation whose first message was ours has none), in the reply's quarter hour, for
+  the replying agent;
+- response: each run of customer messages, from its first, to the next human reply;
+- resolution, one-touch, automatic resolutions, messages per conversation: of the
+  conversation's last close, for the closing agent; a reopen takes them back from that
+  close, the next close counts them again;
+- open conversations: +1 at an open or reopen, -1 at a close, for the assignee.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from array import array
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.store.base import JSON
+from normalizer.timestamps import parse_iso
+
+if TYPE_CHECKING:
+    from gateway.store.jobs.tx import Tx
+
+BUCKET_SECONDS = 900  # a quarter hour: every time zone's offset is a whole number of them
+SENT_STATUSES = frozenset({"sent", "delivered", "read"})
+_REMEMBERED_REPLIES = 16  # outbound ids counted already (a receipt repeats the sent one)
+_COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
+             "open_delta", "csat_sent", "csat_answers", "csat_sum", "csat_good")
+DURATIONS = ("frt", "response", "resolution")
+_WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
+                     "conversation.updated", "message.received", "message.status",
+                     "customer.erased"})
+
+
+def bucket_of(epoch: float) -> int:
+    """The quarter hour holding a unix time."""
+    return int(epoch // BUCKET_SECONDS)
+
+
+def observe(tx: Tx, event_type: str, data: JSON, shares: tuple[str, bytes] | None) -> None:
+    """Fold one event being emitted into the aggregates (the emitting job's transaction)."""
+    if event_type not in _WANTED:
+        return
+    if event_type == "message.received" and shares is not None:
+        data = {**data, "message": orjson.loads(shares[1])}  # the row's JSON, not a Fragment
+    now = tx.now  # as the event's created_at has it (whole milliseconds): a rebuild agrees
+    apply_event(tx.conn, event_type, data,
+                now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp())
+
+
+def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float) -> None:
+    """Fold one event, emitted at unix time ``at``, into the aggregates."""
+    handler = _HANDLERS.get(event_type)
+    if handler is not None:
+        handler(_Writer(conn, bucket_of(at)), data, at)
+
+
+class _Writer:
+    """Reads and writes the aggregate tables for one event's quarter hour."""
+
+    __slots__ = ("bucket", "conn")
+
+    def __init__(self, conn: sqlite3.Connection, bucket: int) -> None:
+        self.conn = conn
+        self.bucket = bucket
+
+    def state(self, conversation_id: str) -> JSON | None:
+        row = self.conn.execute("SELECT state FROM stat_conversations WHERE id = ?",
+                                (conversation_id,)).fetchone()
+        if row is None:
+            return None
+        state: JSON = orjson.loads(row[0])
+        return state
+
+    def save(self, conversation_id: str, state: JSON) -> None:
+        self.conn.execute("INSERT INTO stat_conversations (id, state) VALUES (?, ?) "
+                          "ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                          (conversation_id, orjson.dumps(state).decode()))
+
+    def add(self, state: JSON, agent: str | None, *, bucket: int | None = None,
+            durations: dict[str, float] | None = None, **counters: int) -> None:
+        """Add to the counters and append the duration samples of one row."""
+        names = list(counters)
+        blobs = {name: array("d", [max(0.0, value)]).tobytes()
+                 for name, value in (durations or {}).items()}
+        columns = ["bucket", "channel", "account", "agent", *names, *blobs]
+        updates = [f"{n} = {n} + excluded.{n}" for n in names]
+        # || makes text of blobs (byte for byte); the cast makes it a blob again.
+        updates += [f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs]
+        self.conn.execute(
+            f"INSERT INTO stat_buckets ({', '.join(columns)}) VALUES "
+            f"({', '.join('?' * len(columns))}) ON CONFLICT (bucket, channel, account, agent) "
+            f"DO UPDATE SET {', '.join(updates)}",
+            (self.bucket if bucket is None else bucket, state["channel"], state["account"],
+             agent or "", *counters.values(), *blobs.values()))
+
+    def take_back(self, state: JSON, counted: JSON) -> None:
+        """Undo what a close counted (the conversation reopened)."""
+        key = (counted["bucket"], state["channel"], state["account"], counted["agent"])
+        self.conn.execute(
+            "UPDATE stat_buckets SET resolved = resolved - 1, with_reply = with_reply - ?, "
+            "one_touch = one_touch - ?, resolved_msgs = resolved_msgs - ? "
+            "WHERE bucket = ? AND channel = ? AND account = ? AND agent = ?",
+            (int(counted["human"] >= 1), int(counted["human"] == 1), counted["messages"], *key))
+        if counted["resolution"] is None:
+            return
+        row = self.conn.execute("SELECT resolution FROM stat_buckets WHERE bucket = ? AND "
+                                "channel = ? AND account = ? AND agent = ?", key).fetchone()
+        if row is None:
+            return
+        samples = array("d")
+        samples.frombytes(row[0])
+        try:
+            samples.remove(max(0.0, counted["resolution"]))
+        except ValueError:
+            return
+        self.conn.execute("UPDATE stat_buckets SET resolution = ? WHERE bucket = ? AND "
+                          "channel = ? AND account = ? AND agent = ?", (samples.tobytes(), *key))
+
+
+def _new_state(conversation: JSON) -> JSON:
+    return {"channel": conversation["channel"], "account": conversation["account"],
+            "first": None, "ours_first": False, "frt": False, "run": None, "human": 0,
+            "messages": 0, "replies": [], "close": None, "open": False,
+            "assignee": _agent_id(conversation.get("assignee"))}
+
+
+def _agent_id(agent: Any) -> str | None:
+    return agent.get("id") if isinstance(agent, dict) else None
+
+
+def _load(writer: _Writer, conversation: JSON) -> JSON:
+    return writer.state(conversation["id"]) or _new_state(conversation)
+
+
+def _opened(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = writer.state(conversation["id"])
+    if state is not None:  # replayed twice: counted already
+        return
+    state = _new_state(conversation)
+    state["open"] = True
+    writer.add(state, None, created=1)
+    writer.add(state, state["assignee"], open_delta=1)
+    writer.save(conversation["id"], state)
+
+
+def _message(writer: _Writer, data: JSON, at: float) -> None:
+    message = data["message"]
+    if message["direction"] == "inbound":
+        conversation = data.get("conversation") or {"id": message["conversation_id"],
+                                                    "channel": message["channel"],
+                                                    "account": message["account"]}
+        state = _load(writer, conversation)
+        state["messages"] += 1
+        if message.get("automatic") is None:  # an auto-reply or a bounce is no customer's
+            writer.conn.execute(
+                "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, customer_id) "
+                "VALUES (?, ?, ?, ?)", (writer.bucket, state["channel"], state["account"],
+                                        message["customer_id"]))
+            if state["first"] is None and not state["ours_first"]:
+                state["first"] = at
+            if state["run"] is None:
+                state["run"] = at
+        writer.save(conversation["id"], state)
+    elif message["status"] in SENT_STATUSES:
+        _sent(writer, message, at)
+
+
+def _sent(writer: _Writer, message: JSON, at: float) -> None:
+    """An outbound message went out: a reply, unless automatic or counted already."""
+    conversation = {"id": message["conversation_id"], "channel": message["channel"],
+                    "account": message["account"]}
+    state = _load(writer, conversation)
+    if message["id"] in state["replies"]:
+        return
+    state["replies"] = [*state["replies"][-(_REMEMBERED_REPLIES - 1):], message["id"]]
+    state["messages"] += 1
+    automatic = message.get("automatic")
+    if automatic is not None:
+        if automatic == "survey":
+            closer = (state["close"] or {}).get("agent")
+            writer.add(state, closer, csat_sent=1)
+    else:
+        agent = _agent_id(message.get("agent"))
+        state["human"] += 1
+        durations: dict[str, float] = {}
+        if state["first"] is None:
+            state["ours_first"] = True
+        elif not state["frt"]:
+            durations["frt"] = at - state["first"]
+            state["frt"] = True
+        if state["run"] is not None:
+            durations["response"] = at - state["run"]
+            state["run"] = None
+        if durations:
+            writer.add(state, agent, durations=durations)
+    writer.save(conversation["id"], state)
+
+
+def _status(writer: _Writer, data: JSON, at: float) -> None:
+    message = data["message"]
+    if message["direction"] == "outbound" and message["status"] in SENT_STATUSES:
+        _sent(writer, message, at)
+
+
+def _closed(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = _load(writer, conversation)
+    agent = _agent_id(data.get("agent"))
+    writer.add(state, agent, closes=1)
+    if state["open"]:
+        writer.add(state, state["assignee"], open_delta=-1)
+        state["open"] = False
+    if state["close"] is not None:  # closed twice without a reopen we saw: count it once
+        writer.take_back(state, state["close"])
+    resolution = at - state["first"] if state["first"] is not None else None
+    human = state["human"]
+    writer.add(state, agent, durations={"resolution": resolution} if resolution is not None
+               else None, resolved=1, with_reply=int(human >= 1), one_touch=int(human == 1),
+               resolved_msgs=state["messages"])
+    state["close"] = {"bucket": writer.bucket, "agent": agent or "", "resolution": resolution,
+                      "human": human, "messages": state["messages"]}
+    writer.save(conversation["id"], state)
+
+
+def _reopened(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = _load(writer, conversation)
+    if state["close"] is not None:
+        writer.take_back(state, state["close"])
+        state["close"] = None
+    if not state["open"]:
+        state["open"] = True
+        writer.add(state, state["assignee"], open_delta=1)
+    writer.save(conversation["id"], state)
+
+
+def _updated(writer: _Writer, data: JSON, at: float) -> None:
+    changes = data.get("changes") or {}
+    conversation = data["conversation"]
+    if "assignee" not in changes and "csat" not in changes:
+        return
+    state = _load(writer, conversation)
+    if "assignee" in changes:
+        new = _agent_id(changes["assignee"].get("to"))
+        if state["open"] and new != state["assignee"]:
+            writer.add(state, state["assignee"], open_delta=-1)
+            writer.add(state, new, open_delta=1)
+        state["assignee"] = new
+    answer = (changes.get("csat") or {}).get("to")
+    if isinstance(answer, dict) and isinstance(answer.get("score"), int):
+        score = answer["score"]
+        agent = _agent_id(answer.get("agent")) or (state["close"] or {}).get("agent")
+        writer.add(state, agent, csat_answers=1, csat_sum=score, csat_good=int(score >= 4))
+    writer.save(conversation["id"], state)
+
+
+def _erased(writer: _Writer, data: JSON, at: float) -> None:
+    """An erased customer's id leaves the writers table (each keeps counting as one)."""
+    customer_id = data.get("customer_id")
+    if customer_id:
+        writer.conn.execute("UPDATE OR IGNORE stat_writers SET customer_id = ? "
+                            "WHERE customer_id = ?", ("erased:" + customer_id[-8:], customer_id))
+
+
+_HANDLERS: dict[str, Callable[[_Writer, JSON, float], None]] = {
+    "conversation.opened": _opened,
+    "conversation.closed": _closed,
+    "conversation.reopened": _reopened,
+    "conversation.updated": _updated,
+    "message.received": _message,
+    "message.status": _status,
+    "customer.erased": _erased,
+}
+
+
+def clear(conn: sqlite3.Connection) -> None:
+    """Empty the aggregates (before a rebuild)."""
+    for table in ("stat_buckets", "stat_writers", "stat_conversations"):
+        conn.execute(f"DELETE FROM {table}")
+
+
+def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
+            progress: Callable[[int, int], None] | None = None) -> int:
+    """Recompute the aggregates from the stored events, oldest first, in one transaction
+    per chunk; ``progress(done, total)`` after each. Returns how many events were read."""
+    from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
+
+    conn.execute("BEGIN IMMEDIATE")
+    clear(conn)
+    conn.execute("COMMIT")
+    total: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    after = done = 0
+    wanted = tuple(sorted(_WANTED))
+    marks = ", ".join("?" * len(wanted))
+    while True:
+        rows = conn.execute(
+            f"SELECT e.seq AS seq, {EVENT_BODY_COLUMNS} FROM events e {EVENT_BODY_JOIN} "
+            f"WHERE e.seq > ? AND e.type IN ({marks}) ORDER BY e.seq LIMIT ?",
+            (after, *wanted, chunk)).fetchall()
+        if not rows:
+            break
+        conn.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            event = orjson.loads(event_body(row))
+            data = event.get("data") or {}
+            if not data.get("erased"):
+                apply_event(conn, event["type"], data, _epoch(event["created_at"]))
+        conn.execute("COMMIT")
+        after = rows[-1]["seq"]
+        done += len(rows)
+        if progress is not None:
+            progress(after, total)
+    return done
+
+
+def _epoch(value: str) -> float:
+    parsed: datetime = parse_iso(value)
+    return parsed.timestamp()
