@@ -1,5 +1,5 @@
 """``omnirelay`` command line: run, migrate, check-config, backup, erase-customer, purge,
-vacuum."""
+vacuum, report."""
 
 from __future__ import annotations
 
@@ -291,6 +291,63 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the support metrics of a period as a table (total, then per day in
+    ``[stats] time_zone``) and write a chart of volume and response times per day.
+
+    Reads the store without the lock (the daemon may run); ``--rebuild`` first recomputes
+    the aggregates from the events (a store older than migration 0008), which needs it.
+    """
+    from gateway.stats.query import StatsQuery, compute_stats, period
+    from gateway.stats.report import chart, progress, table
+    from normalizer.timestamps import parse_iso
+
+    config = _store_config(args)
+    path = config.store.sqlite_path
+    if not path.exists():
+        print(f"omnirelay: {path} does not exist", file=sys.stderr)
+        return 1
+    try:
+        start, end = period(parse_iso(args.start) if args.start else None,
+                            parse_iso(args.end) if args.end else None)
+    except ValueError as exc:
+        print(f"omnirelay: --from/--to: {exc} (ISO 8601, e.g. 2026-11-01T00:00:00+09:00)",
+              file=sys.stderr)
+        return 2
+    if args.rebuild:
+        from gateway.store.jobs.stats import rebuild
+
+        with _store_locked(path, "stop the daemon first (the rebuild rewrites the "
+                                 "aggregates)"):
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                with progress("rebuilding the metrics from the events") as update:
+                    events = rebuild(conn, progress=update)
+            finally:
+                conn.close()
+        print(f"{path}: metrics rebuilt from {events:,} events", file=sys.stderr)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        zone = config.stats.time_zone
+        total = compute_stats(conn, StatsQuery(start, end, None, zone))["groups"]
+        days = compute_stats(conn, StatsQuery(start, end, "day", zone))["groups"]
+    finally:
+        conn.close()
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    local = ZoneInfo(zone)
+    span = (f"{datetime.fromtimestamp(start, UTC).astimezone(local):%Y-%m-%d %H:%M} to "
+            f"{datetime.fromtimestamp(end, UTC).astimezone(local):%Y-%m-%d %H:%M} ({zone})")
+    print(f"Support metrics, {span}\n")
+    print(table(total + days, "day"))
+    if days and args.chart != "-":
+        target = Path(args.chart)
+        chart(days, target, f"omnirelay, {span}")
+        print(f"\nchart: {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="omnirelay", description=__doc__)
@@ -320,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("vacuum", cmd_vacuum, "rewrite the database without free pages (daemon stopped)")
     p.add_argument("--config", "-c")
     add("openapi", cmd_openapi, "print the OpenAPI document")
+    p = add("report", cmd_report, "support metrics of a period: a table and a chart")
+    p.add_argument("--from", dest="start", help="ISO 8601 (default: 7 days before --to)")
+    p.add_argument("--to", dest="end", help="ISO 8601, exclusive (default: now)")
+    p.add_argument("--chart", default="omnirelay-report.svg",
+                   help="the chart's file: .svg or .png (- for none)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="first recompute the metrics from the stored events (daemon stopped)")
+    p.add_argument("--config", "-c")
     return parser
 
 

@@ -302,8 +302,13 @@ def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Recompute the aggregates from the stored events, oldest first, in one transaction
     per chunk; ``progress(done, total)`` after each. Returns how many events were read."""
+    from gateway.store import compact
     from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
 
+    for dictionary_id, data in conn.execute("SELECT id, data FROM codec_dictionaries"):
+        compact.register(dictionary_id, bytes(data))  # the stored JSON is compressed
+    reader = conn.cursor()
+    reader.row_factory = sqlite3.Row
     conn.execute("BEGIN IMMEDIATE")
     clear(conn)
     conn.execute("COMMIT")
@@ -312,7 +317,7 @@ def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
     wanted = tuple(sorted(_WANTED))
     marks = ", ".join("?" * len(wanted))
     while True:
-        rows = conn.execute(
+        rows = reader.execute(
             f"SELECT e.seq AS seq, {EVENT_BODY_COLUMNS} FROM events e {EVENT_BODY_JOIN} "
             f"WHERE e.seq > ? AND e.type IN ({marks}) ORDER BY e.seq LIMIT ?",
             (after, *wanted, chunk)).fetchall()
