@@ -67,6 +67,7 @@ from gateway.store.jobs.outbound import (
     _recover_inflight,
 )
 from gateway.store.jobs.retention import _erase_customer, _purge, _reclaim_free_pages
+from gateway.store.jobs.stats import Sample, drop_samples, take_samples
 from gateway.store.jobs.tx import BatchRows, JobBatch, WriterCache
 from gateway.store.jobs.webhooks import (
     _claim_deliveries,
@@ -92,9 +93,10 @@ class SQLiteJobs:
     # a broken database, which fails the whole batch anyway.
     unguarded = frozenset({_ingest})
 
-    def __init__(self) -> None:
+    def __init__(self, on_samples: Callable[[list[Sample]], None] | None = None) -> None:
         self.cache = WriterCache()
         self.engine: CommitEngine | None = None
+        self.on_samples = on_samples  # the support metrics' durations, once committed
 
     def prepare(self, conn: sqlite3.Connection) -> int:
         """Apply pending migrations; return the newest event's seq."""
@@ -123,10 +125,14 @@ class SQLiteJobs:
     def forget(self) -> None:
         """After a rollback the cache may name rows that are gone."""
         self.cache.clear()
+        drop_samples()
 
     def committed(self) -> None:
-        """Keep the cache bounded."""
+        """Keep the cache bounded; hand over the durations the batch measured."""
         self.cache.trim()
+        samples = take_samples()
+        if samples and self.on_samples is not None:
+            self.on_samples(samples)
 
 
 class SQLiteStore:
@@ -134,11 +140,12 @@ class SQLiteStore:
 
     def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
-                 on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
+                 on_fatal: Callable[[str], None] | None = None, readers: int = 4,
+                 on_samples: Callable[[list[Sample]], None] | None = None) -> None:
         self.config = config
         self.path = config.sqlite_path
         self.blob_dir = config.data_dir / "blobs"
-        self.layer = SQLiteJobs()
+        self.layer = SQLiteJobs(on_samples)
         self.engine = CommitEngine(self.path, self.layer, synchronous=config.synchronous,
                                    batch_max=config.batch_max, on_commit=on_commit,
                                    on_batch=on_batch, on_fatal=on_fatal, readers=readers)

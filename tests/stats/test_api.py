@@ -145,6 +145,13 @@ async def test_stats_count_a_real_reply_and_close_for_the_agent(
     assert mine["conversations_closed"] == 1
     assert mine["resolution_time"]["count"] == 1
     assert mine["one_touch_resolution_rate"] == 1.0
+    # The same durations as Prometheus histograms, once committed.
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        exposition = await resp.text()
+    for name in ("first_response", "response", "resolution"):
+        line = next(line for line in exposition.splitlines() if line.startswith(
+            f'omnirelay_{name}_seconds_count{{account="crm",channel="api"}}'))
+        assert float(line.split()[-1]) >= 1, line
     status, total = await get_json(http, f"{daemon.url}/v1/stats")
     assert status == 200 and [g["key"] for g in total["groups"]] == [None]
     assert total["groups"][0]["conversations_created"] >= 1

@@ -25,6 +25,7 @@ both. ``/shared/METRICS.md`` defines each number; the rules below follow it:
 from __future__ import annotations
 
 import sqlite3
+import threading
 from array import array
 from collections.abc import Callable
 from datetime import datetime
@@ -47,6 +48,24 @@ DURATIONS = ("frt", "response", "resolution")
 _WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
                      "conversation.updated", "message.received", "message.status",
                      "customer.erased"})
+
+
+# Durations measured by the writer thread's jobs, handed to the Prometheus histograms once
+# their batch committed (take_samples), dropped with a rollback (drop_samples).
+_local = threading.local()
+Sample = tuple[str, str, str, float]  # (frt | response | resolution, channel, account, s)
+
+
+def take_samples() -> list[Sample]:
+    """The samples this thread's committed batch measured (and forget them)."""
+    samples: list[Sample] = getattr(_local, "samples", [])
+    _local.samples = []
+    return samples
+
+
+def drop_samples() -> None:
+    """A rollback: what it measured never happened."""
+    _local.samples = []
 
 
 def bucket_of(epoch: float) -> int:
@@ -97,6 +116,11 @@ class _Writer:
     def add(self, state: JSON, agent: str | None, *, bucket: int | None = None,
             durations: dict[str, float] | None = None, **counters: int) -> None:
         """Add to the counters and append the duration samples of one row."""
+        if durations:
+            samples: list[Sample] = getattr(_local, "samples", None) or []
+            samples += [(name, state["channel"], state["account"], max(0.0, value))
+                        for name, value in durations.items()]
+            _local.samples = samples
         names = list(counters)
         blobs = {name: array("d", [max(0.0, value)]).tobytes()
                  for name, value in (durations or {}).items()}
