@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gateway import __version__
 from gateway.config import Config, embedded_default, load_config
@@ -127,6 +127,35 @@ def _store_locked(path: Path, hint: str) -> Iterator[None]:
         lock.release()
 
 
+@contextlib.contextmanager
+def progress(description: str, stream: TextIO | None = None
+             ) -> Iterator[Callable[[int, int], None]]:
+    """``update(done, total)`` drawing a progress bar on a terminal (stderr), nothing
+    otherwise (a pipe, a log, systemd). Until the first update with a total, or with none,
+    the bar pulses: the work is under way."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=Console(file=out), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+        yield update
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations (the daemon does this at start too)."""
     from gateway.store.sqlite import apply_migrations
@@ -139,7 +168,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
         conn.execute("PRAGMA journal_mode = WAL")
         try:
-            applied = apply_migrations(conn)
+            with progress("applying migrations"):
+                applied = apply_migrations(conn)
         finally:
             conn.close()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
@@ -207,7 +237,8 @@ def _store_command(args: argparse.Namespace, action: str, arg: str) -> int:
     hint = _ONLINE_HINT.get(action, "stop the service first").format(id=arg)
     with _store_locked(config.store.sqlite_path, hint):
         try:
-            result = asyncio.run(_with_store(config, action, arg))
+            with progress("purging" if action == "purge" else "erasing"):
+                result = asyncio.run(_with_store(config, action, arg))
         except OmnirelayError as exc:
             print(f"omnirelay: {exc.message}", file=sys.stderr)
             return 1
@@ -256,7 +287,9 @@ def _backup(source: Path, target: Path) -> str:
     src = sqlite3.connect(uri, uri=True, timeout=30.0)
     dst = sqlite3.connect(target)
     try:
-        src.backup(dst)
+        with progress("copying the database") as update:
+            src.backup(dst, pages=4096,
+                       progress=lambda _status, left, total: update(total - left, total))
         dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         check = dst.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -299,7 +332,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     the aggregates from the events (a store older than migration 0008), which needs it.
     """
     from gateway.stats.query import StatsQuery, compute_stats, period
-    from gateway.stats.report import chart, progress, table
+    from gateway.stats.report import chart, table
     from normalizer.timestamps import parse_iso
 
     config = _store_config(args)

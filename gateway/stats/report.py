@@ -3,11 +3,9 @@ response times per day (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 JSON = dict[str, Any]
 
@@ -95,25 +93,3 @@ def chart(days: list[JSON], path: Path, title: str) -> None:
         fig.savefig(path)
     finally:
         plt.close(fig)
-
-
-@contextmanager
-def progress(description: str, stream: TextIO | None = None
-             ) -> Iterator[Callable[[int, int], None]]:
-    """``update(done, total)`` drawing a progress bar on a terminal (stderr), nothing
-    otherwise (a pipe, a log, systemd)."""
-    out = stream or sys.stderr
-    if not out.isatty():
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  TaskProgressColumn(), TimeRemainingColumn(),
-                  console=Console(file=out), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total or None)
-        yield update

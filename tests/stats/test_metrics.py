@@ -236,3 +236,19 @@ def test_a_period_counts_what_happened_in_it(conn: sqlite3.Connection) -> None:
     assert later["resolution_time"]["count"] == 3
     assert later["conversations_created"] == 2  # C4 and C5
     assert later["open_conversations"] == 2
+
+
+def test_days_follow_daylight_saving_time(tmp_path: Path) -> None:
+    """New York leaves DST on Sunday 1 November 2026: that day has 25 hours, and 23:30
+    local time is 04:30 UTC the next day."""
+    connection = sqlite3.connect(tmp_path / "dst.db", isolation_level=None)
+    apply_migrations(connection)
+    h = History(connection)
+    start = int(datetime(2026, 11, 1, 4, tzinfo=UTC).timestamp())  # 00:00 EDT
+    h.opened((start - T0) / 60 + 24.5 * 60, "late")  # 1 Nov 23:30 EST = 2 Nov 04:30 UTC
+    h.opened((start - T0) / 60 + 25.5 * 60, "next")  # 2 Nov 00:30 EST
+    days = stats(connection, "day", start=start, end=start + 2 * DAY, zone="America/New_York")
+    assert days["2026-11-01"]["conversations_created"] == 1
+    assert days["2026-11-02"]["conversations_created"] == 1
+    assert days["2026-11-02"]["open_conversations"] == 2
+    connection.close()

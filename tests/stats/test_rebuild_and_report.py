@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import main, progress
 from gateway.config import StoreConfig
+from gateway.stats.query import StatsQuery
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.jobs.stats import rebuild
 from gateway.store.sqlite import SQLiteStore
@@ -63,6 +65,16 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         await store.set_conversation_status(conversation_id, "closed", AGENT)
         await store.set_conversation_status(conversation_id, "open", None)
         await store.set_conversation_status(conversation_id, "closed", None)
+        before_merge = await store.stats(StatsQuery(0, 4_000_000_000, "account"))
+        survivor = (await store.ingest(inbound("p-other", "u2"), [])).message["customer_id"]
+        await store.merge_customers(survivor, first.message["customer_id"])
+        after_merge = await store.stats(StatsQuery(0, 4_000_000_000, "account"))
+        # A merge moves conversations, never what they counted (the new message counts).
+        assert after_merge["groups"][0]["first_response_time"] == \
+            before_merge["groups"][0]["first_response_time"]
+        assert after_merge["groups"][0]["resolution_time"] == \
+            before_merge["groups"][0]["resolution_time"]
+        assert after_merge["groups"][0]["conversations_closed"] == 2
     finally:
         await store.close()
     return root
@@ -99,3 +111,29 @@ def test_report_prints_the_table_and_writes_the_chart(
     assert total.split()[1] == "2"  # two conversations created
     assert main(["report", "--config", str(config), "--from", "2026-11-02T00:00:00Z",
                  "--to", "2026-11-01T00:00:00Z"]) == 2
+
+
+def test_report_rebuild_from_the_command_line(history: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "omnirelay.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{history}/omnirelay.db"\n'
+                      f'data_dir = "{history}"\n')
+    kept = snapshot(history / "omnirelay.db")
+    assert main(["report", "--config", str(config), "--rebuild", "--chart", "-"]) == 0
+    assert "metrics rebuilt from" in capsys.readouterr().err
+    assert snapshot(history / "omnirelay.db") == kept
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_only_on_a_terminal() -> None:
+    pipe, terminal = io.StringIO(), Terminal()
+    for stream in (pipe, terminal):
+        with progress("copying the database", stream) as update:
+            update(512, 1024)
+            update(1024, 1024)
+    assert pipe.getvalue() == ""
+    assert "copying the database" in terminal.getvalue()
