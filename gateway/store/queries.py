@@ -66,9 +66,10 @@ def list_conversations(conn: sqlite3.Connection, status: str | None, customer_id
         sql += (" AND c.id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ?"
                 " AND conversation_id > ?)")
         params += [tag, after or ""]
-    if updated_since is not None:
-        sql += " AND c.updated_at >= ?"
-        params.append(updated_since)
+    if updated_since is not None:  # a subquery, so that its index is the one used
+        sql += (" AND c.id IN (SELECT id FROM conversations WHERE updated_at >= ?"
+                " AND id > ?)")
+        params += [updated_since, after or ""]
     sql += " ORDER BY c.id LIMIT ?"
     params.append(limit)
     return [_conversation_json(r) for r in conn.execute(sql, params).fetchall()]

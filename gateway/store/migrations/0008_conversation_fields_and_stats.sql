@@ -49,7 +49,7 @@ BEGIN
 END;
 
 -- One index per filter of GET /v1/conversations, each ending in id (the cursor's order).
-CREATE INDEX conversations_by_channel ON conversations(channel, account, id);
+CREATE INDEX conversations_by_channel ON conversations(channel, id);
 CREATE INDEX conversations_by_account ON conversations(account, id);
 CREATE INDEX conversations_by_queue ON conversations(queue, id) WHERE queue IS NOT NULL;
 CREATE INDEX conversations_by_assignee ON conversations(assignee_id, id)
