@@ -66,13 +66,34 @@ def list_conversations(conn: sqlite3.Connection, status: str | None, customer_id
         sql += (" AND c.id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ?"
                 " AND conversation_id > ?)")
         params += [tag, after or ""]
-    if updated_since is not None:  # a subquery, so that its index is the one used
-        sql += (" AND c.id IN (SELECT id FROM conversations WHERE updated_at >= ?"
-                " AND id > ?)")
-        params += [updated_since, after or ""]
+    if updated_since is not None:
+        # Every change of a conversation (a message, a status, a field) is an event naming
+        # it: the events from the first one at that time on, a range of the feed's key.
+        sql += (" AND c.id IN (SELECT conversation_id FROM events WHERE seq >= ?"
+                " AND conversation_id > ?)")
+        params += [_first_seq_at(conn, updated_since), after or ""]
     sql += " ORDER BY c.id LIMIT ?"
     params.append(limit)
     return [_conversation_json(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def _first_seq_at(conn: sqlite3.Connection, moment: str) -> int:
+    """The seq of the first event created at or after ``moment`` (past the end: none).
+
+    Events are numbered in commit order with the writer's clock, so created_at grows with
+    seq: a binary search over the key finds it in a few lookups, without an index on time.
+    """
+    low: int = conn.execute("SELECT COALESCE(MIN(seq), 1) FROM events").fetchone()[0]
+    high: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute("SELECT seq, created_at FROM events WHERE seq >= ? ORDER BY seq "
+                           "LIMIT 1", (middle,)).fetchone()
+        if row is None or row[1] >= moment:
+            high = middle
+        else:
+            low = row[0] + 1
+    return low
 
 
 def get_customer(conn: sqlite3.Connection, customer_id: str) -> JSON:

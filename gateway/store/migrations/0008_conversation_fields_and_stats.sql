@@ -1,26 +1,11 @@
 -- Conversation fields a help desk sets (issue 23) and the support metrics' aggregates.
 --
 -- assignee: the agent object as JSON (null: nobody); assignee_id its id, for the filter's
--- index. updated_at: when anything of the conversation last changed (a message, a status,
--- a field), kept by the triggers below whatever code changes the row, for the
--- updated-since filter. Tags also go into conversation_tags, one row per tag, for the tag
--- filter (the JSON column stays what the API serves).
+-- index. Tags also go into conversation_tags, one row per tag, for the tag filter (the JSON
+-- column stays what the API serves). The updated-since filter needs no column: every
+-- change of a conversation is an event naming it (gateway/store/queries.py).
 ALTER TABLE conversations ADD COLUMN assignee TEXT;
 ALTER TABLE conversations ADD COLUMN assignee_id TEXT;
-ALTER TABLE conversations ADD COLUMN updated_at TEXT;
-UPDATE conversations SET updated_at = CASE WHEN closed_at IS NOT NULL
-    AND closed_at > last_message_at THEN closed_at ELSE last_message_at END;
-
-CREATE TRIGGER conversations_updated_at_on_insert AFTER INSERT ON conversations
-BEGIN
-    UPDATE conversations SET updated_at = NEW.last_message_at WHERE id = NEW.id;
-END;
-CREATE TRIGGER conversations_updated_at_on_update AFTER UPDATE OF last_message_at, status,
-    tags, priority, queue, assignee, context, group_name ON conversations
-BEGIN
-    UPDATE conversations SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-    WHERE id = NEW.id;
-END;
 
 CREATE TABLE conversation_tags (
     tag             TEXT NOT NULL,
@@ -54,7 +39,6 @@ CREATE INDEX conversations_by_account ON conversations(account, id);
 CREATE INDEX conversations_by_queue ON conversations(queue, id) WHERE queue IS NOT NULL;
 CREATE INDEX conversations_by_assignee ON conversations(assignee_id, id)
     WHERE assignee_id IS NOT NULL;
-CREATE INDEX conversations_by_updated ON conversations(updated_at, id);
 
 -- The metrics (docs/stats.md): written in the transaction of the event they come from
 -- (gateway/store/jobs/stats.py), rebuilt from the events by `omnirelay report --rebuild`.
