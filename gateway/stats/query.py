@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from gateway.store.jobs.stats import BUCKET_SECONDS, DURATIONS
+from gateway.store.jobs.stats import BUCKET_SECONDS, BUCKETS_A_DAY, DURATIONS
 
 GROUPINGS = ("channel", "account", "agent", "day")
 _COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
@@ -67,29 +67,34 @@ def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
     # a month is read without a Python step per stored row. group_concat joins the blobs
     # byte for byte (as text); the cast makes them blobs again.
     keys = _GROUP_COLUMNS[query.group_by]
-    rows = conn.execute(
-        f"SELECT {keys[0]}, "
-        + ", ".join(f"SUM({name})" for name in _COUNTERS) + ", "
-        + ", ".join(f"CAST(group_concat({name}, '') AS BLOB)" for name in DURATIONS)
+    counted = conn.execute(
+        f"SELECT {keys[0]}, " + ", ".join(f"SUM({name})" for name in _COUNTERS)
         + f" FROM stat_buckets WHERE bucket >= ? AND bucket < ? {keys[1]}",
         (first, last)).fetchall()
-    key_of = _key_function(query, [(r[1], r[2]) for r in rows])
+    timed = conn.execute(
+        f"SELECT {keys[0]}, "
+        + ", ".join(f"CAST(group_concat({name}, '') AS BLOB)" for name in DURATIONS)
+        + f" FROM stat_durations WHERE bucket >= ? AND bucket < ? {keys[1]}",
+        (first, last)).fetchall()
+    key_of = _key_function(query, [(r[1], r[2]) for r in counted + timed])
     groups: dict[Key, _Group] = {}
     if query.group_by == "day":
         for day in _days(conn, query):
             groups[day.isoformat()] = _Group()
     elif query.group_by is None:
         groups[None] = _Group()
-    for row in rows:
+    for row in counted:
         if row[4] is None:  # no rows in the period: SUM over nothing
             continue
-        group = groups.setdefault(key_of(row[0], row[1], row[2], row[3]), _Group())
-        counters = group.counters
+        counters = groups.setdefault(key_of(row[0], row[1], row[2], row[3]),
+                                     _Group()).counters
         for i, name in enumerate(_COUNTERS, start=4):
             counters[name] += row[i]
-        for i, name in enumerate(DURATIONS, start=4 + len(_COUNTERS)):
+    for row in timed:
+        samples = groups.setdefault(key_of(row[0], row[1], row[2], row[3]), _Group()).samples
+        for i, name in enumerate(DURATIONS, start=4):
             if row[i]:
-                group.samples[name].append(row[i])
+                samples[name].append(row[i])
     _open_conversations(conn, query, first, last, key_of, groups)
     _writers(conn, query, first, last, key_of, groups)
     ordered = sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or ""))
@@ -134,7 +139,8 @@ def _days(conn: sqlite3.Connection, query: StatsQuery) -> list[date]:
     """The local days of the period, from the first stored data on and up to now (or the
     newest data): a period reaching far into the past or the future has no empty days."""
     zone = ZoneInfo(query.time_zone)
-    oldest, newest = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM stat_buckets").fetchone()
+    oldest, newest = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM stat_buckets"
+                                  ).fetchone()
     if oldest is None:
         return []
     now = datetime.now(UTC).timestamp()
@@ -151,23 +157,35 @@ def _days(conn: sqlite3.Connection, query: StatsQuery) -> list[date]:
     return days
 
 
+def _open_at(conn: sqlite3.Connection, bucket: int, columns: str, group: str
+             ) -> list[tuple[Any, ...]]:
+    """Conversations open at the start of ``bucket`` (``columns``: the group's, as in
+    _GROUP_COLUMNS without the bucket): whole days from the day sums, then the quarter
+    hours of its own day."""
+    day = bucket // BUCKETS_A_DAY
+    return conn.execute(
+        f"SELECT {columns}, SUM(delta) FROM (SELECT channel, account, agent, delta FROM "
+        f"stat_open_days WHERE day < ? UNION ALL SELECT channel, account, agent, delta "
+        f"FROM stat_open WHERE bucket >= ? AND bucket < ?) {group}",
+        (day, day * BUCKETS_A_DAY, bucket)).fetchall()
+
+
 def _open_conversations(conn: sqlite3.Connection, query: StatsQuery, first: int, last: int,
                         key_of: Callable[[int, str, str, str], Key],
                         groups: dict[Key, _Group]) -> None:
     """Conversations open at the end of the period (of each day, grouped by day)."""
     if query.group_by != "day":
-        for channel, account, agent, total in conn.execute(
-                "SELECT channel, account, agent, SUM(open_delta) FROM stat_buckets "
-                "WHERE bucket < ? GROUP BY channel, account, agent", (last,)):
-            if total:
-                groups.setdefault(key_of(last, channel, account, agent), _Group()).open += total
+        columns, group = _GROUP_COLUMNS[query.group_by]
+        for row in _open_at(conn, last, columns.split(", ", 1)[1], group):
+            if row[3]:
+                groups.setdefault(key_of(last, row[0], row[1], row[2]), _Group()).open += row[3]
         return
-    running: int = conn.execute("SELECT COALESCE(SUM(open_delta), 0) FROM stat_buckets "
-                                "WHERE bucket < ?", (first,)).fetchone()[0]
+    [(_, _, _, running)] = _open_at(conn, first, "'', '', ''", "")
+    running = running or 0
     change: dict[Key, int] = {}
     for bucket, delta in conn.execute(
-            "SELECT bucket, SUM(open_delta) FROM stat_buckets WHERE bucket >= ? AND "
-            "bucket < ? AND open_delta != 0 GROUP BY bucket", (first, last)):
+            "SELECT bucket, SUM(delta) FROM stat_open WHERE bucket >= ? AND bucket < ? "
+            "GROUP BY bucket", (first, last)):
         day = key_of(bucket, "", "", "")
         change[day] = change.get(day, 0) + delta
     for day in sorted(key for key in groups if key is not None):
@@ -177,28 +195,37 @@ def _open_conversations(conn: sqlite3.Connection, query: StatsQuery, first: int,
 
 def _writers(conn: sqlite3.Connection, query: StatsQuery, first: int, last: int,
              key_of: Callable[[int, str, str, str], Key], groups: dict[Key, _Group]) -> None:
-    """Distinct customers who wrote, for the contact rate (none per agent)."""
+    """Distinct customers who wrote, for the contact rate (none per agent): the writes of
+    the period whose customer's write before them (at that level) is older than it."""
     grouping = query.group_by
     if grouping == "day":
-        seen: dict[Key, set[str]] = {}
-        for bucket, customer_id in conn.execute(
-                "SELECT bucket, customer_id FROM stat_writers WHERE bucket >= ? AND "
-                "bucket < ?", (first, last)):
-            seen.setdefault(key_of(bucket, "", "", ""), set()).add(customer_id)
-        for day, customers in seen.items():
-            groups.setdefault(day, _Group()).writers = len(customers)
+        zone = ZoneInfo(query.time_zone)
+        for day in sorted(key for key in groups if key is not None):
+            start = max(first, _local_midnight(day, zone) // BUCKET_SECONDS)
+            end = min(last, _local_midnight(day, zone, 1) // BUCKET_SECONDS)
+            groups[day].writers = conn.execute(
+                "SELECT COUNT(*) FROM stat_writers WHERE bucket >= ?1 AND bucket < ?2 AND "
+                "(prev_any IS NULL OR prev_any < ?1)", (start, end)).fetchone()[0]
     elif grouping in ("channel", "account"):
-        columns = "channel" if grouping == "channel" else "channel, account"
-        for row in conn.execute(
-                f"SELECT channel, {'account' if grouping == 'account' else 'NULL'}, "
-                f"COUNT(DISTINCT customer_id) FROM stat_writers WHERE bucket >= ? AND "
-                f"bucket < ? GROUP BY {columns}", (first, last)):
-            group = groups.setdefault(key_of(first, row[0], row[1] or "", ""), _Group())
-            group.writers = (group.writers or 0) + row[2]
+        level, columns, grouped = (
+            ("prev_channel", "channel, ''", "channel") if grouping == "channel"
+            else ("prev_account", "channel, account", "channel, account"))
+        for channel, account, count in conn.execute(
+                f"SELECT {columns}, COUNT(*) FROM stat_writers WHERE bucket >= ?1 AND "
+                f"bucket < ?2 AND ({level} IS NULL OR {level} < ?1) GROUP BY {grouped}",
+                (first, last)):
+            group = groups.setdefault(key_of(first, channel, account, ""), _Group())
+            group.writers = (group.writers or 0) + count
     else:  # one total; grouped by agent, the customers go with the unattributed group
         groups.setdefault(None, _Group()).writers = conn.execute(
-            "SELECT COUNT(DISTINCT customer_id) FROM stat_writers WHERE bucket >= ? AND "
-            "bucket < ?", (first, last)).fetchone()[0]
+            "SELECT COUNT(*) FROM stat_writers WHERE bucket >= ?1 AND bucket < ?2 AND "
+            "(prev_any IS NULL OR prev_any < ?1)", (first, last)).fetchone()[0]
+
+
+def _local_midnight(day_key: str, zone: ZoneInfo, days_after: int = 0) -> int:
+    """The unix time a local day (``YYYY-MM-DD``) starts, ``days_after`` days later."""
+    day = date.fromisoformat(day_key) + timedelta(days=days_after)
+    return int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
 
 
 def duration(blobs: list[bytes]) -> JSON:

@@ -30,7 +30,8 @@ def snapshot(path: Path) -> dict[str, list[Any]]:
     conn = sqlite3.connect(path)
     try:
         return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
-                for table in ("stat_buckets", "stat_writers")} | {
+                for table in ("stat_buckets", "stat_durations", "stat_open", "stat_open_days",
+                              "stat_writers")} | {
             "stat_conversations": conn.execute(
                 "SELECT * FROM stat_conversations ORDER BY id").fetchall()}
     finally:

@@ -24,6 +24,8 @@ both. ``/shared/METRICS.md`` defines each number; the rules below follow it:
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import sqlite3
 import threading
 from array import array
@@ -40,10 +42,9 @@ if TYPE_CHECKING:
     from gateway.store.jobs.tx import Tx
 
 BUCKET_SECONDS = 900  # a quarter hour: every time zone's offset is a whole number of them
+BUCKETS_A_DAY = 96
 SENT_STATUSES = frozenset({"sent", "delivered", "read"})
 _REMEMBERED_REPLIES = 16  # outbound ids counted already (a receipt repeats the sent one)
-_COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
-             "open_delta", "csat_sent", "csat_answers", "csat_sum", "csat_good")
 DURATIONS = ("frt", "response", "resolution")
 _WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
                      "conversation.updated", "message.received", "message.status",
@@ -116,24 +117,57 @@ class _Writer:
     def add(self, state: JSON, agent: str | None, *, bucket: int | None = None,
             durations: dict[str, float] | None = None, **counters: int) -> None:
         """Add to the counters and append the duration samples of one row."""
+        key = (self.bucket if bucket is None else bucket, state["channel"], state["account"],
+               agent or "")
         if durations:
             samples: list[Sample] = getattr(_local, "samples", None) or []
             samples += [(name, state["channel"], state["account"], max(0.0, value))
                         for name, value in durations.items()]
             _local.samples = samples
-        names = list(counters)
-        blobs = {name: array("d", [max(0.0, value)]).tobytes()
-                 for name, value in (durations or {}).items()}
-        columns = ["bucket", "channel", "account", "agent", *names, *blobs]
-        updates = [f"{n} = {n} + excluded.{n}" for n in names]
-        # || makes text of blobs (byte for byte); the cast makes it a blob again.
-        updates += [f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs]
+            blobs = {name: array("d", [max(0.0, value)]).tobytes()
+                     for name, value in durations.items()}
+            # || makes text of blobs (byte for byte); the cast makes it a blob again.
+            self.conn.execute(
+                f"INSERT INTO stat_durations (bucket, channel, account, agent, "
+                f"{', '.join(blobs)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(blobs))}) "
+                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs),
+                (*key, *blobs.values()))
+        if counters:
+            names = list(counters)
+            self.conn.execute(
+                f"INSERT INTO stat_buckets (bucket, channel, account, agent, "
+                f"{', '.join(names)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(names))}) "
+                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                + ", ".join(f"{n} = {n} + excluded.{n}" for n in names),
+                (*key, *counters.values()))
+
+    def open_delta(self, state: JSON, assignee: str | None, delta: int) -> None:
+        """An open conversation more or less, for its assignee: the quarter hour and the
+        day's sum."""
+        for table, column, unit in (("stat_open", "bucket", self.bucket),
+                                    ("stat_open_days", "day", self.bucket // BUCKETS_A_DAY)):
+            self.conn.execute(
+                f"INSERT INTO {table} ({column}, channel, account, agent, delta) "
+                f"VALUES (?, ?, ?, ?, ?) ON CONFLICT ({column}, channel, account, agent) "
+                f"DO UPDATE SET delta = delta + excluded.delta",
+                (unit, state["channel"], state["account"], assignee or "", delta))
+
+    def wrote(self, state: JSON, customer_id: str) -> None:
+        """A customer message: the customer wrote in this quarter hour (once a row)."""
+        customer = customer_hash(customer_id)
+        channel, account = state["channel"], state["account"]
+        row = self.conn.execute(
+            "SELECT (SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1), "
+            "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2), "
+            "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2 "
+            "AND account = ?3)", (customer, channel, account)).fetchone()
+        if row[2] == self.bucket:
+            return  # counted already in this quarter hour
         self.conn.execute(
-            f"INSERT INTO stat_buckets ({', '.join(columns)}) VALUES "
-            f"({', '.join('?' * len(columns))}) ON CONFLICT (bucket, channel, account, agent) "
-            f"DO UPDATE SET {', '.join(updates)}",
-            (self.bucket if bucket is None else bucket, state["channel"], state["account"],
-             agent or "", *counters.values(), *blobs.values()))
+            "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, customer, prev_any,"
+            " prev_channel, prev_account) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.bucket, channel, account, customer, *row))
 
     def take_back(self, state: JSON, counted: JSON) -> None:
         """Undo what a close counted (the conversation reopened)."""
@@ -145,7 +179,7 @@ class _Writer:
             (int(counted["human"] >= 1), int(counted["human"] == 1), counted["messages"], *key))
         if counted["resolution"] is None:
             return
-        row = self.conn.execute("SELECT resolution FROM stat_buckets WHERE bucket = ? AND "
+        row = self.conn.execute("SELECT resolution FROM stat_durations WHERE bucket = ? AND "
                                 "channel = ? AND account = ? AND agent = ?", key).fetchone()
         if row is None:
             return
@@ -155,8 +189,14 @@ class _Writer:
             samples.remove(max(0.0, counted["resolution"]))
         except ValueError:
             return
-        self.conn.execute("UPDATE stat_buckets SET resolution = ? WHERE bucket = ? AND "
+        self.conn.execute("UPDATE stat_durations SET resolution = ? WHERE bucket = ? AND "
                           "channel = ? AND account = ? AND agent = ?", (samples.tobytes(), *key))
+
+
+def customer_hash(customer_id: str) -> int:
+    """A customer id as the signed 64-bit number stat_writers keeps (no id is stored)."""
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _new_state(conversation: JSON) -> JSON:
@@ -182,7 +222,7 @@ def _opened(writer: _Writer, data: JSON, at: float) -> None:
     state = _new_state(conversation)
     state["open"] = True
     writer.add(state, None, created=1)
-    writer.add(state, state["assignee"], open_delta=1)
+    writer.open_delta(state, state["assignee"], 1)
     writer.save(conversation["id"], state)
 
 
@@ -195,10 +235,7 @@ def _message(writer: _Writer, data: JSON, at: float) -> None:
         state = _load(writer, conversation)
         state["messages"] += 1
         if message.get("automatic") is None:  # an auto-reply or a bounce is no customer's
-            writer.conn.execute(
-                "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, customer_id) "
-                "VALUES (?, ?, ?, ?)", (writer.bucket, state["channel"], state["account"],
-                                        message["customer_id"]))
+            writer.wrote(state, message["customer_id"])
             if state["first"] is None and not state["ours_first"]:
                 state["first"] = at
             if state["run"] is None:
@@ -251,7 +288,7 @@ def _closed(writer: _Writer, data: JSON, at: float) -> None:
     agent = _agent_id(data.get("agent"))
     writer.add(state, agent, closes=1)
     if state["open"]:
-        writer.add(state, state["assignee"], open_delta=-1)
+        writer.open_delta(state, state["assignee"], -1)
         state["open"] = False
     if state["close"] is not None:  # closed twice without a reopen we saw: count it once
         writer.take_back(state, state["close"])
@@ -273,7 +310,7 @@ def _reopened(writer: _Writer, data: JSON, at: float) -> None:
         state["close"] = None
     if not state["open"]:
         state["open"] = True
-        writer.add(state, state["assignee"], open_delta=1)
+        writer.open_delta(state, state["assignee"], 1)
     writer.save(conversation["id"], state)
 
 
@@ -286,8 +323,8 @@ def _updated(writer: _Writer, data: JSON, at: float) -> None:
     if "assignee" in changes:
         new = _agent_id(changes["assignee"].get("to"))
         if state["open"] and new != state["assignee"]:
-            writer.add(state, state["assignee"], open_delta=-1)
-            writer.add(state, new, open_delta=1)
+            writer.open_delta(state, state["assignee"], -1)
+            writer.open_delta(state, new, 1)
         state["assignee"] = new
     answer = (changes.get("csat") or {}).get("to")
     if isinstance(answer, dict) and isinstance(answer.get("score"), int):
@@ -298,11 +335,12 @@ def _updated(writer: _Writer, data: JSON, at: float) -> None:
 
 
 def _erased(writer: _Writer, data: JSON, at: float) -> None:
-    """An erased customer's id leaves the writers table (each keeps counting as one)."""
+    """An erased customer's hash becomes a random number in the writers table, so nothing
+    links the rows to the id any more and each still counts once."""
     customer_id = data.get("customer_id")
     if customer_id:
-        writer.conn.execute("UPDATE OR IGNORE stat_writers SET customer_id = ? "
-                            "WHERE customer_id = ?", ("erased:" + customer_id[-8:], customer_id))
+        writer.conn.execute("UPDATE stat_writers SET customer = ? WHERE customer = ?",
+                            (secrets.randbits(63), customer_hash(customer_id)))
 
 
 _HANDLERS: dict[str, Callable[[_Writer, JSON, float], None]] = {
@@ -318,7 +356,8 @@ _HANDLERS: dict[str, Callable[[_Writer, JSON, float], None]] = {
 
 def clear(conn: sqlite3.Connection) -> None:
     """Empty the aggregates (before a rebuild)."""
-    for table in ("stat_buckets", "stat_writers", "stat_conversations"):
+    for table in ("stat_buckets", "stat_durations", "stat_open", "stat_open_days",
+                  "stat_writers", "stat_conversations"):
         conn.execute(f"DELETE FROM {table}")
 
 

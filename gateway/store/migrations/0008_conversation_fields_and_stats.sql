@@ -42,9 +42,9 @@ CREATE INDEX conversations_by_assignee ON conversations(assignee_id, id)
 
 -- The metrics (docs/stats.md): written in the transaction of the event they come from
 -- (gateway/store/jobs/stats.py), rebuilt from the events by `omnirelay report --rebuild`.
--- A row per quarter hour (bucket = unix seconds // 900: every time zone's days are whole
--- buckets), channel, account and agent ('' = no agent): counters, and the durations that
--- ended in it as float64 seconds, so medians and p90s are exact.
+-- Rows per quarter hour (bucket = unix seconds // 900: every time zone's days are whole
+-- buckets), channel, account and agent ('' = no agent). Counters and durations are apart,
+-- so that summing counters reads narrow rows.
 CREATE TABLE stat_buckets (
     bucket        INTEGER NOT NULL,
     channel       TEXT NOT NULL,
@@ -56,25 +56,61 @@ CREATE TABLE stat_buckets (
     with_reply    INTEGER NOT NULL DEFAULT 0,  -- ... with at least one human reply
     one_touch     INTEGER NOT NULL DEFAULT 0,  -- ... with exactly one
     resolved_msgs INTEGER NOT NULL DEFAULT 0,  -- their messages, both ways
-    open_delta    INTEGER NOT NULL DEFAULT 0,  -- +1 opened/reopened, -1 closed (by assignee)
     csat_sent     INTEGER NOT NULL DEFAULT 0,
     csat_answers  INTEGER NOT NULL DEFAULT 0,
     csat_sum      INTEGER NOT NULL DEFAULT 0,
     csat_good     INTEGER NOT NULL DEFAULT 0,  -- ratings of 4 or 5
-    frt           BLOB NOT NULL DEFAULT X'',
-    response      BLOB NOT NULL DEFAULT X'',
-    resolution    BLOB NOT NULL DEFAULT X'',
     PRIMARY KEY (bucket, channel, account, agent)
 ) WITHOUT ROWID;
 
--- Customers who wrote, per quarter hour and account (contact rate's distinct customers).
-CREATE TABLE stat_writers (
-    bucket      INTEGER NOT NULL,
-    channel     TEXT NOT NULL,
-    account     TEXT NOT NULL,
-    customer_id TEXT NOT NULL,
-    PRIMARY KEY (bucket, channel, account, customer_id)
+-- The durations that ended in a quarter hour, float64 seconds appended to a blob: medians
+-- and p90s stay exact.
+CREATE TABLE stat_durations (
+    bucket     INTEGER NOT NULL,
+    channel    TEXT NOT NULL,
+    account    TEXT NOT NULL,
+    agent      TEXT NOT NULL,
+    frt        BLOB NOT NULL DEFAULT X'',
+    response   BLOB NOT NULL DEFAULT X'',
+    resolution BLOB NOT NULL DEFAULT X'',
+    PRIMARY KEY (bucket, channel, account, agent)
 ) WITHOUT ROWID;
+
+-- Open conversations: +1 at an open or reopen, -1 at a close, by assignee ('' = none), per
+-- quarter hour and summed per day (day = bucket // 96, UTC): what is open at a time is the
+-- whole days before it plus the quarter hours of its own day.
+CREATE TABLE stat_open (
+    bucket  INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    account TEXT NOT NULL,
+    agent   TEXT NOT NULL,
+    delta   INTEGER NOT NULL,
+    PRIMARY KEY (bucket, channel, account, agent)
+) WITHOUT ROWID;
+CREATE TABLE stat_open_days (
+    day     INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    account TEXT NOT NULL,
+    agent   TEXT NOT NULL,
+    delta   INTEGER NOT NULL,
+    PRIMARY KEY (day, channel, account, agent)
+) WITHOUT ROWID;
+
+-- Customers who wrote (contact rate), a row per quarter hour, account and customer (a
+-- 64-bit hash of the customer's id). Each row names the customer's write before it (any
+-- account, same channel, same account): the distinct customers of a period are the rows in
+-- it whose earlier write is before the period, a count over a range, no DISTINCT.
+CREATE TABLE stat_writers (
+    bucket       INTEGER NOT NULL,
+    channel      TEXT NOT NULL,
+    account      TEXT NOT NULL,
+    customer     INTEGER NOT NULL,
+    prev_any     INTEGER,
+    prev_channel INTEGER,
+    prev_account INTEGER,
+    PRIMARY KEY (bucket, channel, account, customer)
+) WITHOUT ROWID;
+CREATE INDEX stat_writers_by_customer ON stat_writers(customer, channel, account, bucket);
 
 -- What the metrics remember of each conversation (first customer message, the pending
 -- customer run, human replies, what its last close counted), as JSON.
