@@ -1,5 +1,5 @@
 """``omnirelay`` command line: run, migrate, check-config, backup, erase-customer, purge,
-vacuum."""
+vacuum, report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gateway import __version__
 from gateway.config import Config, embedded_default, load_config
@@ -131,6 +131,35 @@ def _store_locked(path: Path, hint: str) -> Iterator[None]:
         lock.release()
 
 
+@contextlib.contextmanager
+def progress(description: str, stream: TextIO | None = None
+             ) -> Iterator[Callable[[int, int], None]]:
+    """``update(done, total)`` drawing a progress bar on a terminal (stderr), nothing
+    otherwise (a pipe, a log, systemd). Until the first update with a total, or with none,
+    the bar pulses: the work is under way."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=Console(file=out), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+        yield update
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations (the daemon does this at start too)."""
     from gateway.store.sqlite import apply_migrations
@@ -143,7 +172,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
         conn.execute("PRAGMA journal_mode = WAL")
         try:
-            applied = apply_migrations(conn)
+            with progress("applying migrations"):
+                applied = apply_migrations(conn)
         finally:
             conn.close()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
@@ -211,7 +241,8 @@ def _store_command(args: argparse.Namespace, action: str, arg: str) -> int:
     hint = _ONLINE_HINT.get(action, "stop the service first").format(id=arg)
     with _store_locked(config.store.sqlite_path, hint):
         try:
-            result = asyncio.run(_with_store(config, action, arg))
+            with progress("purging" if action == "purge" else "erasing"):
+                result = asyncio.run(_with_store(config, action, arg))
         except OmnirelayError as exc:
             print(f"omnirelay: {exc.message}", file=sys.stderr)
             return 1
@@ -260,7 +291,9 @@ def _backup(source: Path, target: Path) -> str:
     src = sqlite3.connect(uri, uri=True, timeout=30.0)
     dst = sqlite3.connect(target)
     try:
-        src.backup(dst)
+        with progress("copying the database") as update:
+            src.backup(dst, pages=4096,
+                       progress=lambda _status, left, total: update(total - left, total))
         dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         check = dst.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -295,6 +328,63 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the support metrics of a period as a table (total, then per day in
+    ``[stats] time_zone``) and write a chart of volume and response times per day.
+
+    Reads the store without the lock (the daemon may run); ``--rebuild`` first recomputes
+    the aggregates from the events (a store older than migration 0008), which needs it.
+    """
+    from gateway.stats.query import StatsQuery, compute_stats, period
+    from gateway.stats.report import chart, table
+    from normalizer.timestamps import parse_iso
+
+    config = _store_config(args)
+    path = config.store.sqlite_path
+    if not path.exists():
+        print(f"omnirelay: {path} does not exist", file=sys.stderr)
+        return 1
+    try:
+        start, end = period(parse_iso(args.start) if args.start else None,
+                            parse_iso(args.end) if args.end else None)
+    except ValueError as exc:
+        print(f"omnirelay: --from/--to: {exc} (ISO 8601, e.g. 2026-11-01T00:00:00+09:00)",
+              file=sys.stderr)
+        return 2
+    if args.rebuild:
+        from gateway.store.jobs.stats import rebuild
+
+        with _store_locked(path, "stop the daemon first (the rebuild rewrites the "
+                                 "aggregates)"):
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                with progress("rebuilding the metrics from the events") as update:
+                    events = rebuild(conn, progress=update)
+            finally:
+                conn.close()
+        print(f"{path}: metrics rebuilt from {events:,} events", file=sys.stderr)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        zone = config.stats.time_zone
+        total = compute_stats(conn, StatsQuery(start, end, None, zone))["groups"]
+        days = compute_stats(conn, StatsQuery(start, end, "day", zone))["groups"]
+    finally:
+        conn.close()
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    local = ZoneInfo(zone)
+    span = (f"{datetime.fromtimestamp(start, UTC).astimezone(local):%Y-%m-%d %H:%M} to "
+            f"{datetime.fromtimestamp(end, UTC).astimezone(local):%Y-%m-%d %H:%M} ({zone})")
+    print(f"Support metrics, {span}\n")
+    print(table(total + days, "day"))
+    if days and args.chart != "-":
+        target = Path(args.chart)
+        chart(days, target, f"omnirelay, {span}")
+        print(f"\nchart: {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="omnirelay", description=__doc__)
@@ -324,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("vacuum", cmd_vacuum, "rewrite the database without free pages (daemon stopped)")
     p.add_argument("--config", "-c")
     add("openapi", cmd_openapi, "print the OpenAPI document")
+    p = add("report", cmd_report, "support metrics of a period: a table and a chart")
+    p.add_argument("--from", dest="start", help="ISO 8601 (default: 7 days before --to)")
+    p.add_argument("--to", dest="end", help="ISO 8601, exclusive (default: now)")
+    p.add_argument("--chart", default="omnirelay-report.svg",
+                   help="the chart's file: .svg or .png (- for none)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="first recompute the metrics from the stored events (daemon stopped)")
+    p.add_argument("--config", "-c")
     return parser
 
 

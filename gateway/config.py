@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from adapters.base import AdapterConfig
 from adapters.registry import ADAPTERS
@@ -35,7 +36,8 @@ from gateway.errors import ConfigError, ConfigErrors
 __all__ = [
     "COMMON_CHANNEL_KEYS", "CREDENTIAL_PREFIX", "ChannelConfig", "Config", "LineIndex",
     "LoggingConfig", "OutboxConfig", "ParseContext", "Secret", "Section", "ServerConfig",
-    "StoreConfig", "TokenConfig", "WebhookConfig", "embedded_default", "load_config",
+    "StatsConfig", "StoreConfig", "TokenConfig", "WebhookConfig", "embedded_default",
+    "load_config",
     "parse_config",
 ]
 
@@ -126,6 +128,13 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsConfig:
+    """The support metrics (docs/stats.md): the time zone their days are counted in."""
+
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelConfig:
     """One ``[[channels]]`` table; ``options`` is parsed by the adapter's own config class.
 
@@ -160,6 +169,7 @@ class Config:
     channels: tuple[ChannelConfig, ...] = ()
     source: str = "<embedded default>"
     warnings: tuple[str, ...] = ()
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     def channel(self, channel_type: str, name: str) -> ChannelConfig | None:
         """Return the ``channel_type`` account called ``name``."""
@@ -232,6 +242,20 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     batch = section.get("batch_max", int, 256)
     section.finish()
     return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch)
+
+
+def _parse_stats(section: Section | None) -> StatsConfig:
+    if section is None:
+        return StatsConfig()
+    zone = section.get("time_zone", str, "UTC")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        section.error("time_zone", f"{zone!r} is not a known time zone",
+                      'an IANA name: time_zone = "Asia/Seoul"')
+        zone = "UTC"
+    section.finish()
+    return StatsConfig(zone)
 
 
 def _parse_outbox(section: Section | None) -> OutboxConfig:
@@ -407,11 +431,12 @@ def parse_config(text: str, *, source: str = "<string>",
     tokens = _parse_tokens(root.get("tokens", list, []), ctx)
     webhooks = _parse_webhooks(root.get("webhooks", list, []), ctx)
     channels = _parse_channels(root.get("channels", list, []), ctx)
+    stats = _parse_stats(root.sub("stats"))
     root.finish()
     if ctx.errors:
         raise ConfigErrors(ctx.errors)
     return Config(server, store, outbox, logging_cfg, tokens, webhooks, channels, source,
-                  tuple(str(w) for w in ctx.warnings))
+                  tuple(str(w) for w in ctx.warnings), stats=stats)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *,

@@ -102,7 +102,8 @@ class Gateway:
         self.feed = FeedNotifier()
         self.store: Store = SQLiteStore(config.store, on_commit=self._committed,
                                          on_batch=self.metrics.store_batch.observe,
-                                         on_fatal=self._store_failed)
+                                         on_fatal=self._store_failed,
+                                         on_samples=self.metrics.observe_support)
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()

@@ -52,7 +52,24 @@ class Metrics:
         self.store_batch = Histogram("omnirelay_store_batch_size",
                                      "Write jobs committed together (group commit)",
                                      registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        # The support metrics' durations (docs/stats.md), as they are committed. Unlike
+        # /v1/stats, a conversation closed twice observes a resolution at each close.
+        support_buckets = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800,
+                           604800)
+        self.support = {name: Histogram(
+            f"omnirelay_{name}_seconds", text, ["channel", "account"], registry=r,
+            buckets=support_buckets) for name, text in (
+                ("first_response", "Customer's first message to the first human reply"),
+                ("response", "A run of customer messages to the next human reply"),
+                ("resolution", "Customer's first message to a close"))}
         r.register(_LogLinesDropped())
+
+    def observe_support(self, samples: list[tuple[str, str, str, float]]) -> None:
+        """Durations a committed batch measured: (frt | response | resolution, channel,
+        account, seconds). Called on the store's writer thread."""
+        names = {"frt": "first_response", "response": "response", "resolution": "resolution"}
+        for name, channel, account, seconds in samples:
+            self.support[names[name]].labels(channel, account).observe(seconds)
 
 
 class _LogLinesDropped(Collector):

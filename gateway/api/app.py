@@ -11,7 +11,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from adapters.registry import route_families
-from gateway.api import attachments, conversations, customers, events, health, hooks, ops, replies
+from gateway.api import (
+    attachments,
+    conversations,
+    customers,
+    events,
+    health,
+    hooks,
+    ops,
+    replies,
+    stats,
+)
 from gateway.api.events import STREAMS_KEY
 from gateway.api.middleware import api_middleware
 from gateway.api.view import GATEWAY_KEY, GatewayView
@@ -35,6 +45,8 @@ def create_app(gateway: GatewayView) -> web.Application:
     router.add_get("/v1/events/stream", events.stream_events)
     router.add_get("/v1/conversations", conversations.list_conversations)
     router.add_get("/v1/conversations/{id}", conversations.get_conversation)
+    router.add_patch("/v1/conversations/{id}", conversations.patch_conversation)
+    router.add_get("/v1/stats", stats.get_stats)
     router.add_get("/v1/conversations/{id}/messages", conversations.list_messages)
     router.add_post("/v1/conversations/{id}/messages", replies.post_reply)
     router.add_post("/v1/conversations/{id}/close", conversations.close_conversation)

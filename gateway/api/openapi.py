@@ -164,6 +164,50 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = (),
     return _document(routes, kinds, media_hosts)
 
 
+_LABEL = {"type": "string", "pattern": NON_BLANK_PATTERN, "minLength": 1, "maxLength": 100}
+_FILTER = {"type": "string", "pattern": NON_BLANK_PATTERN, "minLength": 1}
+_CONVERSATION_FILTERS = (("channel", "the conversation's channel"),
+                         ("account", "the conversation's account name"),
+                         ("tag", "carries this tag"), ("queue", "in this queue"),
+                         ("assignee", "assigned to the agent with this id"))
+_DURATION = {"type": "object", "required": ["median", "p90", "count"], "properties": {
+    "median": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+    "p90": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+    "count": {"type": "integer"}}}
+_RATE = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
+
+
+def _stats_schemas() -> JSON:
+    """``GET /v1/stats``: the metrics of METRICS.md per group."""
+    group = _obj({
+        "key": _nullable(_STR), "conversations_created": {"type": "integer"},
+        "open_conversations": {"type": "integer"}, "first_response_time": _DURATION,
+        "response_time": _DURATION, "resolution_time": _DURATION,
+        "one_touch_resolution_rate": _RATE, "automatic_resolutions": {"type": "integer"},
+        "messages_per_conversation": _nullable({"type": "number"}),
+        "conversations_closed": {"type": "integer"},
+        "contact_rate": _nullable({"type": "number"}),
+        "csat": _obj({"surveys_sent": {"type": "integer"}, "responses": {"type": "integer"},
+                      "response_rate": _nullable({"type": "number"}),
+                      "average_score": _nullable({"type": "number"}),
+                      "satisfaction_score": _RATE}),
+    }, ["key", "conversations_created", "open_conversations", "first_response_time",
+        "response_time", "resolution_time", "one_touch_resolution_rate",
+        "automatic_resolutions", "messages_per_conversation", "conversations_closed",
+        "contact_rate", "csat"])
+    stats = _obj({"from": _TS, "to": _TS,
+                  "group_by": _nullable({"enum": ["channel", "account", "agent", "day"]}),
+                  "groups": {"type": "array", "items": group}},
+                 ["from", "to", "group_by", "groups"])
+    patch = _obj({"tags": {"type": "array", "items": _LABEL, "maxItems": 50},
+                  "priority": {"enum": ["normal", "high", "urgent"]},
+                  "queue": _nullable(_LABEL), "assignee": _nullable(_ref("Agent")),
+                  "agent": _nullable(_ref("Agent"))}, extra=False)
+    patch["anyOf"] = [{"required": [name]} for name in ("tags", "priority", "queue",
+                                                        "assignee")]
+    return {"Stats": stats, "ConversationPatch": patch}
+
+
 @cache
 def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
               media_hosts: tuple[str, ...] | None) -> JSON:
@@ -201,6 +245,7 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
         "closed_at": _nullable(_TS), "last_message_at": _TS,
         "tags": {"type": "array", "items": _STR},
         "priority": {"enum": ["normal", "high", "urgent"]}, "queue": _nullable(_STR),
+        "assignee": _nullable(_ref("Agent")),
         "context": {"type": "object"},
         "group": _nullable(_ref("Group")),
     }, ["id", "customer_id", "channel", "account", "status", "opened_at"])
@@ -353,10 +398,27 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
             "List conversations", _ok(_list_of("conversations", _ref("Conversation"))),
             params=[_query("status", {"enum": ["open", "closed"]}),
                     _query("customer_id", _STR), _query("after", _STR),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    *[_query(name, _FILTER, what) for name, what in _CONVERSATION_FILTERS],
+                    _query("updated_since", _TS, "changed (a message, a status, a field) "
+                                                 "at or after this time")],
             errors=(400, 404))},
-        "/v1/conversations/{id}": {"get": _op("One conversation", _ok(_ref("Conversation")),
-                                              params=[_path_id("cnv")], errors=(404,))},
+        "/v1/conversations/{id}": {
+            "get": _op("One conversation", _ok(_ref("Conversation")),
+                       params=[_path_id("cnv")], errors=(404,)),
+            "patch": _op("Set tags, priority, queue or assignee (one conversation.updated "
+                         "event naming what changed; nothing changed, no event)",
+                         _ok(_ref("Conversation")), params=[_path_id("cnv")],
+                         body=_ref("ConversationPatch"), errors=(400, 404, 413, 422))},
+        "/v1/stats": {"get": _op(
+            "Support metrics of a period (docs/stats.md)", _ok(_ref("Stats")),
+            params=[_query("from", _TS, "inclusive, rounded down to the quarter hour; "
+                                        "default: 7 days before to"),
+                    _query("to", _TS, "exclusive, rounded down to the quarter hour; "
+                                      "default: now (the next quarter hour); after from"),
+                    _query("group_by", {"enum": ["channel", "account", "agent", "day"]},
+                           "day: in [stats] time_zone")],
+            errors=(400,))},
         "/v1/conversations/{id}/messages": {
             "get": _op("A conversation's messages, oldest first",
                        _ok(_list_of("messages", _ref("Message"))),
@@ -515,7 +577,7 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
                 "Error": error, "Channel": channel, "ApiInbound": api_inbound,
                 "ProactiveMessage": proactive, "IdentityInput": identity_in,
                 "Reaction": reaction, "Group": group, "ApiChange": api_change,
-                "ApiStatus": api_status,
+                "ApiStatus": api_status, **_stats_schemas(),
             },
         },
     }

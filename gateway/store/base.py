@@ -10,9 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
+
+if TYPE_CHECKING:
+    from gateway.stats.query import StatsQuery
 
 JSON = dict[str, Any]
 
@@ -339,8 +342,17 @@ class ConversationStore(Protocol):
         """Return one conversation or raise NotFound."""
 
     async def list_conversations(self, *, status: str | None, customer_id: str | None,
-                                 after: str | None, limit: int) -> list[JSON]:
-        """List conversations by id (creation order), filtered."""
+                                 after: str | None, limit: int,
+                                 **filters: str | None) -> list[JSON]:
+        """List conversations by id (creation order), filtered (``filters``: channel,
+        account, tag, queue, assignee, updated_since)."""
+
+    async def patch_conversation(self, conversation_id: str, fields: JSON,
+                                 agent: JSON | None) -> JSON:
+        """Set tags, priority, queue, assignee (one conversation.updated if any moved)."""
+
+    async def stats(self, query: StatsQuery) -> JSON:
+        """The support metrics of a period (docs/stats.md), from the aggregates."""
 
     async def set_conversation_status(self, conversation_id: str, status: str,
                                       agent: JSON | None) -> JSON:

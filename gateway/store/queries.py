@@ -45,19 +45,55 @@ def get_conversation(conn: sqlite3.Connection, conversation_id: str) -> JSON:
 
 
 def list_conversations(conn: sqlite3.Connection, status: str | None, customer_id: str | None,
-                       after: str | None, limit: int) -> list[JSON]:
-    sql = "SELECT * FROM conversations WHERE id > ?"
+                       after: str | None, limit: int, *, channel: str | None = None,
+                       account: str | None = None, tag: str | None = None,
+                       queue: str | None = None, assignee: str | None = None,
+                       updated_since: str | None = None) -> list[JSON]:
+    """Conversations in id order after the cursor, every filter given (each has an index:
+    migration 0008; ``tag`` goes through conversation_tags)."""
+    sql = "SELECT c.* FROM conversations c WHERE c.id > ?"
     params: list[Any] = [after or ""]
-    if status:
-        sql += " AND status = ?"
-        params.append(status)
+    for column, value in (("status", status), ("channel", channel), ("account", account),
+                          ("queue", queue), ("assignee_id", assignee)):
+        if value is not None:
+            sql += f" AND c.{column} = ?"
+            params.append(value)
     if customer_id:
         cid = _resolve_customer_id(conn, customer_id)
-        sql += " AND customer_id = ?"
+        sql += " AND c.customer_id = ?"
         params.append(cid)
-    sql += " ORDER BY id LIMIT ?"
+    if tag is not None:
+        sql += (" AND c.id IN (SELECT conversation_id FROM conversation_tags WHERE tag = ?"
+                " AND conversation_id > ?)")
+        params += [tag, after or ""]
+    if updated_since is not None:
+        # Every change of a conversation (a message, a status, a field) is an event naming
+        # it: the events from the first one at that time on, a range of the feed's key.
+        sql += (" AND c.id IN (SELECT conversation_id FROM events WHERE seq >= ?"
+                " AND conversation_id > ?)")
+        params += [_first_seq_at(conn, updated_since), after or ""]
+    sql += " ORDER BY c.id LIMIT ?"
     params.append(limit)
     return [_conversation_json(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def _first_seq_at(conn: sqlite3.Connection, moment: str) -> int:
+    """The seq of the first event created at or after ``moment`` (past the end: none).
+
+    Events are numbered in commit order with the writer's clock, so created_at grows with
+    seq: a binary search over the key finds it in a few lookups, without an index on time.
+    """
+    low: int = conn.execute("SELECT COALESCE(MIN(seq), 1) FROM events").fetchone()[0]
+    high: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute("SELECT seq, created_at FROM events WHERE seq >= ? ORDER BY seq "
+                           "LIMIT 1", (middle,)).fetchone()
+        if row is None or row[1] >= moment:
+            high = middle
+        else:
+            low = row[0] + 1
+    return low
 
 
 def get_customer(conn: sqlite3.Connection, customer_id: str) -> JSON:

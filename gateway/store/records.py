@@ -29,6 +29,7 @@ def _conversation_json(row: sqlite3.Row) -> JSON:
         "account": row["account"], "status": row["status"], "opened_at": row["opened_at"],
         "closed_at": row["closed_at"], "last_message_at": row["last_message_at"],
         "tags": _loads(row["tags"]), "priority": row["priority"], "queue": row["queue"],
+        "assignee": _loads(row["assignee"]),
         "context": _loads(row["context"]),
         "group": ({"id": row["group_id"], "name": row["group_name"]}
                   if row["group_id"] is not None else None),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
+from gateway.stats.query import StatsQuery, compute_stats
 from gateway.store import compact, queries
 from gateway.store.base import (
     JSON,
@@ -46,6 +47,7 @@ from gateway.store.jobs.customers import (
     _set_checkpoint,
     _set_conversation_status,
 )
+from gateway.store.jobs.fields import _patch_conversation
 from gateway.store.jobs.ingest import _ingest, _ingest_all
 from gateway.store.jobs.media import (
     _claim_fetches,
@@ -65,6 +67,7 @@ from gateway.store.jobs.outbound import (
     _recover_inflight,
 )
 from gateway.store.jobs.retention import _erase_customer, _purge, _reclaim_free_pages
+from gateway.store.jobs.stats import Sample, drop_samples, take_samples
 from gateway.store.jobs.tx import BatchRows, JobBatch, WriterCache
 from gateway.store.jobs.webhooks import (
     _claim_deliveries,
@@ -90,9 +93,10 @@ class SQLiteJobs:
     # a broken database, which fails the whole batch anyway.
     unguarded = frozenset({_ingest})
 
-    def __init__(self) -> None:
+    def __init__(self, on_samples: Callable[[list[Sample]], None] | None = None) -> None:
         self.cache = WriterCache()
         self.engine: CommitEngine | None = None
+        self.on_samples = on_samples  # the support metrics' durations, once committed
 
     def prepare(self, conn: sqlite3.Connection) -> int:
         """Apply pending migrations; return the newest event's seq."""
@@ -121,10 +125,14 @@ class SQLiteJobs:
     def forget(self) -> None:
         """After a rollback the cache may name rows that are gone."""
         self.cache.clear()
+        drop_samples()
 
     def committed(self) -> None:
-        """Keep the cache bounded."""
+        """Keep the cache bounded; hand over the durations the batch measured."""
         self.cache.trim()
+        samples = take_samples()
+        if samples and self.on_samples is not None:
+            self.on_samples(samples)
 
 
 class SQLiteStore:
@@ -132,11 +140,12 @@ class SQLiteStore:
 
     def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
-                 on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
+                 on_fatal: Callable[[str], None] | None = None, readers: int = 4,
+                 on_samples: Callable[[list[Sample]], None] | None = None) -> None:
         self.config = config
         self.path = config.sqlite_path
         self.blob_dir = config.data_dir / "blobs"
-        self.layer = SQLiteJobs()
+        self.layer = SQLiteJobs(on_samples)
         self.engine = CommitEngine(self.path, self.layer, synchronous=config.synchronous,
                                    batch_max=config.batch_max, on_commit=on_commit,
                                    on_batch=on_batch, on_fatal=on_fatal, readers=readers)
@@ -311,10 +320,23 @@ class SQLiteStore:
         return await self.engine.read(queries.get_conversation, conversation_id)
 
     async def list_conversations(self, *, status: str | None, customer_id: str | None,
-                                 after: str | None, limit: int) -> list[JSON]:
-        """List conversations by id (creation order), filtered."""
-        return await self.engine.read(queries.list_conversations, status, customer_id,
-                                      after, limit)
+                                 after: str | None, limit: int,
+                                 **filters: str | None) -> list[JSON]:
+        """List conversations by id (creation order), filtered (``filters``: channel,
+        account, tag, queue, assignee, updated_since)."""
+        def query(conn: sqlite3.Connection) -> list[JSON]:
+            return queries.list_conversations(conn, status, customer_id, after, limit,
+                                              **filters)
+        return await self.engine.read(query)
+
+    async def patch_conversation(self, conversation_id: str, fields: JSON,
+                                 agent: JSON | None) -> JSON:
+        """Set tags, priority, queue, assignee (one conversation.updated if any moved)."""
+        return await self.engine.write(_patch_conversation, conversation_id, fields, agent)
+
+    async def stats(self, query: StatsQuery) -> JSON:
+        """The support metrics of a period (docs/stats.md), from the aggregates."""
+        return await self.engine.read(compute_stats, query)
 
     async def get_customer(self, customer_id: str) -> JSON:
         """Return a customer (a merged-away id resolves to the survivor)."""

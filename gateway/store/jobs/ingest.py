@@ -242,7 +242,8 @@ def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSO
         "id": conversation_id, "customer_id": customer_id, "channel": inbound.channel,
         "account": inbound.account, "status": "open", "opened_at": tx.now_iso,
         "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
-        "priority": "normal", "queue": None, "context": inbound.context or {},
+        "priority": "normal", "queue": None, "assignee": None,
+        "context": inbound.context or {},
         "group": None if group is None else group.to_json()}
     if group is None:
         tx.conn.execute(

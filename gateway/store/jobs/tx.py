@@ -21,6 +21,7 @@ from gateway.store import compact
 from gateway.store.base import JSON, StoredAttachment
 from gateway.store.engine import CommitEngine
 from gateway.store.feed import EmittedEvents
+from gateway.store.jobs.stats import observe as observe_stats
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class Tx:
             self.conn.execute(_INSERT_EVENT + _VALUES[9], (
                 seq, event_id, event_type, self.now_iso, conversation_id, customer_id,
                 compact.pack(stored), message_ref, message_at))
+        observe_stats(self, event_type, data, shares)  # the metrics, in this transaction
         return seq
 
 

@@ -1,0 +1,405 @@
+"""The support metrics' aggregates, kept as the events are written (docs/stats.md).
+
+Every event goes through ``Tx.emit``, which hands it to :func:`observe` in the same
+transaction: what the metrics need of it lands in ``stat_buckets`` (counters and exact
+duration samples per quarter hour, channel, account and agent), ``stat_writers`` (who
+wrote, for the contact rate) and ``stat_conversations`` (what each conversation has seen
+so far). The same function replays the stored events (:func:`rebuild`), so the aggregates
+of a store older than migration 0008 are the ones the events give, and a test can compare
+both. ``/shared/METRICS.md`` defines each number; the rules below follow it:
+
+- a customer message is an inbound message with ``automatic`` null (an auto-reply or a
+  bounce is not one); a human reply is an outbound message with ``automatic`` null,
+  counted when it is sent (``message.status`` sent, delivered or read, or an echo), never
+  when queued, so a failed send is no reply;
+- first response: the first human reply after the customer's first message (a
+  conversation whose first message was ours has none), in the reply's quarter hour, for
+  the replying agent;
+- response: each run of customer messages, from its first, to the next human reply;
+- resolution, one-touch, automatic resolutions, messages per conversation: of the
+  conversation's last close, for the closing agent; a reopen takes them back from that
+  close, the next close counts them again;
+- open conversations: +1 at an open or reopen, -1 at a close, for the assignee.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+from array import array
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.store.base import JSON
+from normalizer.timestamps import parse_iso
+
+if TYPE_CHECKING:
+    from gateway.store.jobs.tx import Tx
+
+BUCKET_SECONDS = 900  # a quarter hour: every time zone's offset is a whole number of them
+BUCKETS_A_DAY = 96
+SENT_STATUSES = frozenset({"sent", "delivered", "read"})
+_REMEMBERED_REPLIES = 16  # outbound ids counted already (a receipt repeats the sent one)
+DURATIONS = ("frt", "response", "resolution")
+_WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
+                     "conversation.updated", "message.received", "message.status",
+                     "customer.erased"})
+
+
+# Durations measured by the writer thread's jobs, handed to the Prometheus histograms once
+# their batch committed (take_samples), dropped with a rollback (drop_samples).
+_local = threading.local()
+Sample = tuple[str, str, str, float]  # (frt | response | resolution, channel, account, s)
+
+
+def take_samples() -> list[Sample]:
+    """The samples this thread's committed batch measured (and forget them)."""
+    samples: list[Sample] = getattr(_local, "samples", [])
+    _local.samples = []
+    return samples
+
+
+def drop_samples() -> None:
+    """A rollback: what it measured never happened."""
+    _local.samples = []
+
+
+def bucket_of(epoch: float) -> int:
+    """The quarter hour holding a unix time."""
+    return int(epoch // BUCKET_SECONDS)
+
+
+def observe(tx: Tx, event_type: str, data: JSON, shares: tuple[str, bytes] | None) -> None:
+    """Fold one event being emitted into the aggregates (the emitting job's transaction)."""
+    if event_type not in _WANTED:
+        return
+    if event_type == "message.received" and shares is not None:
+        data = {**data, "message": orjson.loads(shares[1])}  # the row's JSON, not a Fragment
+    now = tx.now  # as the event's created_at has it (whole milliseconds): a rebuild agrees
+    apply_event(tx.conn, event_type, data,
+                now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp())
+
+
+def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float) -> None:
+    """Fold one event, emitted at unix time ``at``, into the aggregates."""
+    handler = _HANDLERS.get(event_type)
+    if handler is not None:
+        handler(_Writer(conn, bucket_of(at)), data, at)
+
+
+class _Writer:
+    """Reads and writes the aggregate tables for one event's quarter hour."""
+
+    __slots__ = ("bucket", "conn")
+
+    def __init__(self, conn: sqlite3.Connection, bucket: int) -> None:
+        self.conn = conn
+        self.bucket = bucket
+
+    def state(self, conversation_id: str) -> JSON | None:
+        row = self.conn.execute("SELECT state FROM stat_conversations WHERE id = ?",
+                                (conversation_id,)).fetchone()
+        if row is None:
+            return None
+        state: JSON = orjson.loads(row[0])
+        return state
+
+    def save(self, conversation_id: str, state: JSON) -> None:
+        self.conn.execute("INSERT INTO stat_conversations (id, state) VALUES (?, ?) "
+                          "ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                          (conversation_id, orjson.dumps(state).decode()))
+
+    def add(self, state: JSON, agent: str | None, *, bucket: int | None = None,
+            durations: dict[str, float] | None = None, **counters: int) -> None:
+        """Add to the counters and append the duration samples of one row."""
+        key = (self.bucket if bucket is None else bucket, state["channel"], state["account"],
+               agent or "")
+        if durations:
+            samples: list[Sample] = getattr(_local, "samples", None) or []
+            samples += [(name, state["channel"], state["account"], max(0.0, value))
+                        for name, value in durations.items()]
+            _local.samples = samples
+            blobs = {name: array("d", [max(0.0, value)]).tobytes()
+                     for name, value in durations.items()}
+            # || makes text of blobs (byte for byte); the cast makes it a blob again.
+            self.conn.execute(
+                f"INSERT INTO stat_durations (bucket, channel, account, agent, "
+                f"{', '.join(blobs)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(blobs))}) "
+                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs),
+                (*key, *blobs.values()))
+        if counters:
+            names = list(counters)
+            self.conn.execute(
+                f"INSERT INTO stat_buckets (bucket, channel, account, agent, "
+                f"{', '.join(names)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(names))}) "
+                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                + ", ".join(f"{n} = {n} + excluded.{n}" for n in names),
+                (*key, *counters.values()))
+
+    def open_delta(self, state: JSON, assignee: str | None, delta: int) -> None:
+        """An open conversation more or less, for its assignee: the quarter hour and the
+        day's sum."""
+        for table, column, unit in (("stat_open", "bucket", self.bucket),
+                                    ("stat_open_days", "day", self.bucket // BUCKETS_A_DAY)):
+            self.conn.execute(
+                f"INSERT INTO {table} ({column}, channel, account, agent, delta) "
+                f"VALUES (?, ?, ?, ?, ?) ON CONFLICT ({column}, channel, account, agent) "
+                f"DO UPDATE SET delta = delta + excluded.delta",
+                (unit, state["channel"], state["account"], assignee or "", delta))
+
+    def wrote(self, state: JSON, customer_id: str) -> None:
+        """A customer message: the customer wrote in this quarter hour (once a row)."""
+        customer = customer_hash(customer_id)
+        channel, account = state["channel"], state["account"]
+        row = self.conn.execute(
+            "SELECT (SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1), "
+            "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2), "
+            "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2 "
+            "AND account = ?3)", (customer, channel, account)).fetchone()
+        if row[2] == self.bucket:
+            return  # counted already in this quarter hour
+        self.conn.execute(
+            "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, customer, prev_any,"
+            " prev_channel, prev_account) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.bucket, channel, account, customer, *row))
+
+    def take_back(self, state: JSON, counted: JSON) -> None:
+        """Undo what a close counted (the conversation reopened)."""
+        key = (counted["bucket"], state["channel"], state["account"], counted["agent"])
+        self.conn.execute(
+            "UPDATE stat_buckets SET resolved = resolved - 1, with_reply = with_reply - ?, "
+            "one_touch = one_touch - ?, resolved_msgs = resolved_msgs - ? "
+            "WHERE bucket = ? AND channel = ? AND account = ? AND agent = ?",
+            (int(counted["human"] >= 1), int(counted["human"] == 1), counted["messages"], *key))
+        if counted["resolution"] is None:
+            return
+        row = self.conn.execute("SELECT resolution FROM stat_durations WHERE bucket = ? AND "
+                                "channel = ? AND account = ? AND agent = ?", key).fetchone()
+        if row is None:
+            return
+        samples = array("d")
+        samples.frombytes(row[0])
+        try:
+            samples.remove(max(0.0, counted["resolution"]))
+        except ValueError:
+            return
+        self.conn.execute("UPDATE stat_durations SET resolution = ? WHERE bucket = ? AND "
+                          "channel = ? AND account = ? AND agent = ?", (samples.tobytes(), *key))
+
+
+def customer_hash(customer_id: str) -> int:
+    """A customer id as the signed 64-bit number stat_writers keeps (no id is stored)."""
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _new_state(conversation: JSON) -> JSON:
+    return {"channel": conversation["channel"], "account": conversation["account"],
+            "first": None, "ours_first": False, "frt": False, "run": None, "human": 0,
+            "messages": 0, "replies": [], "close": None, "open": False,
+            "assignee": _agent_id(conversation.get("assignee"))}
+
+
+def _agent_id(agent: Any) -> str | None:
+    return agent.get("id") if isinstance(agent, dict) else None
+
+
+def _load(writer: _Writer, conversation: JSON) -> JSON:
+    return writer.state(conversation["id"]) or _new_state(conversation)
+
+
+def _opened(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = writer.state(conversation["id"])
+    if state is not None:  # replayed twice: counted already
+        return
+    state = _new_state(conversation)
+    state["open"] = True
+    writer.add(state, None, created=1)
+    writer.open_delta(state, state["assignee"], 1)
+    writer.save(conversation["id"], state)
+
+
+def _message(writer: _Writer, data: JSON, at: float) -> None:
+    message = data["message"]
+    if message["direction"] == "inbound":
+        conversation = data.get("conversation") or {"id": message["conversation_id"],
+                                                    "channel": message["channel"],
+                                                    "account": message["account"]}
+        state = _load(writer, conversation)
+        state["messages"] += 1
+        if message.get("automatic") is None:  # an auto-reply or a bounce is no customer's
+            writer.wrote(state, message["customer_id"])
+            if state["first"] is None and not state["ours_first"]:
+                state["first"] = at
+            if state["run"] is None:
+                state["run"] = at
+        writer.save(conversation["id"], state)
+    elif message["status"] in SENT_STATUSES:
+        _sent(writer, message, at)
+
+
+def _sent(writer: _Writer, message: JSON, at: float) -> None:
+    """An outbound message went out: a reply, unless automatic or counted already."""
+    conversation = {"id": message["conversation_id"], "channel": message["channel"],
+                    "account": message["account"]}
+    state = _load(writer, conversation)
+    if message["id"] in state["replies"]:
+        return
+    state["replies"] = [*state["replies"][-(_REMEMBERED_REPLIES - 1):], message["id"]]
+    state["messages"] += 1
+    automatic = message.get("automatic")
+    if automatic is not None:
+        if automatic == "survey":
+            closer = (state["close"] or {}).get("agent")
+            writer.add(state, closer, csat_sent=1)
+    else:
+        agent = _agent_id(message.get("agent"))
+        state["human"] += 1
+        durations: dict[str, float] = {}
+        if state["first"] is None:
+            state["ours_first"] = True
+        elif not state["frt"]:
+            durations["frt"] = at - state["first"]
+            state["frt"] = True
+        if state["run"] is not None:
+            durations["response"] = at - state["run"]
+            state["run"] = None
+        if durations:
+            writer.add(state, agent, durations=durations)
+    writer.save(conversation["id"], state)
+
+
+def _status(writer: _Writer, data: JSON, at: float) -> None:
+    message = data["message"]
+    if message["direction"] == "outbound" and message["status"] in SENT_STATUSES:
+        _sent(writer, message, at)
+
+
+def _closed(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = _load(writer, conversation)
+    agent = _agent_id(data.get("agent"))
+    writer.add(state, agent, closes=1)
+    if state["open"]:
+        writer.open_delta(state, state["assignee"], -1)
+        state["open"] = False
+    if state["close"] is not None:  # closed twice without a reopen we saw: count it once
+        writer.take_back(state, state["close"])
+    resolution = at - state["first"] if state["first"] is not None else None
+    human = state["human"]
+    writer.add(state, agent, durations={"resolution": resolution} if resolution is not None
+               else None, resolved=1, with_reply=int(human >= 1), one_touch=int(human == 1),
+               resolved_msgs=state["messages"])
+    state["close"] = {"bucket": writer.bucket, "agent": agent or "", "resolution": resolution,
+                      "human": human, "messages": state["messages"]}
+    writer.save(conversation["id"], state)
+
+
+def _reopened(writer: _Writer, data: JSON, at: float) -> None:
+    conversation = data["conversation"]
+    state = _load(writer, conversation)
+    if state["close"] is not None:
+        writer.take_back(state, state["close"])
+        state["close"] = None
+    if not state["open"]:
+        state["open"] = True
+        writer.open_delta(state, state["assignee"], 1)
+    writer.save(conversation["id"], state)
+
+
+def _updated(writer: _Writer, data: JSON, at: float) -> None:
+    changes = data.get("changes") or {}
+    conversation = data["conversation"]
+    if "assignee" not in changes and "csat" not in changes:
+        return
+    state = _load(writer, conversation)
+    if "assignee" in changes:
+        new = _agent_id(changes["assignee"].get("to"))
+        if state["open"] and new != state["assignee"]:
+            writer.open_delta(state, state["assignee"], -1)
+            writer.open_delta(state, new, 1)
+        state["assignee"] = new
+    answer = (changes.get("csat") or {}).get("to")
+    if isinstance(answer, dict) and isinstance(answer.get("score"), int):
+        score = answer["score"]
+        agent = _agent_id(answer.get("agent")) or (state["close"] or {}).get("agent")
+        writer.add(state, agent, csat_answers=1, csat_sum=score, csat_good=int(score >= 4))
+    writer.save(conversation["id"], state)
+
+
+def _erased(writer: _Writer, data: JSON, at: float) -> None:
+    """An erased customer's hash becomes a random number in the writers table, so nothing
+    links the rows to the id any more and each still counts once."""
+    customer_id = data.get("customer_id")
+    if customer_id:
+        writer.conn.execute("UPDATE stat_writers SET customer = ? WHERE customer = ?",
+                            (secrets.randbits(63), customer_hash(customer_id)))
+
+
+_HANDLERS: dict[str, Callable[[_Writer, JSON, float], None]] = {
+    "conversation.opened": _opened,
+    "conversation.closed": _closed,
+    "conversation.reopened": _reopened,
+    "conversation.updated": _updated,
+    "message.received": _message,
+    "message.status": _status,
+    "customer.erased": _erased,
+}
+
+
+def clear(conn: sqlite3.Connection) -> None:
+    """Empty the aggregates (before a rebuild)."""
+    for table in ("stat_buckets", "stat_durations", "stat_open", "stat_open_days",
+                  "stat_writers", "stat_conversations"):
+        conn.execute(f"DELETE FROM {table}")
+
+
+def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
+            progress: Callable[[int, int], None] | None = None) -> int:
+    """Recompute the aggregates from the stored events, oldest first, in one transaction
+    per chunk; ``progress(done, total)`` after each. Returns how many events were read."""
+    from gateway.store import compact
+    from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
+
+    for dictionary_id, data in conn.execute("SELECT id, data FROM codec_dictionaries"):
+        compact.register(dictionary_id, bytes(data))  # the stored JSON is compressed
+    reader = conn.cursor()
+    reader.row_factory = sqlite3.Row
+    conn.execute("BEGIN IMMEDIATE")
+    clear(conn)
+    conn.execute("COMMIT")
+    total: int = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+    after = done = 0
+    wanted = tuple(sorted(_WANTED))
+    marks = ", ".join("?" * len(wanted))
+    while True:
+        rows = reader.execute(
+            f"SELECT e.seq AS seq, {EVENT_BODY_COLUMNS} FROM events e {EVENT_BODY_JOIN} "
+            f"WHERE e.seq > ? AND e.type IN ({marks}) ORDER BY e.seq LIMIT ?",
+            (after, *wanted, chunk)).fetchall()
+        if not rows:
+            break
+        conn.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            event = orjson.loads(event_body(row))
+            data = event.get("data") or {}
+            if not data.get("erased"):
+                apply_event(conn, event["type"], data, _epoch(event["created_at"]))
+        conn.execute("COMMIT")
+        after = rows[-1]["seq"]
+        done += len(rows)
+        if progress is not None:
+            progress(after, total)
+    return done
+
+
+def _epoch(value: str) -> float:
+    parsed: datetime = parse_iso(value)
+    return parsed.timestamp()
