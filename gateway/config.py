@@ -21,6 +21,7 @@ from typing import Any
 
 from adapters.base import AdapterConfig
 from adapters.registry import ADAPTERS
+from gateway.automation.config import AutomationConfig, parse_automation
 from gateway.configkit import (
     CREDENTIAL_PREFIX,
     LineIndex,
@@ -160,6 +161,7 @@ class Config:
     channels: tuple[ChannelConfig, ...] = ()
     source: str = "<embedded default>"
     warnings: tuple[str, ...] = ()
+    automation: AutomationConfig = field(default_factory=AutomationConfig)  # + [templates]
 
     def channel(self, channel_type: str, name: str) -> ChannelConfig | None:
         """Return the ``channel_type`` account called ``name``."""
@@ -407,11 +409,12 @@ def parse_config(text: str, *, source: str = "<string>",
     tokens = _parse_tokens(root.get("tokens", list, []), ctx)
     webhooks = _parse_webhooks(root.get("webhooks", list, []), ctx)
     channels = _parse_channels(root.get("channels", list, []), ctx)
+    automation = parse_automation(root.sub("automation"), root.sub("templates"))
     root.finish()
     if ctx.errors:
         raise ConfigErrors(ctx.errors)
     return Config(server, store, outbox, logging_cfg, tokens, webhooks, channels, source,
-                  tuple(str(w) for w in ctx.warnings))
+                  tuple(str(w) for w in ctx.warnings), automation)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *,

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.automation.jobs import Automation
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
@@ -141,6 +142,9 @@ class SQLiteStore:
                                    batch_max=config.batch_max, on_commit=on_commit,
                                    on_batch=on_batch, on_fatal=on_fatal, readers=readers)
         self.layer.engine = self.engine
+        # Routing rules and CSAT answers run in the ingest job (gateway/automation/jobs.py);
+        # the daemon sets this from [automation].
+        self.automation: Automation | None = None
 
     @property
     def tail(self) -> FeedTail:
@@ -251,7 +255,8 @@ class SQLiteStore:
     def ingest(self, inbound: InboundMessage,
                attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
         """Store one inbound message once (see :func:`_ingest`); await the commit."""
-        return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days)
+        return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days,
+                                 self.automation)
 
     # ---------------------------------------------------------------- provider reports
 
