@@ -60,7 +60,7 @@ async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
         raise ValidationFailed("a message needs text, attachments or a template")
     html, subject = body.get("html"), body.get("subject")
     if template:
-        if text:
+        if "text" in body:
             raise ValidationFailed("give text or a template, not both", field="template")
         # Rendered for its channel now (gateway/api/templates.py): 422 naming an unknown
         # template or a missing variable, never an empty send.

@@ -16,7 +16,7 @@ from datetime import datetime, time
 
 from gateway.automation.hours import WEEKDAYS, BusinessHours
 
-PRIORITIES = ("low", "normal", "high", "urgent")
+PRIORITIES = ("normal", "high", "urgent")  # the contract's, lowest first
 
 
 @dataclass(frozen=True, slots=True)

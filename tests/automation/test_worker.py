@@ -1,0 +1,114 @@
+"""The worker against a real store: an event read again sends nothing twice, windows expire,
+and a burst of messages in one conversation raises its priority."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.automation.jobs import Automation, _send_automatic
+from gateway.automation.worker import AutomationWorker
+from gateway.config import StoreConfig, parse_config
+from gateway.feed import FeedNotifier
+from gateway.ids import utcnow
+from gateway.store.base import OutboundRequest, Route
+from gateway.store.sqlite import SQLiteStore
+from normalizer.model import InboundMessage, Party
+
+CONFIG = """
+[automation]
+[automation.hours.always]
+weekdays = "00:00-24:00"
+saturday = "00:00-24:00"
+sunday = "00:00-24:00"
+[automation.urgency]
+burst_messages = 3
+burst_minutes = 5
+[[automation.accounts]]
+account = "*"
+hours = "always"
+acknowledge = true
+acknowledgement_window = "1h"
+"""
+ROUTES = [Route("api", "crm", Party("external", "shop"), ("external",))]
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
+                         synchronous="NORMAL")
+    s = SQLiteStore(config)
+    s.automation = Automation(parse_config(textwrap.dedent(CONFIG), environ={}).automation,
+                              {("api", "crm"): "api"})
+    await s.open()
+    yield s
+    await s.close()
+
+
+def inbound(provider_id: str, sender: str, text: str) -> InboundMessage:
+    return InboundMessage(channel="api", account="crm", provider_message_id=provider_id,
+                          sender=Party("external", sender), text=text)
+
+
+async def events(store: SQLiteStore) -> list[dict[str, Any]]:
+    page = await store.events_after(0, 1000)
+    return [orjson.loads(body) for body in page.bodies]
+
+
+async def test_an_event_seen_again_after_a_restart_sends_nothing_twice(
+        store: SQLiteStore) -> None:
+    assert store.automation is not None
+    outbox = Outbox()
+    worker = AutomationWorker(store, FeedNotifier(), store.automation, lambda: ROUTES, outbox)
+    first = await store.ingest(inbound("m1", "kim", "hello"), [])
+    received = [e for e in await events(store) if e["type"] == "message.received"]
+    for _ in range(2):  # the cursor was not saved before a crash: the event comes again
+        await worker.handle(received[0])
+    messages = await store.list_messages(first.message["conversation_id"], None, 100)
+    assert [m["automatic"] for m in messages] == [None, "acknowledgement"]
+    assert outbox.wakes == 1 and worker.sent == 1
+
+
+async def test_one_acknowledgement_per_customer_and_account_within_the_window(
+        store: SQLiteStore) -> None:
+    request = OutboundRequest(text="got it", automatic="acknowledgement")
+    first = await store.ingest(inbound("w1", "lee", "hi"), [])
+    conversation_id = first.message["conversation_id"]
+    keys: list[tuple[str, float | None]] = [("ack:lee", 3600.0)]
+    assert await store.write(_send_automatic, conversation_id, request, ROUTES, keys,
+                             None) is not None
+    assert await store.write(_send_automatic, conversation_id, request, ROUTES, keys,
+                             None) is None
+    # The key's time an hour and a minute ago: the window is over.
+    past = (utcnow() - timedelta(minutes=61)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def age(tx: Any) -> None:
+        tx.conn.execute("UPDATE automatic_sends SET created_at = ?", (past,))
+    await store.write(age)
+    assert await store.write(_send_automatic, conversation_id, request, ROUTES, keys,
+                             None) is not None
+
+
+async def test_a_burst_of_messages_raises_the_priority_once(store: SQLiteStore) -> None:
+    texts = ["hello?", "anyone there", "please answer", "still waiting"]
+    for index, text in enumerate(texts):
+        result = await store.ingest(inbound(f"b{index}", "park", text), [])
+    conversation = await store.get_conversation(result.message["conversation_id"])
+    assert conversation["priority"] == "high"
+    updates = [e for e in await events(store) if e["type"] == "conversation.updated"]
+    assert [u["data"]["changes"] for u in updates] == [
+        {"priority": {"from": "normal", "to": "high"}}]  # the third message, not the fourth
