@@ -43,11 +43,14 @@ async def render_for(request: web.Request, body: dict[str, Any], *,
     channel = body.get("channel")
     account = body.get("account")
     if conversation_id is not None and (channel is None or language is None):
+        # The reply goes where the customer last wrote (the store's routing rule).
         conversation = await gateway.store.get_conversation(conversation_id)
-        channel = channel or conversation["channel"]
-        account = account or conversation["account"]
-        if language is None:
-            language = await _customer_language(request, conversation_id)
+        last = await _last_customer_message(request, conversation_id)
+        if channel is None:
+            channel = last["channel"] if last else conversation["channel"]
+            account = account or (last["account"] if last else conversation["account"])
+        if language is None and last is not None and last.get("text"):
+            language = detect_language(last["text"], "") or None
     if channel is None:  # a proactive message names its channel (checked before)
         raise ValidationFailed("a template needs the channel it goes out on", field="channel")
     default = automation.language
@@ -65,12 +68,13 @@ async def render_for(request: web.Request, body: dict[str, Any], *,
         raise ValidationFailed(str(exc), field=exc.field) from exc
 
 
-async def _customer_language(request: web.Request, conversation_id: str) -> str | None:
-    """The language of the customer's latest message in the conversation, if it has one."""
+async def _last_customer_message(request: web.Request,
+                                 conversation_id: str) -> dict[str, Any] | None:
+    """The customer's latest message in the conversation (its channel and language)."""
     messages = await gw(request).store.list_messages(conversation_id, None, 1000)
     for message in reversed(messages):
-        if message["direction"] == "inbound" and message.get("text"):
-            return detect_language(message["text"], "")  or None
+        if message["direction"] == "inbound" and message.get("automatic") is None:
+            return message
     return None
 
 
