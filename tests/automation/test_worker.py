@@ -112,3 +112,48 @@ async def test_a_burst_of_messages_raises_the_priority_once(store: SQLiteStore) 
     updates = [e for e in await events(store) if e["type"] == "conversation.updated"]
     assert [u["data"]["changes"] for u in updates] == [
         {"priority": {"from": "normal", "to": "high"}}]  # the third message, not the fourth
+
+
+async def test_the_acknowledgement_is_computed_for_when_the_message_arrived(
+        tmp_path: Path) -> None:
+    """Saturday afternoon in Seoul: the closed-hours text with Monday's opening; the
+    account's SMS-length variant for its channel."""
+    text = """
+    [automation]
+    timezone = "Asia/Seoul"
+    language = "ko"
+    [automation.hours.shop]
+    weekdays = "09:00-18:00"
+    [[automation.accounts]]
+    account = "crm"
+    hours = "shop"
+    acknowledge = true
+    [templates.acknowledgement_closed.ko]
+    text = "지금은 영업시간이 아닙니다. {eta} 답변드릴게요."
+    [templates.acknowledgement_closed.channels.api.ko]
+    text = "{eta} 답변 예정"
+    """
+    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
+                         synchronous="NORMAL")
+    store = SQLiteStore(config)
+    automation = Automation(parse_config(textwrap.dedent(text), environ={}).automation,
+                            {("api", "crm"): "api"})
+    store.automation = automation
+    await store.open()
+    try:
+        worker = AutomationWorker(store, FeedNotifier(), automation, lambda: ROUTES, Outbox())
+        stored = await store.ingest(inbound("s1", "choi", "주말에도 배송되나요?"), [])
+        [event] = [e for e in await events(store) if e["type"] == "message.received"]
+        saturday = "2026-12-05T05:00:00.000Z"  # 14:00 in Seoul
+        event["data"]["message"]["received_at"] = saturday
+        event["data"]["conversation"]["opened_at"] = saturday
+        await worker.handle(event)
+        messages = await store.list_messages(stored.message["conversation_id"], None, 10)
+        ack = messages[-1]
+        assert ack["automatic"] == "acknowledgement"
+        assert ack["text"] == "다음 영업일 오전 9시 이후 답변 예정"
+        assert ack["template"] == {"name": "acknowledgement_closed", "variables": {
+            "customer_name": "", "channel": "api", "eta": "다음 영업일 오전 9시 이후",
+            "opens_at": "12월 7일(월) 오전 9시", "in_hours": "no"}}
+    finally:
+        await store.close()
