@@ -5,8 +5,9 @@ checkpoint, so a restart neither skips nor repeats) and answers two kinds of eve
 
 - ``message.received`` of a person's first message in a new conversation: a matching
   rule's template (``automatic: "rule"``), else the account's acknowledgement saying when a
-  human will answer (``automatic: "acknowledgement"``), at most once per conversation and
-  once per customer and account within ``acknowledgement_window``;
+  human will answer (``automatic: "acknowledgement"``); a message reopening a conversation
+  gets the acknowledgement too; at most once per conversation and once per customer and
+  account within ``acknowledgement_window``;
 - ``conversation.closed``: the account's 1-5 survey (``automatic: "survey"``) when a human
   answered the conversation; the ingest job records the answer (gateway/automation/jobs.py).
 
@@ -77,6 +78,8 @@ class AutomationWorker:
         self.outbox = outbox
         self._task: asyncio.Task[None] | None = None
         self._new_customers: dict[str, None] = {}  # customers created just before, in order
+        # A conversation a customer's message just reopened (its message.received follows).
+        self._reopened: str | None = None
         self.sent = 0
         self.last_error: str | None = None
 
@@ -127,22 +130,32 @@ class AutomationWorker:
     async def handle(self, event: JSON) -> None:
         """React to one feed event."""
         kind, data = event.get("type"), event.get("data") or {}
-        if kind == "customer.created":
+        reopened, self._reopened = self._reopened, None
+        if kind == "conversation.reopened" and data.get("agent") is None:
+            self._reopened = data["conversation"]["id"]
+        elif kind == "conversation.updated" and data["conversation"]["id"] == reopened:
+            self._reopened = reopened  # a rule's change comes between the two
+        elif kind == "customer.created":
             self._new_customers[data["customer"]["id"]] = None
             while len(self._new_customers) > 1000:
                 self._new_customers.pop(next(iter(self._new_customers)))
         elif kind == "message.received":
-            await self._first_message(data["message"], data.get("conversation") or {})
+            await self._first_message(data["message"], data.get("conversation") or {},
+                                      reopening=reopened is not None and reopened == (
+                                          data.get("conversation") or {}).get("id"))
         elif kind == "conversation.closed":
             await self._closed(data["conversation"], data.get("agent"))
 
     def _account(self, channel: str, account: str) -> AccountAutomation | None:
         return self.config.for_account(self.automation.account_type(channel, account), account)
 
-    async def _first_message(self, message: JSON, conversation: JSON) -> None:
+    async def _first_message(self, message: JSON, conversation: JSON, *,
+                             reopening: bool = False) -> None:
+        """A person's message opening (or reopening) a conversation: a rule's reply (only
+        when it opens it) or the acknowledgement."""
+        first = conversation.get("opened_at") == message.get("received_at")
         if (message.get("direction") != "inbound" or message.get("automatic") is not None
-                or conversation.get("group") is not None
-                or conversation.get("opened_at") != message.get("received_at")
+                or conversation.get("group") is not None or not (first or reopening)
                 or conversation.get("id") != message.get("conversation_id")):
             return
         channel, account = message["channel"], message["account"]
@@ -156,8 +169,9 @@ class AutomationWorker:
                      "channel": channel, "eta": "", "opens_at": "", "in_hours": ""}
         if settings is not None and settings.hours is not None:
             variables.update(estimate(settings.hours, at, language).variables)
-        reply = self._rule_reply(message, conversation, at)
-        keys: list[tuple[str, float | None]] = [(f"first:{conversation['id']}", None)]
+        reply = self._rule_reply(message, conversation, at) if first else None
+        keys: list[tuple[str, float | None]] = [(f"first:{conversation['id']}", None)] \
+            if first else []
         if reply is not None:
             await self._send(conversation["id"], reply, variables, channel, language,
                              settings, "rule", keys)
@@ -166,8 +180,9 @@ class AutomationWorker:
             return
         in_hours = variables.get("in_hours") == "yes"
         template = settings.acknowledgement if in_hours else settings.acknowledgement_closed
-        keys.append((f"ack:{message['customer_id']}:{channel}:{account}",
-                     settings.acknowledgement_window.total_seconds()))
+        window = settings.acknowledgement_window.total_seconds()
+        keys.append((f"ack:{message['customer_id']}:{channel}:{account}", window))
+        keys.append((f"ack-conversation:{conversation['id']}", window))
         await self._send(conversation["id"], template, variables, channel, language, settings,
                          "acknowledgement", keys)
 

@@ -157,3 +157,37 @@ async def test_the_acknowledgement_is_computed_for_when_the_message_arrived(
             "opens_at": "12월 7일(월) 오전 9시", "in_hours": "no"}}
     finally:
         await store.close()
+
+
+async def test_a_customer_reopening_after_the_window_is_acknowledged_again(
+        store: SQLiteStore) -> None:
+    assert store.automation is not None
+    worker = AutomationWorker(store, FeedNotifier(), store.automation, lambda: ROUTES,
+                              Outbox())
+    seen = 0
+
+    async def follow() -> None:
+        nonlocal seen
+        for event in (await events(store))[seen:]:
+            await worker.handle(event)
+            seen += 1
+
+    first = await store.ingest(inbound("r1", "jung", "hello"), [])
+    conversation_id = first.message["conversation_id"]
+    await follow()
+    await store.set_conversation_status(conversation_id, "closed", {"id": "a-1"})
+    await store.ingest(inbound("r2", "jung", "one more question"), [])  # reopens, in window
+    await follow()
+    await store.set_conversation_status(conversation_id, "closed", {"id": "a-1"})
+    past = (utcnow() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def age(tx: Any) -> None:
+        tx.conn.execute("UPDATE automatic_sends SET created_at = ?", (past,))
+    await store.write(age)
+    await store.ingest(inbound("r3", "jung", "and another"), [])  # reopens, after it
+    await follow()
+    messages = await store.list_messages(conversation_id, None, 100)
+    assert [(m["text"], m["automatic"]) for m in messages] == [
+        ("hello", None), (messages[1]["text"], "acknowledgement"),
+        ("one more question", None), ("and another", None),
+        (messages[4]["text"], "acknowledgement")]
