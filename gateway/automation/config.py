@@ -268,8 +268,8 @@ def _parse_account(section: Section | None, hours: Mapping[str, BusinessHours],
     if hours_name is not None:
         schedule = hours.get(hours_name)
         if schedule is None:
-            section.error("hours", f"no [automation.hours.{hours_name}]",
-                          f"known: {', '.join(sorted(hours)) or 'none'}")
+            section.error("hours", f"no valid [automation.hours.{hours_name}]",
+                          f"valid: {', '.join(sorted(hours)) or 'none'}")
     entry = AccountAutomation(
         account=account or "*", hours=schedule, language=section.get("language", str),
         acknowledge=section.get("acknowledge", bool, False),
@@ -356,7 +356,7 @@ def _parse_rule(section: Section | None, hours: Mapping[str, BusinessHours],
         time_to=time_to, during=during, hours=schedule,
         tags=tuple(section.str_list("tags")), priority=priority,
         queue=section.get("queue", str), reply=reply)
-    if not (rule.tags or rule.priority or rule.queue or rule.reply):
+    if not {"tags", "priority", "queue", "reply"} & set(section.data):
         section.error("tags", "a rule needs something to do: tags, priority, queue or reply")
     section.finish()
     return rule if name else None
