@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from adapters.base import AdapterConfig
 from adapters.registry import ADAPTERS
+from gateway.automation.config import AutomationConfig, parse_automation
 from gateway.configkit import (
     CREDENTIAL_PREFIX,
     LineIndex,
@@ -170,6 +171,7 @@ class Config:
     source: str = "<embedded default>"
     warnings: tuple[str, ...] = ()
     stats: StatsConfig = field(default_factory=StatsConfig)
+    automation: AutomationConfig = field(default_factory=AutomationConfig)  # + [templates]
 
     def channel(self, channel_type: str, name: str) -> ChannelConfig | None:
         """Return the ``channel_type`` account called ``name``."""
@@ -432,11 +434,12 @@ def parse_config(text: str, *, source: str = "<string>",
     webhooks = _parse_webhooks(root.get("webhooks", list, []), ctx)
     channels = _parse_channels(root.get("channels", list, []), ctx)
     stats = _parse_stats(root.sub("stats"))
+    automation = parse_automation(root.sub("automation"), root.sub("templates"))
     root.finish()
     if ctx.errors:
         raise ConfigErrors(ctx.errors)
     return Config(server, store, outbox, logging_cfg, tokens, webhooks, channels, source,
-                  tuple(str(w) for w in ctx.warnings), stats=stats)
+                  tuple(str(w) for w in ctx.warnings), stats=stats, automation=automation)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *,

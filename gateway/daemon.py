@@ -30,6 +30,8 @@ from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, Se
 from adapters.registry import ADAPTERS
 from gateway.api.app import create_app
 from gateway.api.auth import check_token
+from gateway.automation.jobs import Automation
+from gateway.automation.worker import AutomationWorker
 from gateway.config import ChannelConfig, Config
 from gateway.errors import (
     AdapterConfigError,
@@ -100,10 +102,14 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.store: Store = SQLiteStore(config.store, on_commit=self._committed,
-                                         on_batch=self.metrics.store_batch.observe,
-                                         on_fatal=self._store_failed,
-                                         on_samples=self.metrics.observe_support)
+        self.sqlite = SQLiteStore(config.store, on_commit=self._committed,
+                                  on_batch=self.metrics.store_batch.observe,
+                                  on_fatal=self._store_failed,
+                                  on_samples=self.metrics.observe_support)
+        self.store: Store = self.sqlite
+        # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
+        self.sqlite.automation = self.automation = automation_for(config)
+        self.automation_worker: AutomationWorker | None = None
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()
@@ -226,6 +232,7 @@ class Gateway:
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "omnirelay"})
         await self.outbox.start()
+        await self._start_automation()
         for account in self.config.channels:
             adapter = self._make_adapter(account)
             self.adapters[account.key] = adapter
@@ -297,6 +304,14 @@ class Gateway:
             log.info("adapter.recovered", account=account.name)
             return
 
+    async def _start_automation(self) -> None:
+        """Follow the feed for automatic sends when any are configured."""
+        if self.automation is None or not self.automation.config.sends:
+            return
+        self.automation_worker = AutomationWorker(self.sqlite, self.feed, self.automation,
+                                                  self.routes, self.outbox)
+        await self.automation_worker.start()
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -319,6 +334,8 @@ class Gateway:
             steps.append((f"adapter:{adapter.name}", adapter.stop()))
         steps.append(("media-fetch", self.fetcher.stop()))
         steps.append(("outbox", self.outbox.stop(timeout)))
+        if self.automation_worker is not None:
+            steps.append(("automation", self.automation_worker.stop()))
         for dispatcher in self.webhooks.values():
             steps.append((f"webhook:{dispatcher.config.name}", dispatcher.stop(timeout)))
         for name, step in steps:
@@ -353,6 +370,15 @@ class Gateway:
                         log.info("adapter.stopped_for_reload", account=key[1],
                                  channel_type=key[0])
             self.config = _replace_config(self.config, new)
+            self.sqlite.automation = self.automation = automation_for(self.config)
+            if self.automation_worker is not None:  # the new settings, or none at all
+                if self.automation is not None and self.automation.config.sends:
+                    self.automation_worker.automation = self.automation
+                else:
+                    await self.automation_worker.stop()
+                    self.automation_worker = None
+            else:
+                await self._start_automation()
             for key, account in wanted.items():
                 if key not in self.adapters:
                     adapter = self._make_adapter(account)
@@ -475,6 +501,17 @@ class Gateway:
             await asyncio.sleep(3600)
 
 
+def automation_for(config: Config) -> Automation | None:
+    """The ingest job's automation (None when nothing is configured), with each account's
+    ``type`` by the channels it receives on."""
+    automation = config.automation
+    if not (automation.classifies or automation.sends):
+        return None
+    types = {(channel, account.name): account.type for account in config.channels
+             if account.type in ADAPTERS for channel in ADAPTERS[account.type].channels}
+    return Automation(automation, types)
+
+
 def _replace_config(old: Config, new: Config) -> Config:
     """Settings that need a restart (listener, store) keep their running values."""
     if (new.server.host, new.server.port) != (old.server.host, old.server.port) or \
@@ -482,7 +519,7 @@ def _replace_config(old: Config, new: Config) -> Config:
         log.warning("daemon.reload_needs_restart",
                     hint="server.listen and [store] take effect after a restart")
     return Config(old.server, old.store, new.outbox, new.logging, new.tokens, new.webhooks,
-                  new.channels, new.source, new.warnings)
+                  new.channels, new.source, new.warnings, new.automation)
 
 
 async def run(config: Config, *,

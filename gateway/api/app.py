@@ -21,6 +21,7 @@ from gateway.api import (
     ops,
     replies,
     stats,
+    templates,
 )
 from gateway.api.events import STREAMS_KEY
 from gateway.api.middleware import api_middleware
@@ -61,6 +62,7 @@ def create_app(gateway: GatewayView) -> web.Application:
     router.add_post("/v1/customers/{id}/messages", replies.post_proactive)
     router.add_get("/v1/attachments/{id}", attachments.get_attachment)
     router.add_get("/v1/channels", ops.list_channels)
+    router.add_get("/v1/templates", templates.list_templates)
     router.add_get("/v1/webhooks/dead-letters", ops.list_dead_letters)
     router.add_post("/v1/webhooks/dead-letters/replay", ops.replay_dead_letters)
     # Accounts configured at start get exact-path routes (a dict lookup, not two patterns

@@ -41,4 +41,6 @@ async def openapi(request: web.Request) -> web.Response:
     routes = tuple(sorted({(route.channel, route.account) for route in gateway.routes()}))
     hosts = tuple(sorted({origin for adapter in gateway.adapters.values()
                           for origin in adapter.media_origins()}))
-    return json_response(openapi_document(routes, media_hosts=hosts))
+    templates = tuple((name, tuple(template.variables())) for name, template
+                      in sorted(gateway.config.automation.templates.items()))
+    return json_response(openapi_document(routes, media_hosts=hosts, templates=templates))

@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.registry import identity_kinds as registered_identity_kinds
 from gateway import __version__
+from gateway.automation.config import BUILTIN_TEMPLATES
 
 JSON = dict[str, Any]
 
@@ -150,7 +151,8 @@ def _routing(routes: tuple[tuple[str, str], ...]) -> list[JSON]:
 
 def openapi_document(routes: tuple[tuple[str, str], ...] = (),
                      identity_kinds: tuple[str, ...] | None = None,
-                     media_hosts: tuple[str, ...] | None = None) -> JSON:
+                     media_hosts: tuple[str, ...] | None = None,
+                     templates: tuple[tuple[str, tuple[str, ...]], ...] | None = None) -> JSON:
     """Return the OpenAPI document (a dict ready for JSON).
 
     ``routes`` (channel, account pairs) is what the running daemon serves: given, the
@@ -158,10 +160,31 @@ def openapi_document(routes: tuple[tuple[str, str], ...] = (),
     the document without them. ``identity_kinds`` defaults to the registered adapters'.
     ``media_hosts`` (the origins of the daemon's API accounts) narrows attachments given by
     URL to those origins, none at all when there are none: a schema-valid request is then
-    one the daemon accepts.
+    one the daemon accepts. ``templates`` (name, its variables) are the daemon's canned
+    replies (default: the built-in ones): a reply naming one must give its variables.
     """
     kinds = registered_identity_kinds() if identity_kinds is None else identity_kinds
-    return _document(routes, kinds, media_hosts)
+    if templates is None:
+        templates = tuple((name, tuple(template.variables()))
+                          for name, template in sorted(BUILTIN_TEMPLATES.items()))
+    return _document(routes, kinds, media_hosts, templates)
+
+
+def _template_branches(templates: tuple[tuple[str, tuple[str, ...]], ...]) -> list[JSON]:
+    """One branch per template: its name, and the variables it needs (gateway/api/
+    templates.py refuses anything else with 422)."""
+    value = {"type": ["string", "number", "boolean"]}
+    branches = []
+    for name, variables in templates:
+        branch: JSON = {"required": ["template"], "not": {"required": ["text"]},
+                        "properties": {"template": {"const": name}, "variables": {
+                            "type": "object", "required": list(variables),
+                            "additionalProperties": value,
+                            "properties": {v: value for v in variables}}}}
+        if variables:
+            branch["required"] = ["template", "variables"]
+        branches.append(branch)
+    return branches
 
 
 _LABEL = {"type": "string", "pattern": NON_BLANK_PATTERN, "minLength": 1, "maxLength": 100}
@@ -210,7 +233,8 @@ def _stats_schemas() -> JSON:
 
 @cache
 def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
-              media_hosts: tuple[str, ...] | None) -> JSON:
+              media_hosts: tuple[str, ...] | None,
+              templates: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> JSON:
     url_pattern = URL_PATTERN if media_hosts is None else (
         "^(" + "|".join(re.escape(host) for host in media_hosts) + r")([/?#]\S*)?$")
     party = _obj({"kind": _STR, "address": _STR, "name": _nullable(_STR)},
@@ -248,6 +272,9 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
         "assignee": _nullable(_ref("Agent")),
         "context": {"type": "object"},
         "group": _nullable(_ref("Group")),
+        "csat": _nullable(_obj({"score": {"type": "integer", "minimum": 1, "maximum": 5},
+                                "agent": _nullable(_ref("Agent")), "answered_at": _TS},
+                               ["score", "answered_at"])),
     }, ["id", "customer_id", "channel", "account", "status", "opened_at"])
     identity = _obj({"kind": _STR, "address": _STR,
                      "channels": {"type": "array", "items": _STR}}, ["kind", "address"])
@@ -276,12 +303,17 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
         "attachments": {"type": "array", "items": _ref("AttachmentInput")},
         "agent": _nullable(_ref("Agent")), "channel": _STR, "account": _STR,
         "template": {"type": "string", "minLength": 1}, "variables": {"type": "object"},
+        "language": {"type": "string", "description": "the template's language (default: "
+                                                      "the customer's, else the account's)"},
     }, extra=False)
-    # A message needs text or attachments; no channel renders a template yet, so a
-    # template alone is refused (422) rather than sent empty.
+    # A message needs text, attachments or a template (rendered for its channel: an unknown
+    # one, a missing variable, or text beside it is refused with 422, never sent empty).
     reply["anyOf"] = [
-        {"required": ["text"], "properties": {"text": {"minLength": 1}}},
-        {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+        {"required": ["text"], "properties": {"text": {"minLength": 1}},
+         "not": {"required": ["template"]}},
+        {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}},
+         "not": {"required": ["template"]}},
+        *_template_branches(templates),
     ]
     if routes:
         reply = {"allOf": [reply, {"anyOf": _routing(routes)}]}
@@ -488,6 +520,15 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
             "responses": {"200": {"description": "the attachment",
                                   "content": {"*/*": {"schema": {}}}},
                           **_error_responses(401, 403, 404)}}},
+        "/v1/templates": {"get": _op(
+            "Canned replies: names, languages, variables (docs/automation.md)",
+            _ok(_obj({"templates": {"type": "array", "items": _obj({
+                "name": _STR, "description": _nullable(_STR),
+                "languages": {"type": "array", "items": _STR},
+                "variables": {"type": "array", "items": _STR},
+                "channels": {"type": "array", "items": _STR},
+                "text": {"type": "object", "additionalProperties": _STR}},
+                ["name", "languages", "variables"])}}, ["templates"])))},
         "/v1/channels": {"get": _op(
             "Each configured account: running, last error, counters",
             _ok(_obj({"channels": {"type": "array", "items": _ref("Channel")}},

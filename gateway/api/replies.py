@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.api.auth import require
 from gateway.api.params import agent_param, json_body
+from gateway.api.templates import render_for
 from gateway.api.view import gw
 from gateway.config import TokenConfig
 from gateway.errors import BadRequest, ValidationFailed, from_invalid_input
@@ -28,18 +29,18 @@ log = structlog.get_logger(__name__)
 
 
 _REPLY_FIELDS = {"text", "attachments", "agent", "channel", "account", "template", "variables",
-                 "html", "subject"}
+                 "html", "subject", "language"}
 
 
-async def _outbound_request(request: web.Request, body: Any, *,
-                            proactive: bool) -> OutboundRequest:
+async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
+                            conversation_id: str | None = None) -> OutboundRequest:
     """Check the body field by field (422 naming the field) and store its attachments."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
     unknown = set(body) - _REPLY_FIELDS
     if unknown:
         raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
-    for key in ("text", "channel", "account", "html", "subject", "template"):
+    for key in ("text", "channel", "account", "html", "subject", "template", "language"):
         if key in body and not isinstance(body[key], str):
             raise ValidationFailed(f"{key} must be a string")
     if "variables" in body and not isinstance(body["variables"], dict):
@@ -57,11 +58,14 @@ async def _outbound_request(request: web.Request, body: Any, *,
         raise from_invalid_input(exc) from exc
     if not text and not attachments and not template:
         raise ValidationFailed("a message needs text, attachments or a template")
-    if not text and not attachments:
-        # No channel renders templates yet (CONTRACT: a template a channel cannot render
-        # is refused): sent as it is, the customer would get an empty message.
-        raise ValidationFailed(f"template {template!r} cannot be rendered on any channel "
-                               "yet; send the text instead")
+    html, subject = body.get("html"), body.get("subject")
+    if template:
+        if "text" in body:
+            raise ValidationFailed("give text or a template, not both", field="template")
+        # Rendered for its channel now (gateway/api/templates.py): 422 naming an unknown
+        # template or a missing variable, never an empty send.
+        rendered = await render_for(request, body, conversation_id=conversation_id)
+        text, html, subject = rendered.text, html or rendered.html, subject or rendered.subject
     gateway = gw(request)
     limit = gateway.config.store.max_attachment_bytes
     for att in attachments:
@@ -71,7 +75,7 @@ async def _outbound_request(request: web.Request, body: Any, *,
         [(a.filename, a.content_type, a.data, False, None) for a in attachments])
     return OutboundRequest(
         text=text or "", attachments=tuple(stored), agent=agent_param(body.get("agent")),
-        html=body.get("html"), subject=body.get("subject"), template=template,
+        html=html, subject=subject, template=template,
         variables=variables, channel=body.get("channel"), account=body.get("account"))
 
 
@@ -101,7 +105,8 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
     gateway = gw(request)
     routes = gateway.routes()
     _check_account_named(body, routes)
-    outbound = await _outbound_request(request, body, proactive=proactive)
+    outbound = await _outbound_request(request, body, proactive=proactive,
+                                       conversation_id=conversation_id)
     status, message = await gateway.store.enqueue_outbound(
         conversation_id=conversation_id, customer_id=customer_id, request=outbound,
         routes=routes, idempotency=idempotency)

@@ -33,6 +33,7 @@ def _conversation_json(row: sqlite3.Row) -> JSON:
         "context": _loads(row["context"]),
         "group": ({"id": row["group_id"], "name": row["group_name"]}
                   if row["group_id"] is not None else None),
+        "csat": _loads(row["csat"]),  # automation's CSAT answer (migration 0009)
     }
 
 

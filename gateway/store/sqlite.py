@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.automation.jobs import Automation
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, new_id, utcnow
@@ -150,6 +151,9 @@ class SQLiteStore:
                                    batch_max=config.batch_max, on_commit=on_commit,
                                    on_batch=on_batch, on_fatal=on_fatal, readers=readers)
         self.layer.engine = self.engine
+        # Routing rules and CSAT answers run in the ingest job (gateway/automation/jobs.py);
+        # the daemon sets this from [automation].
+        self.automation: Automation | None = None
 
     @property
     def tail(self) -> FeedTail:
@@ -260,12 +264,14 @@ class SQLiteStore:
     def ingest(self, inbound: InboundMessage,
                attachments: list[StoredAttachment]) -> Awaitable[IngestResult]:
         """Store one inbound message once (see :func:`_ingest`); await the commit."""
-        return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days)
+        return self.engine.write(_ingest, inbound, attachments, self.config.reopen_window_days,
+                                 self.automation)
 
     def ingest_all(self, items: list[tuple[InboundMessage, list[StoredAttachment]]]
                    ) -> Awaitable[list[IngestResult]]:
         """Store several messages in one transaction, all or none (see :func:`_ingest_all`)."""
-        return self.engine.write(_ingest_all, items, self.config.reopen_window_days)
+        return self.engine.write(_ingest_all, items, self.config.reopen_window_days,
+                                 self.automation)
 
     # ---------------------------------------------------------------- provider reports
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import orjson
 
+from gateway.automation import jobs as automation_jobs
 from gateway.errors import ValidationFailed
 from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
@@ -151,7 +152,8 @@ def _link(tx: Tx, customer_id: str, party: Party, channel: str | None) -> bool:
 
 
 def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment],
-            reopen_window_days: float) -> IngestResult:
+            reopen_window_days: float,
+            automation: automation_jobs.Automation | None = None) -> IngestResult:
     key = dedupe_key(inbound.channel, inbound.account, inbound.provider_message_id)
     if tx.rows is not None and key in tx.rows.by_key:  # the same message earlier in the batch
         return IngestResult(tx.rows.by_key[key], created=False)
@@ -206,10 +208,13 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
 
     sent_at = iso(inbound.sent_at) or tx.now_iso
     if conversation is None:
-        conversation = _open_conversation(tx, inbound, customer_id)
+        conversation = _open_conversation(tx, inbound, customer_id, automation,
+                                          new_customer is not None)
     else:
         conversation_id = conversation["id"]
-        if conversation["status"] == "closed":
+        # A short answer to a CSAT survey is recorded, not a reason to reopen (automation).
+        answered = automation_jobs.survey_answer(tx, automation, inbound, conversation)
+        if conversation["status"] == "closed" and not answered:
             tx.conn.execute("UPDATE conversations SET status = 'open', closed_at = NULL "
                             "WHERE id = ?", (conversation_id,))
             conversation["status"], conversation["closed_at"] = "open", None
@@ -220,6 +225,9 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
                             (_dumps(inbound.context), conversation_id))
             conversation["context"] = inbound.context
         _touch(tx, conversation)
+        if not answered and automation is not None and automation_jobs.applies(automation,
+                                                                              inbound):
+            automation_jobs.classify_existing(tx, automation, inbound, conversation)
     if inbound.group is None:  # a group's conversation is nobody's latest 1:1 one
         tx.cache.latest[customer_id] = conversation
     return _add_message(tx, inbound, key, attachments, conversation, customer_id, in_reply_to,
@@ -227,15 +235,19 @@ def _ingest(tx: Tx, inbound: InboundMessage, attachments: list[StoredAttachment]
 
 
 def _ingest_all(tx: Tx, items: list[tuple[InboundMessage, list[StoredAttachment]]],
-                reopen_window_days: float) -> list[IngestResult]:
+                reopen_window_days: float,
+                automation: automation_jobs.Automation | None = None) -> list[IngestResult]:
     """Several messages of one provider request (a LINE webhook's events) in one job: the
     job runs inside its own savepoint, so they are committed all together or not at all."""
-    return [_ingest(tx, inbound, attachments, reopen_window_days)
+    return [_ingest(tx, inbound, attachments, reopen_window_days, automation)
             for inbound, attachments in items]
 
 
-def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSON:
-    """Start a conversation for the message (the group's, for a group post)."""
+def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str,
+                       automation: automation_jobs.Automation | None = None,
+                       new_customer: bool = False) -> JSON:
+    """Start a conversation for the message (the group's, for a group post); routing rules
+    set its tags, priority and queue before ``conversation.opened`` (automation)."""
     conversation_id = new_id("cnv")
     group = inbound.group
     conversation: JSON = {
@@ -244,7 +256,7 @@ def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSO
         "closed_at": None, "last_message_at": tx.now_iso, "tags": [],
         "priority": "normal", "queue": None, "assignee": None,
         "context": inbound.context or {},
-        "group": None if group is None else group.to_json()}
+        "group": None if group is None else group.to_json(), "csat": None}
     if group is None:
         tx.conn.execute(
             "INSERT INTO conversations (id, customer_id, channel, account, status, opened_at, "
@@ -258,6 +270,9 @@ def _open_conversation(tx: Tx, inbound: InboundMessage, customer_id: str) -> JSO
             "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
             (conversation_id, customer_id, inbound.channel, inbound.account, tx.now_iso,
              tx.now_iso, _dumps(conversation["context"]), group.id, group.name))
+    if automation is not None and automation_jobs.applies(automation, inbound):
+        automation_jobs.classify_new(tx, automation, inbound, conversation,
+                                     new_customer=new_customer)
     tx.emit("conversation.opened", {"conversation": conversation},
             conversation_id=conversation_id, customer_id=customer_id)
     return conversation
