@@ -519,7 +519,8 @@ def _replace_config(old: Config, new: Config) -> Config:
         log.warning("daemon.reload_needs_restart",
                     hint="server.listen and [store] take effect after a restart")
     return Config(old.server, old.store, new.outbox, new.logging, new.tokens, new.webhooks,
-                  new.channels, new.source, new.warnings, new.automation)
+                  new.channels, new.source, new.warnings, stats=new.stats,
+                  automation=new.automation)
 
 
 async def run(config: Config, *,
