@@ -73,6 +73,8 @@ STANDARD_WINDOW = timedelta(hours=24)
 HUMAN_AGENT_WINDOW = timedelta(days=7)
 ECHO_MATCH_WINDOW = 300.0  # seconds: an echo racing our own send's commit still matches it
 OWN_MIDS_KEPT = 10_000  # message ids of our recent sends, so their echoes add nothing
+# Longest text one Graph message may carry; a longer reply goes out as several messages.
+TEXT_LIMITS = {MESSENGER: 2000, INSTAGRAM: 1000, WHATSAPP: 4096}  # UTF-8 bytes for Instagram
 _MESSENGER_FILE_TYPES = (("image/", "image"), ("video/", "video"), ("audio/", "audio"))
 _WHATSAPP_FILE_TYPES = (("image/jpeg", "image"), ("image/png", "image"),
                         ("video/", "video"), ("audio/", "audio"))
@@ -332,9 +334,11 @@ class MetaAdapter(ChannelAdapter):
         recipient = {"id": message.to.address}
         parts: list[Part] = []
 
-        async def text() -> str:
-            return _message_id(await self.graph.post_json(path, token, {
-                "recipient": recipient, **kind, "message": {"text": message.text}}))
+        def text(chunk: str) -> Part:
+            async def send_text() -> str:
+                return _message_id(await self.graph.post_json(path, token, {
+                    "recipient": recipient, **kind, "message": {"text": chunk}}))
+            return send_text
 
         def file(attachment: StoredAttachment) -> Part:
             async def send_file() -> str:
@@ -345,8 +349,7 @@ class MetaAdapter(ChannelAdapter):
                         "type": kind_name, "payload": {"attachment_id": attachment_id}}}}))
             return send_file
 
-        if message.text:
-            parts.append(text)
+        parts.extend(text(chunk) for chunk in split_text(message.text, message.channel))
         parts.extend(file(attachment) for attachment in message.attachments)
         return parts
 
@@ -385,9 +388,11 @@ class MetaAdapter(ChannelAdapter):
                     **base, "type": "template", "template": self._template(message)}))
             return [template]
 
-        async def text() -> str:
-            return _whatsapp_id(await self.graph.post_json(path, token, {
-                **base, "type": "text", "text": {"body": message.text, "preview_url": False}}))
+        def text(chunk: str) -> Part:
+            async def send_text() -> str:
+                return _whatsapp_id(await self.graph.post_json(path, token, {
+                    **base, "type": "text", "text": {"body": chunk, "preview_url": False}}))
+            return send_text
 
         def file(attachment: StoredAttachment) -> Part:
             async def send_file() -> str:
@@ -400,7 +405,7 @@ class MetaAdapter(ChannelAdapter):
                     **base, "type": kind, kind: media}))
             return send_file
 
-        parts: list[Part] = [text] if message.text else []
+        parts = [text(chunk) for chunk in split_text(message.text, WHATSAPP)]
         parts.extend(file(attachment) for attachment in message.attachments)
         return parts
 
@@ -449,6 +454,29 @@ class MetaAdapter(ChannelAdapter):
         token = self.config.whatsapp_access_token
         assert token is not None  # required with whatsapp_phone_number_id
         return token.reveal()
+
+
+def split_text(text: str, channel: str) -> list[str]:
+    """``text`` in pieces each within the channel's limit (Instagram counts UTF-8 bytes),
+    cut at a line break (else a space) where there is one in the piece's second half."""
+    limit = TEXT_LIMITS[channel]
+    measure = (lambda piece: len(piece.encode())) if channel == INSTAGRAM else len
+    pieces: list[str] = []
+    rest = text
+    while rest and measure(rest) > limit:
+        end = min(len(rest), limit)
+        while measure(rest[:end]) > limit:
+            end -= 1
+        cut = rest.rfind("\n", 0, end)  # a line break first, else a space, else hard
+        if cut <= end // 2:
+            cut = rest.rfind(" ", 0, end)
+        if cut <= end // 2:
+            cut = end
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest.strip():
+        pieces.append(rest)
+    return [piece for piece in pieces if piece]
 
 
 def _whatsapp_to(party: Party) -> dict[str, str]:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from adapters.base import OutboundMessage
+from adapters.meta.adapter import split_text
 from gateway.errors import PermanentSendError, RetryableSendError, SendError
 from gateway.store.base import StoredAttachment
 from normalizer.model import Party
@@ -318,3 +319,26 @@ async def test_a_reply_outside_the_window_fails_in_the_feed_with_window_closed(
     found = await wait_until(failed)
     assert found["error"]["code"] == "window_closed"
     assert graph.sends() == []
+
+
+def test_long_texts_are_split_within_each_networks_limit() -> None:
+    words = " ".join(f"word{n}" for n in range(900))  # about 6,900 characters
+    for channel, limit in (("messenger", 2000), ("whatsapp", 4096)):
+        pieces = split_text(words, channel)
+        assert len(pieces) > 1 and all(len(p) <= limit for p in pieces)
+        assert " ".join(pieces) == words  # cut between words, nothing lost
+    hangul = "한" * 600  # 1,800 UTF-8 bytes, no spaces: cut hard, by bytes
+    pieces = split_text(hangul, "instagram")
+    assert [len(p.encode()) for p in pieces] == [999, 801] and "".join(pieces) == hangul
+    assert split_text("short", "instagram") == ["short"] and split_text("  ", "whatsapp") == []
+
+
+async def test_a_long_reply_goes_out_as_several_messages_in_order(
+        meta: MetaGateway, graph: FakeGraph) -> None:
+    message = await inbound(meta, "messenger", hours_ago=1)
+    text = "\n".join(f"Line {n}: " + "x" * 90 for n in range(50))  # about 5,000 characters
+    sent = await outcome(meta, reply_to(message, meta, text=text))
+    assert isinstance(sent, str)
+    bodies = [b["message"]["text"] for b in graph.sends(PAGE_ID)]
+    assert len(bodies) == 3 and all(len(b) <= 2000 for b in bodies)
+    assert "\n".join(bodies) == text
