@@ -27,17 +27,6 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from linebot.v3.messaging import (
-    ApiException,
-    AsyncApiClient,
-    AsyncMessagingApi,
-    Configuration,
-    ImageMessage,
-    PushMessageRequest,
-    StickerMessage,
-    TextMessage,
-)
-from linebot.v3.webhook import SignatureValidator
 
 from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from adapters.line.config import LineConfig
@@ -86,9 +75,10 @@ class LineAdapter(ChannelAdapter):
         super().__init__(*args, **kwargs)
         self.counters.update({"ignored_events": 0, "invalid_events": 0, "redeliveries": 0,
                               "changes": 0, "profile_lookups": 0})
+        self._sdk: Any = None  # adapters.line.sdk, imported in on_start (a slow import)
         self._client: Any = None  # AsyncApiClient, made in on_start (it opens a session)
         self._api: Any = None  # AsyncMessagingApi
-        self._validator = SignatureValidator(self.config.channel_secret.reveal())
+        self._validator: Any = None  # the SDK's SignatureValidator
         self._names: dict[str, tuple[str | None, float]] = {}
         self.media = SignedMedia(self.config.channel_secret.reveal(),
                                  f"{self.ctx.public_url}/hooks/line/{self.name}", self.ctx.store)
@@ -98,11 +88,15 @@ class LineAdapter(ChannelAdapter):
     async def on_start(self) -> None:
         """The SDK's async client pointed at ``api_base_url``; the data API as a media
         source whose fetches carry the channel access token (and only there)."""
-        configuration = Configuration(host=self.config.api_base_url,
-                                      access_token=self.config.channel_access_token.reveal())
-        self._client = AsyncApiClient(configuration)
+        from adapters.line import sdk  # seconds of import: only where LINE is configured
+
+        self._sdk = sdk
+        self._validator = sdk.SignatureValidator(self.config.channel_secret.reveal())
+        configuration = sdk.Configuration(host=self.config.api_base_url,
+                                          access_token=self.config.channel_access_token.reveal())
+        self._client = sdk.AsyncApiClient(configuration)
         self._client.user_agent = "omnirelay"
-        self._api = AsyncMessagingApi(self._client)
+        self._api = sdk.AsyncMessagingApi(self._client)
 
         async def credentials() -> dict[str, str]:
             return {"Authorization": f"Bearer {self.config.channel_access_token.reveal()}"}
@@ -143,7 +137,7 @@ class LineAdapter(ChannelAdapter):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise SignatureInvalid("X-Line-Signature does not match the body") from None
-        if not self._validator.validate(text, signature):
+        if self._validator is None or not self._validator.validate(text, signature):
             raise SignatureInvalid("X-Line-Signature does not match the body")
         try:
             events = parse_body(orjson.loads(body))
@@ -248,7 +242,7 @@ class LineAdapter(ChannelAdapter):
                     source["roomId"], user, _request_timeout=timeout)
             else:
                 profile = await self._api.get_profile(user, _request_timeout=timeout)
-        except ApiException as exc:
+        except self._sdk.ApiException as exc:
             if exc.status == 404:  # blocked the account, or left: still a customer
                 return True, None
             self.log.info("line.profile_failed", status=exc.status)
@@ -277,13 +271,14 @@ class LineAdapter(ChannelAdapter):
                 raise PermanentSendError(
                     "the line_sticker template needs variables package_id and sticker_id",
                     error_code="invalid_template")
-            items.append(StickerMessage(packageId=str(package), stickerId=str(sticker)))
+            items.append(self._sdk.StickerMessage(packageId=str(package),
+                                                  stickerId=str(sticker)))
         elif message.template:
             raise PermanentSendError(f"LINE has no template {message.template!r}; use "
                                      f"{STICKER_TEMPLATE!r} or send text",
                                      error_code="invalid_template")
         if message.text:
-            items += [TextMessage(text=piece)
+            items += [self._sdk.TextMessage(text=piece)
                       for piece in split_text(message.text, TEXT_LIMIT, utf16_units)]
         for attachment in message.attachments:
             if attachment.content_type not in IMAGE_TYPES:
@@ -291,7 +286,7 @@ class LineAdapter(ChannelAdapter):
                     f"LINE cannot send {attachment.content_type} ({attachment.filename!r}): "
                     "only JPEG and PNG images", error_code="attachment_not_supported")
             url = self.media.url(attachment.sha256)
-            items.append(ImageMessage(originalContentUrl=url, previewImageUrl=url))
+            items.append(self._sdk.ImageMessage(originalContentUrl=url, previewImageUrl=url))
         if not items:
             raise PermanentSendError("nothing to send", error_code="empty_message")
         return items
@@ -307,12 +302,12 @@ class LineAdapter(ChannelAdapter):
         first_id: str | None = None
         for index in range(0, len(items), MESSAGES_PER_REQUEST):
             retry_key = str(uuid.uuid5(RETRY_KEY_NAMESPACE, f"{message.id}:{index}"))
-            request = PushMessageRequest(to=to,
-                                         messages=items[index:index + MESSAGES_PER_REQUEST])
+            request = self._sdk.PushMessageRequest(
+                to=to, messages=items[index:index + MESSAGES_PER_REQUEST])
             try:
                 response = await self._api.push_message(request, x_line_retry_key=retry_key,
                                                         _request_timeout=timeout)
-            except ApiException as exc:
+            except self._sdk.ApiException as exc:
                 accepted = _accepted_before(exc)
                 if accepted is None:
                     raise _send_error(exc) from None
@@ -327,7 +322,7 @@ class LineAdapter(ChannelAdapter):
         return SendResult(first_id or message.id, "sent")
 
 
-def _accepted_before(exc: ApiException) -> str | None:
+def _accepted_before(exc: Any) -> str | None:
     """The request id LINE accepted earlier with the same retry key (409), if that is it."""
     if exc.status != 409 or not exc.headers:
         return None
@@ -335,7 +330,7 @@ def _accepted_before(exc: ApiException) -> str | None:
     return str(accepted) if accepted else None
 
 
-def _body_message(exc: ApiException) -> str:
+def _body_message(exc: Any) -> str:
     try:
         data = orjson.loads(exc.body or b"{}")
     except orjson.JSONDecodeError:
@@ -349,7 +344,7 @@ def _body_message(exc: ApiException) -> str:
     return remote_error_excerpt(exc.status or 0, exc.body)
 
 
-def _send_error(exc: ApiException) -> SendError:
+def _send_error(exc: Any) -> SendError:
     """LINE's answer → a retryable or permanent error with a code that says what to do."""
     status = int(exc.status or 0)
     text = _body_message(exc)

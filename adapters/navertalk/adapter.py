@@ -195,7 +195,9 @@ class NaverTalkAdapter(ChannelAdapter):
         given: dict[str, str] = {}
         if isinstance(phone, str):
             try:
+                # Korean numbers (01012341234) in E.164 whatever the store's default region.
                 given["phone"] = normalize_phone(phone, self.config.default_region)
+                inbound.linked_identities = [Party("phone", given["phone"])]
             except InvalidIdentity:
                 inbound.linked_identities = []  # not a number: content only
         await self.ctx.store.set_checkpoint(self._key("profile", inbound.sender.address),
