@@ -182,10 +182,11 @@ class TwilioAdapter(ChannelAdapter):
         channel = _callback_channel(fields)
         error = None if report.error is None else DeliveryError(*report.error)
         receipt = Receipt(channel, self.name, report.message_sid, report.status, error)
-        if report.error is not None and report.error[0] == "opted_out" and fields.get("To"):
-            with contextlib.suppress(InvalidInput):
-                _, number = address_channel(fields["To"])
-                await self._record_opt_out(number, "stop", "Twilio error 21610", "")
+        if report.error is not None and report.error[0] == "opted_out" and channel == "sms":
+            with contextlib.suppress(InvalidInput):  # a To we cannot read: nothing to record
+                _, number = address_channel(fields.get("To", ""))
+                if number:
+                    await self._record_opt_out(number, "stop", "Twilio error 21610", "")
         result = await self._receipts()(receipt)
         if result is None and len(self._tasks) < MAX_PARKED:
             self._spawn(self._apply_later(receipt))

@@ -282,3 +282,14 @@ async def test_a_burst_of_replies_is_paced_not_rejected(env: Env) -> None:
     # sender_rate = 20: four sends from the one sender take at least 3 intervals.
     assert time.monotonic() - started >= 3 / 20
     assert all(len(created_for(env, n)) == 1 for n in numbers)
+
+
+async def test_a_21610_status_callback_fails_the_reply_and_records_the_opt_out(env: Env) -> None:
+    number = phone()
+    queued = await reply(env, number)
+    message = await env.settled(queued["id"], "queued")
+    await callback(env, message["provider"]["message_id"], "failed", number, error_code="21610")
+    failed = await env.get_message(queued["id"])
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "opted_out")
+    adapter = env.gateway.adapters[("twilio", "us-sms")]
+    assert await adapter.opted_out(number)  # type: ignore[attr-defined]
