@@ -191,6 +191,18 @@ async def test_stop_opts_out_and_start_resubscribes(env: Env) -> None:
     stop = await inbound(env, number, "Stop")
     adapter = env.gateway.adapters[("twilio", "us-sms")]
     assert await adapter.opted_out(number)  # type: ignore[attr-defined]
+    # Recorded on the customer's phone identity, announced with customer.updated.
+    customer = await env.gateway.store.get_customer(stop["customer_id"])
+    [identity] = customer["identities"]
+    assert [(o["channel"], o["account"], o["keyword"]) for o in identity["opt_outs"]] == [
+        ("sms", "us-sms", "STOP")]
+    updates = [e for e in await env.events() if e["type"] == "customer.updated"
+               and e["data"]["customer"]["id"] == stop["customer_id"]]
+    assert updates and updates[-1]["data"]["customer"]["identities"][0]["opt_outs"]
+    head = await env.gateway.store.head_seq()
+    await inbound(env, number, "UNSUBSCRIBE")  # a repeat changes nothing on the identity
+    events = [e for e in await env.events() if int(e["seq"]) > head]
+    assert [e["type"] for e in events] == ["message.received"]
     attempts = env.fake.attempts
     queued = await env.reply(stop["conversation_id"], {"text": "Sorry to see you go"})
     failed = await env.settled(queued["id"], "failed")
@@ -199,6 +211,8 @@ async def test_stop_opts_out_and_start_resubscribes(env: Env) -> None:
 
     await inbound(env, number, "START")
     assert not await adapter.opted_out(number)  # type: ignore[attr-defined]
+    customer = await env.gateway.store.get_customer(stop["customer_id"])
+    assert "opt_outs" not in customer["identities"][0]
     queued = await env.reply(stop["conversation_id"], {"text": "Welcome back"})
     await env.settled(queued["id"], "queued")
     assert [c.form["Body"] for c in created_for(env, number)] == ["Welcome back"]
