@@ -13,6 +13,7 @@ import pytest
 from adapters.twilio.media import InvalidMediaLink, MediaLinks
 from adapters.twilio.outbound import SenderPacer
 from gateway.store.base import StoredAttachment
+from tests.conftest import TOKEN as TOKEN_ADMIN
 from tests.twilio.conftest import PUBLIC_URL, SERVICE_SID, Env, phone
 from tests.twilio.fake import SID, TOKEN, Scripted, inbound_fields, status_fields
 
@@ -307,3 +308,18 @@ async def test_a_21610_status_callback_fails_the_reply_and_records_the_opt_out(e
     assert (failed["status"], failed["error"]["code"]) == ("failed", "opted_out")
     adapter = env.gateway.adapters[("twilio", "us-sms")]
     assert await adapter.opted_out(number)  # type: ignore[attr-defined]
+
+
+async def test_an_opt_out_follows_its_identity_through_a_merge(env: Env) -> None:
+    number = phone()
+    stop = await inbound(env, number, "STOP")
+    other = await inbound(env, phone(), "hello from my other phone")
+    async with env.http.post(f"{env.base}/v1/customers/{other['customer_id']}/merge",
+                             json={"from": stop["customer_id"]},
+                             headers={"Authorization": f"Bearer {TOKEN_ADMIN}"}) as response:
+        assert response.status == 200, await response.text()
+    survivor = await env.gateway.store.get_customer(other["customer_id"])
+    opted = [i for i in survivor["identities"] if i["address"] == number]
+    assert opted and opted[0]["opt_outs"][0]["keyword"] == "STOP"
+    queued = await env.reply(other["conversation_id"], {"text": "to the other phone"})
+    await env.settled(queued["id"], "queued")  # the other number did not opt out
