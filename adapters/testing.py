@@ -44,10 +44,11 @@ class Script:
 
 
 class MemoryStore:
-    """The adapter's view of the store, in memory: checkpoints only."""
+    """The adapter's view of the store, in memory: checkpoints and opt-outs only."""
 
     def __init__(self) -> None:
         self.checkpoints: dict[str, str] = {}
+        self.opt_outs: set[tuple[str, str, str, str]] = set()
 
     async def get_checkpoint(self, key: str) -> str | None:
         """The value under ``key``."""
@@ -77,6 +78,20 @@ class MemoryStore:
     async def remove_identity(self, kind: str, address: str) -> JSON:
         """No customers are kept in memory."""
         raise NotFound(f"no customer has {kind} identity")
+
+    async def set_opt_out(self, kind: str, address: str, channel: str, account: str,
+                          keyword: str | None) -> JSON | None:
+        """Opt-outs are kept in memory (there are no customers to show them on)."""
+        key = (kind, address, channel, account)
+        if keyword is None:
+            self.opt_outs.discard(key)
+        else:
+            self.opt_outs.add(key)
+        return None
+
+    async def opted_out(self, kind: str, address: str, channel: str, account: str) -> bool:
+        """Whether :meth:`set_opt_out` recorded one."""
+        return (kind, address, channel, account) in self.opt_outs
 
 
 async def _refuse_ingest(inbound: InboundMessage) -> IngestResult:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -161,12 +160,12 @@ class TwilioAdapter(ChannelAdapter):
             raise from_invalid_input(exc) from exc
         inbound.raw = body
         inbound.raw_content_type = "application/x-www-form-urlencoded"
-        result = await self.ingest(inbound)
+        await self.ingest(inbound)
         opt_out = opt_out_of(fields) if inbound.channel == "sms" else None
         if opt_out is not None:
             # Also on a repeat: the first delivery may have stopped between the two commits.
-            await self._record_opt_out(inbound.sender.address, opt_out, inbound.text.strip(),
-                                       str(result.message.get("id") or ""))
+            await self._record_opt_out(inbound.sender.address, opt_out,
+                                       inbound.text.strip().upper())
         return web.Response(body=EMPTY_TWIML, headers=TWIML_HEADERS)
 
     async def handle_status(self, request: web.Request) -> web.Response:
@@ -182,10 +181,11 @@ class TwilioAdapter(ChannelAdapter):
         channel = _callback_channel(fields)
         error = None if report.error is None else DeliveryError(*report.error)
         receipt = Receipt(channel, self.name, report.message_sid, report.status, error)
-        if report.error is not None and report.error[0] == "opted_out" and fields.get("To"):
-            with contextlib.suppress(InvalidInput):
-                _, number = address_channel(fields["To"])
-                await self._record_opt_out(number, "stop", "Twilio error 21610", "")
+        if report.error is not None and report.error[0] == "opted_out" and channel == "sms":
+            with contextlib.suppress(InvalidInput):  # a To we cannot read: nothing to record
+                _, number = address_channel(fields.get("To", ""))
+                if number:
+                    await self._record_opt_out(number, "stop", "Twilio error 21610")
         result = await self._receipts()(receipt)
         if result is None and len(self._tasks) < MAX_PARKED:
             self._spawn(self._apply_later(receipt))
@@ -224,29 +224,17 @@ class TwilioAdapter(ChannelAdapter):
 
     # ------------------------------------------------------------ opt-outs
 
-    def _opt_out_key(self, phone: str) -> str:
-        return f"twilio:{self.name}:opt-out:{phone}"
-
-    async def _record_opt_out(self, phone: str, action: OptOut, keyword: str,
-                              message_id: str) -> None:
-        """Remember that ``phone`` opted out of (or back into) this account's SMS."""
-        await self.ctx.store.set_checkpoint(self._opt_out_key(phone), orjson.dumps({
-            "opted_out": action == "stop", "keyword": keyword[:32], "message_id": message_id,
-            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }).decode())
+    async def _record_opt_out(self, phone: str, action: OptOut, keyword: str) -> None:
+        """Record on the customer's phone identity that it opted out of (or back into) this
+        account's SMS (``customer.updated``)."""
+        await self.ctx.store.set_opt_out("phone", phone, "sms", self.name,
+                                         (keyword[:32] or "STOP") if action == "stop" else None)
         self.counters["opt_outs" if action == "stop" else "opt_ins"] += 1
-        self.log.info("twilio.opt_out" if action == "stop" else "twilio.opt_in",
-                      message_id=message_id or None)
+        self.log.info("twilio.opt_out" if action == "stop" else "twilio.opt_in")
 
     async def opted_out(self, phone: str) -> bool:
         """Whether ``phone`` has opted out of this account's SMS (STOP, not yet START)."""
-        value = await self.ctx.store.get_checkpoint(self._opt_out_key(phone))
-        if not value:
-            return False
-        try:
-            return bool(orjson.loads(value).get("opted_out"))
-        except (orjson.JSONDecodeError, AttributeError):
-            return False
+        return await self.ctx.store.opted_out("phone", phone, "sms", self.name)
 
     # ------------------------------------------------------------ outbound
 
@@ -296,7 +284,7 @@ class TwilioAdapter(ChannelAdapter):
         except TwilioRestException as exc:
             error = send_error(exc)
             if error.code == "opted_out" and message.channel == "sms":
-                await self._record_opt_out(message.to.address, "stop", "Twilio error 21610", "")
+                await self._record_opt_out(message.to.address, "stop", "Twilio error 21610")
             if error.code == "auth_failed":
                 self.last_error = error.message
             raise error from exc

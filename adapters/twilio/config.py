@@ -52,7 +52,8 @@ class TwilioConfig(AdapterConfig):
         sid = section.get("account_sid", str, "", required=True,
                           hint='the Account SID from the Twilio console, "AC" + 32 hex digits')
         if sid and not _ACCOUNT_SID.fullmatch(sid):
-            section.error("account_sid", 'must be "AC" followed by 32 hex digits')
+            section.error("account_sid", 'must be "AC" followed by 32 hex digits',
+                          "copy the Account SID from the Twilio console's Account Info")
         token = section.secret("auth_token")
         if token is None and not any(k.startswith("auth_token") for k in section.data):
             section.error("auth_token", "is required (auth_token_file, auth_token_env or "

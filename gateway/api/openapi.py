@@ -277,7 +277,11 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
                                ["score", "answered_at"])),
     }, ["id", "customer_id", "channel", "account", "status", "opened_at"])
     identity = _obj({"kind": _STR, "address": _STR,
-                     "channels": {"type": "array", "items": _STR}}, ["kind", "address"])
+                     "channels": {"type": "array", "items": _STR},
+                     # Present only when the identity opted out somewhere (an SMS STOP).
+                     "opt_outs": {"type": "array", "items": _obj(
+                         {"channel": _STR, "account": _STR, "keyword": _STR, "at": _TS},
+                         ["channel", "account", "keyword", "at"])}}, ["kind", "address"])
     customer = _obj({
         "id": _STR, "name": _nullable(_STR), "merged_into": _nullable(_STR),
         "identities": {"type": "array", "items": _ref("Identity")}, "created_at": _TS,

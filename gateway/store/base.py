@@ -240,6 +240,15 @@ class ChangeStore(Protocol):
         """Take an identity from its customer (``customer.updated``), and the name it gave;
         NotFound when no customer has it."""
 
+    async def set_opt_out(self, kind: str, address: str, channel: str, account: str,
+                          keyword: str | None) -> JSON | None:
+        """Record on the identity that it opted out of (``keyword``: what it sent, e.g.
+        ``STOP``) or back into (None) what ``account`` sends on ``channel``
+        (``customer.updated`` when that changes); None when no customer has it."""
+
+    async def opted_out(self, kind: str, address: str, channel: str, account: str) -> bool:
+        """Whether the identity opted out of what ``account`` sends on ``channel``."""
+
 
 class AdapterStore(CheckpointStore, ChangeStore, Protocol):
     """What an adapter uses: checkpoints, the message a reply answers, attachment files,

@@ -164,6 +164,15 @@ def next_delivery_due(conn: sqlite3.Connection, subscription: str) -> float | No
     return due
 
 
+def opted_out(conn: sqlite3.Connection, kind: str, address: str, channel: str,
+              account: str) -> bool:
+    """Whether the identity opted out of what ``account`` sends on ``channel``."""
+    row = conn.execute("SELECT opt_outs FROM identities WHERE kind = ? AND address = ?",
+                       (kind, address)).fetchone()
+    return bool(row and row["opt_outs"]) and any(
+        (o["channel"], o["account"]) == (channel, account) for o in _loads(row["opt_outs"]))
+
+
 def get_checkpoint(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM checkpoints WHERE key = ?", (key,)).fetchone()
     return None if row is None else row["value"]

@@ -42,12 +42,15 @@ def _customer_json(conn: sqlite3.Connection, customer_id: str, *,
     row = conn.execute("SELECT * FROM customers WHERE id = ?", (customer_id,)).fetchone()
     if row is None:
         return None
-    identities = [
-        {"kind": r["kind"], "address": r["address"], "channels": _loads(r["channels"])}
-        for r in conn.execute("SELECT kind, address, channels FROM identities "
-                              "WHERE customer_id = ? ORDER BY created_at, kind, address",
-                              (customer_id,))
-    ]
+    identities = []
+    for r in conn.execute("SELECT kind, address, channels, opt_outs FROM identities "
+                          "WHERE customer_id = ? ORDER BY created_at, kind, address",
+                          (customer_id,)):
+        identity = {"kind": r["kind"], "address": r["address"],
+                    "channels": _loads(r["channels"])}
+        if r["opt_outs"]:  # only where there are some (migration 0010, docs/twilio.md)
+            identity["opt_outs"] = _loads(r["opt_outs"])
+        identities.append(identity)
     customer: JSON = {"id": row["id"], "name": row["name"], "merged_into": row["merged_into"],
                       "identities": identities, "created_at": row["created_at"]}
     if with_conversations:

@@ -47,6 +47,7 @@ from gateway.store.jobs.customers import (
     _remove_identity,
     _set_checkpoint,
     _set_conversation_status,
+    _set_opt_out,
 )
 from gateway.store.jobs.fields import _patch_conversation
 from gateway.store.jobs.ingest import _ingest, _ingest_all
@@ -298,6 +299,15 @@ class SQLiteStore:
     async def remove_identity(self, kind: str, address: str) -> JSON:
         """Take a withdrawn identity from its customer (``customer.updated``)."""
         return await self.engine.write(_remove_identity, kind, address)
+
+    async def set_opt_out(self, kind: str, address: str, channel: str, account: str,
+                          keyword: str | None) -> JSON | None:
+        """Record an opt-out (or its end) on the identity (``customer.updated``)."""
+        return await self.engine.write(_set_opt_out, kind, address, channel, account, keyword)
+
+    async def opted_out(self, kind: str, address: str, channel: str, account: str) -> bool:
+        """Whether the identity opted out of ``account`` on ``channel``."""
+        return await self.engine.read(queries.opted_out, kind, address, channel, account)
 
     # ---------------------------------------------------------------- reads
 

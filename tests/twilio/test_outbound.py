@@ -13,6 +13,7 @@ import pytest
 from adapters.twilio.media import InvalidMediaLink, MediaLinks
 from adapters.twilio.outbound import SenderPacer
 from gateway.store.base import StoredAttachment
+from tests.conftest import TOKEN as TOKEN_ADMIN
 from tests.twilio.conftest import PUBLIC_URL, SERVICE_SID, Env, phone
 from tests.twilio.fake import SID, TOKEN, Scripted, inbound_fields, status_fields
 
@@ -191,6 +192,18 @@ async def test_stop_opts_out_and_start_resubscribes(env: Env) -> None:
     stop = await inbound(env, number, "Stop")
     adapter = env.gateway.adapters[("twilio", "us-sms")]
     assert await adapter.opted_out(number)  # type: ignore[attr-defined]
+    # Recorded on the customer's phone identity, announced with customer.updated.
+    customer = await env.gateway.store.get_customer(stop["customer_id"])
+    [identity] = customer["identities"]
+    assert [(o["channel"], o["account"], o["keyword"]) for o in identity["opt_outs"]] == [
+        ("sms", "us-sms", "STOP")]
+    updates = [e for e in await env.events() if e["type"] == "customer.updated"
+               and e["data"]["customer"]["id"] == stop["customer_id"]]
+    assert updates and updates[-1]["data"]["customer"]["identities"][0]["opt_outs"]
+    head = await env.gateway.store.head_seq()
+    await inbound(env, number, "UNSUBSCRIBE")  # a repeat changes nothing on the identity
+    events = [e for e in await env.events() if int(e["seq"]) > head]
+    assert [e["type"] for e in events] == ["message.received"]
     attempts = env.fake.attempts
     queued = await env.reply(stop["conversation_id"], {"text": "Sorry to see you go"})
     failed = await env.settled(queued["id"], "failed")
@@ -199,6 +212,8 @@ async def test_stop_opts_out_and_start_resubscribes(env: Env) -> None:
 
     await inbound(env, number, "START")
     assert not await adapter.opted_out(number)  # type: ignore[attr-defined]
+    customer = await env.gateway.store.get_customer(stop["customer_id"])
+    assert "opt_outs" not in customer["identities"][0]
     queued = await env.reply(stop["conversation_id"], {"text": "Welcome back"})
     await env.settled(queued["id"], "queued")
     assert [c.form["Body"] for c in created_for(env, number)] == ["Welcome back"]
@@ -282,3 +297,29 @@ async def test_a_burst_of_replies_is_paced_not_rejected(env: Env) -> None:
     # sender_rate = 20: four sends from the one sender take at least 3 intervals.
     assert time.monotonic() - started >= 3 / 20
     assert all(len(created_for(env, n)) == 1 for n in numbers)
+
+
+async def test_a_21610_status_callback_fails_the_reply_and_records_the_opt_out(env: Env) -> None:
+    number = phone()
+    queued = await reply(env, number)
+    message = await env.settled(queued["id"], "queued")
+    await callback(env, message["provider"]["message_id"], "failed", number, error_code="21610")
+    failed = await env.get_message(queued["id"])
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "opted_out")
+    adapter = env.gateway.adapters[("twilio", "us-sms")]
+    assert await adapter.opted_out(number)  # type: ignore[attr-defined]
+
+
+async def test_an_opt_out_follows_its_identity_through_a_merge(env: Env) -> None:
+    number = phone()
+    stop = await inbound(env, number, "STOP")
+    other = await inbound(env, phone(), "hello from my other phone")
+    async with env.http.post(f"{env.base}/v1/customers/{other['customer_id']}/merge",
+                             json={"from": stop["customer_id"]},
+                             headers={"Authorization": f"Bearer {TOKEN_ADMIN}"}) as response:
+        assert response.status == 200, await response.text()
+    survivor = await env.gateway.store.get_customer(other["customer_id"])
+    opted = [i for i in survivor["identities"] if i["address"] == number]
+    assert opted and opted[0]["opt_outs"][0]["keyword"] == "STOP"
+    queued = await env.reply(other["conversation_id"], {"text": "to the other phone"})
+    await env.settled(queued["id"], "queued")  # the other number did not opt out

@@ -124,6 +124,34 @@ def _remove_identity(tx: Tx, kind: str, address: str) -> JSON:
     return customer
 
 
+def _set_opt_out(tx: Tx, kind: str, address: str, channel: str, account: str,
+                 keyword: str | None) -> JSON | None:
+    """Record that an identity opted out of (``keyword`` given) or back into (None) what
+    ``account`` sends on ``channel`` (``customer.updated`` when that changes anything).
+
+    Returns the customer, or None when no customer has the identity.
+    """
+    row = tx.one("SELECT customer_id, opt_outs FROM identities WHERE kind = ? AND address = ?",
+                 (kind, address))
+    if row is None:
+        return None
+    current = _loads(row["opt_outs"]) if row["opt_outs"] else []
+    customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
+    opted_out = any((o["channel"], o["account"]) == (channel, account) for o in current)
+    if opted_out == (keyword is not None):  # a repeat STOP keeps the first; nothing moves
+        return _customer_json(tx.conn, customer_id)
+    kept = [o for o in current if (o["channel"], o["account"]) != (channel, account)]
+    if keyword is not None:
+        kept.append({"channel": channel, "account": account, "keyword": keyword,
+                     "at": tx.now_iso})
+    tx.conn.execute("UPDATE identities SET opt_outs = ? WHERE kind = ? AND address = ?",
+                    (orjson.dumps(kept).decode() if kept else None, kind, address))
+    customer = _customer_json(tx.conn, customer_id)
+    assert customer is not None
+    tx.emit("customer.updated", {"customer": customer}, customer_id=customer_id)
+    return customer
+
+
 def _set_checkpoint(tx: Tx, key: str, value: str) -> None:
     tx.conn.execute(
         "INSERT INTO checkpoints (key, value, updated_at) VALUES (?, ?, ?) "
