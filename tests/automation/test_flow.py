@@ -153,6 +153,8 @@ async def test_first_message_is_acknowledged_once_with_when_a_human_answers(
     assert english["text"] == "Thanks for your message! A member of our team will answer " \
         "within 2 hours."
     assert len(callbacks(receiver, first["conversation_id"])) == 1
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        assert 'omnirelay_automatic_messages_total{kind="acknowledgement"}' in await resp.text()
 
 
 async def test_outside_hours_the_other_text_says_when_we_are_back(
