@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import require
-from gateway.api.view import gw
+from gateway.api.view import GatewayView, gw
 from gateway.automation.rules import detect_language
 from gateway.automation.templates import Rendered, TemplateError, render
 from gateway.errors import ValidationFailed
@@ -78,8 +78,9 @@ async def _last_customer_message(request: web.Request,
     return None
 
 
-def _account_type(gateway: Any, channel: str, account: str) -> str:
+def _account_type(gateway: GatewayView, channel: str, account: str) -> str:
+    """The ``type`` of the account sending on ``channel`` (its settings are keyed by it)."""
     for (channel_type, name), adapter in gateway.adapters.items():
         if name == account and channel in adapter.channels:
-            return str(channel_type)
+            return channel_type
     return channel
