@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from prometheus_client import Counter
 
 from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
 from adapters.registry import ADAPTERS
@@ -110,6 +111,10 @@ class Gateway:
         # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
         self.sqlite.automation = self.automation = automation_for(config)
         self.automation_worker: AutomationWorker | None = None
+        self.automatic_sent = Counter(
+            "omnirelay_automatic_messages_total",
+            "Messages omnirelay queued on its own (acknowledgement, rule, survey)", ["kind"],
+            registry=self.metrics.registry)
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()
@@ -309,7 +314,8 @@ class Gateway:
         if self.automation is None or not self.automation.config.sends:
             return
         self.automation_worker = AutomationWorker(self.sqlite, self.feed, self.automation,
-                                                  self.routes, self.outbox)
+                                                  self.routes, self.outbox,
+                                                  counter=self.automatic_sent)
         await self.automation_worker.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -33,7 +33,8 @@ _REPLY_FIELDS = {"text", "attachments", "agent", "channel", "account", "template
 
 
 async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
-                            conversation_id: str | None = None) -> OutboundRequest:
+                            conversation_id: str | None = None,
+                            customer_id: str | None = None) -> OutboundRequest:
     """Check the body field by field (422 naming the field) and store its attachments."""
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
@@ -64,7 +65,8 @@ async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
             raise ValidationFailed("give text or a template, not both", field="template")
         # Rendered for its channel now (gateway/api/templates.py): 422 naming an unknown
         # template or a missing variable, never an empty send.
-        rendered = await render_for(request, body, conversation_id=conversation_id)
+        rendered = await render_for(request, body, conversation_id=conversation_id,
+                                    customer_id=customer_id)
         text, html, subject = rendered.text, html or rendered.html, subject or rendered.subject
     gateway = gw(request)
     limit = gateway.config.store.max_attachment_bytes
@@ -106,7 +108,8 @@ async def _queue(request: web.Request, *, conversation_id: str | None,
     routes = gateway.routes()
     _check_account_named(body, routes)
     outbound = await _outbound_request(request, body, proactive=proactive,
-                                       conversation_id=conversation_id)
+                                       conversation_id=conversation_id,
+                                       customer_id=customer_id)
     status, message = await gateway.store.enqueue_outbound(
         conversation_id=conversation_id, customer_id=customer_id, request=outbound,
         routes=routes, idempotency=idempotency)

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import require
-from gateway.api.view import gw
+from gateway.api.view import GatewayView, gw
 from gateway.automation.rules import detect_language
 from gateway.automation.templates import Rendered, TemplateError, render
 from gateway.errors import ValidationFailed
@@ -30,7 +30,7 @@ async def list_templates(request: web.Request) -> web.Response:
 
 
 async def render_for(request: web.Request, body: dict[str, Any], *,
-                     conversation_id: str | None) -> Rendered:
+                     conversation_id: str | None, customer_id: str | None = None) -> Rendered:
     """Render ``body["template"]`` with ``body["variables"]`` (422 naming what is wrong)."""
     gateway = gw(request)
     automation = gateway.config.automation
@@ -51,6 +51,15 @@ async def render_for(request: web.Request, body: dict[str, Any], *,
             account = account or (last["account"] if last else conversation["account"])
         if language is None and last is not None and last.get("text"):
             language = detect_language(last["text"], "") or None
+    elif customer_id is not None and language is None:
+        # A proactive message: the language of the customer's latest conversation.
+        customer = await gateway.store.get_customer(customer_id)
+        conversations = sorted(customer.get("conversations") or [],
+                               key=lambda c: c["last_message_at"])
+        if conversations:
+            last = await _last_customer_message(request, conversations[-1]["id"])
+            if last is not None and last.get("text"):
+                language = detect_language(last["text"], "") or None
     if channel is None:  # a proactive message names its channel (checked before)
         raise ValidationFailed("a template needs the channel it goes out on", field="channel")
     default = automation.language
@@ -78,8 +87,9 @@ async def _last_customer_message(request: web.Request,
     return None
 
 
-def _account_type(gateway: Any, channel: str, account: str) -> str:
+def _account_type(gateway: GatewayView, channel: str, account: str) -> str:
+    """The ``type`` of the account sending on ``channel`` (its settings are keyed by it)."""
     for (channel_type, name), adapter in gateway.adapters.items():
         if name == account and channel in adapter.channels:
-            return str(channel_type)
+            return channel_type
     return channel

@@ -97,17 +97,17 @@ class AutomationConfig:
 def parse_automation(section: Section | None, templates: Section | None) -> AutomationConfig:
     """Both tables; errors are recorded on the sections' context."""
     parsed_templates = dict(BUILTIN_TEMPLATES)
+    language = "en" if section is None else section.get("language", str, "en")
     if templates is not None:
         for name in list(templates.data):
             sub = templates.sub(name)
             if sub is not None:
-                template = _parse_template(name, sub)
+                template = _parse_template(name, sub, language)
                 if template is not None:
                     parsed_templates[name] = template
     if section is None:
         return AutomationConfig(templates=parsed_templates)
     timezone = section.get("timezone", str, "UTC")
-    language = section.get("language", str, "en")
     hours: dict[str, BusinessHours] = {}
     hours_section = section.sub("hours")
     if hours_section is not None:
@@ -146,7 +146,8 @@ def _item(parent: Section, key: str, index: int, item: object) -> Section | None
     return Section(item, f"{parent.key(key)}[{index}]", parent.ctx)
 
 
-def _parse_template(name: str, section: Section) -> Template | None:
+def _parse_template(name: str, section: Section, language: str) -> Template | None:
+    """One ``[templates.<name>]``: a top-level text is the ``language`` variant."""
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
         section.error("text", f"template name {name!r}: use letters, digits, _ and - (1-64)")
         return None
@@ -154,7 +155,7 @@ def _parse_template(name: str, section: Section) -> Template | None:
     variants: dict[str, Variant] = {}
     top = _parse_variant(section, required=False)
     if top is not None:
-        variants["default"] = top
+        variants[language] = top
     channels: dict[str, dict[str, Variant]] = {}
     channel_section = section.sub("channels")
     if channel_section is not None:

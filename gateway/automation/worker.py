@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 import structlog
+from prometheus_client import Counter
 
 from gateway.automation.config import AccountAutomation, AutomationConfig
 from gateway.automation.hours import estimate
@@ -70,12 +71,14 @@ class AutomationWorker:
     """Follows the feed and queues automatic messages; see the module docstring."""
 
     def __init__(self, store: AutomationStore, feed: FeedNotifier, automation: Automation,
-                 routes: Callable[[], list[Route]], outbox: Wakeable) -> None:
+                 routes: Callable[[], list[Route]], outbox: Wakeable, *,
+                 counter: Counter | None = None) -> None:
         self.store = store
         self.feed = feed
         self.automation = automation
         self.routes = routes
         self.outbox = outbox
+        self.counter = counter  # omnirelay_automatic_messages_total{kind}
         self._task: asyncio.Task[None] | None = None
         self._new_customers: dict[str, None] = {}  # customers created just before, in order
         # A conversation a customer's message just reopened (its message.received follows).
@@ -258,6 +261,8 @@ class AutomationWorker:
         if message is None:
             return
         self.sent += 1
+        if self.counter is not None:
+            self.counter.labels(kind).inc()
         self.outbox.wake()
         log.info("automation.queued", message_id=message["id"], kind=kind,
                  conversation_id=conversation_id, template=template_name)

@@ -153,6 +153,8 @@ async def test_first_message_is_acknowledged_once_with_when_a_human_answers(
     assert english["text"] == "Thanks for your message! A member of our team will answer " \
         "within 2 hours."
     assert len(callbacks(receiver, first["conversation_id"])) == 1
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        assert 'omnirelay_automatic_messages_total{kind="acknowledgement"}' in await resp.text()
 
 
 async def test_outside_hours_the_other_text_says_when_we_are_back(
@@ -290,6 +292,14 @@ async def test_templates_are_listed_rendered_and_refused_by_name(
          "variables": {"name": "민지", "order": "A-18", "days": 2}})
     assert status == 202, proactive
     assert proactive["text"] == "민지님, 주문 A-18은 2일 안에 발송됩니다."
+    # An English-writing customer gets the English variant unasked (the account's is ko).
+    english_customer = await customer_writes(http, daemon, "My parcel is late")
+    status, proactive = await post_json(
+        http, f"{daemon.url}/v1/customers/{english_customer['customer_id']}/messages",
+        {"template": "shipping_delay", "channel": "api", "account": "crm",
+         "variables": {"name": "Sam", "order": "A-19", "days": 2}})
+    assert status == 202, proactive
+    assert proactive["text"] == "Hi Sam, order A-19 ships in 2 days."
 
 
 async def test_csat_after_a_close_recorded_against_the_closing_agent(

@@ -106,3 +106,14 @@ def test_csat_answers_in_each_form(answer: str, score: int) -> None:
 ])
 def test_a_message_is_not_an_answer(message: str) -> None:
     assert parse_score(message) is None
+
+
+def test_a_top_level_text_is_the_default_language() -> None:
+    config = parse_config('[automation]\nlanguage = "ko"\n'
+                          '[templates.hi]\ntext = "안녕하세요 {name}님"\n'
+                          '[templates.hi.en]\ntext = "Hello {name}"\n', environ={}).automation
+    template = config.templates["hi"]
+    assert template.languages == ["ko", "en"]
+    assert render(template, {"name": "Kim"}, channel="sms", language="en").text == "Hello Kim"
+    assert render(template, {"name": "김"}, channel="sms", language="ja",
+                  default_language="ko").text == "안녕하세요 김님"
