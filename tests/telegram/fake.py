@@ -65,9 +65,11 @@ class FakeBotApi:
     blocked_chats: set[str] = field(default_factory=set)
     webhook: dict[str, Any] | None = None
     batch: int = 100  # most updates one getUpdates answers (the client's limit also applies)
+    max_hold: float = MAX_HOLD  # longest a long poll is held (Telegram: the whole timeout)
     next_update_id: int = 1000
     next_message_id: int = 5000
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False  # stop() ends long polls still held
     runner: web.AppRunner | None = None
 
     @property
@@ -91,7 +93,9 @@ class FakeBotApi:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
-        """Stop listening."""
+        """Stop listening (long polls still held end at once)."""
+        self.closing = True
+        self._notify()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -169,7 +173,7 @@ class FakeBotApi:
             self.updates = [u for u in self.updates if u["update_id"] >= offset]
         if not self.updates:
             self.changed.clear()
-            hold = min(float(params.get("timeout") or 0), MAX_HOLD)
+            hold = min(float(params.get("timeout") or 0), self.max_hold)
             if hold:
                 try:
                     await asyncio.wait_for(self._next_update(), hold)
@@ -179,7 +183,7 @@ class FakeBotApi:
         return _ok(self.updates[:limit])
 
     async def _next_update(self) -> None:
-        while not self.updates:
+        while not self.updates and not self.closing:
             self.changed.clear()
             await self.changed.wait()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -68,4 +69,22 @@ async def test_a_refused_token_shows_in_health_and_the_daemon_keeps_running(
         assert TOKEN not in str(adapter.health())
     finally:
         await gateway.stop()
+        await fake.stop()
+
+
+async def test_a_long_poll_in_progress_does_not_hold_shutdown(tmp_path: Path) -> None:
+    fake = FakeBotApi()
+    fake.max_hold = 30.0  # as Telegram holds it: the whole poll_timeout
+    await fake.start()
+    config = gateway_config(tmp_path, fake).replace("poll_timeout = 1", "poll_timeout = 30")
+    gateway = Gateway(parse_config(config))
+    try:
+        await gateway.start()
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"))
+        started = time.monotonic()
+        await gateway.stop()
+        # Stopping cancels the poll at once instead of waiting out its 30 s (or the 5 s
+        # shutdown_timeout); the unconfirmed updates would simply come again.
+        assert time.monotonic() - started < 4.0
+    finally:
         await fake.stop()
