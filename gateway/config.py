@@ -67,8 +67,16 @@ class StoreConfig:
     batch_max: int = 256
 
     @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``, by the URL's scheme."""
+        return "postgresql" if self.url.startswith("postgresql://") else "sqlite"
+
+    @property
     def sqlite_path(self) -> Path:
-        """The SQLite database file of a ``sqlite:`` URL."""
+        """The SQLite database file of a ``sqlite:`` URL (a PostgreSQL store has none: a
+        path in the data dir that is never created, so file helpers stay harmless)."""
+        if self.backend == "postgresql":
+            return self.data_dir / "omnirelay.db"
         path = self.url.removeprefix("sqlite://")
         # sqlite:////abs → "//abs" → "/abs"; sqlite:///rel → "/rel" → "rel"
         return Path(path[1:]) if path.startswith("/") else Path(path)
@@ -210,15 +218,12 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     data_dir = Path(section.get("data_dir", str, str(data_dir)))
     if not url:
         url = f"sqlite:///{data_dir}/omnirelay.db"
-    if not url.startswith("sqlite:///"):
-        if url.startswith("postgresql://"):
-            section.error("url", "the PostgreSQL store is not available in this build",
-                          "use a sqlite:/// URL")
-        else:
-            # The scheme only: a database URL may carry a password.
-            scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-            section.error("url", f"unsupported store URL scheme {scheme!r}",
-                          "sqlite:////abs/path.db or sqlite:///relative.db")
+    if not url.startswith(("sqlite:///", "postgresql://")):
+        # The scheme only: a database URL may carry a password.
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        section.error("url", f"unsupported store URL scheme {scheme!r}",
+                      "sqlite:////abs/path.db, sqlite:///relative.db or "
+                      "postgresql://user@host/db (docs/postgresql.md)")
     sync = section.get("synchronous", str, "FULL").upper()
     if sync not in SYNC_MODES:
         section.error("synchronous", f"must be one of {', '.join(SYNC_MODES)}")

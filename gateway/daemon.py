@@ -47,7 +47,7 @@ from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.select import make_store
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
 from outbox.worker import OutboxWorker
@@ -65,13 +65,15 @@ class StoreLock:
     process dies, so a crash never leaves a stale lock behind.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, shared: bool = False) -> None:
         self.path = db_path.with_name(db_path.name + ".lock")
         self._fd: int | None = None
+        self.shared = shared  # a PostgreSQL store: nothing to lock here
+
 
     def acquire(self) -> None:
         """Take the lock or raise StoreError naming the pid that holds it."""
-        if self._fd is not None:
+        if self._fd is not None or self.shared:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -100,9 +102,9 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.store: Store = SQLiteStore(config.store, on_commit=self._committed,
-                                         on_batch=self.metrics.store_batch.observe,
-                                         on_fatal=self._store_failed)
+        self.store: Store = make_store(config.store, on_commit=self._committed,
+                                       on_batch=self.metrics.store_batch.observe,
+                                       on_fatal=self._store_failed)
         # Set when the store stopped for good (a failed fsync): run() exits 75 so that
         # systemd restarts the service and SQLite recovers what reached the disk.
         self.store_stopped = asyncio.Event()
@@ -130,7 +132,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self.bound_port: int | None = None
-        self.lock = StoreLock(config.store.sqlite_path)
+        # SQLite has one writer; on PostgreSQL several instances share the database.
+        self.lock = StoreLock(config.store.sqlite_path, shared=config.store.backend != "sqlite")
         self.reload_note = ""
 
     # ------------------------------------------------------------------ wiring
