@@ -48,6 +48,7 @@ from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
 from gateway.store.select import make_store
+from gateway.supervisor import LoopGroup
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
 from outbox.worker import OutboxWorker
@@ -204,6 +205,9 @@ class Gateway:
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
             authorize=check_token, store=self.store, stopping=self.stopping,
             media=self.media, receipts=ReceiptSink(self.store), groups=account.groups,
+            # Several instances on PostgreSQL: an adapter's loops (IMAP mailboxes, polling)
+            # run on the one instance that owns them (advisory locks, docs/postgresql.md).
+            loops=LoopGroup(getattr(self.store, "run_owned", None)),
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
 from gateway.store.postgres import jobs as pg
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.engine import PgEngine
+from gateway.store.postgres.singleton import run_owned
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage
 
@@ -190,6 +191,13 @@ class PostgresStore(SQLiteStore):
     async def next_fetch_due(self) -> float | None:
         """When the earliest fetch is due, leases counted."""
         return await self.pg.read(pg.next_fetch_due)
+
+    # ---------------------------------------------------------------- singleton work
+
+    async def run_owned(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a named loop's body only while this instance owns it (an advisory lock; see
+        :mod:`.singleton`): several instances, one IMAP session per mailbox."""
+        await run_owned(self.url, name, body)
 
     # ---------------------------------------------------------------- backup
 
