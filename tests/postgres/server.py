@@ -80,8 +80,9 @@ def _as_postgres() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    """Start a throwaway server (fsync off: tests, not durability) and stop it by pid."""
+def running_server(*, durable: bool = False) -> Iterator[PgServer]:
+    """Start a throwaway server and stop it by pid. Tests run it with fsync off (tests, not
+    durability); ``durable`` (benchmarks) keeps PostgreSQL's defaults."""
     root = Path(tempfile.mkdtemp(prefix="omnirelay-pg-"))
     as_user = _as_postgres()
     if as_user:
@@ -90,8 +91,9 @@ def running_server() -> Iterator[PgServer]:
     subprocess.run([f"{bin_dir}/initdb", "-D", str(data), "-U", "test", "-A", "trust",
                     "-E", "UTF8", "--no-sync", "--locale=C.UTF-8"], check=True,
                    stdout=subprocess.DEVNULL, **as_user)
-    opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=200"
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     subprocess.run([f"{bin_dir}/pg_ctl", "-D", str(data), "-l", str(root / "log"), "-o", opts,
                     "-w", "start"], check=True, stdout=subprocess.DEVNULL, **as_user)
     server = PgServer(port, root)

@@ -135,11 +135,13 @@ class Connection:
 
     @classmethod
     def connect(cls, dsn: str, *, application_name: str = "omnirelay") -> Connection:
-        """Open an autocommit connection (transactions are the engine's BEGIN/COMMIT)."""
+        """Open an autocommit connection (transactions are the engine's BEGIN/COMMIT).
+        Server-side parameters: psycopg prepares a statement run five times, so the hot
+        path's statements are parsed and planned once (a round trip is most of a job's
+        cost: docs/benchmarks.md)."""
         raw: psycopg.Connection[Row] = psycopg.Connection.connect(
             dsn, autocommit=True, row_factory=_row_factory,
-            cursor_factory=psycopg.ClientCursor, application_name=application_name,
-            prepare_threshold=None)
+            application_name=application_name)
         return cls(raw)
 
     def execute(self, sql: str, params: Sequence[Any] | Iterable[Any] = ()) -> Cursor:
