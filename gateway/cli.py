@@ -212,9 +212,9 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
 
 async def _with_store(config: Config, action: str, arg: str) -> object:
     from gateway.store.base import AdminStore
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.select import make_store
 
-    store: AdminStore = SQLiteStore(config.store)
+    store: AdminStore = make_store(config.store)
     await store.open()
     try:
         if action == "erase":
@@ -262,6 +262,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     ``<data_dir>/blobs`` (immutable, content-addressed files): copy that directory after.
     """
     config = _store_config(args)
+    if config.store.backend == "postgresql":
+        print("omnirelay: backup copies a SQLite store; back a PostgreSQL store up with "
+              "pg_dump or pg_basebackup (docs/postgresql.md)", file=sys.stderr)
+        return 1
     source = config.store.sqlite_path
     target = Path(args.file)
     if not source.exists():
