@@ -60,6 +60,12 @@ def ingest_lock_keys(args: tuple[Any, ...]) -> list[str]:
     return keys
 
 
+def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
+    """An ingest job's (channel, account, provider id): the batch looks them up at once."""
+    inbound: InboundMessage = args[0]
+    return inbound.channel, inbound.account, inbound.provider_message_id
+
+
 # Jobs that never emit an event: their batches do not take the feed_head lock.
 QUIET_JOBS: frozenset[Callable[..., Any]] = frozenset({
     pg.claim_outbox, pg.recover_inflight, _outbox_retry, pg.fan_out, pg.claim_deliveries,
@@ -81,7 +87,8 @@ class PostgresStore(SQLiteStore):
         self.path = config.data_dir / "postgresql"  # nothing is written there
         self.blob_dir = config.data_dir / "blobs"
         self.pg = PgEngine(config.url, batch_max=config.batch_max, quiet=QUIET_JOBS,
-                           lock_keys={_ingest: ingest_lock_keys}, on_commit=on_commit,
+                           lock_keys={_ingest: ingest_lock_keys},
+                           deferred={_ingest: ingest_dedupe_key}, on_commit=on_commit,
                            on_batch=on_batch, on_fatal=on_fatal, readers=readers)
         self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
         self._tail = FeedTail(0)

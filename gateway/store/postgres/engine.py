@@ -45,7 +45,7 @@ from gateway.store.engine import (
     _take_queued,
 )
 from gateway.store.feed import EmittedEvents
-from gateway.store.jobs.tx import Tx, WriterCache
+from gateway.store.jobs.tx import BatchRows, Tx, WriterCache
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.migrate import apply_migrations
 
@@ -59,6 +59,7 @@ _LOCK_KEYS_SQL = ("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM "
                   "unnest(?::text[]) AS k ORDER BY hashtextextended(k, 0)")
 
 LockKeys = Callable[[tuple[Any, ...]], list[str]]
+DedupeOf = Callable[[tuple[Any, ...]], tuple[str, str, str]]
 
 
 class PgEngine:
@@ -66,6 +67,7 @@ class PgEngine:
 
     def __init__(self, dsn: str, *, batch_max: int, quiet: Collection[Callable[..., Any]],
                  lock_keys: dict[Callable[..., Any], LockKeys],
+                 deferred: dict[Callable[..., Any], DedupeOf] | None = None,
                  on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
@@ -73,6 +75,8 @@ class PgEngine:
         self.batch_max = batch_max
         self.quiet = quiet  # jobs that never emit: their batches leave feed_head alone
         self.lock_keys = lock_keys  # per job: the advisory lock keys of its arguments
+        # Jobs that may run on the fast path (see _execute), with their dedupe key.
+        self.deferred = deferred or {}
         self.on_commit = on_commit
         self.on_batch = on_batch
         self.on_fatal = on_fatal
@@ -88,6 +92,7 @@ class PgEngine:
         self._head_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.seq = 0  # the newest seq handed out by this writer's open batch
+        self._numbering = False  # the open batch holds the feed_head lock
         self.committed_seq = 0  # the newest seq known committed (any instance)
         self.last_error: str | None = None
         self._commit_ok = True
@@ -171,11 +176,17 @@ class PgEngine:
         Returns the connection to go on with (a new one after the old one broke)."""
         outcomes: list[tuple[bool, Any]] | None = None
         head: int | None = None
+        optimistic = True
         for attempt in range(_BATCH_ATTEMPTS):
             try:
-                outcomes, head = self._execute(conn, batch)
+                outcomes, head = self._execute(conn, batch, optimistic)
                 self._commit_ok = True
                 break
+            except _Rerun:
+                _rollback(conn)
+                self.reruns += 1
+                optimistic = False
+                continue
             except _RETRYABLE as exc:
                 _rollback(conn)
                 self.reruns += 1
@@ -209,9 +220,16 @@ class PgEngine:
             loop.call_soon_threadsafe(_settle, results)
         return conn
 
-    def _execute(self, conn: Connection, batch: list[Job]
+    def _execute(self, conn: Connection, batch: list[Job], optimistic: bool
                  ) -> tuple[list[tuple[bool, Any]], int | None]:
-        """One transaction: locks, the jobs (a savepoint each), the feed head, commit."""
+        """One transaction: locks, the jobs, the feed head, commit.
+
+        Each round trip to the server is most of a job's cost, so when ``optimistic`` the
+        deferrable jobs (ingest) run as on SQLite's fast path: without a savepoint, their
+        dedupe lookups done in one query for the batch, their message, raw payload and
+        event rows inserted together (``BatchRows``) before any other job reads. If one
+        of them fails, :class:`_Rerun` undoes the batch and it runs again job by job.
+        """
         self.cache.clear()  # another instance may have changed what it knew
         emitted = EmittedEvents()
         now = utcnow()
@@ -229,10 +247,25 @@ class PgEngine:
             self.seq = int(row[0])
         else:
             self.seq = self.committed_seq
+        self._numbering = emits
         head_before = self.seq
         outcomes: list[tuple[bool, Any]] = []
+        rows = (BatchRows() if optimistic and any(fn in self.deferred for fn, *_ in batch)
+                else None)
+        if rows is not None:
+            _guard(rows.prefetch, conn, [self.deferred[fn](args) for fn, args, _f, _l in batch
+                                         if fn in self.deferred])
         for fn, args, _future, _loop in batch:
+            if rows is not None and fn in self.deferred:
+                tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
+                        rows, emitted)
+                outcomes.append((True, _guard(fn, tx, *args)))
+                continue
+            if rows is not None:
+                _guard(rows.flush, conn, now_iso)  # what this job may read is in the tables
             outcomes.append(self._run_job(conn, fn, args, emitted, now_iso))
+        if rows is not None:
+            _guard(rows.flush, conn, now_iso)
         head: int | None = None
         if emits and self.seq > head_before:
             head = self.seq
@@ -276,6 +309,8 @@ class PgEngine:
 
     def next_seq(self) -> int:
         """The seq of the next event (writer thread, under the feed_head lock)."""
+        if not self._numbering:  # a job listed as quiet emitted: fail it, number nothing
+            raise StoreError("an event emitted outside the feed_head lock")
         self.seq += 1
         return self.seq
 
@@ -370,6 +405,21 @@ class PgEngine:
         await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
         if not self._commit_ok:
             raise StoreError(self.last_error or "the last commit failed")
+
+
+class _Rerun(Exception):
+    """A job of the optimistic pass failed: undo the batch, run it job by job."""
+
+
+def _guard(fn: Callable[..., T], *args: Any) -> T:
+    """Run part of the optimistic pass; any failure but a lost connection or a deadlock
+    (handled by the batch) asks for the careful pass."""
+    try:
+        return fn(*args)
+    except (psycopg.OperationalError, *_RETRYABLE):
+        raise
+    except Exception as exc:
+        raise _Rerun from exc
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
