@@ -65,6 +65,7 @@ class StoreConfig:
     max_attachment_bytes: int = 25 * 1024 * 1024
     default_region: str = "US"
     batch_max: int = 256
+    claim_lease_seconds: float = 45.0  # PostgreSQL: how long a claimed row is an instance's
 
     @property
     def backend(self) -> str:
@@ -235,8 +236,11 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     max_att = section.get("max_attachment_bytes", int, 25 * 1024 * 1024)
     region = section.get("default_region", str, "US").upper()
     batch = section.get("batch_max", int, 256)
+    lease = float(section.get("claim_lease_seconds", (int, float), 45.0))
+    if lease < 1:
+        section.error("claim_lease_seconds", "must be at least 1")
     section.finish()
-    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch)
+    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch, lease)
 
 
 def _parse_outbox(section: Section | None) -> OutboxConfig:

@@ -17,7 +17,6 @@ from gateway.config import StoreConfig
 from gateway.store import base
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.postgres import PostgresStore, singleton
-from gateway.store.postgres import jobs as pg_jobs
 from gateway.store.postgres.conn import translate
 from normalizer.model import InboundMessage, Party, RemoteAttachment
 from tests.postgres.server import PgServer
@@ -123,8 +122,8 @@ async def test_two_instances_storing_the_same_messages_at_once_store_each_once(
 
 async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_out(
         stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pg_jobs, "LEASE_SECONDS", 0.5)
     a, b = await stores(2)
+    a.lease = b.lease = 0.5  # [store] claim_lease_seconds
     stored = await a.ingest(inbound("m1"), [])
     _status, reply = await a.enqueue_outbound(
         conversation_id=stored.message["conversation_id"], customer_id=None,
@@ -144,8 +143,8 @@ async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_ou
 
 async def test_webhook_deliveries_and_fetches_are_leases_too(
         stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pg_jobs, "LEASE_SECONDS", 0.5)
     a, b = await stores(2)
+    a.lease = b.lease = 0.5  # [store] claim_lease_seconds
     assert await a.fan_out("hook", lambda _t: True) == 0  # a new subscription starts now
     await a.ingest(inbound("m1", remote_attachments=[
         RemoteAttachment("https://files.example/a", "api:a", "a.pdf", "application/pdf")]), [])

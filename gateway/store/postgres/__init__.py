@@ -92,6 +92,7 @@ class PostgresStore(SQLiteStore):
                            on_batch=on_batch, on_fatal=on_fatal, readers=readers)
         self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
         self._tail = FeedTail(0)
+        self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)
 
     @property
     def tail(self) -> FeedTail:
@@ -160,7 +161,7 @@ class PostgresStore(SQLiteStore):
 
     async def claim_outbox(self, limit: int) -> list[OutboxItem]:
         """Claim due outbox rows (SKIP LOCKED, as a lease), one per conversation."""
-        return await self.pg.write(pg.claim_outbox, limit, time.time())
+        return await self.pg.write(pg.claim_outbox, limit, time.time(), self.lease)
 
     async def recover_inflight(self) -> int:
         """Rows whose lease ran out go back to pending (not another instance's sends)."""
@@ -177,7 +178,8 @@ class PostgresStore(SQLiteStore):
 
     async def claim_deliveries(self, subscription: str, limit: int) -> list[Delivery]:
         """Claim due deliveries (SKIP LOCKED, as a lease), the oldest per ordering key."""
-        return await self.pg.write(pg.claim_deliveries, subscription, limit, time.time())
+        return await self.pg.write(pg.claim_deliveries, subscription, limit, time.time(),
+                                   self.lease)
 
     async def recover_deliveries(self) -> None:
         """Deliveries whose lease ran out go back to pending."""
@@ -189,7 +191,7 @@ class PostgresStore(SQLiteStore):
 
     async def claim_fetches(self, limit: int) -> list[PendingFetch]:
         """Claim due fetches (SKIP LOCKED, as a lease)."""
-        return await self.pg.write(pg.claim_fetches, limit, time.time())
+        return await self.pg.write(pg.claim_fetches, limit, time.time(), self.lease)
 
     async def recover_fetches(self) -> int:
         """Fetches whose lease ran out go back to pending."""

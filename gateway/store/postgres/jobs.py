@@ -1,7 +1,9 @@
 """The write jobs and reads that differ on PostgreSQL: claims shared by several instances.
 
 A claim is a lease, not forever: a claimed row (outbox, webhook delivery, attachment fetch)
-is ``inflight`` until ``lease_until``; when its instance dies the lease runs out and any
+is ``inflight`` until ``lease_until`` (``[store] claim_lease_seconds``, 45 s by default:
+longer than any send or delivery takes, short enough that a dead instance's rows go out
+within a minute); when its instance dies the lease runs out and any
 instance claims it again. Claims lock their rows ``FOR UPDATE SKIP LOCKED``, so instances
 claiming at the same moment take different rows without waiting for each other. Every
 other job is the SQLite backend's own (``gateway/store/jobs/``).
@@ -19,15 +21,11 @@ from gateway.store.jobs.tx import Tx
 from gateway.store.postgres.conn import Connection
 from gateway.store.records import _conversation_json, _loads
 
-# How long a claim holds: longer than any send or delivery takes (their timeouts are 30 s
-# and less), short enough that a dead instance's rows go out within a minute.
-LEASE_SECONDS = 45.0
-
 _DUE = ("((x.state = 'pending' AND x.next_attempt_at <= ?) "
         "OR (x.state = 'inflight' AND x.lease_until < ?))")
 
 
-def claim_outbox(tx: Tx, limit: int, now: float) -> list[OutboxItem]:
+def claim_outbox(tx: Tx, limit: int, now: float, lease: float) -> list[OutboxItem]:
     """Claim due outbox rows (and rows of expired leases), at most one per conversation."""
     rows = tx.conn.execute(
         "SELECT x.seq, x.message_id, x.attempts, x.created_at FROM outbox x "
@@ -39,7 +37,7 @@ def claim_outbox(tx: Tx, limit: int, now: float) -> list[OutboxItem]:
     items = []
     for row in rows:
         tx.conn.execute("UPDATE outbox SET state = 'inflight', attempts = attempts + 1, "
-                        "lease_until = ? WHERE seq = ?", (now + LEASE_SECONDS, row["seq"]))
+                        "lease_until = ? WHERE seq = ?", (now + lease, row["seq"]))
         msg = tx.one("SELECT data FROM messages WHERE id = ?", (row["message_id"],))
         if msg is None:  # erased meanwhile
             tx.conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
@@ -99,7 +97,8 @@ def fan_out(tx: Tx, subscription: str, wants: Callable[[str], bool], limit: int,
     return added
 
 
-def claim_deliveries(tx: Tx, subscription: str, limit: int, now: float) -> list[Delivery]:
+def claim_deliveries(tx: Tx, subscription: str, limit: int, now: float,
+                     lease: float) -> list[Delivery]:
     """Claim due deliveries (and expired leases), only the oldest open one per key."""
     ids = [r[0] for r in tx.conn.execute(
         "SELECT x.id FROM webhook_deliveries x "
@@ -114,7 +113,7 @@ def claim_deliveries(tx: Tx, subscription: str, limit: int, now: float) -> list[
     marks = ",".join("?" * len(ids))
     tx.conn.execute(f"UPDATE webhook_deliveries SET state = 'inflight', "
                     f"attempts = attempts + 1, lease_until = ? WHERE id IN ({marks})",
-                    (now + LEASE_SECONDS, *ids))
+                    (now + lease, *ids))
     rows = tx.conn.execute(
         "SELECT d.id, d.seq, d.ordering_key, d.attempts, d.created_at, e.id AS event_id, "
         f"{EVENT_BODY_COLUMNS} FROM webhook_deliveries d JOIN events e ON e.seq = d.seq "
@@ -130,7 +129,7 @@ def recover_deliveries(tx: Tx) -> None:
                     "AND lease_until < ?", (time.time(),))
 
 
-def claim_fetches(tx: Tx, limit: int, now: float) -> list[PendingFetch]:
+def claim_fetches(tx: Tx, limit: int, now: float, lease: float) -> list[PendingFetch]:
     """Claim due attachment fetches (and expired leases), oldest due first."""
     rows = tx.conn.execute(
         f"SELECT x.* FROM pending_fetches x WHERE {_DUE} "
@@ -141,7 +140,7 @@ def claim_fetches(tx: Tx, limit: int, now: float) -> list[PendingFetch]:
     ids = [row["id"] for row in rows]
     tx.conn.execute(f"UPDATE pending_fetches SET state = 'inflight', attempts = attempts + 1, "
                     f"lease_until = ? WHERE id IN ({','.join('?' * len(ids))})",
-                    (now + LEASE_SECONDS, *ids))
+                    (now + lease, *ids))
     return [PendingFetch(row["id"], row["message_id"], row["source"], row["url"],
                          row["filename"], row["content_type"], row["attempts"] + 1,
                          row["created_at"]) for row in rows]
