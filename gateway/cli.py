@@ -161,10 +161,23 @@ def progress(description: str, stream: TextIO | None = None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending schema migrations (the daemon does this at start too)."""
+    """Apply pending schema migrations (the daemon does this at start too); with
+    ``--from``/``--to``, move a store between SQLite and PostgreSQL."""
     from gateway.store.sqlite import apply_migrations
 
+    if args.source or args.target:
+        return _transfer(args)
     config = _store_config(args)
+    if config.store.backend == "postgresql":
+        from gateway.store.postgres.conn import Connection
+        from gateway.store.postgres.migrate import apply_migrations as pg_migrate
+        pg_conn = Connection.connect(config.store.url, application_name="omnirelay-migrate")
+        try:
+            applied = pg_migrate(pg_conn)
+        finally:
+            pg_conn.close()
+        print(f"PostgreSQL store: applied {applied or 'nothing'}; schema is current")
+        return 0
     path = config.store.sqlite_path
     make_store_private(config.store)
     with _store_locked(path, "the daemon migrates at start"):
@@ -177,6 +190,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         finally:
             conn.close()
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """``migrate --from URL --to URL`` (docs/postgresql.md): copy every row, ids and seqs
+    kept, into an empty store; resumable; a SQLite end is locked against a running daemon."""
+    from gateway.config import StoreConfig
+    from gateway.store.transfer import TransferError, default_progress, transfer
+
+    if not (args.source and args.target):
+        print("omnirelay: migrate needs both --from URL and --to URL", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        for url in (args.source, args.target):
+            if url.startswith("sqlite:///"):
+                stack.enter_context(_store_locked(StoreConfig(url=url).sqlite_path,
+                                                  "stop the daemon first"))
+        try:
+            counts = transfer(args.source, args.target, progress=default_progress())
+        except (TransferError, OmnirelayError) as exc:
+            print(f"omnirelay: {exc.message}", file=sys.stderr)
+            return 1
+    total = sum(counts.values())
+    print(f"copied {total:,} rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n))
     return 0
 
 
@@ -209,9 +246,9 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
 
 async def _with_store(config: Config, action: str, arg: str) -> object:
     from gateway.store.base import AdminStore
-    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.select import make_store
 
-    store: AdminStore = SQLiteStore(config.store)
+    store: AdminStore = make_store(config.store)
     await store.open()
     try:
         if action == "erase":
@@ -260,6 +297,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     ``<data_dir>/blobs`` (immutable, content-addressed files): copy that directory after.
     """
     config = _store_config(args)
+    if config.store.backend == "postgresql":
+        print("omnirelay: backup copies a SQLite store; back a PostgreSQL store up with "
+              "pg_dump or pg_basebackup (docs/postgresql.md)", file=sys.stderr)
+        return 1
     source = config.store.sqlite_path
     target = Path(args.file)
     if not source.exists():
@@ -400,8 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c")
     p = add("check-config", cmd_check_config, "validate a config file")
     p.add_argument("file")
-    p = add("migrate", cmd_migrate, "apply schema migrations")
+    p = add("migrate", cmd_migrate, "apply schema migrations, or move a store "
+            "(--from sqlite:///… --to postgresql://…, and back)")
     p.add_argument("--config", "-c")
+    p.add_argument("--from", dest="source", metavar="URL", help="store to copy from")
+    p.add_argument("--to", dest="target", metavar="URL", help="empty store to copy into")
     p = add("backup", cmd_backup, "online backup of the SQLite store (daemon may run)")
     p.add_argument("file")
     p.add_argument("--config", "-c")

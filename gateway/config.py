@@ -68,10 +68,19 @@ class StoreConfig:
     max_attachment_bytes: int = 25 * 1024 * 1024
     default_region: str = "US"
     batch_max: int = 256
+    claim_lease_seconds: float = 45.0  # PostgreSQL: how long a claimed row is an instance's
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``, by the URL's scheme."""
+        return "postgresql" if self.url.startswith("postgresql://") else "sqlite"
 
     @property
     def sqlite_path(self) -> Path:
-        """The SQLite database file of a ``sqlite:`` URL."""
+        """The SQLite database file of a ``sqlite:`` URL (a PostgreSQL store has none: a
+        path in the data dir that is never created, so file helpers stay harmless)."""
+        if self.backend == "postgresql":
+            return self.data_dir / "omnirelay.db"
         path = self.url.removeprefix("sqlite://")
         # sqlite:////abs → "//abs" → "/abs"; sqlite:///rel → "/rel" → "rel"
         return Path(path[1:]) if path.startswith("/") else Path(path)
@@ -222,15 +231,12 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     data_dir = Path(section.get("data_dir", str, str(data_dir)))
     if not url:
         url = f"sqlite:///{data_dir}/omnirelay.db"
-    if not url.startswith("sqlite:///"):
-        if url.startswith("postgresql://"):
-            section.error("url", "the PostgreSQL store is not available in this build",
-                          "use a sqlite:/// URL")
-        else:
-            # The scheme only: a database URL may carry a password.
-            scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-            section.error("url", f"unsupported store URL scheme {scheme!r}",
-                          "sqlite:////abs/path.db or sqlite:///relative.db")
+    if not url.startswith(("sqlite:///", "postgresql://")):
+        # The scheme only: a database URL may carry a password.
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        section.error("url", f"unsupported store URL scheme {scheme!r}",
+                      "sqlite:////abs/path.db, sqlite:///relative.db or "
+                      "postgresql://user@host/db (docs/postgresql.md)")
     sync = section.get("synchronous", str, "FULL").upper()
     if sync not in SYNC_MODES:
         section.error("synchronous", f"must be one of {', '.join(SYNC_MODES)}")
@@ -242,8 +248,11 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     max_att = section.get("max_attachment_bytes", int, 25 * 1024 * 1024)
     region = section.get("default_region", str, "US").upper()
     batch = section.get("batch_max", int, 256)
+    lease = float(section.get("claim_lease_seconds", (int, float), 45.0))
+    if lease < 1:
+        section.error("claim_lease_seconds", "must be at least 1")
     section.finish()
-    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch)
+    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch, lease)
 
 
 def _parse_stats(section: Section | None) -> StatsConfig:

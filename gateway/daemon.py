@@ -50,7 +50,8 @@ from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.select import make_store
+from gateway.supervisor import LoopGroup
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
 from outbox.worker import OutboxWorker
@@ -68,13 +69,15 @@ class StoreLock:
     process dies, so a crash never leaves a stale lock behind.
     """
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, shared: bool = False) -> None:
         self.path = db_path.with_name(db_path.name + ".lock")
         self._fd: int | None = None
+        self.shared = shared  # a PostgreSQL store: nothing to lock here
+
 
     def acquire(self) -> None:
         """Take the lock or raise StoreError naming the pid that holds it."""
-        if self._fd is not None:
+        if self._fd is not None or self.shared:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -103,10 +106,11 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.feed = FeedNotifier()
-        self.sqlite = SQLiteStore(config.store, on_commit=self._committed,
-                                  on_batch=self.metrics.store_batch.observe,
-                                  on_fatal=self._store_failed,
-                                  on_samples=self.metrics.observe_support)
+        # make_store: SQLite, or PostgreSQL for several instances (docs/postgresql.md).
+        self.sqlite = make_store(config.store, on_commit=self._committed,
+                                 on_batch=self.metrics.store_batch.observe,
+                                 on_fatal=self._store_failed,
+                                 on_samples=self.metrics.observe_support)
         self.store: Store = self.sqlite
         # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
         self.sqlite.automation = self.automation = automation_for(config)
@@ -142,7 +146,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
         self.bound_port: int | None = None
-        self.lock = StoreLock(config.store.sqlite_path)
+        # SQLite has one writer; on PostgreSQL several instances share the database.
+        self.lock = StoreLock(config.store.sqlite_path, shared=config.store.backend != "sqlite")
         self.reload_note = ""
 
     # ------------------------------------------------------------------ wiring
@@ -214,6 +219,9 @@ class Gateway:
             authorize=check_token, store=self.store, stopping=self.stopping,
             media=self.media, receipts=ReceiptSink(self.store), groups=account.groups,
             ingest_all=self.ingest.ingest_all,
+            # Several instances on PostgreSQL: an adapter's loops (IMAP mailboxes, polling)
+            # run on the one instance that owns them (advisory locks, docs/postgresql.md).
+            loops=LoopGroup(getattr(self.store, "run_owned", None)),
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:

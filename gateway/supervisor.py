@@ -36,6 +36,11 @@ log = structlog.get_logger(__name__)
 LoopBody = Callable[["SupervisedLoop"], Awaitable[None]]
 """Runs until it fails (raise) or is done (return); reports progress with ``loop.ok()``."""
 
+Ownership = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]]
+"""Runs a named loop's body only while this instance owns the name (several instances on one
+PostgreSQL store: one IMAP session per mailbox); waits for ownership first, and fails when
+ownership is lost. See ``PostgresStore.run_owned``."""
+
 DEFAULT_BACKOFF = Backoff(base=1.0, cap=300.0)
 SLOW_RETRY_FAILURES = 5
 """Bad credentials or settings cannot fix themselves quickly: retry as if failed this often."""
@@ -61,10 +66,12 @@ class LoopHealth:
 class SupervisedLoop:
     """Runs one body again and again until stopped; see the module docstring."""
 
-    def __init__(self, name: str, body: LoopBody, *, backoff: Backoff = DEFAULT_BACKOFF) -> None:
+    def __init__(self, name: str, body: LoopBody, *, backoff: Backoff = DEFAULT_BACKOFF,
+                 owner: Ownership | None = None) -> None:
         self.name = name
         self.body = body
         self.backoff = backoff
+        self.owner = owner
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.restarts = 0
@@ -106,7 +113,10 @@ class SupervisedLoop:
         while True:
             self.running = True
             try:
-                await self.body(self)
+                if self.owner is None:
+                    await self.body(self)
+                else:
+                    await self.owner(self.name, lambda: self.body(self))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # supervisor: every failure is recorded and retried
@@ -131,13 +141,14 @@ class SupervisedLoop:
 class LoopGroup:
     """The supervised loops of one owner (an adapter), stopped together in reverse order."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Ownership | None = None) -> None:
         self.loops: list[SupervisedLoop] = []
+        self.owner = owner  # set: each loop runs only while this instance owns its name
 
     def supervise(self, name: str, body: LoopBody, *,
                   backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:
         """Start ``body`` under supervision and return its loop (for ``ok()`` and health)."""
-        loop = SupervisedLoop(name, body, backoff=backoff)
+        loop = SupervisedLoop(name, body, backoff=backoff, owner=self.owner)
         self.loops.append(loop)
         loop.start()
         return loop

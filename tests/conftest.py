@@ -20,6 +20,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+# Store fixtures for both backends (SQLite and a real PostgreSQL): tests/postgres/fixtures.py
+pytest_plugins = ["tests.postgres.fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-admin-token-0123456789"
 READ_TOKEN = "test-read-token-0123456789"

@@ -49,8 +49,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_contains_the_migrations_and_the_command(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {f"gateway/store/migrations/{p.name}"
-               for p in (ROOT / "gateway" / "store" / "migrations").glob("*.sql")}
+    shipped = {f"gateway/store/{folder}/{p.name}" for folder in ("migrations", "migrations_pg")
+               for p in (ROOT / "gateway" / "store" / folder).glob("*.sql")}
     assert shipped and shipped <= names
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names

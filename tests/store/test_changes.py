@@ -10,23 +10,23 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.config import StoreConfig
 from gateway.errors import Conflict, NotFound
 from gateway.ids import utcnow
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import Group, InboundMessage, MessageChange, Party, Reaction
 from normalizer.timestamps import parse_iso
+from tests.postgres.fixtures import new_store, store_config
 
 ACCOUNT = Party("external", "omnirelay:a")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A fresh store in a temp dir."""
-    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
-                         synchronous="NORMAL")
-    s = SQLiteStore(config)
+async def store(tmp_path: Path, backend: str,
+                request: pytest.FixtureRequest) -> AsyncIterator[SQLiteStore]:
+    """A fresh store of each backend (SQLite in a temp dir, a new PostgreSQL database)."""
+    config = store_config(backend, tmp_path, request, synchronous="NORMAL")
+    s = new_store(config)
     await s.open()
     yield s
     await s.close()

@@ -15,14 +15,15 @@ from gateway.config import StoreConfig
 from gateway.store.base import StoredAttachment
 from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage, Party, RemoteAttachment
+from tests.postgres.fixtures import new_store, store_config
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A fresh store in a temp dir."""
-    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
-                         synchronous="FULL")
-    s = SQLiteStore(config)
+async def store(tmp_path: Path, backend: str,
+                request: pytest.FixtureRequest) -> AsyncIterator[SQLiteStore]:
+    """A fresh store of each backend (SQLite in a temp dir, a new PostgreSQL database)."""
+    config = store_config(backend, tmp_path, request, synchronous="FULL")
+    s = new_store(config)
     await s.open()
     yield s
     await s.close()

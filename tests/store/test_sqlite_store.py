@@ -20,15 +20,16 @@ from gateway.ids import iso, utcnow
 from gateway.store.feed import read_events
 from gateway.store.sqlite import SQLiteStore, apply_migrations, migration_scripts
 from normalizer.model import InboundMessage, Party
+from tests.postgres.fixtures import new_store, store_config
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A fresh store in a temp dir."""
-    config = StoreConfig(url=f"sqlite:///{tmp_path}/s.db", data_dir=tmp_path,
-                         synchronous="NORMAL")
+async def store(tmp_path: Path, backend: str,
+                request: pytest.FixtureRequest) -> AsyncIterator[SQLiteStore]:
+    """A fresh store of each backend (SQLite in a temp dir, a new PostgreSQL database)."""
+    config = store_config(backend, tmp_path, request, synchronous="NORMAL")
     seqs: list[int] = []
-    s = SQLiteStore(config, on_commit=seqs.append)
+    s = new_store(config, on_commit=seqs.append)
     await s.open()
     s.commits = seqs  # type: ignore[attr-defined]
     yield s

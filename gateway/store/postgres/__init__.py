@@ -1,0 +1,241 @@
+"""The PostgreSQL store: several gateway instances on one database.
+
+``PostgresStore`` serves every role of :class:`gateway.store.base.Store` with the same
+write jobs and reads as the SQLite store (run through :mod:`.conn`, so the rules exist
+once), on its own engine (:mod:`.engine`: cross-instance seqs, LISTEN/NOTIFY, advisory
+locks), with the claims that several instances share (:mod:`.jobs`: SKIP LOCKED leases).
+docs/postgresql.md tells the whole story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from gateway.automation.jobs import Automation
+from gateway.config import StoreConfig
+from gateway.errors import StoreError
+from gateway.ids import iso, utcnow
+from gateway.store.base import (
+    JSON,
+    Delivery,
+    OutboxItem,
+    Page,
+    PendingFetch,
+)
+from gateway.store.feed import FeedTail, read_events
+from gateway.store.jobs.customers import _set_checkpoint
+from gateway.store.jobs.ingest import _ingest
+from gateway.store.jobs.media import _fetch_retry
+from gateway.store.jobs.outbound import _outbox_retry
+from gateway.store.jobs.retention import _erase_customer, _purge
+from gateway.store.jobs.stats import Sample
+from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
+from gateway.store.postgres import jobs as pg
+from gateway.store.postgres.conn import Connection
+from gateway.store.postgres.engine import PgEngine
+from gateway.store.postgres.singleton import run_owned
+from gateway.store.sqlite import SQLiteStore
+from normalizer.model import InboundMessage
+
+__all__ = ["PostgresStore"]
+
+
+def ingest_lock_keys(args: tuple[Any, ...]) -> list[str]:
+    """What an ingest job decides under a lock: its dedupe key, its sender's identities
+    (and an echo's recipient), its group. Two instances storing the same message, or two
+    messages of one new customer, take turns; unrelated messages do not wait."""
+    inbound: InboundMessage = args[0]
+    keys = [f"m\x1f{inbound.channel}\x1f{inbound.account}\x1f{inbound.provider_message_id}"]
+    for party in (inbound.sender, inbound.recipient, *inbound.linked_identities):
+        if party is not None and party.address:
+            keys.append(f"i\x1f{party.kind}\x1f{party.address}")
+    if inbound.group is not None:
+        keys.append(f"g\x1f{inbound.channel}\x1f{inbound.account}\x1f{inbound.group.id}")
+    return keys
+
+
+def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
+    """An ingest job's (channel, account, provider id): the batch looks them up at once."""
+    inbound: InboundMessage = args[0]
+    return inbound.channel, inbound.account, inbound.provider_message_id
+
+
+# Jobs that never emit an event: their batches do not take the feed_head lock.
+QUIET_JOBS: frozenset[Callable[..., Any]] = frozenset({
+    pg.claim_outbox, pg.recover_inflight, _outbox_retry, pg.fan_out, pg.claim_deliveries,
+    _delivery_done, _delivery_retry, pg.recover_deliveries, _replay, pg.claim_fetches,
+    _fetch_retry, pg.recover_fetches, _set_checkpoint})
+
+
+class PostgresStore(SQLiteStore):
+    """The store on PostgreSQL. It keeps the SQLite store's facade (each method queues the
+    same job or runs the same read) and replaces the engine and the shared claims."""
+
+    def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None,
+                 on_fatal: Callable[[str], None] | None = None, readers: int = 4,
+                 on_samples: Callable[[list[Sample]], None] | None = None) -> None:
+        # Not SQLiteStore.__init__: no SQLite engine. Blobs stay files under data_dir
+        # (shared storage when several instances serve attachments: docs/postgresql.md).
+        self.config = config
+        self.url = config.url
+        self.path = config.data_dir / "postgresql"  # nothing is written there
+        self.blob_dir = config.data_dir / "blobs"
+        self.pg = PgEngine(config.url, batch_max=config.batch_max, quiet=QUIET_JOBS,
+                           lock_keys={_ingest: ingest_lock_keys},
+                           deferred={_ingest: ingest_dedupe_key}, on_commit=on_commit,
+                           on_batch=on_batch, on_fatal=on_fatal, readers=readers)
+        self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
+        self._tail = FeedTail(0)
+        self.on_samples = on_samples  # TODO(integration): hand over the stats' samples
+        self.automation: Automation | None = None
+        self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)
+
+    @property
+    def tail(self) -> FeedTail:
+        """Unused on PostgreSQL (every instance reads the feed from the table)."""
+        return self._tail
+
+    async def open(self) -> None:
+        """Create the blob dir, connect, migrate (once across instances), start."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        await self.pg.open()
+
+    async def close(self) -> None:
+        """Let queued writes commit, then close the connections."""
+        await self.pg.close()
+
+    async def ping(self) -> None:
+        """Raise StoreError unless a read and the last commit succeeded."""
+        await self.pg.ping()
+
+    # ---------------------------------------------------------------- feed
+
+    async def events_after(self, after: int, limit: int) -> Page:
+        """Up to ``limit`` events with seq > ``after``, up to the committed head (which
+        every instance learns from LISTEN/NOTIFY at once)."""
+        head = self.pg.committed_seq
+        if after >= head:
+            return Page([], after, [])
+        return await self.pg.read(read_events, after, head, limit)
+
+    async def head_seq(self) -> int:
+        """The newest committed seq (this instance's commits and every other's)."""
+        return self.pg.committed_seq
+
+    # ---------------------------------------------------------------- removal
+
+    async def _unreferenced_blobs(self, digests: list[str]) -> None:
+        if not digests:
+            return
+        def still_used(conn: Connection) -> set[str]:
+            marks = ",".join("?" * len(digests))
+            return {r[0] for r in conn.execute(
+                f"SELECT DISTINCT sha256 FROM attachments WHERE sha256 IN ({marks})", digests)}
+        used = await self.pg.read(still_used)
+        def unlink() -> None:
+            for digest in digests:
+                if digest not in used:
+                    self.blob_path(digest).unlink(missing_ok=True)
+        await asyncio.to_thread(unlink)
+
+    async def erase_customer(self, customer_id: str) -> JSON:
+        """Delete everything of a customer (PostgreSQL's VACUUM reclaims the rows)."""
+        result: JSON = await self.pg.write(_erase_customer, customer_id)
+        await self._unreferenced_blobs(result.pop("_blobs"))
+        return result
+
+    async def purge_older_than(self, days: int) -> dict[str, int]:
+        """Retention: drop raw payloads and attachment bytes older than ``days``."""
+        result: dict[str, Any] = await self.pg.write(_purge, iso(utcnow() - timedelta(days=days)))
+        await self._unreferenced_blobs(result.pop("_blobs"))
+        return result
+
+    async def reclaim_space(self, step: int = 2048) -> None:
+        """Nothing to do: autovacuum reuses the space."""
+
+    # ---------------------------------------------------------------- shared claims
+
+    async def claim_outbox(self, limit: int) -> list[OutboxItem]:
+        """Claim due outbox rows (SKIP LOCKED, as a lease), one per conversation."""
+        return await self.pg.write(pg.claim_outbox, limit, time.time(), self.lease)
+
+    async def recover_inflight(self) -> int:
+        """Rows whose lease ran out go back to pending (not another instance's sends)."""
+        return await self.pg.write(pg.recover_inflight)
+
+    async def next_outbox_due(self) -> float | None:
+        """When the earliest outbox row is due, leases counted."""
+        return await self.pg.read(pg.next_outbox_due)
+
+    async def fan_out(self, subscription: str, wants: Callable[[str], bool],
+                      limit: int = 1000) -> int:
+        """Turn new events into delivery rows (the cursor row locked)."""
+        return await self.pg.write(pg.fan_out, subscription, wants, limit, time.time())
+
+    async def claim_deliveries(self, subscription: str, limit: int) -> list[Delivery]:
+        """Claim due deliveries (SKIP LOCKED, as a lease), the oldest per ordering key."""
+        return await self.pg.write(pg.claim_deliveries, subscription, limit, time.time(),
+                                   self.lease)
+
+    async def recover_deliveries(self) -> None:
+        """Deliveries whose lease ran out go back to pending."""
+        await self.pg.write(pg.recover_deliveries)
+
+    async def next_delivery_due(self, subscription: str) -> float | None:
+        """When the subscription's earliest delivery is due, leases counted."""
+        return await self.pg.read(pg.next_delivery_due, subscription)
+
+    async def claim_fetches(self, limit: int) -> list[PendingFetch]:
+        """Claim due fetches (SKIP LOCKED, as a lease)."""
+        return await self.pg.write(pg.claim_fetches, limit, time.time(), self.lease)
+
+    async def recover_fetches(self) -> int:
+        """Fetches whose lease ran out go back to pending."""
+        return await self.pg.write(pg.recover_fetches)
+
+    async def next_fetch_due(self) -> float | None:
+        """When the earliest fetch is due, leases counted."""
+        return await self.pg.read(pg.next_fetch_due)
+
+    # ---------------------------------------------------------------- singleton work
+
+    async def run_owned(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run a named loop's body only while this instance owns it (an advisory lock; see
+        :mod:`.singleton`): several instances, one IMAP session per mailbox."""
+        await run_owned(self.url, name, body)
+
+    # ---------------------------------------------------------------- backup
+
+    async def backup(self, target: Path) -> None:
+        """A consistent online copy with pg_dump (custom format; pg_restore reads it)."""
+        pg_dump = shutil.which("pg_dump") or _debian_bin("pg_dump")
+        if pg_dump is None:
+            raise StoreError("pg_dump not found: install postgresql-client")
+        def work() -> None:
+            done = subprocess.run([pg_dump, "--format=custom", f"--file={target}",
+                                   f"--dbname={self.url}"], capture_output=True, text=True,
+                                  check=False)
+            if done.returncode != 0:
+                raise StoreError(f"pg_dump failed: {done.stderr.strip()[:300]}")
+        await asyncio.to_thread(work)
+
+
+def _debian_bin(name: str) -> str | None:
+    """Debian keeps the server's tools under /usr/lib/postgresql/<version>/bin."""
+    root = Path("/usr/lib/postgresql")
+    if not root.is_dir():
+        return None
+    for version in sorted(root.iterdir(), reverse=True):
+        path = version / "bin" / name
+        if os.access(path, os.X_OK):
+            return str(path)
+    return None

@@ -1,0 +1,1 @@
+"""The PostgreSQL fixtures (tests/store uses them too, through tests/conftest.py)."""

@@ -1,0 +1,195 @@
+"""The PostgreSQL store where it differs from SQLite: several stores (instances) on one
+database: leases, concurrent writers, the feed seen by every instance, the migration lock,
+singleton loops; and the SQL translation the shared jobs go through."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.config import StoreConfig
+from gateway.store import base
+from gateway.store.base import OutboundRequest, Route
+from gateway.store.postgres import PostgresStore, singleton
+from gateway.store.postgres.conn import translate
+from normalizer.model import InboundMessage, Party, RemoteAttachment
+from tests.postgres.server import PgServer
+from tests.store.test_interface import ROLES, _methods
+
+ROUTE = Route("api", "a", Party("external", "omnirelay:a"), ("external",))
+
+OpenStores = Callable[..., Awaitable[list[PostgresStore]]]
+
+
+@pytest.fixture
+async def stores(pg_server: PgServer, tmp_path: Path) -> AsyncIterator[OpenStores]:
+    """``await stores(n)``: n stores (as n instances would) on one fresh database."""
+    opened: list[PostgresStore] = []
+
+    async def open_stores(count: int, dsn: str | None = None,
+                          **kwargs: object) -> list[PostgresStore]:
+        url = dsn or pg_server.fresh_database()
+        made = [PostgresStore(StoreConfig(url=url, data_dir=tmp_path / f"i{i}"), **kwargs)
+                for i in range(count)]
+        await asyncio.gather(*(s.open() for s in made))
+        opened.extend(made)
+        return made
+
+    yield open_stores
+    for store in opened:
+        await store.close()
+
+
+def inbound(provider_id: str, sender: str = "u1", **kwargs: object) -> InboundMessage:
+    return InboundMessage(channel="api", account="a", provider_message_id=provider_id,
+                          sender=Party("external", sender), text="hi", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.__name__)
+def test_the_postgres_store_implements_each_role_with_the_declared_signatures(
+        role: type) -> None:
+    for name in _methods(role):
+        declared = inspect.signature(getattr(role, name))
+        assert inspect.signature(getattr(PostgresStore, name)) == declared, name
+        assert (inspect.iscoroutinefunction(getattr(PostgresStore, name))
+                == inspect.iscoroutinefunction(getattr(role, name))), name
+    assert isinstance(PostgresStore.__dict__.get("run_owned"), Callable)  # type: ignore[arg-type]
+    assert base.Store  # every role above is the Store
+
+
+def test_sqlite_spellings_become_postgres_ones() -> None:
+    assert translate("SELECT a FROM t WHERE b = ? AND c = '?' AND d LIKE 'x%'") == (
+        "SELECT a FROM t WHERE b = %s AND c = '?' AND d LIKE 'x%%'", None)
+    assert translate("UPDATE t SET a = CASE WHEN b = ?1 THEN NULL END, c = ?2 WHERE d = ?1") == (
+        "UPDATE t SET a = CASE WHEN b = %s THEN NULL END, c = %s WHERE d = %s", (0, 1, 0))
+    sql, _ = translate("INSERT OR IGNORE INTO t (a) VALUES (?)")
+    assert sql == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    sql, _ = translate("DELETE FROM k WHERE json_extract(response, '$.id') IN (?)")
+    assert sql == "DELETE FROM k WHERE (response::jsonb ->> 'id') IN (%s)"
+
+
+async def test_stores_opened_at_once_on_an_empty_database_migrate_it_once(
+        pg_server: PgServer, stores: OpenStores) -> None:
+    dsn = pg_server.new_database(template=None)
+    await stores(3, dsn)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert [r[0] for r in rows] == list(range(1, 8))
+
+
+async def test_an_event_committed_by_one_instance_reaches_the_others_feed_at_once(
+        stores: OpenStores) -> None:
+    heads: list[int] = []
+    arrived = asyncio.Event()
+
+    def committed(seq: int) -> None:
+        heads.append(seq)
+        arrived.set()
+
+    a, = await stores(1)
+    b, = await stores(1, a.url, on_commit=committed)
+    result = await a.ingest(inbound("m1"), [])
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert heads[-1] == await a.head_seq() == 3
+    page = await b.events_after(0, 10)
+    assert page.seqs == [1, 2, 3]
+    assert b"message.received" in page.bodies[-1]
+    assert result.message["id"].encode() in page.bodies[-1]
+
+
+async def test_two_instances_storing_the_same_messages_at_once_store_each_once(
+        stores: OpenStores) -> None:
+    a, b = await stores(2)
+    messages = [inbound(f"m{i}", sender=f"u{i % 5}") for i in range(40)]
+    results = await asyncio.gather(*(s.ingest(m, []) for m in messages for s in (a, b)))
+    assert sum(r.created for r in results) == 40
+    for message in messages:
+        ids = {r.message["id"] for r in results
+               if r.message["provider"]["message_id"] == message.provider_message_id}
+        assert len(ids) == 1
+    customers = {r.message["customer_id"] for r in results}
+    conversations = {r.message["conversation_id"] for r in results}
+    assert len(customers) == 5 and len(conversations) == 5
+    page = await a.events_after(0, 1000)
+    assert page.seqs == list(range(1, 5 * 2 + 40 + 1))  # gapless, in order
+
+
+async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_out(
+        stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = await stores(2)
+    a.lease = b.lease = 0.5  # [store] claim_lease_seconds
+    stored = await a.ingest(inbound("m1"), [])
+    _status, reply = await a.enqueue_outbound(
+        conversation_id=stored.message["conversation_id"], customer_id=None,
+        request=OutboundRequest(text="hello"), routes=[ROUTE], idempotency=None)
+    claimed, elsewhere = await asyncio.gather(a.claim_outbox(10), b.claim_outbox(10))
+    assert len(claimed) + len(elsewhere) == 1  # SKIP LOCKED: one instance has it
+    assert await b.claim_outbox(10) == []
+    assert await b.recover_inflight() == 0  # a live lease is not taken back at start
+    due = await b.next_outbox_due()
+    assert due is not None and due <= time.time() + 0.5
+    await asyncio.sleep(max(0.0, due - time.time()) + 0.05)
+    (again,) = await b.claim_outbox(10)  # the first instance "died" holding it
+    assert again.message["id"] == reply["id"] and again.attempts == 2
+    await b.outbox_sent(reply["id"], "p-1")
+    assert await a.claim_outbox(10) == []
+
+
+async def test_webhook_deliveries_and_fetches_are_leases_too(
+        stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = await stores(2)
+    a.lease = b.lease = 0.5  # [store] claim_lease_seconds
+    assert await a.fan_out("hook", lambda _t: True) == 0  # a new subscription starts now
+    await a.ingest(inbound("m1", remote_attachments=[
+        RemoteAttachment("https://files.example/a", "api:a", "a.pdf", "application/pdf")]), [])
+    added = await asyncio.gather(a.fan_out("hook", lambda _t: True),
+                                 b.fan_out("hook", lambda _t: True))
+    assert sum(added) == 3  # customer, conversation, message: once, not twice
+    first = await a.claim_deliveries("hook", 10)
+    assert [d.seq for d in first] == [1, 2]  # 3 waits for 2 (same conversation: in order)
+    assert await b.claim_deliveries("hook", 10) == []
+    fetch, = await a.claim_fetches(10)
+    assert await b.claim_fetches(10) == []
+    await asyncio.sleep(0.6)
+    assert [d.seq for d in await b.claim_deliveries("hook", 10)] == [1, 2]
+    again, = await b.claim_fetches(10)
+    assert again.id == fetch.id and again.attempts == 2
+
+
+async def test_a_singleton_runs_on_one_instance_and_moves_when_its_owner_dies(
+        pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(singleton, "POLL_SECONDS", 0.1)
+    monkeypatch.setattr(singleton, "CHECK_SECONDS", 0.2)
+    dsn = pg_server.fresh_database()
+    running: list[str] = []
+    started = asyncio.Event()
+
+    def body(who: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            running.append(who)
+            started.set()
+            await asyncio.Event().wait()
+        return run
+
+    first = asyncio.create_task(singleton.run_owned(dsn, "imap:mailbox", body("first")))
+    await asyncio.wait_for(started.wait(), 5)
+    second = asyncio.create_task(singleton.run_owned(dsn, "imap:mailbox", body("second")))
+    await asyncio.sleep(0.5)
+    assert running == ["first"]  # the second waits its turn
+    started.clear()
+    with psycopg.connect(dsn, autocommit=True) as admin:  # the owner's session dies
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'omnirelay-own:imap:mailbox' AND pid IN "
+                      "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)")
+    await asyncio.wait_for(started.wait(), 5)
+    assert running == ["first", "second"]
+    with pytest.raises(Exception, match=r"lost the lock|ownership"):
+        await asyncio.wait_for(first, 5)  # the old owner's body was stopped
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
