@@ -531,7 +531,9 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
                 "languages": {"type": "array", "items": _STR},
                 "variables": {"type": "array", "items": _STR},
                 "channels": {"type": "array", "items": _STR},
-                "text": {"type": "object", "additionalProperties": _STR}},
+                "text": {"type": "object", "additionalProperties": _STR},
+                # By account type: the provider-approved template standing in for it.
+                "approved": {"type": "object", "additionalProperties": _STR}},
                 ["name", "languages", "variables"])}}, ["templates"])))},
         "/v1/channels": {"get": _op(
             "Each configured account: running, last error, counters",

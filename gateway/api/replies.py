@@ -60,6 +60,7 @@ async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
     if not text and not attachments and not template:
         raise ValidationFailed("a message needs text, attachments or a template")
     html, subject = body.get("html"), body.get("subject")
+    approved: str | None = None  # what a provider may send where only approved ones may go
     if template:
         if "text" in body:
             raise ValidationFailed("give text or a template, not both", field="template")
@@ -68,6 +69,7 @@ async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
         rendered = await render_for(request, body, conversation_id=conversation_id,
                                     customer_id=customer_id)
         text, html, subject = rendered.text, html or rendered.html, subject or rendered.subject
+        approved = rendered.approved
     gateway = gw(request)
     limit = gateway.config.store.max_attachment_bytes
     for att in attachments:
@@ -77,7 +79,7 @@ async def _outbound_request(request: web.Request, body: Any, *, proactive: bool,
         [(a.filename, a.content_type, a.data, False, None) for a in attachments])
     return OutboundRequest(
         text=text or "", attachments=tuple(stored), agent=agent_param(body.get("agent")),
-        html=html, subject=subject, template=template,
+        html=html, subject=subject, template=approved,
         variables=variables, channel=body.get("channel"), account=body.get("account"))
 
 

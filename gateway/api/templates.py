@@ -63,16 +63,17 @@ async def render_for(request: web.Request, body: dict[str, Any], *,
     if channel is None:  # a proactive message names its channel (checked before)
         raise ValidationFailed("a template needs the channel it goes out on", field="channel")
     default = automation.language
+    account_type: str | None = None
     for route in gateway.routes():
         if route.channel == channel and (account is None or route.account == account):
-            settings = automation.for_account(_account_type(gateway, channel, route.account),
-                                              route.account)
+            account_type = _account_type(gateway, channel, route.account)
+            settings = automation.for_account(account_type, route.account)
             if settings is not None and settings.language:
                 default = settings.language
             break
     try:
         return render(template, body.get("variables") or {}, channel=channel,
-                      language=language, default_language=default)
+                      language=language, default_language=default, account_type=account_type)
     except TemplateError as exc:
         raise ValidationFailed(str(exc), field=exc.field) from exc
 

@@ -171,8 +171,16 @@ def _parse_template(name: str, section: Section, language: str) -> Template | No
             channels[channel] = languages
             per.finish()
         channel_section.finish()
+    approved: dict[str, str] = {}
+    approved_section = section.sub("approved")
+    if approved_section is not None:
+        for account_type in list(approved_section.data):
+            value = approved_section.get(account_type, str)
+            if value:
+                approved[account_type] = value
+        approved_section.finish()
     for key in list(section.data):
-        if key in ("description", "channels", "text", "subject", "html"):
+        if key in ("description", "channels", "text", "subject", "html", "approved"):
             continue
         if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", key):
             continue  # reported as an unknown key by finish()
@@ -184,7 +192,7 @@ def _parse_template(name: str, section: Section, language: str) -> Template | No
         section.error("text", "a template needs a text, or a table per language",
                       f'[templates.{name}.en] text = "…"')
         return None
-    return Template(name, variants, channels, description)
+    return Template(name, variants, channels, description, approved)
 
 
 def _parse_variant(section: Section, *, required: bool = True) -> Variant | None:

@@ -56,6 +56,10 @@ class Template:
     variants: Mapping[str, Variant]
     channels: Mapping[str, Mapping[str, Variant]] = field(default_factory=dict)
     description: str | None = None
+    # By account type (``meta``, ``twilio``): the provider-approved template that stands for
+    # this one where only such a template may be sent (WhatsApp outside its 24-hour window):
+    # a Meta template name, a Twilio Content SID. Variables go along as its parameters.
+    approved: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -76,6 +80,7 @@ class Template:
         return {
             "name": self.name, "description": self.description, "languages": self.languages,
             "variables": self.variables(), "channels": sorted(self.channels),
+            "approved": dict(sorted(self.approved.items())),
             "text": {lang: v.text for lang, v in self.variants.items()},
         }
 
@@ -88,6 +93,7 @@ class Rendered:
     html: str | None
     subject: str | None
     language: str
+    approved: str | None = None  # the provider's approved template for the account's type
 
 
 def placeholders(text: str) -> list[str]:
@@ -104,7 +110,8 @@ def choose_language(template: Template, wanted: str | None, default: str | None)
 
 
 def render(template: Template, variables: Mapping[str, object], *, channel: str,
-           language: str | None = None, default_language: str | None = None) -> Rendered:
+           language: str | None = None, default_language: str | None = None,
+           account_type: str | None = None) -> Rendered:
     """Fill ``template`` for ``channel``; raise :class:`TemplateError` naming what is wrong."""
     chosen = choose_language(template, language, default_language)
     variant = template.channels.get(channel, {}).get(chosen) or template.variants[chosen]
@@ -131,7 +138,8 @@ def render(template: Template, variables: Mapping[str, object], *, channel: str,
         subject = _fill(variant.subject, values) if variant.subject else None
         rendered_html = (_fill(variant.html, values, escape=True) if variant.html
                          else markup_html(_fill(variant.text, values, escape=True)))
-    return Rendered(text, rendered_html, subject, chosen)
+    approved = template.approved.get(account_type) if account_type else None
+    return Rendered(text, rendered_html, subject, chosen, approved)
 
 
 def _as_text(value: object) -> str:

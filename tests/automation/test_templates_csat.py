@@ -22,6 +22,9 @@ Your order **{order}** ships in {days} days. [Track it here](https://shop.exampl
 text = "{name}님, 기다리게 해서 죄송합니다. 주문 **{order}**은 {days}일 안에 발송됩니다. [배송 조회](https://shop.example/t/{order})"
 [templates.shipping_delay.channels.sms.ko]
 text = "[샵] {order} 주문 {days}일 내 발송 예정"
+[templates.shipping_delay.approved]
+meta = "shipping_delay_v2"
+twilio = "HX0123456789abcdef0123456789abcdef"
 [templates.braces]
 text = "Use code {{SAVE10}} at checkout, {name}."
 [templates.long]
@@ -75,6 +78,24 @@ def test_missing_variables_and_over_long_texts_are_refused_naming_them() -> None
         render(all_templates["long"], {"body": "  "}, channel="sms")
     with pytest.raises(TemplateError, match="strings or numbers"):
         render(all_templates["long"], {"body": {"nested": 1}}, channel="sms")
+
+
+def test_the_providers_approved_template_goes_with_the_account_type_only() -> None:
+    # WhatsApp outside its 24-hour window takes only a provider-approved template: the canned
+    # reply names its stand-in per account type, and no other channel is handed one (an SMS
+    # through Twilio must not go out as a Content API template).
+    template = templates()["shipping_delay"]
+    variables = {"name": "Kim", "order": "A-1", "days": 2}
+    meta = render(template, variables, channel="whatsapp", language="en", account_type="meta")
+    assert meta.approved == "shipping_delay_v2" and "A-1" in meta.text
+    twilio = render(template, variables, channel="whatsapp", account_type="twilio")
+    assert twilio.approved == "HX0123456789abcdef0123456789abcdef"
+    assert render(template, variables, channel="telegram", account_type="telegram"
+                  ).approved is None
+    assert render(templates()["braces"], {"name": "Kim"}, channel="whatsapp",
+                  account_type="meta").approved is None
+    assert template.to_json()["approved"] == {"meta": "shipping_delay_v2",
+                                              "twilio": "HX0123456789abcdef0123456789abcdef"}
 
 
 def test_literal_braces_and_the_listing() -> None:
