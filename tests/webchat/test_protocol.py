@@ -279,3 +279,14 @@ async def test_an_address_may_hold_only_so_many_chats_open(
     await wait_until(accepted)  # the closed one's place is free again
     for ws in held:
         await ws.close()
+
+
+async def test_a_frame_over_the_size_bound_closes_the_socket_and_stores_nothing(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    visitor = await connect(api, chat_daemon, "shop", shop.origin)
+    await visitor.ws.send_str('{"type": "message", "id": "huge", "text": "' + "x" * 300_000
+                              + '"}')
+    closing = await visitor.ws.receive(timeout=10)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert visitor.ws.close_code == 1009  # message too big
+    assert await _customer_of(api, chat_daemon, visitor.welcome["visitor"]) is None
