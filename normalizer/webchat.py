@@ -81,9 +81,9 @@ def parse_visitor_message(frame: dict[str, Any], *, account: str, visitor: str,
     if files is not None and (not isinstance(files, list) or len(files) > MAX_FILES):
         raise InvalidInput(f"attachments must be a list of at most {MAX_FILES} files")
     attachments = decode_attachments(files)
-    for item in attachments:
-        if len(item.data) > max_file_bytes:
-            raise InvalidInput(f"{item.filename} is larger than {max_file_bytes} bytes")
+    if sum(len(item.data) for item in attachments) > max_file_bytes:
+        names = ", ".join(item.filename for item in attachments)
+        raise InvalidInput(f"{names}: larger than {max_file_bytes} bytes in all")
     if not text and not attachments:
         raise InvalidInput("a message needs text or a file")
     linked = [Party("email", hello.email, hello.name)] if hello.email else []

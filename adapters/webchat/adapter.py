@@ -235,7 +235,9 @@ class WebChatAdapter(ChannelAdapter):
             return json_response({"error": {"code": "rate_limited", "message":
                                             "too many chat connections from this address"}},
                                  status=429, headers={"Retry-After": "30"})
-        max_frame = self.config.max_file_bytes * 4 // 3 * 5 + self.config.max_text_chars * 4
+        # One message's files in base64, its text in UTF-8 and the JSON around them: a
+        # bigger frame is refused while it is read, never held whole.
+        max_frame = self.config.max_file_bytes * 4 // 3 + self.config.max_text_chars * 4
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=max_frame + 65536)
         await ws.prepare(request)
         self._per_address[address] = self._per_address.get(address, 0) + 1

@@ -57,7 +57,8 @@ async def test_embedded_default_generates_a_token_and_takes_api_and_smtp_message
             async with http.get(f"{daemon.url}/v1/channels") as resp:
                 channels = {(c["type"], c["name"]): c["state"]
                             for c in (await resp.json())["channels"]}
-            assert channels == {("email", "default"): "running", ("api", "default"): "running"}
+            assert channels == {("email", "default"): "running", ("api", "default"): "running",
+                                ("webchat", "default"): "running"}
             events = [e for e in await _events(http, daemon.url)
                       if e["type"] == "message.received"]
             assert [e["data"]["message"]["channel"] for e in events] == ["api", "email"]

@@ -47,6 +47,9 @@ def test_a_message_is_the_visitors_with_the_forms_email_linked() -> None:
     ({"id": "a", "text": "hi", "attachments": "x"}, "attachments must be a list"),
     ({"id": "a", "attachments": [{"filename": "f.bin", "content_base64":
                                   base64.b64encode(b"x" * 11).decode()}]}, "larger than 10"),
+    ({"id": "a", "attachments": [{"filename": n, "content_base64":
+                                  base64.b64encode(b"x" * 6).decode()} for n in "ab"]},
+     "a, b: larger than 10 bytes in all"),
     ({"id": "a", "attachments": [{"filename": "f.bin", "content_base64": "%%%"}]},
      "not base64"),
 ])
