@@ -266,10 +266,11 @@ def _metrics(group: _Group) -> JSON:
 
 
 def period(start: datetime | None, end: datetime | None, now: datetime | None = None,
-           days: int = 7) -> tuple[int, int]:
+           days: int = 7, *, empty_ok: bool = False) -> tuple[int, int]:
     """A period as unix seconds on quarter hours: the given bounds rounded down to one
     (the answer names the period used), else the last ``days`` days up to the next quarter
-    hour. Raises ValueError when it would be empty."""
+    hour. An end not after the start raises ValueError, or (``empty_ok``) is the empty
+    period at the start."""
     if end is None:
         moment = (now or datetime.now(UTC)).timestamp()
         end_s = -(-int(moment) // BUCKET_SECONDS) * BUCKET_SECONDS
@@ -280,5 +281,7 @@ def period(start: datetime | None, end: datetime | None, now: datetime | None = 
     else:
         start_s = int(start.timestamp() // BUCKET_SECONDS) * BUCKET_SECONDS
     if start_s >= end_s:
+        if empty_ok:
+            return start_s, start_s
         raise ValueError("from must be before to (both rounded down to the quarter hour)")
     return start_s, end_s
