@@ -130,7 +130,7 @@ class _Writer:
             self.conn.execute(
                 f"INSERT INTO stat_durations (bucket, channel, account, agent, "
                 f"{', '.join(blobs)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(blobs))}) "
-                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                f"ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
                 + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs),
                 (*key, *blobs.values()))
         if counters:
@@ -138,7 +138,7 @@ class _Writer:
             self.conn.execute(
                 f"INSERT INTO stat_buckets (bucket, channel, account, agent, "
                 f"{', '.join(names)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(names))}) "
-                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                f"ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
                 + ", ".join(f"{n} = {n} + excluded.{n}" for n in names),
                 (*key, *counters.values()))
 
