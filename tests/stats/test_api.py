@@ -116,6 +116,9 @@ async def test_list_filters_each_field_and_pages_by_cursor(
     status, page = await get_json(http, url, tag=tag, limit=2)
     assert [c["id"] for c in page["conversations"]] == ids[:2] and page["next"] == ids[1]
     assert await listed(tag=tag, after=page["next"]) == ids[2:]
+    # A new list of tags replaces the old one in the filter too.
+    await patch(http, f"{daemon.url}/v1/conversations/{ids[0]}", {"tags": ["other"]})
+    assert await listed(tag=tag) == ids[1:]
     status, answer = await get_json(http, url, updated_since="yesterday")
     assert status == 400 and "updated_since" in answer["error"]["message"]
 

@@ -12,6 +12,7 @@ CREATE TABLE conversation_tags (
     conversation_id TEXT NOT NULL,
     PRIMARY KEY (tag, conversation_id)
 ) WITHOUT ROWID;
+CREATE INDEX conversation_tags_by_conversation ON conversation_tags(conversation_id);
 INSERT OR IGNORE INTO conversation_tags (tag, conversation_id)
     SELECT j.value, c.id FROM conversations c, json_each(c.tags) j WHERE c.tags != '[]';
 -- Kept by triggers, so a rule that tags a conversation at ingest needs no code of its own.
