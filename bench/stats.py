@@ -148,15 +148,19 @@ def main() -> None:
         build(path, args.messages, args.days, args.agents)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     end = START + args.days * 86_400
-    rows = conn.execute("SELECT COUNT(*) FROM stat_buckets").fetchone()[0]
+    rows = {table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("stat_buckets", "stat_durations", "stat_open", "stat_writers")}
     samples = conn.execute("SELECT SUM(LENGTH(frt) + LENGTH(response) + LENGTH(resolution)) "
-                           "/ 8 FROM stat_buckets").fetchone()[0]
-    log(f"store: {path.stat().st_size / 1e6:.0f} MB, {rows:,} aggregate rows, "
+                           "/ 8 FROM stat_durations").fetchone()[0]
+    log(f"store: {path.stat().st_size / 1e6:.0f} MB, rows {rows}, "
         f"{samples:,} duration samples")
-    baseline = timed(lambda: conn.execute(
-        "SELECT * FROM stat_buckets WHERE bucket >= ? AND bucket < ?",
-        (START // BUCKET_SECONDS, end // BUCKET_SECONDS)).fetchall())
-    print(f"baseline (read the month's rows): {baseline * 1000:.0f} ms")
+    span = (START // BUCKET_SECONDS, end // BUCKET_SECONDS)
+    baseline = timed(lambda: (
+        conn.execute("SELECT * FROM stat_buckets WHERE bucket >= ? AND bucket < ?",
+                     span).fetchall(),
+        conn.execute("SELECT * FROM stat_durations WHERE bucket >= ? AND bucket < ?",
+                     span).fetchall()))
+    print(f"baseline (read the month's counter and duration rows): {baseline * 1000:.0f} ms")
     for group_by in (None, "channel", "account", "agent", "day"):
         query = StatsQuery(START, end, group_by, "Asia/Seoul")
         seconds = timed(lambda query=query: compute_stats(conn, query))

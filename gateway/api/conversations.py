@@ -35,7 +35,10 @@ async def list_conversations(request: web.Request) -> web.Response:
     for name in _TEXT_FILTERS:
         value = request.query.get(name)
         if value is not None and not value.strip():
-            raise BadRequest(f"{name} must not be empty")
+            if name == "customer_id":  # as before the other filters came: no filter
+                value = None
+            else:
+                raise BadRequest(f"{name} must not be empty")
         filters[name] = value
     since = request.query.get("updated_since")
     if since is not None:

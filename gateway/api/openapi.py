@@ -451,7 +451,8 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
             params=[_query("from", _TS, "inclusive, rounded down to the quarter hour; "
                                         "default: 7 days before to"),
                     _query("to", _TS, "exclusive, rounded down to the quarter hour; "
-                                      "default: now (the next quarter hour); after from"),
+                                      "default: now (the next quarter hour); not after "
+                                      "from: the empty period at from"),
                     _query("group_by", {"enum": ["channel", "account", "agent", "day"]},
                            "day: in [stats] time_zone")],
             errors=(400,))},

@@ -35,7 +35,10 @@ async def get_stats(request: web.Request) -> web.Response:
     if group_by is not None and group_by not in GROUPINGS:
         raise BadRequest(f"group_by must be one of {', '.join(GROUPINGS)}")
     try:
-        start, end = period(_time_param(request, "from"), _time_param(request, "to"))
+        # A to not after from is the empty period at from (nothing in it, open
+        # conversations then): every combination the schema allows is answered.
+        start, end = period(_time_param(request, "from"), _time_param(request, "to"),
+                            empty_ok=True)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     view = gw(request)

@@ -63,38 +63,49 @@ class _Group:
 def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
     """``GET /v1/stats``'s answer without ``from``/``to`` (the caller's formatting)."""
     first, last = query.start // BUCKET_SECONDS, -(-query.end // BUCKET_SECONDS)
-    # Summed and concatenated by SQLite, one row per group (per quarter hour for days):
-    # a month is read without a Python step per stored row. group_concat joins the blobs
-    # byte for byte (as text); the cast makes them blobs again.
-    keys = _GROUP_COLUMNS[query.group_by]
-    counted = conn.execute(
-        f"SELECT {keys[0]}, " + ", ".join(f"SUM({name})" for name in _COUNTERS)
-        + f" FROM stat_buckets WHERE bucket >= ? AND bucket < ? {keys[1]}",
-        (first, last)).fetchall()
-    timed = conn.execute(
-        f"SELECT {keys[0]}, "
-        + ", ".join(f"CAST(group_concat({name}, '') AS BLOB)" for name in DURATIONS)
-        + f" FROM stat_durations WHERE bucket >= ? AND bucket < ? {keys[1]}",
-        (first, last)).fetchall()
-    key_of = _key_function(query, [(r[1], r[2]) for r in counted + timed])
+    counted, timed = _keys(conn, "stat_buckets"), _keys(conn, "stat_durations")
+    key_of = _key_function(query, counted + timed)
     groups: dict[Key, _Group] = {}
     if query.group_by == "day":
         for day in _days(conn, query):
             groups[day.isoformat()] = _Group()
     elif query.group_by is None:
         groups[None] = _Group()
-    for row in counted:
-        if row[4] is None:  # no rows in the period: SUM over nothing
-            continue
-        counters = groups.setdefault(key_of(row[0], row[1], row[2], row[3]),
-                                     _Group()).counters
-        for i, name in enumerate(_COUNTERS, start=4):
-            counters[name] += row[i]
-    for row in timed:
-        samples = groups.setdefault(key_of(row[0], row[1], row[2], row[3]), _Group()).samples
-        for i, name in enumerate(DURATIONS, start=4):
-            if row[i]:
-                samples[name].append(row[i])
+    zone = ZoneInfo(query.time_zone)
+    # Per day, the day's range of buckets (it is the group); else the whole period.
+    spans: list[tuple[int, int]] = (
+        [(max(first, _local_midnight(day, zone) // BUCKET_SECONDS),
+          min(last, _local_midnight(day, zone, 1) // BUCKET_SECONDS))
+         for day in sorted(key for key in groups if key is not None)]
+        if query.group_by == "day" else [(first, last)])
+    # One range of the key per (channel, account, agent) and span: summed and concatenated
+    # by SQLite without sorting (group_concat joins the blobs byte for byte, as text; the
+    # cast makes them blobs again).
+    sums = ("SELECT " + ", ".join(f"SUM({name})" for name in _COUNTERS)
+            + " FROM stat_buckets WHERE channel = ? AND account = ? AND agent = ? "
+            "AND bucket >= ? AND bucket < ?")
+    joins = ("SELECT " + ", ".join(f"CAST(group_concat({name}, '') AS BLOB)"
+                                   for name in DURATIONS)
+             + " FROM stat_durations WHERE channel = ? AND account = ? AND agent = ? "
+             "AND bucket >= ? AND bucket < ?")
+    for start, end in spans:
+        for channel, account, agent in counted:
+            row = conn.execute(sums, (channel, account, agent, start, end)).fetchone()
+            if row[0] is None:
+                continue
+            counters = groups.setdefault(key_of(start, channel, account, agent),
+                                         _Group()).counters
+            for i, name in enumerate(_COUNTERS):
+                counters[name] += row[i]
+        for channel, account, agent in timed:
+            row = conn.execute(joins, (channel, account, agent, start, end)).fetchone()
+            if row[0] is None:
+                continue
+            samples = groups.setdefault(key_of(start, channel, account, agent),
+                                        _Group()).samples
+            for i, name in enumerate(DURATIONS):
+                if row[i]:
+                    samples[name].append(row[i])
     _open_conversations(conn, query, first, last, key_of, groups)
     _writers(conn, query, first, last, key_of, groups)
     ordered = sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or ""))
@@ -102,7 +113,20 @@ def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
             "groups": [{"key": key, **_metrics(group)} for key, group in ordered]}
 
 
-def _key_function(query: StatsQuery, seen: Iterable[tuple[str, str]]
+def _keys(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, str]]:
+    """Every (channel, account, agent) of a table, one seek of its key each."""
+    keys: list[tuple[str, str, str]] = []
+    row = conn.execute(f"SELECT channel, account, agent FROM {table} "
+                       "ORDER BY channel, account, agent LIMIT 1").fetchone()
+    while row is not None:
+        keys.append((row[0], row[1], row[2]))
+        row = conn.execute(f"SELECT channel, account, agent FROM {table} WHERE "
+                           "(channel, account, agent) > (?, ?, ?) "
+                           "ORDER BY channel, account, agent LIMIT 1", keys[-1]).fetchone()
+    return keys
+
+
+def _key_function(query: StatsQuery, seen: Iterable[tuple[str, str, str]]
                   ) -> Callable[[int, str, str, str], Key]:
     """How a row's (bucket, channel, account, agent) maps to its group's key."""
     grouping = query.group_by
@@ -112,7 +136,7 @@ def _key_function(query: StatsQuery, seen: Iterable[tuple[str, str]]
         return lambda bucket, channel, account, agent: agent or None
     if grouping == "account":
         channels_of: dict[str, set[str]] = {}
-        for channel, account in seen:
+        for channel, account, _agent in seen:
             channels_of.setdefault(account, set()).add(channel)
         named = query.account_keys
 
@@ -139,8 +163,8 @@ def _days(conn: sqlite3.Connection, query: StatsQuery) -> list[date]:
     """The local days of the period, from the first stored data on and up to now (or the
     newest data): a period reaching far into the past or the future has no empty days."""
     zone = ZoneInfo(query.time_zone)
-    oldest, newest = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM stat_buckets"
-                                  ).fetchone()
+    # Every conversation opens with a stat_open row, whose key starts with the bucket.
+    oldest, newest = conn.execute("SELECT MIN(bucket), MAX(bucket) FROM stat_open").fetchone()
     if oldest is None:
         return []
     now = datetime.now(UTC).timestamp()
@@ -266,10 +290,11 @@ def _metrics(group: _Group) -> JSON:
 
 
 def period(start: datetime | None, end: datetime | None, now: datetime | None = None,
-           days: int = 7) -> tuple[int, int]:
+           days: int = 7, *, empty_ok: bool = False) -> tuple[int, int]:
     """A period as unix seconds on quarter hours: the given bounds rounded down to one
     (the answer names the period used), else the last ``days`` days up to the next quarter
-    hour. Raises ValueError when it would be empty."""
+    hour. An end not after the start raises ValueError, or (``empty_ok``) is the empty
+    period at the start."""
     if end is None:
         moment = (now or datetime.now(UTC)).timestamp()
         end_s = -(-int(moment) // BUCKET_SECONDS) * BUCKET_SECONDS
@@ -280,5 +305,7 @@ def period(start: datetime | None, end: datetime | None, now: datetime | None = 
     else:
         start_s = int(start.timestamp() // BUCKET_SECONDS) * BUCKET_SECONDS
     if start_s >= end_s:
+        if empty_ok:
+            return start_s, start_s
         raise ValueError("from must be before to (both rounded down to the quarter hour)")
     return start_s, end_s

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sqlite3
 from pathlib import Path
@@ -21,8 +22,9 @@ from normalizer.model import InboundMessage, Party
 AGENT = {"id": "a-1", "name": "Ji-woo"}
 
 
-def inbound(provider_id: str, sender: str, automatic: str | None = None) -> InboundMessage:
-    return InboundMessage(channel="api", account="a", provider_message_id=provider_id,
+def inbound(provider_id: str, sender: str, automatic: str | None = None,
+            account: str = "a") -> InboundMessage:
+    return InboundMessage(channel="api", account=account, provider_message_id=provider_id,
                           sender=Party("external", sender), text="hi", automatic=automatic)
 
 
@@ -52,6 +54,11 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         await store.ingest(inbound("p2", "u1", automatic="auto_reply"), [])
         await store.ingest(inbound("p3", "u2"), [])
         await store.patch_conversation(conversation_id, {"assignee": AGENT}, None)
+        # Concurrent messages share batches, whose metrics writes are deferred and merged:
+        # customers on two accounts, several messages each.
+        await asyncio.gather(*(store.ingest(inbound(f"burst-{n}", f"b{n % 7}",
+                                                    account="ab"[n % 2]), [])
+                               for n in range(60)))
         for n, outcome in enumerate(("sent", "failed", "sent")):
             _, message = await store.enqueue_outbound(
                 conversation_id=conversation_id, customer_id=None,
@@ -76,6 +83,10 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert after_merge["groups"][0]["resolution_time"] == \
             before_merge["groups"][0]["resolution_time"]
         assert after_merge["groups"][0]["conversations_closed"] == 2
+        total = await store.stats(StatsQuery(0, 4_000_000_000))
+        # u1, u2 and b0-b6: nine customers wrote, whatever the accounts and batches.
+        assert total["groups"][0]["contact_rate"] == round(
+            total["groups"][0]["conversations_created"] / 9, 4)
     finally:
         await store.close()
     return root
@@ -109,7 +120,10 @@ def test_report_prints_the_table_and_writes_the_chart(
     assert (tmp_path / "chart.svg").read_text().lstrip().startswith("<?xml")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
     total = next(line for line in out.splitlines() if line.startswith("(all)"))
-    assert total.split()[1] == "2"  # two conversations created
+    conn = sqlite3.connect(history / "omnirelay.db")
+    created = conn.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+    conn.close()
+    assert total.split()[1] == str(created)  # the conversations created
     assert main(["report", "--config", str(config), "--from", "2026-11-02T00:00:00Z",
                  "--to", "2026-11-01T00:00:00Z"]) == 2
 

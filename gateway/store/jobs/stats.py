@@ -46,6 +46,8 @@ BUCKETS_A_DAY = 96
 SENT_STATUSES = frozenset({"sent", "delivered", "read"})
 _REMEMBERED_REPLIES = 16  # outbound ids counted already (a receipt repeats the sent one)
 DURATIONS = ("frt", "response", "resolution")
+COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
+            "csat_sent", "csat_answers", "csat_sum", "csat_good")
 _WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
                      "conversation.updated", "message.received", "message.status",
                      "customer.erased"})
@@ -65,8 +67,103 @@ def take_samples() -> list[Sample]:
 
 
 def drop_samples() -> None:
-    """A rollback: what it measured never happened."""
+    """A rollback: what it measured never happened, and what the caches below hold may be
+    gone."""
     _local.samples = []
+    _local.states = {}
+    _local.wrote = {}
+    _local.pending = None
+
+
+_CACHE_LIMIT = 50_000  # entries of each writer-thread cache before it starts again
+
+
+def _cache(name: str) -> dict[Any, Any]:
+    """A writer thread's cache of rows it wrote (valid: it is the only writer; emptied
+    by drop_samples at every rollback)."""
+    cache: dict[Any, Any] | None = getattr(_local, name, None)
+    if cache is None or len(cache) > _CACHE_LIMIT:
+        cache = {}
+        setattr(_local, name, cache)
+    return cache
+
+
+class _Pending:
+    """The writes an optimistic batch's ingest jobs deferred (like their message rows,
+    tx.BatchRows): merged by key and written by :func:`flush_pending` in a few multi-row
+    statements before anything else reads the tables. Every statement gives up the GIL,
+    which the writer then waits for under load (docs/benchmarks.md)."""
+
+    __slots__ = ("counters", "durations", "opens", "prev", "states", "writers")
+
+    def __init__(self) -> None:
+        self.states: dict[str, JSON] = {}
+        self.counters: dict[tuple[int | str, ...], dict[str, int]] = {}
+        self.durations: dict[tuple[int | str, ...], dict[str, bytes]] = {}
+        self.opens: dict[tuple[str, int, str, str, str], int] = {}
+        self.writers: list[tuple[Any, ...]] = []
+        self.prev: dict[tuple[int, str | None, str | None], int] = {}
+
+
+def _pending() -> _Pending:
+    pending: _Pending | None = getattr(_local, "pending", None)
+    if pending is None:
+        pending = _local.pending = _Pending()
+    return pending
+
+
+_CHUNK = 64  # rows per multi-row statement
+
+
+def _upsert_rows(conn: sqlite3.Connection, head: str, width: int, tail: str,
+                 rows: list[tuple[Any, ...]]) -> None:
+    row_sql = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        conn.execute(head + ", ".join([row_sql] * len(chunk)) + tail,
+                     [value for row in chunk for value in row])
+
+
+def flush_pending(conn: sqlite3.Connection) -> None:
+    """Write what this thread's optimistic batch deferred (tx.BatchRows.flush calls it)."""
+    pending: _Pending | None = getattr(_local, "pending", None)
+    if pending is None:
+        return
+    _local.pending = None
+    if pending.states:
+        _upsert_rows(conn, "INSERT INTO stat_conversations (id, state) VALUES ", 2,
+                     " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                     [(key, orjson.dumps(state).decode())
+                      for key, state in pending.states.items()])
+    if pending.counters:
+        _upsert_rows(
+            conn, f"INSERT INTO stat_buckets (channel, account, agent, bucket, "
+                  f"{', '.join(COUNTERS)}) VALUES ", 4 + len(COUNTERS),
+            " ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
+            + ", ".join(f"{n} = {n} + excluded.{n}" for n in COUNTERS),
+            [(*key, *(values.get(n, 0) for n in COUNTERS))
+             for key, values in pending.counters.items()])
+    if pending.durations:
+        _upsert_rows(
+            conn, f"INSERT INTO stat_durations (channel, account, agent, bucket, "
+                  f"{', '.join(DURATIONS)}) VALUES ", 4 + len(DURATIONS),
+            " ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
+            + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in DURATIONS),
+            [(*key, *(values.get(n, b"") for n in DURATIONS))
+             for key, values in pending.durations.items()])
+    for table, column in (("stat_open", "bucket"), ("stat_open_days", "day")):
+        rows = [(unit, channel, account, agent, delta) for (name, unit, channel, account,
+                                                            agent), delta
+                in pending.opens.items() if name == table]
+        if rows:
+            _upsert_rows(conn, f"INSERT INTO {table} ({column}, channel, account, agent, "
+                               "delta) VALUES ", 5,
+                         f" ON CONFLICT ({column}, channel, account, agent) DO UPDATE SET "
+                         "delta = delta + excluded.delta", rows)
+    if pending.writers:
+        _upsert_rows(conn, "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, "
+                           "customer, prev_any, prev_channel, prev_account) VALUES ", 7, "",
+                     pending.writers)
 
 
 def bucket_of(epoch: float) -> int:
@@ -82,26 +179,37 @@ def observe(tx: Tx, event_type: str, data: JSON, shares: tuple[str, bytes] | Non
         data = {**data, "message": orjson.loads(shares[1])}  # the row's JSON, not a Fragment
     now = tx.now  # as the event's created_at has it (whole milliseconds): a rebuild agrees
     apply_event(tx.conn, event_type, data,
-                now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp())
+                now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp(),
+                deferred=tx.rows is not None)
 
 
-def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float) -> None:
-    """Fold one event, emitted at unix time ``at``, into the aggregates."""
+def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float, *,
+                deferred: bool = False) -> None:
+    """Fold one event, emitted at unix time ``at``, into the aggregates (``deferred``:
+    its inserts wait for :func:`flush_pending`, in the same transaction)."""
     handler = _HANDLERS.get(event_type)
     if handler is not None:
-        handler(_Writer(conn, bucket_of(at)), data, at)
+        handler(_Writer(conn, bucket_of(at), _pending() if deferred else None), data, at)
 
 
 class _Writer:
     """Reads and writes the aggregate tables for one event's quarter hour."""
 
-    __slots__ = ("bucket", "conn")
+    __slots__ = ("bucket", "conn", "pending")
 
-    def __init__(self, conn: sqlite3.Connection, bucket: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, bucket: int,
+                 pending: _Pending | None = None) -> None:
         self.conn = conn
         self.bucket = bucket
+        self.pending = pending
 
     def state(self, conversation_id: str) -> JSON | None:
+        pending: _Pending | None = getattr(_local, "pending", None)
+        if pending is not None and conversation_id in pending.states:
+            return dict(pending.states[conversation_id])
+        cached: JSON | None = _cache("states").get(conversation_id)
+        if cached is not None:
+            return dict(cached)
         row = self.conn.execute("SELECT state FROM stat_conversations WHERE id = ?",
                                 (conversation_id,)).fetchone()
         if row is None:
@@ -110,6 +218,10 @@ class _Writer:
         return state
 
     def save(self, conversation_id: str, state: JSON) -> None:
+        _cache("states")[conversation_id] = state
+        if self.pending is not None:
+            self.pending.states[conversation_id] = state
+            return
         self.conn.execute("INSERT INTO stat_conversations (id, state) VALUES (?, ?) "
                           "ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                           (conversation_id, orjson.dumps(state).decode()))
@@ -117,8 +229,8 @@ class _Writer:
     def add(self, state: JSON, agent: str | None, *, bucket: int | None = None,
             durations: dict[str, float] | None = None, **counters: int) -> None:
         """Add to the counters and append the duration samples of one row."""
-        key = (self.bucket if bucket is None else bucket, state["channel"], state["account"],
-               agent or "")
+        key = (state["channel"], state["account"], agent or "",
+               self.bucket if bucket is None else bucket)
         if durations:
             samples: list[Sample] = getattr(_local, "samples", None) or []
             samples += [(name, state["channel"], state["account"], max(0.0, value))
@@ -126,19 +238,28 @@ class _Writer:
             _local.samples = samples
             blobs = {name: array("d", [max(0.0, value)]).tobytes()
                      for name, value in durations.items()}
+        if durations and self.pending is not None:
+            merged = self.pending.durations.setdefault(key, {})
+            for name, blob in blobs.items():
+                merged[name] = merged.get(name, b"") + blob
+        elif durations:
             # || makes text of blobs (byte for byte); the cast makes it a blob again.
             self.conn.execute(
-                f"INSERT INTO stat_durations (bucket, channel, account, agent, "
+                f"INSERT INTO stat_durations (channel, account, agent, bucket, "
                 f"{', '.join(blobs)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(blobs))}) "
-                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                f"ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
                 + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in blobs),
                 (*key, *blobs.values()))
-        if counters:
+        if counters and self.pending is not None:
+            summed = self.pending.counters.setdefault(key, {})
+            for name, value in counters.items():
+                summed[name] = summed.get(name, 0) + value
+        elif counters:
             names = list(counters)
             self.conn.execute(
-                f"INSERT INTO stat_buckets (bucket, channel, account, agent, "
+                f"INSERT INTO stat_buckets (channel, account, agent, bucket, "
                 f"{', '.join(names)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(names))}) "
-                f"ON CONFLICT (bucket, channel, account, agent) DO UPDATE SET "
+                f"ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
                 + ", ".join(f"{n} = {n} + excluded.{n}" for n in names),
                 (*key, *counters.values()))
 
@@ -147,6 +268,10 @@ class _Writer:
         day's sum."""
         for table, column, unit in (("stat_open", "bucket", self.bucket),
                                     ("stat_open_days", "day", self.bucket // BUCKETS_A_DAY)):
+            if self.pending is not None:
+                key = (table, unit, state["channel"], state["account"], assignee or "")
+                self.pending.opens[key] = self.pending.opens.get(key, 0) + delta
+                continue
             self.conn.execute(
                 f"INSERT INTO {table} ({column}, channel, account, agent, delta) "
                 f"VALUES (?, ?, ?, ?, ?) ON CONFLICT ({column}, channel, account, agent) "
@@ -157,20 +282,39 @@ class _Writer:
         """A customer message: the customer wrote in this quarter hour (once a row)."""
         customer = customer_hash(customer_id)
         channel, account = state["channel"], state["account"]
+        seen = _cache("wrote")
+        if seen.get((customer, channel, account)) == self.bucket:
+            return  # counted already in this quarter hour
+        seen[(customer, channel, account)] = self.bucket
         row = self.conn.execute(
             "SELECT (SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1), "
             "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2), "
             "(SELECT MAX(bucket) FROM stat_writers WHERE customer = ?1 AND channel = ?2 "
             "AND account = ?3)", (customer, channel, account)).fetchone()
-        if row[2] == self.bucket:
+        prevs = list(row)
+        if self.pending is not None:  # this batch's writes, not in the table yet
+            levels = ((customer, None, None), (customer, channel, None),
+                      (customer, channel, account))
+            for i, level in enumerate(levels):
+                earlier = self.pending.prev.get(level)
+                if earlier is not None and (prevs[i] is None or earlier > prevs[i]):
+                    prevs[i] = earlier
+                self.pending.prev[level] = self.bucket
+        if prevs[2] == self.bucket:
             return  # counted already in this quarter hour
+        values = (self.bucket, channel, account, customer, *prevs)
+        if self.pending is not None:
+            self.pending.writers.append(values)
+            return
         self.conn.execute(
             "INSERT OR IGNORE INTO stat_writers (bucket, channel, account, customer, prev_any,"
-            " prev_channel, prev_account) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.bucket, channel, account, customer, *row))
+            " prev_channel, prev_account) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
 
     def take_back(self, state: JSON, counted: JSON) -> None:
         """Undo what a close counted (the conversation reopened)."""
+        if self.pending is not None:  # what it reads and changes must be in the tables
+            flush_pending(self.conn)
+            self.pending = _pending()
         key = (counted["bucket"], state["channel"], state["account"], counted["agent"])
         self.conn.execute(
             "UPDATE stat_buckets SET resolved = resolved - 1, with_reply = with_reply - ?, "
@@ -355,7 +499,8 @@ _HANDLERS: dict[str, Callable[[_Writer, JSON, float], None]] = {
 
 
 def clear(conn: sqlite3.Connection) -> None:
-    """Empty the aggregates (before a rebuild)."""
+    """Empty the aggregates (before a rebuild), and this thread's caches of them."""
+    drop_samples()
     for table in ("stat_buckets", "stat_durations", "stat_open", "stat_open_days",
                   "stat_writers", "stat_conversations"):
         conn.execute(f"DELETE FROM {table}")

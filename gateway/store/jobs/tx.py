@@ -21,6 +21,7 @@ from gateway.store import compact
 from gateway.store.base import JSON, StoredAttachment
 from gateway.store.engine import CommitEngine
 from gateway.store.feed import EmittedEvents
+from gateway.store.jobs.stats import flush_pending as flush_stats
 from gateway.store.jobs.stats import observe as observe_stats
 
 
@@ -127,6 +128,7 @@ class BatchRows:
         """Insert everything collected so far, then start empty (and forget the lookup:
         the job that runs next may change the table)."""
         self._pack()
+        flush_stats(conn)  # the metrics' deferred writes (jobs/stats.py)
         _insert_chunked(conn, _INSERT_MESSAGE, 11, self.messages)
         _insert_chunked(conn, _INSERT_RAW, 4, self.raw)
         _insert_chunked(conn, _INSERT_EVENT, 9, self.events)

@@ -12,6 +12,7 @@ CREATE TABLE conversation_tags (
     conversation_id TEXT NOT NULL,
     PRIMARY KEY (tag, conversation_id)
 ) WITHOUT ROWID;
+CREATE INDEX conversation_tags_by_conversation ON conversation_tags(conversation_id);
 INSERT OR IGNORE INTO conversation_tags (tag, conversation_id)
     SELECT j.value, c.id FROM conversations c, json_each(c.tags) j WHERE c.tags != '[]';
 -- Kept by triggers, so a rule that tags a conversation at ingest needs no code of its own.
@@ -42,9 +43,10 @@ CREATE INDEX conversations_by_assignee ON conversations(assignee_id, id)
 
 -- The metrics (docs/stats.md): written in the transaction of the event they come from
 -- (gateway/store/jobs/stats.py), rebuilt from the events by `omnirelay report --rebuild`.
--- Rows per quarter hour (bucket = unix seconds // 900: every time zone's days are whole
--- buckets), channel, account and agent ('' = no agent). Counters and durations are apart,
--- so that summing counters reads narrow rows.
+-- Rows per channel, account, agent ('' = no agent) and quarter hour (bucket = unix
+-- seconds // 900: every time zone's days are whole buckets), in that order: a period of
+-- one channel, account and agent is one range of the key, summed without sorting.
+-- Counters and durations are apart, so that summing counters reads narrow rows.
 CREATE TABLE stat_buckets (
     bucket        INTEGER NOT NULL,
     channel       TEXT NOT NULL,
@@ -60,7 +62,7 @@ CREATE TABLE stat_buckets (
     csat_answers  INTEGER NOT NULL DEFAULT 0,
     csat_sum      INTEGER NOT NULL DEFAULT 0,
     csat_good     INTEGER NOT NULL DEFAULT 0,  -- ratings of 4 or 5
-    PRIMARY KEY (bucket, channel, account, agent)
+    PRIMARY KEY (channel, account, agent, bucket)
 ) WITHOUT ROWID;
 
 -- The durations that ended in a quarter hour, float64 seconds appended to a blob: medians
@@ -73,7 +75,7 @@ CREATE TABLE stat_durations (
     frt        BLOB NOT NULL DEFAULT X'',
     response   BLOB NOT NULL DEFAULT X'',
     resolution BLOB NOT NULL DEFAULT X'',
-    PRIMARY KEY (bucket, channel, account, agent)
+    PRIMARY KEY (channel, account, agent, bucket)
 ) WITHOUT ROWID;
 
 -- Open conversations: +1 at an open or reopen, -1 at a close, by assignee ('' = none), per
