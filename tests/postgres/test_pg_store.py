@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.automation.jobs import _send_automatic
 from gateway.config import StoreConfig
 from gateway.store import base
 from gateway.store.base import OutboundRequest, Route
@@ -164,6 +165,29 @@ async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_ou
     assert again.message["id"] == reply["id"] and again.attempts == 2
     await b.outbox_sent(reply["id"], "p-1")
     assert await a.claim_outbox(10) == []
+
+
+async def test_two_instances_queue_one_automatic_send_per_key(stores: OpenStores) -> None:
+    # Every instance's automation worker follows the same feed: both may queue the same
+    # acknowledgement at the same moment. The send emits an event, so its batch holds the
+    # feed_head lock: the second instance's batch waits, then finds the first's key.
+    a, b = await stores(2)
+    conversations = [(await a.ingest(inbound(f"m{i}", sender=f"u{i}"), [])).message[
+        "conversation_id"] for i in range(12)]
+    request = OutboundRequest(text="We got your message", automatic="acknowledgement")
+
+    async def send(store: PostgresStore, conversation_id: str) -> dict[str, object] | None:
+        keys = [(f"ack:{conversation_id}", None)]
+        sent: dict[str, object] | None = await store.write(
+            _send_automatic, conversation_id, request, [ROUTE], keys, None)
+        return sent
+    results = await asyncio.gather(*(send(store, cid) for cid in conversations
+                                     for store in (a, b)))
+    assert sum(r is not None for r in results) == len(conversations)
+    with psycopg.connect(a.url) as conn:
+        queued = conn.execute("SELECT conversation_id, COUNT(*) FROM outbox "
+                              "GROUP BY conversation_id").fetchall()
+    assert sorted(queued) == sorted((cid, 1) for cid in conversations)
 
 
 async def test_webhook_deliveries_and_fetches_are_leases_too(

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.automation.jobs import Automation, _send_automatic
+from gateway.automation.jobs import Automation
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, utcnow
@@ -68,14 +68,6 @@ def ingest_all_lock_keys(args: tuple[Any, ...]) -> list[str]:
     return [key for inbound, _attachments in items for key in ingest_lock_keys((inbound,))]
 
 
-def automatic_send_lock_keys(args: tuple[Any, ...]) -> list[str]:
-    """An automatic send's dedupe keys (automation's ``automatic_sends``): every instance's
-    automation worker follows the same feed, so two of them may queue the same
-    acknowledgement or survey at once; the second waits, then finds the first's key."""
-    keys: list[tuple[str, float | None]] = args[3]
-    return [f"a\x1f{key}" for key, _window in keys]
-
-
 def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
     """An ingest job's (channel, account, provider id): the batch looks them up at once."""
     inbound: InboundMessage = args[0]
@@ -105,8 +97,7 @@ class PostgresStore(SQLiteStore):
         self.blob_dir = config.data_dir / "blobs"
         self.pg = PgEngine(config.url, batch_max=config.batch_max, quiet=QUIET_JOBS,
                            lock_keys={_ingest: ingest_lock_keys,
-                                      _ingest_all: ingest_all_lock_keys,
-                                      _send_automatic: automatic_send_lock_keys},
+                                      _ingest_all: ingest_all_lock_keys},
                            deferred={_ingest: ingest_dedupe_key}, on_commit=on_commit,
                            on_batch=on_batch, on_fatal=on_fatal, readers=readers,
                            on_samples=on_samples)
