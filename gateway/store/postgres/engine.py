@@ -30,6 +30,7 @@ import queue
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -275,7 +276,7 @@ class PgEngine:
                 continue
             if rows is not None:
                 _guard(rows.flush, conn, now_iso)  # what this job may read is in the tables
-            outcomes.append(self._run_job(conn, fn, args, emitted, now_iso))
+            outcomes.append(self._run_job(conn, fn, args, emitted, now, now_iso))
         if rows is not None:
             _guard(rows.flush, conn, now_iso)
         head: int | None = None
@@ -288,12 +289,14 @@ class PgEngine:
         return outcomes, head
 
     def _run_job(self, conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...],
-                 emitted: EmittedEvents, now_iso: str) -> tuple[bool, Any]:
+                 emitted: EmittedEvents, now: datetime, now_iso: str) -> tuple[bool, Any]:
         """One job in a savepoint; once more after a unique violation (another instance
         committed the same row first: the second run finds it)."""
         for attempt in (1, 2):
             before = len(emitted)
-            tx = Tx(cast(Any, conn), cast(CommitEngine, self), utcnow(), now_iso, self.cache,
+            # The batch's one clock reading, as on SQLite: the metrics fold an event in at
+            # its created_at (``now_iso``), so that a rebuild from the events agrees.
+            tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
                     None, emitted)
             self._samples += take_samples()  # the jobs before this one keep theirs
             conn.execute("SAVEPOINT job")
