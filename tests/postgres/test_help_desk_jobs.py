@@ -95,6 +95,10 @@ async def test_a_patch_sets_the_fields_and_each_filter_finds_the_conversation(
     assert await ids(tag="vip") == [first]
     assert await ids(queue="q1") == [first] and await ids(assignee="a-1") == [first]
     assert sorted(await ids(channel="api")) == sorted([first, other])
+    page = await store.events_after(head, 10)
+    changed_at = orjson.loads(page.bodies[0])["created_at"]
+    assert first in await ids(updated_since=changed_at)
+    assert await ids(updated_since="2999-01-01T00:00:00.000Z") == []
     # A tag taken off leaves the tag index (a trigger on both backends).
     await store.patch_conversation(first, {"tags": ["returns"], "assignee": None}, None)
     assert await ids(tag="vip") == [] and await ids(tag="returns") == [first]

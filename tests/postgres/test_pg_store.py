@@ -88,6 +88,9 @@ def test_sqlite_spellings_become_postgres_ones() -> None:
                    "AS subquery_0 GROUP BY k")
     sql, _ = translate("SELECT q.n FROM (SELECT n FROM s) q")
     assert sql == "SELECT q.n FROM (SELECT n FROM s) q"
+    sql, _ = translate("SELECT n FROM (SELECT n FROM (SELECT n FROM s)) WHERE n > ?")
+    assert sql == ("SELECT n FROM (SELECT n FROM (SELECT n FROM s) AS subquery_1) "
+                   "AS subquery_0 WHERE n > %s")
 
 
 def test_every_sqlite_migration_has_a_postgresql_one_of_the_same_number_and_name() -> None:

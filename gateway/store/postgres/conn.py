@@ -97,25 +97,21 @@ def _qualify_upsert(sql: str) -> str:
 
 def _alias_subqueries(sql: str) -> str:
     """PostgreSQL before 16 wants an alias on every subquery in FROM; SQLite does not."""
-    out: list[str] = []
-    start = 0
-    for number, found in enumerate(_FROM_SUBQUERY.finditer(sql)):
+    ends: list[int] = []
+    for found in _FROM_SUBQUERY.finditer(sql):
         depth = 0
-        end = None
         for i in range(found.start() + 5, len(sql)):
             if sql[i] == "(":
                 depth += 1
             elif sql[i] == ")":
                 depth -= 1
                 if depth == 0:
-                    end = i + 1
+                    if not _ALIAS_FOLLOWS.match(sql, i + 1):
+                        ends.append(i + 1)
                     break
-        if end is None or end < start or _ALIAS_FOLLOWS.match(sql, end):
-            continue
-        out.append(sql[start:end] + f" AS subquery_{number}")
-        start = end
-    out.append(sql[start:])
-    return "".join(out)
+    for number, at in enumerate(sorted(ends, reverse=True)):  # from the end: offsets hold
+        sql = f"{sql[:at]} AS subquery_{number}{sql[at:]}"
+    return sql
 
 
 class Row(tuple[Any, ...]):
