@@ -149,6 +149,21 @@ async def test_two_instances_storing_the_same_messages_at_once_store_each_once(
     assert page.seqs == list(range(1, 5 * 2 + 40 + 1))  # gapless, in order
 
 
+async def test_two_instances_storing_the_same_all_or_none_batches_store_each_once(
+        stores: OpenStores) -> None:
+    # A LINE webhook's events (ingest_all) delivered to two instances at once.
+    a, b = await stores(2)
+    batches = [[(inbound(f"m{n}-{i}", sender=f"u{n}"), []) for i in range(3)]
+               for n in range(8)]
+    results = await asyncio.gather(*(s.ingest_all(batch) for batch in batches
+                                     for s in (a, b)))
+    for mine, theirs in zip(results[::2], results[1::2], strict=True):
+        assert sorted([r.created for r in mine], reverse=True) in ([True] * 3, [False] * 3)
+        assert [r.created for r in mine] == [not r.created for r in theirs]
+        assert [r.message["id"] for r in mine] == [r.message["id"] for r in theirs]
+    assert len({r.message["conversation_id"] for batch in results for r in batch}) == 8
+
+
 async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_out(
         stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = await stores(2)
