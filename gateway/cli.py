@@ -381,8 +381,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from normalizer.timestamps import parse_iso
 
     config = _store_config(args)
+    on_postgres = config.store.backend == "postgresql"  # docs/postgresql.md
     path = config.store.sqlite_path
-    if not path.exists():
+    if not on_postgres and not path.exists():
         print(f"omnirelay: {path} does not exist", file=sys.stderr)
         return 1
     try:
@@ -392,7 +393,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"omnirelay: --from/--to: {exc} (ISO 8601, e.g. 2026-11-01T00:00:00+09:00)",
               file=sys.stderr)
         return 2
-    if args.rebuild:
+    if args.rebuild and on_postgres:
+        from gateway.store.postgres.conn import Connection
+        from gateway.store.postgres.stats import rebuild as rebuild_on_postgres
+
+        pg_conn = Connection.connect(config.store.url, application_name="omnirelay-report")
+        try:
+            with progress("rebuilding the metrics from the events") as update:
+                events = rebuild_on_postgres(pg_conn, progress=update)
+        finally:
+            pg_conn.close()
+        print(f"PostgreSQL store: metrics rebuilt from {events:,} events", file=sys.stderr)
+    elif args.rebuild:
         from gateway.store.jobs.stats import rebuild
 
         with _store_locked(path, "stop the daemon first (the rebuild rewrites the "
@@ -404,13 +416,19 @@ def cmd_report(args: argparse.Namespace) -> int:
             finally:
                 conn.close()
         print(f"{path}: metrics rebuilt from {events:,} events", file=sys.stderr)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    reader: Any  # sqlite3's connection, or the PostgreSQL one speaking its surface
+    if on_postgres:
+        from gateway.store.postgres.conn import Connection
+
+        reader = Connection.connect(config.store.url, application_name="omnirelay-report")
+    else:
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         zone = config.stats.time_zone
-        total = compute_stats(conn, StatsQuery(start, end, None, zone))["groups"]
-        days = compute_stats(conn, StatsQuery(start, end, "day", zone))["groups"]
+        total = compute_stats(reader, StatsQuery(start, end, None, zone))["groups"]
+        days = compute_stats(reader, StatsQuery(start, end, "day", zone))["groups"]
     finally:
-        conn.close()
+        reader.close()
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 

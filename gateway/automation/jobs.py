@@ -142,8 +142,10 @@ def _send_automatic(tx: Tx, conversation_id: str, request: OutboundRequest,
             return None
     _status, message = _enqueue_outbound(tx, conversation_id, None, request, routes, None)
     for key, _window in keys:
-        tx.conn.execute("INSERT OR REPLACE INTO automatic_sends (key, message_id, created_at) "
-                        "VALUES (?, ?, ?)", (key, message["id"], tx.now_iso))
+        tx.conn.execute("INSERT INTO automatic_sends (key, message_id, created_at) "
+                        "VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET message_id = "
+                        "excluded.message_id, created_at = excluded.created_at",
+                        (key, message["id"], tx.now_iso))
     if survey is not None:
         tx.conn.execute("UPDATE conversations SET survey = ? WHERE id = ?",
                         (_dumps({**survey, "message_id": message["id"]}), conversation_id))

@@ -44,6 +44,15 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("webhook_deliveries", ("id",)),
     ("checkpoints", ("key",)),
     ("pending_fetches", ("id",)),
+    # Automation's dedupe keys and the metrics' aggregates (migrations 0008, 0009). Not
+    # conversation_tags: the target's triggers fill it as the conversations go in.
+    ("automatic_sends", ("key",)),
+    ("stat_buckets", ("bucket", "channel", "account", "agent")),
+    ("stat_durations", ("bucket", "channel", "account", "agent")),
+    ("stat_open", ("bucket", "channel", "account", "agent")),
+    ("stat_open_days", ("day", "channel", "account", "agent")),
+    ("stat_writers", ("bucket", "channel", "account", "customer")),
+    ("stat_conversations", ("id",)),
 )
 # Columns one backend has and the other does not need (PostgreSQL's claim leases).
 ENGINE_ONLY = {"lease_until"}

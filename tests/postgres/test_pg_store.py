@@ -8,16 +8,20 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from gateway.automation.jobs import _send_automatic
 from gateway.config import StoreConfig
 from gateway.store import base
 from gateway.store.base import OutboundRequest, Route
+from gateway.store.migrate import migration_scripts as sqlite_migrations
 from gateway.store.postgres import PostgresStore, singleton
 from gateway.store.postgres.conn import translate
+from gateway.store.postgres.migrate import migration_scripts as pg_migrations
 from normalizer.model import InboundMessage, Party, RemoteAttachment
 from tests.postgres.server import PgServer
 from tests.store.test_interface import ROLES, _methods
@@ -72,6 +76,31 @@ def test_sqlite_spellings_become_postgres_ones() -> None:
     assert sql == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
     sql, _ = translate("DELETE FROM k WHERE json_extract(response, '$.id') IN (?)")
     assert sql == "DELETE FROM k WHERE (response::jsonb ->> 'id') IN (%s)"
+    # The metrics' upserts and reads (gateway/store/jobs/stats.py, gateway/stats/query.py).
+    sql, _ = translate("INSERT INTO s (k, n, b) VALUES (?, ?, ?) ON CONFLICT (k) DO UPDATE SET "
+                       "n = n + excluded.n, b = CAST(b || excluded.b AS BLOB)")
+    assert sql.endswith("DO UPDATE SET n = s.n + excluded.n, "
+                        "b = CAST(s.b || excluded.b AS BYTEA)")
+    sql, _ = translate("SELECT k, CAST(group_concat(b, '') AS BLOB) FROM s GROUP BY k")
+    assert sql == "SELECT k, string_agg(b, ''::bytea) FROM s GROUP BY k"
+    sql, _ = translate("SELECT SUM(n) FROM (SELECT n FROM s UNION ALL SELECT n FROM t) GROUP BY k")
+    assert sql == ("SELECT SUM(n) FROM (SELECT n FROM s UNION ALL SELECT n FROM t) "
+                   "AS subquery_0 GROUP BY k")
+    sql, _ = translate("SELECT q.n FROM (SELECT n FROM s) q")
+    assert sql == "SELECT q.n FROM (SELECT n FROM s) q"
+    sql, _ = translate("SELECT n FROM (SELECT n FROM (SELECT n FROM s)) WHERE n > ?")
+    assert sql == ("SELECT n FROM (SELECT n FROM (SELECT n FROM s) AS subquery_1) "
+                   "AS subquery_0 WHERE n > %s")
+
+
+def test_every_sqlite_migration_has_a_postgresql_one_of_the_same_number_and_name() -> None:
+    # A SQLite-only migration leaves PostgreSQL without its tables (and omnirelay migrate
+    # refuses a source column the target has no place for).
+    def names(folder: str) -> list[str]:
+        return sorted(p.name for p in (resources.files("gateway.store") / folder).iterdir()
+                      if p.name.endswith(".sql"))
+    assert names("migrations_pg") == names("migrations")
+    assert [v for v, _ in pg_migrations()] == [v for v, _ in sqlite_migrations()]
 
 
 async def test_stores_opened_at_once_on_an_empty_database_migrate_it_once(
@@ -80,7 +109,7 @@ async def test_stores_opened_at_once_on_an_empty_database_migrate_it_once(
     await stores(3, dsn)
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert [r[0] for r in rows] == list(range(1, 8))
+    assert [r[0] for r in rows] == [v for v, _sql in sqlite_migrations()]
 
 
 async def test_an_event_committed_by_one_instance_reaches_the_others_feed_at_once(
@@ -120,6 +149,21 @@ async def test_two_instances_storing_the_same_messages_at_once_store_each_once(
     assert page.seqs == list(range(1, 5 * 2 + 40 + 1))  # gapless, in order
 
 
+async def test_two_instances_storing_the_same_all_or_none_batches_store_each_once(
+        stores: OpenStores) -> None:
+    # A LINE webhook's events (ingest_all) delivered to two instances at once.
+    a, b = await stores(2)
+    batches = [[(inbound(f"m{n}-{i}", sender=f"u{n}"), []) for i in range(3)]
+               for n in range(8)]
+    results = await asyncio.gather(*(s.ingest_all(batch) for batch in batches
+                                     for s in (a, b)))
+    for mine, theirs in zip(results[::2], results[1::2], strict=True):
+        assert sorted([r.created for r in mine], reverse=True) in ([True] * 3, [False] * 3)
+        assert [r.created for r in mine] == [not r.created for r in theirs]
+        assert [r.message["id"] for r in mine] == [r.message["id"] for r in theirs]
+    assert len({r.message["conversation_id"] for batch in results for r in batch}) == 8
+
+
 async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_out(
         stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = await stores(2)
@@ -139,6 +183,29 @@ async def test_an_outbox_claim_is_a_lease_another_instance_takes_when_it_runs_ou
     assert again.message["id"] == reply["id"] and again.attempts == 2
     await b.outbox_sent(reply["id"], "p-1")
     assert await a.claim_outbox(10) == []
+
+
+async def test_two_instances_queue_one_automatic_send_per_key(stores: OpenStores) -> None:
+    # Every instance's automation worker follows the same feed: both may queue the same
+    # acknowledgement at the same moment. The send emits an event, so its batch holds the
+    # feed_head lock: the second instance's batch waits, then finds the first's key.
+    a, b = await stores(2)
+    conversations = [(await a.ingest(inbound(f"m{i}", sender=f"u{i}"), [])).message[
+        "conversation_id"] for i in range(12)]
+    request = OutboundRequest(text="We got your message", automatic="acknowledgement")
+
+    async def send(store: PostgresStore, conversation_id: str) -> dict[str, object] | None:
+        keys = [(f"ack:{conversation_id}", None)]
+        sent: dict[str, object] | None = await store.write(
+            _send_automatic, conversation_id, request, [ROUTE], keys, None)
+        return sent
+    results = await asyncio.gather(*(send(store, cid) for cid in conversations
+                                     for store in (a, b)))
+    assert sum(r is not None for r in results) == len(conversations)
+    with psycopg.connect(a.url) as conn:
+        queued = conn.execute("SELECT conversation_id, COUNT(*) FROM outbox "
+                              "GROUP BY conversation_id").fetchall()
+    assert sorted(queued) == sorted((cid, 1) for cid in conversations)
 
 
 async def test_webhook_deliveries_and_fetches_are_leases_too(

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.automation.jobs import _send_automatic
 from gateway.config import StoreConfig
+from gateway.stats.query import StatsQuery, period
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
@@ -19,6 +21,7 @@ from normalizer.model import InboundMessage, Party, RemoteAttachment
 from tests.postgres.server import PgServer
 
 ROUTE = Route("api", "a", Party("external", "omnirelay:a"), ("external", "email"))
+AGENT = {"id": "a-1", "name": "Ji-woo"}
 
 
 def inbound(provider_id: str, sender: str, **kwargs: Any) -> InboundMessage:
@@ -31,7 +34,8 @@ def inbound(provider_id: str, sender: str, **kwargs: Any) -> InboundMessage:
 
 async def fill(store: SQLiteStore) -> dict[str, Any]:
     """A store with something of everything: customers (one merged, one erased), replies
-    (one sent, one queued), an attachment, a pending fetch, webhook rows, a checkpoint."""
+    (one sent, one queued), an attachment, a pending fetch, webhook rows, a checkpoint,
+    conversation fields, an opt-out, an automatic send, a closed conversation's metrics."""
     blobs = await store.put_blobs([("a.txt", "text/plain", b"attached bytes", False, None)])
     first = await store.ingest(inbound("m1", "u1", linked_identities=[
         Party("email", "kim@example.com")]), blobs)
@@ -54,6 +58,12 @@ async def fill(store: SQLiteStore) -> dict[str, Any]:
     await store.ingest(inbound("m-late", "u1"), [])
     await store.fan_out("hook", lambda _t: True)
     await store.set_checkpoint("imap:x", "42")
+    await store.patch_conversation(conversation, {"tags": ["vip"], "assignee": AGENT}, AGENT)
+    await store.set_opt_out("email", "kim@example.com", "api", "a", "STOP")
+    await store.write(_send_automatic, conversation, OutboundRequest(
+        text="thanks", automatic="acknowledgement"), [ROUTE], [("ack:x", None)], None)
+    closed = (await store.ingest(inbound("m-closed", "u-closed"), [])).message
+    await store.set_conversation_status(closed["conversation_id"], "closed", AGENT)
     return {"first": first.message, "conversation": conversation, "blob": blobs[0]}
 
 
@@ -73,6 +83,13 @@ async def snapshot(store: SQLiteStore, known: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": await store.get_checkpoint("imap:x"),
         "depth": await store.outbox_depth(),
         "backlog": await store.fetch_backlog(),
+        "tagged": await store.list_conversations(status=None, customer_id=None, after=None,
+                                                 limit=10, tag="vip", assignee="a-1"),
+        "opted_out": await store.opted_out("email", "kim@example.com", "api", "a"),
+        "stats": await store.stats(StatsQuery(*period(None, None), "agent")),
+        # The acknowledgement's key came along: the same one again queues nothing.
+        "ack_again": await store.write(_send_automatic, known["conversation"], OutboundRequest(
+            text="thanks", automatic="acknowledgement"), [ROUTE], [("ack:x", None)], None),
     }
 
 
@@ -92,6 +109,10 @@ async def test_a_store_moved_to_postgres_and_back_reads_the_same(
     known = await fill(source)
     before = await snapshot(source, known)
     await source.close()
+    assert [c["tags"] for c in before["tagged"]] == [["vip"]] and before["opted_out"]
+    assert before["ack_again"] is None
+    [closer] = [g for g in before["stats"]["groups"] if g["key"] == "a-1"]
+    assert closer["conversations_closed"] == 1
 
     pg_url = pg_server.new_database(template=None)
     counts = transfer(sqlite_url, pg_url)
@@ -118,6 +139,8 @@ async def test_a_store_moved_to_postgres_and_back_reads_the_same(
         again = await snapshot(back, known)
         assert again["feed"][:len(before["feed"])] == before["feed"]
         assert again["head"] == before["head"] + 1
+        assert again["tagged"] == before["tagged"] and again["opted_out"]
+        assert again["ack_again"] is None
     finally:
         await back.close()
 

@@ -32,7 +32,7 @@ from gateway.store.base import (
 )
 from gateway.store.feed import FeedTail, read_events
 from gateway.store.jobs.customers import _set_checkpoint
-from gateway.store.jobs.ingest import _ingest
+from gateway.store.jobs.ingest import _ingest, _ingest_all
 from gateway.store.jobs.media import _fetch_retry
 from gateway.store.jobs.outbound import _outbox_retry
 from gateway.store.jobs.retention import _erase_customer, _purge
@@ -60,6 +60,12 @@ def ingest_lock_keys(args: tuple[Any, ...]) -> list[str]:
     if inbound.group is not None:
         keys.append(f"g\x1f{inbound.channel}\x1f{inbound.account}\x1f{inbound.group.id}")
     return keys
+
+
+def ingest_all_lock_keys(args: tuple[Any, ...]) -> list[str]:
+    """An all-or-none batch of messages (a LINE webhook's events): every message's keys."""
+    items: list[tuple[InboundMessage, Any]] = args[0]
+    return [key for inbound, _attachments in items for key in ingest_lock_keys((inbound,))]
 
 
 def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
@@ -90,12 +96,13 @@ class PostgresStore(SQLiteStore):
         self.path = config.data_dir / "postgresql"  # nothing is written there
         self.blob_dir = config.data_dir / "blobs"
         self.pg = PgEngine(config.url, batch_max=config.batch_max, quiet=QUIET_JOBS,
-                           lock_keys={_ingest: ingest_lock_keys},
+                           lock_keys={_ingest: ingest_lock_keys,
+                                      _ingest_all: ingest_all_lock_keys},
                            deferred={_ingest: ingest_dedupe_key}, on_commit=on_commit,
-                           on_batch=on_batch, on_fatal=on_fatal, readers=readers)
+                           on_batch=on_batch, on_fatal=on_fatal, readers=readers,
+                           on_samples=on_samples)
         self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
         self._tail = FeedTail(0)
-        self.on_samples = on_samples  # TODO(integration): hand over the stats' samples
         self.automation: Automation | None = None
         self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)
 

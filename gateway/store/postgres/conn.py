@@ -4,8 +4,9 @@ Why: the write jobs (``gateway/store/jobs/``) and the reads (``queries.py``) are
 functions of a DB-API connection with SQLite's ``?`` placeholders and ``sqlite3.Row``
 rows. Running the same functions on PostgreSQL keeps one implementation of every rule
 (the issue's "same behaviour in every test"); this adapter translates the few SQLite
-spellings they use (``?``, ``INSERT OR IGNORE``, ``json_extract``, ``json_object``) and
-returns rows readable by index and by name.
+spellings they use (``?``, ``INSERT OR IGNORE``, ``json_extract``, ``json_object``, the
+metrics' blob concatenation and upserts, a subquery without an alias) and returns rows
+readable by index and by name.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ _ERASED_BODY_PG = ("convert_to(json_build_object('id', id, 'seq', CAST(seq AS TE
                    "type, 'created_at', created_at, 'data', json_build_object('erased', true)"
                    ")::text, 'UTF8')")
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.(\w+)'\)")
+# The metrics' duration samples (gateway/stats/query.py): SQLite joins blobs as text and
+# casts them back; PostgreSQL joins bytea itself (the order of samples does not matter).
+_GROUP_CONCAT_BLOB = re.compile(r"CAST\(group_concat\((\w+), ''\) AS BLOB\)")
+_INSERT_TARGET = re.compile(r"INSERT INTO (\w+)")
+_ASSIGNED = re.compile(r"(?:^|,)\s*(\w+) = ")
+_FROM_SUBQUERY = re.compile(r"\bFROM \(SELECT\b")
+_ALIAS_FOLLOWS = re.compile(r"\s*(?:AS\b|(?!(?:WHERE|GROUP|ORDER|LIMIT|UNION|JOIN|LEFT|INNER|"
+                            r"CROSS|ON|HAVING)\b)[A-Za-z_])")
 
 
 @functools.lru_cache(maxsize=2048)
@@ -33,6 +42,12 @@ def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
     for numbered placeholders (``?1``) which parameter each ``%s`` takes."""
     sql = sql.replace(_ERASED_BODY_SQLITE, _ERASED_BODY_PG)
     sql = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", sql)
+    sql = _GROUP_CONCAT_BLOB.sub(r"string_agg(\1, ''::bytea)", sql)
+    sql = sql.replace(" AS BLOB)", " AS BYTEA)")
+    if " DO UPDATE SET " in sql:
+        sql = _qualify_upsert(sql)
+    if "FROM (SELECT" in sql:
+        sql = _alias_subqueries(sql)
     ignore = "INSERT OR IGNORE INTO" in sql
     if ignore:
         sql = sql.replace("INSERT OR IGNORE INTO", "INSERT INTO")
@@ -66,6 +81,37 @@ def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
     if ignore:
         result += " ON CONFLICT DO NOTHING"
     return result, tuple(order) if numbered else None
+
+
+def _qualify_upsert(sql: str) -> str:
+    """``ON CONFLICT … DO UPDATE SET n = n + excluded.n``: SQLite reads the bare ``n`` as
+    the stored row's, PostgreSQL finds it ambiguous; name its table."""
+    target = _INSERT_TARGET.search(sql)
+    head, _, tail = sql.partition(" DO UPDATE SET ")
+    names = set(_ASSIGNED.findall(tail))
+    if target is None or not names:
+        return sql
+    bare = re.compile(r"(?<![.\w])(" + "|".join(sorted(names)) + r")\b(?! =)")
+    return f"{head} DO UPDATE SET " + bare.sub(rf"{target.group(1)}.\1", tail)
+
+
+def _alias_subqueries(sql: str) -> str:
+    """PostgreSQL before 16 wants an alias on every subquery in FROM; SQLite does not."""
+    ends: list[int] = []
+    for found in _FROM_SUBQUERY.finditer(sql):
+        depth = 0
+        for i in range(found.start() + 5, len(sql)):
+            if sql[i] == "(":
+                depth += 1
+            elif sql[i] == ")":
+                depth -= 1
+                if depth == 0:
+                    if not _ALIAS_FOLLOWS.match(sql, i + 1):
+                        ends.append(i + 1)
+                    break
+    for number, at in enumerate(sorted(ends, reverse=True)):  # from the end: offsets hold
+        sql = f"{sql[:at]} AS subquery_{number}{sql[at:]}"
+    return sql
 
 
 class Row(tuple[Any, ...]):

@@ -17,6 +17,9 @@ other instances write to the same database at the same time, so:
   what the other instance committed.
 - The writer's cache lives for one batch only: another instance may change what it holds.
 - A batch that deadlocks or fails serialization runs again from the start.
+- The support metrics' duration samples that the jobs measure (``jobs/stats.py``) are
+  handed to ``on_samples`` once their batch committed; a job undone, or a batch rolled
+  back, takes its samples with it (as on SQLite).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import queue
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -45,6 +49,7 @@ from gateway.store.engine import (
     _take_queued,
 )
 from gateway.store.feed import EmittedEvents
+from gateway.store.jobs.stats import Sample, drop_samples, take_samples
 from gateway.store.jobs.tx import BatchRows, Tx, WriterCache
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.migrate import apply_migrations
@@ -70,7 +75,8 @@ class PgEngine:
                  deferred: dict[Callable[..., Any], DedupeOf] | None = None,
                  on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
-                 on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
+                 on_fatal: Callable[[str], None] | None = None, readers: int = 4,
+                 on_samples: Callable[[list[Sample]], None] | None = None) -> None:
         self.dsn = dsn
         self.batch_max = batch_max
         self.quiet = quiet  # jobs that never emit: their batches leave feed_head alone
@@ -80,6 +86,8 @@ class PgEngine:
         self.on_commit = on_commit
         self.on_batch = on_batch
         self.on_fatal = on_fatal
+        self.on_samples = on_samples  # the metrics' durations, once their batch committed
+        self._samples: list[Sample] = []  # the open batch's, of jobs that went through
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.cache = WriterCache()
         self._writer: threading.Thread | None = None
@@ -181,6 +189,7 @@ class PgEngine:
             try:
                 outcomes, head = self._execute(conn, batch, optimistic)
                 self._commit_ok = True
+                self._hand_over_samples()
                 break
             except _Rerun:
                 _rollback(conn)
@@ -203,6 +212,8 @@ class PgEngine:
                         conn = self.connect("omnirelay-writer")
                 break
         if outcomes is None:
+            drop_samples()  # nothing of the batch happened
+            self._samples = []
             error = StoreError(f"the store could not commit: {self.last_error or 'deadlocks'}")
             outcomes = [(False, error)] * len(batch)
         self.batches += 1
@@ -231,6 +242,8 @@ class PgEngine:
         of them fails, :class:`_Rerun` undoes the batch and it runs again job by job.
         """
         self.cache.clear()  # another instance may have changed what it knew
+        drop_samples()  # a rolled back attempt's
+        self._samples = []
         emitted = EmittedEvents()
         now = utcnow()
         now_iso = iso(now)
@@ -263,7 +276,7 @@ class PgEngine:
                 continue
             if rows is not None:
                 _guard(rows.flush, conn, now_iso)  # what this job may read is in the tables
-            outcomes.append(self._run_job(conn, fn, args, emitted, now_iso))
+            outcomes.append(self._run_job(conn, fn, args, emitted, now, now_iso))
         if rows is not None:
             _guard(rows.flush, conn, now_iso)
         head: int | None = None
@@ -272,16 +285,20 @@ class PgEngine:
             conn.execute("UPDATE feed_head SET seq = ?", (head,))
             conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(head)))
         conn.execute("COMMIT")
+        self._samples += take_samples()
         return outcomes, head
 
     def _run_job(self, conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...],
-                 emitted: EmittedEvents, now_iso: str) -> tuple[bool, Any]:
+                 emitted: EmittedEvents, now: datetime, now_iso: str) -> tuple[bool, Any]:
         """One job in a savepoint; once more after a unique violation (another instance
         committed the same row first: the second run finds it)."""
         for attempt in (1, 2):
             before = len(emitted)
-            tx = Tx(cast(Any, conn), cast(CommitEngine, self), utcnow(), now_iso, self.cache,
+            # The batch's one clock reading, as on SQLite: the metrics fold an event in at
+            # its created_at (``now_iso``), so that a rebuild from the events agrees.
+            tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
                     None, emitted)
+            self._samples += take_samples()  # the jobs before this one keep theirs
             conn.execute("SAVEPOINT job")
             try:
                 result = fn(tx, *args)
@@ -291,6 +308,7 @@ class PgEngine:
                 conn.execute("ROLLBACK TO SAVEPOINT job")
                 conn.execute("RELEASE SAVEPOINT job")
                 self.cache.clear()
+                drop_samples()  # undone with the job
                 del emitted[before:]
                 if attempt == 2:
                     return False, exc
@@ -301,11 +319,19 @@ class PgEngine:
                 conn.execute("ROLLBACK TO SAVEPOINT job")
                 conn.execute("RELEASE SAVEPOINT job")
                 self.cache.clear()
+                drop_samples()  # undone with the job
                 del emitted[before:]
                 return False, exc
             conn.execute("RELEASE SAVEPOINT job")
             return True, result
         raise AssertionError("unreachable")
+
+    def _hand_over_samples(self) -> None:
+        """The committed batch's duration samples to the metrics (the writer thread, as on
+        SQLite)."""
+        samples, self._samples = self._samples, []
+        if samples and self.on_samples is not None:
+            self.on_samples(samples)
 
     def next_seq(self) -> int:
         """The seq of the next event (writer thread, under the feed_head lock)."""
