@@ -12,6 +12,7 @@ CREATE TABLE conversation_tags (
     conversation_id TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (tag, conversation_id)
 );
+CREATE INDEX conversation_tags_by_conversation ON conversation_tags(conversation_id);
 INSERT INTO conversation_tags (tag, conversation_id)
     SELECT j.value, c.id FROM conversations c, jsonb_array_elements_text(c.tags::jsonb) j
     WHERE c.tags != '[]' ON CONFLICT DO NOTHING;
@@ -63,7 +64,7 @@ CREATE TABLE stat_buckets (
     csat_answers  INTEGER NOT NULL DEFAULT 0,
     csat_sum      INTEGER NOT NULL DEFAULT 0,
     csat_good     INTEGER NOT NULL DEFAULT 0,  -- ratings of 4 or 5
-    PRIMARY KEY (bucket, channel, account, agent)
+    PRIMARY KEY (channel, account, agent, bucket)
 );
 
 -- The durations that ended in a quarter hour, float64 seconds appended to a bytea.
@@ -75,7 +76,7 @@ CREATE TABLE stat_durations (
     frt        BYTEA NOT NULL DEFAULT ''::bytea,
     response   BYTEA NOT NULL DEFAULT ''::bytea,
     resolution BYTEA NOT NULL DEFAULT ''::bytea,
-    PRIMARY KEY (bucket, channel, account, agent)
+    PRIMARY KEY (channel, account, agent, bucket)
 );
 
 -- Open conversations: +1 at an open or reopen, -1 at a close, by assignee, per quarter
