@@ -23,7 +23,7 @@ from gateway.errors import OmnirelayError
 from gateway.stats.query import StatsQuery, compute_stats, period
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.jobs.outbound import _outbox_sent
-from gateway.store.jobs.stats import Sample
+from gateway.store.jobs.stats import Sample, forget_cached_rows
 from gateway.store.jobs.tx import Tx
 from gateway.store.migrate import apply_migrations
 from gateway.store.postgres.conn import Connection
@@ -195,6 +195,7 @@ def seeded(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
     apply_migrations(lite)
     seed(lite)
     pg = Connection.connect(pg_server.new_database())
+    forget_cached_rows()  # this thread just wrote the same conversations into SQLite
     seed(pg)  # type: ignore[arg-type]  # sqlite3's surface, PostgreSQL's server
     yield lite, pg
     lite.close()

@@ -70,17 +70,24 @@ def drop_samples() -> None:
     """A rollback: what it measured never happened, and what the caches below hold may be
     gone."""
     _local.samples = []
+    _local.pending = None
+    forget_cached_rows()
+
+
+def forget_cached_rows() -> None:
+    """Empty this thread's caches of aggregate rows: after a rollback, and before every batch
+    where another writer may have changed the tables since (several instances on PostgreSQL,
+    or one thread writing two databases)."""
     _local.states = {}
     _local.wrote = {}
-    _local.pending = None
 
 
 _CACHE_LIMIT = 50_000  # entries of each writer-thread cache before it starts again
 
 
 def _cache(name: str) -> dict[Any, Any]:
-    """A writer thread's cache of rows it wrote (valid: it is the only writer; emptied
-    by drop_samples at every rollback)."""
+    """A writer thread's cache of rows it wrote (valid while it is the only writer; emptied
+    by drop_samples at every rollback, and by forget_cached_rows)."""
     cache: dict[Any, Any] | None = getattr(_local, name, None)
     if cache is None or len(cache) > _CACHE_LIMIT:
         cache = {}

@@ -49,7 +49,7 @@ from gateway.store.engine import (
     _take_queued,
 )
 from gateway.store.feed import EmittedEvents
-from gateway.store.jobs.stats import Sample, drop_samples, take_samples
+from gateway.store.jobs.stats import Sample, drop_samples, forget_cached_rows, take_samples
 from gateway.store.jobs.tx import BatchRows, Tx, WriterCache
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.migrate import apply_migrations
@@ -242,6 +242,7 @@ class PgEngine:
         of them fails, :class:`_Rerun` undoes the batch and it runs again job by job.
         """
         self.cache.clear()  # another instance may have changed what it knew
+        forget_cached_rows()  # the metrics' cached rows likewise (jobs/stats.py)
         drop_samples()  # a rolled back attempt's
         self._samples = []
         emitted = EmittedEvents()
