@@ -57,7 +57,8 @@ class MediaLinks:
     def __init__(self, store: AdapterStore, *, secret: str, purpose: str, base_url: str,
                  ttl: float | None) -> None:
         # A key of its own per purpose: a link reveals nothing usable against the secret
-        # (or against the same secret's links for another purpose).
+        # (or against the same secret's links for another purpose). Adapters put the account
+        # name in the purpose, so two accounts that share a secret cannot open each other's.
         self._key = hmac.new(secret.encode(), b"omnirelay media links\0" + purpose.encode(),
                              hashlib.sha256).digest()
         self.store = store

@@ -87,7 +87,7 @@ class LineAdapter(ChannelAdapter):
         self._validator: Any = None  # the SDK's SignatureValidator
         self._names: dict[str, tuple[str | None, float]] = {}
         self.media = MediaLinks(self.ctx.store, secret=self.config.channel_secret.reveal(),
-                                purpose="line images",
+                                purpose=f"line images {self.name}",
                                 base_url=f"{self.ctx.public_url}/hooks/line/{self.name}",
                                 ttl=MEDIA_LINK_TTL)
 

@@ -82,7 +82,7 @@ class NaverTalkAdapter(ChannelAdapter):
         self.counters.update({"refused_addresses": 0, "ignored_events": 0, "opens": 0,
                               "payments_refused": 0, "echoes": 0, "invalid_events": 0})
         self.media = MediaLinks(self.ctx.store, secret=self.config.authorization.reveal(),
-                                purpose="navertalk images",
+                                purpose=f"navertalk images {self.name}",
                                 base_url=f"{self.ctx.public_url}/hooks/navertalk/{self.name}",
                                 ttl=MEDIA_LINK_TTL)
         # (user, text) → until when an echo of that piece of a split send is ours.

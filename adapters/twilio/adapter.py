@@ -77,7 +77,7 @@ class TwilioAdapter(ChannelAdapter):
         token = self.config.auth_token.reveal()
         self.signature = TwilioSignature(token, self.config.account_sid)
         # Twilio fetches an MMS's media when it sends: a short life (``media_link_ttl``).
-        self.links = MediaLinks(self.ctx.store, secret=token, purpose="twilio mms",
+        self.links = MediaLinks(self.ctx.store, secret=token, purpose=f"twilio mms {self.name}",
                                 base_url=self.hook_base, ttl=self.config.media_link_ttl)
         self.pacer = SenderPacer(self.config.sender_rate) if self.config.sender_rate else None
         self._http: TwilioHttpClient | None = None
