@@ -30,7 +30,6 @@ from aiohttp import web
 
 from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from adapters.line.config import LineConfig
-from adapters.line.media import SignedMedia
 from gateway.errors import (
     MalformedPayload,
     NotFound,
@@ -42,6 +41,7 @@ from gateway.errors import (
 )
 from gateway.http import read_body, remote_error_excerpt, retry_after_seconds
 from gateway.media import MediaSource, source_name
+from gateway.media_links import MediaLinks
 from normalizer.errors import InvalidInput
 from normalizer.line import (
     Ignored,
@@ -59,6 +59,12 @@ PROFILE_CACHE_MAX = 50_000
 RETRY_KEY_NAMESPACE = uuid.UUID("5d0f8e3c-8a57-4a3e-9a55-6c1f5b0e2a11")
 STICKER_TEMPLATE = "line_sticker"
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png"})
+# How long a reply's image link stays valid. LINE downloads the image when the message
+# is sent, but its clients may ask for it again later (the full-size image when a customer
+# opens a message read from the preview, a device synced afterwards), when no send is in
+# progress to hand out a new link: a week covers that, while a leaked link stops opening
+# the file. (A retried send builds fresh links, so it never hands out an expired one.)
+MEDIA_LINK_TTL = 7 * 86400.0
 
 
 class LineAdapter(ChannelAdapter):
@@ -80,8 +86,10 @@ class LineAdapter(ChannelAdapter):
         self._api: Any = None  # AsyncMessagingApi
         self._validator: Any = None  # the SDK's SignatureValidator
         self._names: dict[str, tuple[str | None, float]] = {}
-        self.media = SignedMedia(self.config.channel_secret.reveal(),
-                                 f"{self.ctx.public_url}/hooks/line/{self.name}", self.ctx.store)
+        self.media = MediaLinks(self.ctx.store, secret=self.config.channel_secret.reveal(),
+                                purpose=f"line images {self.name}",
+                                base_url=f"{self.ctx.public_url}/hooks/line/{self.name}",
+                                ttl=MEDIA_LINK_TTL)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -119,7 +127,7 @@ class LineAdapter(ChannelAdapter):
     def routes(self) -> Sequence[web.RouteDef]:
         """The webhook, and the signed URLs LINE fetches a reply's images from."""
         return [web.post("", self.handle_webhook),
-                web.get("/media/{signature}/{sha256}", self.media.handle)]
+                self.media.route()]
 
     def sender(self, channel: str) -> Party:
         """Replies come from the official account."""
@@ -285,7 +293,7 @@ class LineAdapter(ChannelAdapter):
                 raise PermanentSendError(
                     f"LINE cannot send {attachment.content_type} ({attachment.filename!r}): "
                     "only JPEG and PNG images", error_code="attachment_not_supported")
-            url = self.media.url(attachment.sha256)
+            url = self.media.link(attachment.sha256, attachment.content_type)
             items.append(self._sdk.ImageMessage(originalContentUrl=url, previewImageUrl=url))
         if not items:
             raise PermanentSendError("nothing to send", error_code="empty_message")

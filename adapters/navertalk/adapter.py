@@ -29,7 +29,6 @@ import orjson
 from aiohttp import web
 
 from adapters.base import ChannelAdapter, OutboundMessage, SendResult
-from adapters.line.media import SignedMedia
 from adapters.navertalk.config import NaverTalkConfig
 from gateway.errors import (
     Forbidden,
@@ -42,6 +41,7 @@ from gateway.errors import (
 )
 from gateway.http import client_address, read_body, remote_error_excerpt, retry_after_seconds
 from gateway.media import MediaSource, source_name
+from gateway.media_links import MediaLinks
 from normalizer.errors import InvalidInput
 from normalizer.identity import InvalidIdentity, normalize_phone
 from normalizer.model import InboundMessage, Party
@@ -57,6 +57,12 @@ from normalizer.textsplit import split_text
 
 TEXT_LIMIT = 10_000  # characters a textContent ("영문/한글 구분 없이 1만자")
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
+# How long a reply's image link stays valid. TalkTalk downloads the image when the message
+# is sent, but its clients may ask for it again later (the full-size image when a customer
+# opens a message read from the preview, a device synced afterwards), when no send is in
+# progress to hand out a new link: a week covers that, while a leaked link stops opening
+# the file. (A retried send builds fresh links, so it never hands out an expired one.)
+MEDIA_LINK_TTL = 7 * 86400.0
 EMPTY_OK = b""  # 200 with no body: a JSON body would be sent to the customer
 CONTEXT_MAX_AGE = 7 * 86400.0  # an open older than this no longer explains a message
 
@@ -75,9 +81,10 @@ class NaverTalkAdapter(ChannelAdapter):
         super().__init__(*args, **kwargs)
         self.counters.update({"refused_addresses": 0, "ignored_events": 0, "opens": 0,
                               "payments_refused": 0, "echoes": 0, "invalid_events": 0})
-        self.media = SignedMedia(self.config.authorization.reveal(),
-                                 f"{self.ctx.public_url}/hooks/navertalk/{self.name}",
-                                 self.ctx.store)
+        self.media = MediaLinks(self.ctx.store, secret=self.config.authorization.reveal(),
+                                purpose=f"navertalk images {self.name}",
+                                base_url=f"{self.ctx.public_url}/hooks/navertalk/{self.name}",
+                                ttl=MEDIA_LINK_TTL)
         # (user, text) → until when an echo of that piece of a split send is ours.
         self._pieces: dict[tuple[str, str], float] = {}
         # message id → pieces already accepted (a retry does not send them again).
@@ -99,7 +106,7 @@ class NaverTalkAdapter(ChannelAdapter):
     def routes(self) -> Sequence[web.RouteDef]:
         """The webhook, and the signed URLs TalkTalk downloads a reply's images from."""
         return [web.post("", self.handle_webhook),
-                web.get("/media/{signature}/{sha256}", self.media.handle)]
+                self.media.route()]
 
     def sender(self, channel: str) -> Party:
         """Replies come from the partner account."""
@@ -242,7 +249,8 @@ class NaverTalkAdapter(ChannelAdapter):
                     f"({attachment.filename!r}): only JPEG, PNG and GIF images",
                     error_code="attachment_not_supported")
             events.append({"event": "send", "user": user,
-                           "imageContent": {"imageUrl": self.media.url(attachment.sha256)}})
+                           "imageContent": {"imageUrl": self.media.link(
+                               attachment.sha256, attachment.content_type)}})
         if not events:
             raise PermanentSendError("nothing to send", error_code="empty_message")
         return events

@@ -24,11 +24,9 @@ from adapters.base import (
     SendResult,
 )
 from adapters.twilio.config import TwilioConfig
-from adapters.twilio.media import MediaLinks
 from adapters.twilio.outbound import SenderPacer, TwilioHttpClient, send_error
 from adapters.twilio.signature import TwilioSignature, form_fields
 from gateway.errors import (
-    NotFound,
     OmnirelayError,
     PermanentSendError,
     RetryableSendError,
@@ -36,8 +34,8 @@ from gateway.errors import (
 )
 from gateway.http import read_body
 from gateway.media import MediaSource, source_name
+from gateway.media_links import MediaLinks
 from gateway.receipts import DeliveryError, Receipt, Receipts
-from normalizer.attachments import sanitize_content_type
 from normalizer.errors import InvalidInput
 from normalizer.model import Party
 from normalizer.twilio import (
@@ -78,7 +76,9 @@ class TwilioAdapter(ChannelAdapter):
         self.hook_base = f"{self.public_url}/hooks/{self.type}/{self.name}"
         token = self.config.auth_token.reveal()
         self.signature = TwilioSignature(token, self.config.account_sid)
-        self.links = MediaLinks(token, self.hook_base, self.config.media_link_ttl)
+        # Twilio fetches an MMS's media when it sends: a short life (``media_link_ttl``).
+        self.links = MediaLinks(self.ctx.store, secret=token, purpose=f"twilio mms {self.name}",
+                                base_url=self.hook_base, ttl=self.config.media_link_ttl)
         self.pacer = SenderPacer(self.config.sender_rate) if self.config.sender_rate else None
         self._http: TwilioHttpClient | None = None
         self._client: Client | None = None
@@ -124,7 +124,7 @@ class TwilioAdapter(ChannelAdapter):
         """Messages and status callbacks in; MMS attachment links out."""
         return [web.post("/messages", self.handle_inbound),
                 web.post("/status", self.handle_status),
-                web.get("/media/{token}", self.serve_media)]
+                self.links.route()]
 
     def media_origins(self) -> frozenset[str]:
         """Twilio's API host: the only origin a media URL is fetched from."""
@@ -212,16 +212,6 @@ class TwilioAdapter(ChannelAdapter):
                 self.log.warning("twilio.receipt_retry", error=exc.message)
         self.log.info("twilio.receipt_unmatched", provider_message_id=receipt.provider_message_id)
 
-    async def serve_media(self, request: web.Request) -> web.StreamResponse:
-        """An MMS attachment, for Twilio to fetch by its signed, expiring link."""
-        sha256, content_type = self.links.verify(request.match_info.get("token", ""))
-        path = self.ctx.store.blob_path(sha256)
-        if not await asyncio.to_thread(path.exists):
-            raise NotFound("the attachment's bytes are gone (retention)")
-        return web.FileResponse(path, headers={
-            "Content-Type": sanitize_content_type(content_type),
-            "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"})
-
     # ------------------------------------------------------------ opt-outs
 
     async def _record_opt_out(self, phone: str, action: OptOut, keyword: str) -> None:
@@ -274,7 +264,8 @@ class TwilioAdapter(ChannelAdapter):
         if message.text:
             options["body"] = message.text
         if message.attachments:
-            options["media_url"] = [self.links.link(a) for a in message.attachments]
+            options["media_url"] = [self.links.link(a.sha256, a.content_type)
+                                    for a in message.attachments]
         if self.pacer is not None:
             await self.pacer.wait(sender or service or "")
         assert self._client is not None, "send() before start()"

@@ -309,3 +309,30 @@ def test_check_config_shows_the_default_allowed_ips_and_their_source(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert "211.249.40.0/27, 211.249.68.0/27, 220.230.168.0/27" in result.stderr
     assert "navertalk/chatbot-api" in result.stderr
+
+
+async def test_an_image_reply_is_sent_by_a_signed_link_only_its_account_serves(
+        http: aiohttp.ClientSession, daemon: Daemon, fake: FakeTalkTalk) -> None:
+    user = unique("nt")
+    await post_event(daemon, {"event": "send", "user": user, "textContent": {"text": "사진?"}})
+    cid = (await conversations(http, daemon, user))[0]["id"]
+    status, _ = await post_json(http, f"{daemon.url}/v1/conversations/{cid}/messages", {
+        "attachments": [{"filename": "item.jpg", "content_type": "image/jpeg",
+                         "content_base64": base64.b64encode(JPEG).decode()}]})
+    assert status == 202
+
+    async def image_url() -> str | None:
+        return next((s["json"]["imageContent"]["imageUrl"] for s in fake.sent
+                     if s["json"]["user"] == user and "imageContent" in s["json"]), None)
+
+    url = await wait_until(image_url, timeout=20)
+    assert url.startswith(f"{daemon.url}/hooks/navertalk/smartstore/media/")
+    async with http.get(url) as resp:  # TalkTalk downloads it as it is, without credentials
+        assert resp.status == 200 and await resp.read() == JPEG
+        assert resp.headers["Content-Type"] == "image/jpeg"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    # The same token under another account (even one with the same secret) opens nothing.
+    elsewhere = url.replace("/smartstore/", "/behind-proxy/")
+    async with http.get(elsewhere) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"]["code"] == "invalid_media_link"
