@@ -177,7 +177,14 @@ def _template_branches(templates: tuple[tuple[str, tuple[str, ...]], ...]) -> li
     branches = []
     for name, variables in templates:
         branch: JSON = {"required": ["template"], "not": {"required": ["text"]},
-                        "properties": {"template": {"const": name}, "variables": {
+                        "properties": {"template": {
+                            "const": name,
+                            # A departure from CONTRACT.md, written in docs/api.md.
+                            "description": "an omnirelay canned reply ([templates] in the "
+                                           "config); a provider-approved template (WhatsApp "
+                                           "outside 24 hours) is named by the canned reply's "
+                                           "[templates.<name>.approved], never here"},
+                            "variables": {
                             "type": "object", "required": list(variables),
                             "additionalProperties": value,
                             "properties": {v: value for v in variables}}}}
