@@ -125,7 +125,40 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-class CommitEngine:
+class WriteQueue:
+    """The callers' side of a store's single writer thread, shared by the SQLite and the
+    PostgreSQL engines: jobs go into ``queue`` with the caller's future, and at most
+    ``max_pending`` wait there; more callers wait for room, so memory stays bounded however
+    fast requests arrive. The engine's writer thread takes the jobs and settles the
+    futures after its commit."""
+
+    def __init__(self, batch_max: int) -> None:
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._max_pending = max(64, batch_max * 16)
+        self._pending = 0
+        self._room = asyncio.Event()
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(tx, *args)`` in the writer's next batch; return after its commit."""
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        while self._pending >= self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+        self._pending += 1
+        try:
+            future: asyncio.Future[T] = loop.create_future()
+            self.queue.put((fn, args, future, loop))
+            return await future
+        finally:
+            self._pending -= 1
+            if self._pending < self._max_pending:
+                self._room.set()
+
+
+class CommitEngine(WriteQueue):
     """Runs queued jobs in batches, one transaction and one commit each; answers callers
     once the commit is as durable as configured."""
 
@@ -133,6 +166,7 @@ class CommitEngine:
                  on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4) -> None:
+        super().__init__(batch_max)
         self.path = path
         self.layer = layer
         self.synchronous = synchronous
@@ -142,8 +176,6 @@ class CommitEngine:
         self.fatal: str | None = None
         self.on_commit = on_commit
         self.on_batch = on_batch  # called on the writer thread with each batch's job count
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
         # FULL/EXTRA: the writer commits without waiting for the disk; the syncer thread
         # fsyncs the WAL and only then answers the batch's callers (see _syncer_main).
         self.pipelined = synchronous in ("FULL", "EXTRA")
@@ -164,11 +196,6 @@ class CommitEngine:
         self._batch_events = EmittedEvents()
         self._commit_ok = True  # the writer's last COMMIT
         self._sync_ok = True  # the syncer's last fsync
-        # Backpressure: at most this many writes wait for the writer; more callers wait
-        # here, so memory stays bounded however fast requests arrive.
-        self._max_pending = max(64, batch_max * 16)
-        self._pending = 0
-        self._room = asyncio.Event()
         self.last_error: str | None = None
         self.batches = 0
         self.jobs = 0
@@ -519,24 +546,6 @@ class CommitEngine:
         return self.seq
 
     # ---------------------------------------------------------------- callers
-
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(tx, *args)`` in the writer's next batch; return after its commit."""
-        if self._writer is None:
-            raise StoreError("the store is closed")
-        loop = asyncio.get_running_loop()
-        while self._pending >= self._max_pending:
-            self._room.clear()
-            await self._room.wait()
-        self._pending += 1
-        try:
-            future: asyncio.Future[T] = loop.create_future()
-            self.queue.put((fn, args, future, loop))
-            return await future
-        finally:
-            self._pending -= 1
-            if self._pending < self._max_pending:
-                self._room.set()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread."""

@@ -259,3 +259,33 @@ async def test_report_and_its_rebuild_on_postgresql(
     assert aggregates(url) == kept
     total = next(line for line in out.splitlines() if line.startswith("(all)"))
     assert total.split()[1] == "2"  # two conversations created
+
+
+async def test_an_instance_folds_in_what_another_instance_changed_meanwhile(
+        pg_server: PgServer, tmp_path: Path) -> None:
+    # The metrics follow one conversation whose customer writes to instance A while the
+    # agent answers through instance B: each instance folds in the other's changes.
+    url = pg_server.fresh_database()
+    a = new_store(StoreConfig(url=url, data_dir=tmp_path / "a"))
+    b = new_store(StoreConfig(url=url, data_dir=tmp_path / "b"))
+    await a.open()
+    await b.open()
+    try:
+        cid = (await a.ingest(inbound("m1"), [])).message["conversation_id"]
+        for n in (1, 2):  # the customer writes to A, the agent answers through B
+            if n == 2:
+                await a.ingest(inbound("m2", text="and?"), [])
+            _status, reply = await b.enqueue_outbound(
+                conversation_id=cid, customer_id=None, request=OutboundRequest(
+                    text=f"on it {n}", agent=AGENT), routes=[ROUTE], idempotency=None)
+            await b.outbox_sent(reply["id"], f"p-{n}")
+        await a.set_conversation_status(cid, "closed", AGENT)
+        start, end = period(None, None)
+        [mine] = [g for g in (await a.stats(StatsQuery(start, end, "agent")))["groups"]
+                  if g["key"] == "a-1"]
+    finally:
+        await a.close()
+        await b.close()
+    assert mine["first_response_time"]["count"] == 1
+    assert mine["response_time"]["count"] == 2
+    assert mine["conversations_closed"] == 1 and mine["one_touch_resolution_rate"] == 0.0

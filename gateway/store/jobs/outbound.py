@@ -191,27 +191,34 @@ def _claim_outbox(tx: Tx, limit: int, now: float) -> list[OutboxItem]:
     for row in rows:
         tx.conn.execute("UPDATE outbox SET state = 'inflight', attempts = attempts + 1 "
                         "WHERE seq = ?", (row["seq"],))
-        msg = tx.one("SELECT data FROM messages WHERE id = ?", (row["message_id"],))
-        if msg is None:  # erased meanwhile
-            tx.conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
-            continue
-        message = _loads(msg["data"])
-        conv = tx.one("SELECT * FROM conversations WHERE id = ?", (message["conversation_id"],))
-        assert conv is not None  # a message row references its conversation (schema)
-        refs = [r[0] for r in tx.conn.execute(
-            "SELECT provider_message_id FROM messages WHERE conversation_id = ? AND channel = ? "
-            "AND provider_message_id IS NOT NULL AND id < ? ORDER BY id",
-            (message["conversation_id"], message["channel"], message["id"]))]
-        reply_to = None
-        if message["in_reply_to"]:
-            parent = tx.one("SELECT provider_message_id FROM messages WHERE id = ?",
-                            (message["in_reply_to"],))
-            reply_to = parent["provider_message_id"] if parent else None
-        items.append(OutboxItem(row["seq"], message, _conversation_json(conv),
-                                row["attempts"] + 1,
-                                datetime.fromtimestamp(row["created_at"], UTC),
-                                tuple(refs), reply_to))
+        item = outbox_item(tx, row)
+        if item is not None:
+            items.append(item)
     return items
+
+
+def outbox_item(tx: Tx, row: sqlite3.Row) -> OutboxItem | None:
+    """What the worker needs to send a claimed outbox ``row`` (seq, message_id, attempts,
+    created_at): the message, its conversation and the provider ids it threads under. None,
+    and the row dropped, when the message was erased meanwhile."""
+    msg = tx.one("SELECT data FROM messages WHERE id = ?", (row["message_id"],))
+    if msg is None:  # erased meanwhile
+        tx.conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
+        return None
+    message = _loads(msg["data"])
+    conv = tx.one("SELECT * FROM conversations WHERE id = ?", (message["conversation_id"],))
+    assert conv is not None  # a message row references its conversation (schema)
+    refs = [r[0] for r in tx.conn.execute(
+        "SELECT provider_message_id FROM messages WHERE conversation_id = ? AND channel = ? "
+        "AND provider_message_id IS NOT NULL AND id < ? ORDER BY id",
+        (message["conversation_id"], message["channel"], message["id"]))]
+    reply_to = None
+    if message["in_reply_to"]:
+        parent = tx.one("SELECT provider_message_id FROM messages WHERE id = ?",
+                        (message["in_reply_to"],))
+        reply_to = parent["provider_message_id"] if parent else None
+    return OutboxItem(row["seq"], message, _conversation_json(conv), row["attempts"] + 1,
+                      datetime.fromtimestamp(row["created_at"], UTC), tuple(refs), reply_to)
 
 
 def _outbox_sent(tx: Tx, message_id: str, provider_message_id: str | None, status: str) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from gateway.store.engine import (
     _STOP,
     CommitEngine,
     Job,
+    WriteQueue,
     _set_exception,
     _set_result,
     _take_queued,
@@ -67,7 +67,7 @@ LockKeys = Callable[[tuple[Any, ...]], list[str]]
 DedupeOf = Callable[[tuple[Any, ...]], tuple[str, str, str]]
 
 
-class PgEngine:
+class PgEngine(WriteQueue):
     """Runs queued jobs in batches on PostgreSQL; see the module docstring."""
 
     def __init__(self, dsn: str, *, batch_max: int, quiet: Collection[Callable[..., Any]],
@@ -77,6 +77,7 @@ class PgEngine:
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4,
                  on_samples: Callable[[list[Sample]], None] | None = None) -> None:
+        super().__init__(batch_max)
         self.dsn = dsn
         self.batch_max = batch_max
         self.quiet = quiet  # jobs that never emit: their batches leave feed_head alone
@@ -88,9 +89,7 @@ class PgEngine:
         self.on_fatal = on_fatal
         self.on_samples = on_samples  # the metrics' durations, once their batch committed
         self._samples: list[Sample] = []  # the open batch's, of jobs that went through
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.cache = WriterCache()
-        self._writer: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="pg-read")
@@ -108,9 +107,6 @@ class PgEngine:
         self.batches = 0
         self.jobs = 0
         self.reruns = 0
-        self._max_pending = max(64, batch_max * 16)
-        self._pending = 0
-        self._room = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -385,24 +381,6 @@ class PgEngine:
                     conn.close()
 
     # ---------------------------------------------------------------- callers
-
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(tx, *args)`` in the writer's next batch; return after its commit."""
-        if self._writer is None:
-            raise StoreError("the store is closed")
-        loop = asyncio.get_running_loop()
-        while self._pending >= self._max_pending:
-            self._room.clear()
-            await self._room.wait()
-        self._pending += 1
-        try:
-            future: asyncio.Future[T] = loop.create_future()
-            self.queue.put((fn, args, future, loop))
-            return await future
-        finally:
-            self._pending -= 1
-            if self._pending < self._max_pending:
-                self._room.set()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on a reader thread."""

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from gateway.store.base import Delivery, OutboxItem, PendingFetch
 from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
+from gateway.store.jobs.outbound import outbox_item
 from gateway.store.jobs.tx import Tx
 from gateway.store.postgres.conn import Connection
-from gateway.store.records import _conversation_json, _loads
 
 _DUE = ("((x.state = 'pending' AND x.next_attempt_at <= ?) "
         "OR (x.state = 'inflight' AND x.lease_until < ?))")
@@ -38,26 +38,9 @@ def claim_outbox(tx: Tx, limit: int, now: float, lease: float) -> list[OutboxIte
     for row in rows:
         tx.conn.execute("UPDATE outbox SET state = 'inflight', attempts = attempts + 1, "
                         "lease_until = ? WHERE seq = ?", (now + lease, row["seq"]))
-        msg = tx.one("SELECT data FROM messages WHERE id = ?", (row["message_id"],))
-        if msg is None:  # erased meanwhile
-            tx.conn.execute("DELETE FROM outbox WHERE seq = ?", (row["seq"],))
-            continue
-        message = _loads(msg["data"])
-        conv = tx.one("SELECT * FROM conversations WHERE id = ?", (message["conversation_id"],))
-        assert conv is not None
-        refs = [r[0] for r in tx.conn.execute(
-            "SELECT provider_message_id FROM messages WHERE conversation_id = ? AND channel = ? "
-            "AND provider_message_id IS NOT NULL AND id < ? ORDER BY id",
-            (message["conversation_id"], message["channel"], message["id"]))]
-        reply_to = None
-        if message["in_reply_to"]:
-            parent = tx.one("SELECT provider_message_id FROM messages WHERE id = ?",
-                            (message["in_reply_to"],))
-            reply_to = parent["provider_message_id"] if parent else None
-        items.append(OutboxItem(row["seq"], message, _conversation_json(conv),
-                                row["attempts"] + 1,
-                                datetime.fromtimestamp(row["created_at"], UTC),
-                                tuple(refs), reply_to))
+        item = outbox_item(tx, row)
+        if item is not None:
+            items.append(item)
     return items
 
 
