@@ -616,7 +616,8 @@ class Run:
     load: dict[str, Any] = field(default_factory=dict)
     rss_max_kb: int = 0
     rss_hwm_kb: int = 0
-    cpu: dict[str, float] = field(default_factory=dict)  # % of one core, by thread
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core, by role
+    threads: dict[str, float] = field(default_factory=dict)  # the server's, % of one core
     durability: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -627,6 +628,7 @@ class Run:
                 "prefill": self.prefill, "killed": self.killed, "load": load,
                 "rss_max_mb": round(self.rss_max_kb / 1024, 1),
                 "rss_hwm_mb": round(self.rss_hwm_kb / 1024, 1), "server_cpu_pct": self.cpu,
+                "server_threads_cpu_pct": self.threads,
                 "durability": self.durability}
 
 
@@ -890,6 +892,9 @@ class Bench:
                        "load_generator": round(100 * loadgen / hz / (t1 - t0), 1),
                        "everything_else": round(100 * max(0, sb[0] - sa[0] - server - loadgen)
                                                 / hz / (t1 - t0), 1)}
+            # The server's threads by name (store-writer, store-sync, log-writer, …).
+            run.threads = {name: round(100 * (b[name] - a.get(name, 0)) / hz / (t1 - t0), 1)
+                           for name in sorted(b) if b[name] - a.get(name, 0) > 0}
         if load.returncode != 0:
             raise SystemExit(f"the load generator failed ({load.returncode})")
 
@@ -1100,6 +1105,10 @@ def main() -> int:
                   f"quick_check {d['quick_check']} -> {'durable' if ok else 'LOST MESSAGES'}")
             if r.cpu:
                 print(f"{r.label}: CPU % of one core {r.cpu}")
+            if r.threads and r.load.get("rate"):
+                per = {name: round(10_000 * pct / r.load["rate"], 1)
+                       for name, pct in r.threads.items()}
+                print(f"{r.label}: CPU µs per message by thread {per}")
             if bare and not r.killed:
                 print(f"{r.label}: ratio {r.load['rate'] / bare.load['rate']:.2f}, "
                       f"RSS max {r.rss_max_kb / 1024:.0f} MB")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,7 +15,21 @@ _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
 _last_time_digits = ""
-_random = random.SystemRandom()
+# Randomness for new ids, read from the OS 4 KiB at a time: one getrandom() call per id
+# was a system call (and a release of the GIL) per millisecond on the store's writer.
+_POOL_BYTES = 4096
+_pool = b""
+_pool_at = 0
+
+
+def _random_79() -> int:
+    """79 random bits from the OS's CSPRNG (call with ``_lock`` held)."""
+    global _pool, _pool_at
+    if _pool_at + 10 > len(_pool):
+        _pool, _pool_at = os.urandom(_POOL_BYTES), 0
+    chunk = _pool[_pool_at:_pool_at + 10]
+    _pool_at += 10
+    return int.from_bytes(chunk, "big") >> 1
 
 
 def _base32_80(value: int) -> str:
@@ -39,7 +53,7 @@ def new_id(prefix: str) -> str:
             _last_rand += 1
         else:
             _last_ms = now
-            _last_rand = _random.getrandbits(79)
+            _last_rand = _random_79()
             # 48-bit time as 10 digits (the first holds 3 bits), once per millisecond.
             _last_time_digits = _base32_80(now)[6:]
         time_digits, rand = _last_time_digits, _last_rand

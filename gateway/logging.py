@@ -26,6 +26,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from gateway.osthread import NamedThread
+
 _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key")
 MASK = "********"
 
@@ -112,7 +114,7 @@ class LineWriter:
         self.dropped = 0  # lines refused because the queue was full, since start
         self._reported = 0  # of those, how many a ``log.lines_dropped`` line has told
         self._direct = False  # set at exit: write at once, the thread may be gone
-        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread = NamedThread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def put(self, line: bytes) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from gateway.errors import StoreError
+from gateway.osthread import NamedThread
 from gateway.store.feed import EmittedEvents, FeedTail
 
 log = structlog.get_logger(__name__)
@@ -238,16 +239,16 @@ class CommitEngine(WriteQueue):
         """Start the writer (which prepares the schema), the syncer and the checkpointer."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        self._writer = threading.Thread(target=self._writer_main, args=(loop, ready),
+        self._writer = NamedThread(target=self._writer_main, args=(loop, ready),
                                         name="store-writer", daemon=True)
         self._writer.start()
         if self.pipelined:
-            self._syncer = threading.Thread(target=self._syncer_main, name="store-sync",
+            self._syncer = NamedThread(target=self._syncer_main, name="store-sync",
                                             daemon=True)
             self._syncer.start()
         await ready
         if self.pipelined:
-            self._checkpointer = threading.Thread(target=self._checkpointer_main,
+            self._checkpointer = NamedThread(target=self._checkpointer_main,
                                                   name="store-checkpoint", daemon=True)
             self._checkpointer.start()
 

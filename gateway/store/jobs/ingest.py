@@ -20,6 +20,7 @@ from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
 from gateway.store.jobs.media import _queue_fetches
 from gateway.store.jobs.tx import (
+    SharedMessage,
     Tx,
     _insert_message,
     _insert_raw,
@@ -309,7 +310,7 @@ def _add_message(tx: Tx, inbound: InboundMessage, key: DedupeKey,
     event_seq = tx.emit("message.received", {"message": orjson.Fragment(encoded),
                                              "conversation": conversation},
                         conversation_id=conversation_id, customer_id=customer_id,
-                        shares=(message_id, encoded))
+                        shares=SharedMessage(message_id, encoded, message))
     _insert_message(tx, message, attachments, encoded, event_seq)
     if inbound.remote_attachments:  # fetched after this commit (gateway/fetcher.py)
         _queue_fetches(tx, message_id, inbound.remote_attachments)

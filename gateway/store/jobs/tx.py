@@ -25,6 +25,16 @@ from gateway.store.jobs.stats import flush_pending as flush_stats
 from gateway.store.jobs.stats import observe as observe_stats
 
 
+@dataclass(slots=True, frozen=True)
+class SharedMessage:
+    """A message row an event shares (see :meth:`Tx.emit`): its id, its JSON as stored, and
+    that JSON's value (so the metrics need not parse it back)."""
+
+    id: str
+    encoded: bytes
+    message: JSON
+
+
 @dataclass(slots=True)
 class Tx:
     """What a write job sees: the connection, one clock reading, the events it emitted."""
@@ -43,11 +53,10 @@ class Tx:
         return row
 
     def emit(self, event_type: str, data: JSON, *, conversation_id: str | None = None,
-             customer_id: str | None = None,
-             shares: tuple[str, bytes] | None = None) -> int:
+             customer_id: str | None = None, shares: SharedMessage | None = None) -> int:
         """Append an event to the feed inside the job's transaction.
 
-        ``shares``: (message id, its row's JSON exactly as in ``data``): the stored body
+        ``shares``: the message row whose JSON ``data`` holds as a Fragment: the stored body
         leaves that JSON out and the feed splices the row's in (one copy on disk; the
         migration 0007 triggers copy it into the event before the row changes).
         """
@@ -60,10 +69,10 @@ class Tx:
         message_ref = message_at = None
         stored = body
         if shares is not None:
-            message_at = body.find(shares[1])
+            message_at = body.find(shares.encoded)
             if message_at >= 0:
-                message_ref = shares[0]
-                stored = body[:message_at] + body[message_at + len(shares[1]):]
+                message_ref = shares.id
+                stored = body[:message_at] + body[message_at + len(shares.encoded):]
             else:
                 message_at = None
         if self.rows is not None:  # compressed with the batch's other rows at its flush

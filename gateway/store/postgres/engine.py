@@ -38,6 +38,7 @@ import structlog
 
 from gateway.errors import StoreError
 from gateway.ids import iso, utcnow
+from gateway.osthread import NamedThread
 from gateway.store import compact
 from gateway.store.engine import (
     _STOP,
@@ -121,7 +122,7 @@ class PgEngine(WriteQueue):
         """Connect, migrate (once across instances), start the writer and the listener."""
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
-        self._writer = threading.Thread(target=self._writer_main, args=(self._loop, ready),
+        self._writer = NamedThread(target=self._writer_main, args=(self._loop, ready),
                                         name="pg-writer", daemon=True)
         self._writer.start()
         try:
@@ -130,7 +131,7 @@ class PgEngine(WriteQueue):
             self._writer.join()
             self._writer = None
             raise
-        self._listener = threading.Thread(target=self._listener_main, name="pg-listen",
+        self._listener = NamedThread(target=self._listener_main, name="pg-listen",
                                           daemon=True)
         self._listener.start()
 
