@@ -50,7 +50,7 @@ from gateway.store.jobs.customers import (
     _set_opt_out,
 )
 from gateway.store.jobs.fields import _patch_conversation
-from gateway.store.jobs.ingest import _ingest, _ingest_all
+from gateway.store.jobs.ingest import _ingest, _ingest_all, prefetch_senders
 from gateway.store.jobs.media import (
     _claim_fetches,
     _fetch_done,
@@ -120,8 +120,10 @@ class SQLiteJobs:
         assert now_iso is not None
         rows = BatchRows() if optimistic else None
         if rows is not None:
-            rows.prefetch(conn, [(a[0].channel, a[0].account, a[0].provider_message_id)
-                                 for fn, a, _f, _l in batch if fn is _ingest])
+            inbounds = [a[0] for fn, a, _f, _l in batch if fn is _ingest]
+            rows.prefetch(conn, [(i.channel, i.account, i.provider_message_id)
+                                 for i in inbounds])
+            prefetch_senders(conn, self.cache, rows, inbounds)
         return JobBatch(conn, self.engine, self.cache, rows, emitted, now, now_iso)
 
     def forget(self) -> None:

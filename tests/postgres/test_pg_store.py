@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
@@ -260,3 +261,44 @@ async def test_a_singleton_runs_on_one_instance_and_moves_when_its_owner_dies(
         await asyncio.wait_for(first, 5)  # the old owner's body was stopped
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_a_batch_of_known_senders_reads_them_in_a_few_statements_not_one_per_message(
+        stores: OpenStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round trip is most of a message's cost on PostgreSQL: the batch reads its senders'
+    identities, customers, latest conversations and metrics rows at once (prefetch_senders),
+    so a wave of messages from known customers costs a handful of statements per batch,
+    and stores what the one-by-one path stored."""
+    from gateway.store.postgres.conn import Connection
+    [store] = await stores(1)
+    senders = [f"known-{i}" for i in range(40)]
+    first = await asyncio.gather(*(store.ingest(inbound(f"first-{s}", s), [])
+                                   for s in senders))
+    statements: list[str] = []
+    execute = Connection.execute
+
+    def counting(self: Connection, sql: str, params: object = ()) -> object:
+        statements.append(sql)
+        return execute(self, sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "execute", counting)
+    second = await asyncio.gather(*(store.ingest(inbound(f"second-{s}", s), [])
+                                    for s in senders))
+    monkeypatch.undo()
+    one_by_one = [sql for sql in statements if "WHERE kind = ? AND address = ?" in sql
+                  or "FROM stat_conversations WHERE id = ?" in sql
+                  or "ORDER BY last_message_at DESC, id DESC LIMIT 1" in sql
+                  or "SELECT merged_into FROM customers" in sql]
+    assert one_by_one == []
+    assert len(statements) < 40  # 40 messages in one or a few batches
+    # Same outcome as the first wave's one-by-one reads: each sender is still one
+    # customer, and the second message joined the conversation the first one opened.
+    for a, b in zip(first, second, strict=True):
+        assert b.created
+        assert b.message["customer_id"] == a.message["customer_id"]
+        assert b.message["conversation_id"] == a.message["conversation_id"]
+    # The metrics saw both messages of every conversation (state read through the batch).
+    with psycopg.connect(store.url) as conn:
+        states = dict(conn.execute("SELECT id, state FROM stat_conversations").fetchall())
+    assert {a.message["conversation_id"] for a in first} == set(states)
+    assert all(orjson.loads(state)["messages"] == 2 for state in states.values())

@@ -18,10 +18,14 @@ from gateway.automation import jobs as automation_jobs
 from gateway.errors import ValidationFailed
 from gateway.ids import iso, new_id
 from gateway.store.base import JSON, IngestResult, StoredAttachment
+from gateway.store.jobs import stats as stats_jobs
+from gateway.store.jobs.lists import in_chunks
 from gateway.store.jobs.media import _queue_fetches
 from gateway.store.jobs.tx import (
+    BatchRows,
     SharedMessage,
     Tx,
+    WriterCache,
     _insert_message,
     _insert_raw,
     _save_message,
@@ -48,11 +52,64 @@ from normalizer.model import InboundMessage, Party
 from normalizer.timestamps import parse_iso
 
 
+def prefetch_senders(conn: sqlite3.Connection, cache: WriterCache, rows: BatchRows,
+                     inbounds: list[InboundMessage]) -> None:
+    """Look up, in a few queries for the whole batch, what its ingest jobs would otherwise
+    each ask the tables one row at a time: the senders' identities and customers, their
+    latest conversations and those conversations' metrics state (jobs/stats.py).
+
+    Only what the writer cache does not hold is asked for: on SQLite, whose cache outlives
+    batches, that is mostly new senders; on PostgreSQL, whose cache lives for one batch
+    (other instances write too), it turns several round trips a message into a few a
+    batch. Everything is read inside the batch's transaction, after its locks, so the jobs
+    see what they would have read themselves.
+    """
+    parties = {(p.kind, p.address) for inbound in inbounds
+               for p in (inbound.sender, *inbound.linked_identities)
+               if p.address and (p.kind, p.address) not in cache.identities}
+    owners: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    by_kind: dict[str, list[str]] = {}
+    for kind, address in parties:
+        by_kind.setdefault(kind, []).append(address)
+    for kind, addresses in by_kind.items():
+        for marks, chunk in in_chunks(addresses):
+            for row in conn.execute("SELECT address, customer_id, channels FROM identities "
+                                    f"WHERE kind = ? AND address IN ({marks})", (kind, *chunk)):
+                owners[(kind, row["address"])] = (row["customer_id"], _loads(row["channels"]))
+    rows.absent.update(parties - owners.keys())
+    merged: set[str] = set()
+    for marks, chunk in in_chunks({customer for customer, _ in owners.values()}):
+        for row in conn.execute("SELECT id, name, name_source, merged_into FROM customers "
+                                f"WHERE id IN ({marks})", chunk):
+            if row["merged_into"] is not None:
+                merged.add(row["id"])
+            elif row["id"] not in cache.names:
+                cache.names[row["id"]] = (row["name"], row["name_source"])
+    for key, (customer, channels) in owners.items():
+        if customer in merged:  # rare: follow the chain as a job would
+            customer = _resolve_customer_id(conn, customer)
+        cache.identities[key] = (customer, channels)
+    customers = {cache.identities[(i.sender.kind, i.sender.address)][0] for i in inbounds
+                 if (i.sender.kind, i.sender.address) in cache.identities}
+    wanted = [c for c in customers if c not in cache.latest]
+    for marks, chunk in in_chunks(wanted):
+        for row in conn.execute(
+                "SELECT * FROM (SELECT c.*, ROW_NUMBER() OVER (PARTITION BY customer_id "
+                "ORDER BY last_message_at DESC, id DESC) AS latest FROM conversations c "
+                f"WHERE customer_id IN ({marks}) AND group_id IS NULL) t WHERE latest = 1",
+                chunk):
+            cache.latest[row["customer_id"]] = _conversation_json(row)
+    stats_jobs.prefetch(conn, [cache.latest[c]["id"] for c in customers if c in cache.latest],
+                        customers)
+
+
 def _owner(tx: Tx, party: Party) -> tuple[str, list[str]] | None:
     """The surviving customer owning an identity, and the identity's channels."""
     key = (party.kind, party.address)
     entry = tx.cache.identities.get(key)
     if entry is None:
+        if tx.rows is not None and key in tx.rows.absent:
+            return None  # the batch's prefetch found no row, and no job has linked it
         row = tx.one("SELECT customer_id, channels FROM identities WHERE kind = ? "
                      "AND address = ?", key)
         if row is None:

@@ -115,6 +115,9 @@ class BatchRows:
     by_ref: dict[tuple[str, str | None], JSON] = field(default_factory=dict)
     # None: not looked up (or stale: another kind of job ran since), ask the table.
     stored: dict[tuple[str, str, str | None], str] | None = None
+    # Identities the batch's prefetch found in no row (jobs/ingest.py prefetch_senders): a
+    # job need not ask again; one it links is in the writer cache from then on.
+    absent: set[tuple[str, str]] = field(default_factory=set)
 
     def prefetch(self, conn: sqlite3.Connection, keys: Iterable[tuple[str, str, str]]) -> None:
         """Find which of these (channel, account, provider id) are stored, in few queries."""
@@ -153,6 +156,7 @@ class BatchRows:
         self.by_key.clear()
         self.by_ref.clear()
         self.stored = None
+        self.absent.clear()
 
     def _pack(self) -> None:
         """Compress the rows' JSON, then their raw payloads (compact.py): two calls a batch."""

@@ -66,6 +66,8 @@ _LOCK_KEYS_SQL = ("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM "
 
 LockKeys = Callable[[tuple[Any, ...]], list[str]]
 DedupeOf = Callable[[tuple[Any, ...]], tuple[str, str, str]]
+# (connection, the batch's writer cache, its deferred rows, the fast-path jobs' args)
+Prefetch = Callable[[Connection, WriterCache, BatchRows, list[tuple[Any, ...]]], None]
 
 
 class PgEngine(WriteQueue):
@@ -74,6 +76,7 @@ class PgEngine(WriteQueue):
     def __init__(self, dsn: str, *, batch_max: int, quiet: Collection[Callable[..., Any]],
                  lock_keys: dict[Callable[..., Any], LockKeys],
                  deferred: dict[Callable[..., Any], DedupeOf] | None = None,
+                 prefetch: Prefetch | None = None,
                  on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4,
@@ -85,6 +88,8 @@ class PgEngine(WriteQueue):
         self.lock_keys = lock_keys  # per job: the advisory lock keys of its arguments
         # Jobs that may run on the fast path (see _execute), with their dedupe key.
         self.deferred = deferred or {}
+        # Reads the fast path's jobs would each make, done once for the batch (their args).
+        self.prefetch = prefetch
         self.on_commit = on_commit
         self.on_batch = on_batch
         self.on_fatal = on_fatal
@@ -266,6 +271,9 @@ class PgEngine(WriteQueue):
         if rows is not None:
             _guard(rows.prefetch, conn, [self.deferred[fn](args) for fn, args, _f, _l in batch
                                          if fn in self.deferred])
+            if self.prefetch is not None:
+                _guard(self.prefetch, conn, self.cache, rows,
+                       [args for fn, args, _f, _l in batch if fn in self.deferred])
         for fn, args, _future, _loop in batch:
             if rows is not None and fn in self.deferred:
                 tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
