@@ -40,7 +40,7 @@ import structlog
 from aiohttp import ClientSession, WSCloseCode, web
 
 from gateway.backoff import Backoff
-from gateway.media import MediaSources
+from gateway.media import MediaSources, source_name
 from gateway.store.base import AdapterStore, IngestResult, Route, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
 from normalizer.model import Group, InboundMessage, Party
@@ -344,6 +344,12 @@ class ChannelAdapter(ABC):
     @abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
         """Send one outbound message or raise RetryableSendError / PermanentSendError."""
+
+    @property
+    def media_source(self) -> str:
+        """The name this account's attachment downloads are registered and fetched under
+        (gateway/media.py); remote attachments the account's messages name carry it."""
+        return source_name(self.type, self.name)
 
     def media_origins(self) -> frozenset[str]:
         """Origins a payload may name attachment URLs on (the API channel's ``media_hosts``);

@@ -22,7 +22,7 @@ from gateway.errors import (
     from_invalid_input,
 )
 from gateway.http import json_response, read_body, retry_after_seconds
-from gateway.media import MediaSource, source_name
+from gateway.media import MediaSource
 from gateway.receipts import DeliveryError, Receipt
 from normalizer.api import parse_api_change, parse_api_inbound, parse_api_status
 from normalizer.errors import InvalidInput
@@ -52,11 +52,6 @@ class ApiAdapter(ChannelAdapter):
     async def on_stop(self) -> None:
         """Its pending fetches wait until the account runs again."""
         self.ctx.media.unregister(self.media_source)
-
-    @property
-    def media_source(self) -> str:
-        """The name this account's attachment URLs are fetched under."""
-        return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
         """Messages in; changes, receipts and withdrawn users (the core paths)."""

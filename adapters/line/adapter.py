@@ -40,7 +40,7 @@ from gateway.errors import (
     from_invalid_input,
 )
 from gateway.http import read_body, remote_error_excerpt, retry_after_seconds
-from gateway.media import MediaSource, source_name
+from gateway.media import MediaSource
 from gateway.media_links import MediaLinks
 from normalizer.errors import InvalidInput
 from normalizer.line import (
@@ -118,11 +118,6 @@ class LineAdapter(ChannelAdapter):
         if self._client is not None:
             await self._client.close()
             self._client = self._api = None
-
-    @property
-    def media_source(self) -> str:
-        """The name this account's content downloads are fetched under."""
-        return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
         """The webhook, and the signed URLs LINE fetches a reply's images from."""

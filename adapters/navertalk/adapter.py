@@ -40,7 +40,7 @@ from gateway.errors import (
     from_invalid_input,
 )
 from gateway.http import client_address, read_body, remote_error_excerpt, retry_after_seconds
-from gateway.media import MediaSource, source_name
+from gateway.media import MediaSource
 from gateway.media_links import MediaLinks
 from normalizer.errors import InvalidInput
 from normalizer.identity import InvalidIdentity, normalize_phone
@@ -97,11 +97,6 @@ class NaverTalkAdapter(ChannelAdapter):
     async def on_stop(self) -> None:
         """Pending image fetches wait for the next start."""
         self.ctx.media.unregister(self.media_source)
-
-    @property
-    def media_source(self) -> str:
-        """The name this account's image downloads are fetched under."""
-        return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
         """The webhook, and the signed URLs TalkTalk downloads a reply's images from."""

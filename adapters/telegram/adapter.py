@@ -46,7 +46,7 @@ from gateway.errors import (
     RetryableSendError,
 )
 from gateway.http import json_response, read_body
-from gateway.media import MediaSource, ResolveFailed, source_name
+from gateway.media import MediaSource, ResolveFailed
 from gateway.store.base import StoredAttachment
 from gateway.supervisor import SupervisedLoop
 from normalizer.errors import InvalidInput
@@ -106,11 +106,6 @@ class TelegramAdapter(ChannelAdapter):
         another bot's token does not start from the old bot's offset (update ids are per
         bot, and an offset too high would confirm the new bot's updates unread)."""
         return f"telegram:{self.name}:{self.config.bot_id}:offset"
-
-    @property
-    def media_source(self) -> str:
-        """The name this account's files are fetched under."""
-        return source_name(self.type, self.name)
 
     def sender(self, channel: str) -> Party:
         """Replies come from the bot (its user id is the token's first part)."""

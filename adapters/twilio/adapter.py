@@ -33,7 +33,7 @@ from gateway.errors import (
     from_invalid_input,
 )
 from gateway.http import read_body
-from gateway.media import MediaSource, source_name
+from gateway.media import MediaSource
 from gateway.media_links import MediaLinks
 from gateway.receipts import DeliveryError, Receipt, Receipts
 from normalizer.errors import InvalidInput
@@ -114,11 +114,6 @@ class TwilioAdapter(ChannelAdapter):
         if self._http is not None:
             await self._http.close()
             self._http = None
-
-    @property
-    def media_source(self) -> str:
-        """The name this account's media URLs are fetched under."""
-        return source_name(self.type, self.name)
 
     def routes(self) -> Sequence[web.RouteDef]:
         """Messages and status callbacks in; MMS attachment links out."""
