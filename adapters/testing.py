@@ -75,6 +75,11 @@ class MemoryStore:
         """No messages are kept in memory: nothing to change."""
         raise NotFound(f"no message {provider_message_id} of {channel} account {account}")
 
+    async def take_back(self, kind: str, address: str, *, name: bool,
+                        identities: Sequence[tuple[str, str]] = ()) -> JSON:
+        """No customers are kept in memory."""
+        raise NotFound(f"no customer has {kind} identity")
+
     async def remove_identity(self, kind: str, address: str) -> JSON:
         """No customers are kept in memory."""
         raise NotFound(f"no customer has {kind} identity")

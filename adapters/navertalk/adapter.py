@@ -46,6 +46,7 @@ from normalizer.errors import InvalidInput
 from normalizer.identity import InvalidIdentity, normalize_phone
 from normalizer.model import InboundMessage, Party
 from normalizer.navertalk import (
+    KIND,
     Ignored,
     Opened,
     PaymentEvent,
@@ -206,15 +207,20 @@ class NaverTalkAdapter(ChannelAdapter):
                                             orjson.dumps(given).decode())
 
     async def _withdraw_profile(self, withdrawn: ProfileWithdrawn) -> None:
-        """The customer withdrew consent: the phone the profile linked leaves the customer."""
+        """The customer withdrew consent: what those fields gave leaves the customer, in
+        one change: the nickname's name (not a name another channel gave) and the phone
+        the profile linked. A repeated withdrawal finds nothing left and changes nothing."""
         key = self._key("profile", withdrawn.user)
         stored = await self.ctx.store.get_checkpoint(key)
         given: dict[str, str] = orjson.loads(stored) if stored else {}
-        if "cellphone" in withdrawn.fields and "phone" in given:
-            try:
-                await self.ctx.store.remove_identity("phone", given.pop("phone"))
-            except NotFound:
-                pass
+        phone = given.pop("phone", None) if "cellphone" in withdrawn.fields else None
+        try:
+            await self.ctx.store.take_back(
+                KIND, withdrawn.user, name="nickname" in withdrawn.fields,
+                identities=[("phone", phone)] if phone else [])
+        except NotFound:
+            pass  # no customer has this user (erased): nothing of theirs is left
+        if phone:  # forgotten: a repeat must not take the number if an agent links it again
             await self.ctx.store.set_checkpoint(key, orjson.dumps(given).decode())
         self.log.info("navertalk.profile_withdrawn", fields=list(withdrawn.fields))
 

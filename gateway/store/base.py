@@ -6,7 +6,7 @@ shapes of CONTRACT.md, so the API serializes them without another mapping layer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -236,9 +236,17 @@ class ChangeStore(Protocol):
         """Apply an edit, reactions or a withdrawal to a stored message (``message.updated``
         when anything moved); NotFound for a provider id the account never delivered."""
 
+    async def take_back(self, kind: str, address: str, *, name: bool,
+                        identities: Sequence[tuple[str, str]] = ()) -> JSON:
+        """Take back what an identity gave its customer, in one ``customer.updated`` (none
+        when nothing moved: a repeated withdrawal is silent): the customer's name when
+        ``name`` and this identity gave it, and the ``identities`` it linked (each with a
+        name it gave; one gone already or now someone else's is skipped). Nothing else names
+        the customer in its place. NotFound when no customer has the identity."""
+
     async def remove_identity(self, kind: str, address: str) -> JSON:
-        """Take an identity from its customer (``customer.updated``), and the name it gave;
-        NotFound when no customer has it."""
+        """Take an identity from its customer (``customer.updated``), and the name it gave:
+        :meth:`take_back` of the identity itself. NotFound when no customer has it."""
 
     async def set_opt_out(self, kind: str, address: str, channel: str, account: str,
                           keyword: str | None) -> JSON | None:

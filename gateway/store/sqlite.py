@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,10 +44,10 @@ from gateway.store.jobs.changes import _change_message
 from gateway.store.jobs.customers import (
     _add_identity,
     _merge_customers,
-    _remove_identity,
     _set_checkpoint,
     _set_conversation_status,
     _set_opt_out,
+    _take_back,
 )
 from gateway.store.jobs.fields import _patch_conversation
 from gateway.store.jobs.ingest import _ingest, _ingest_all, prefetch_senders
@@ -298,9 +298,15 @@ class SQLiteStore:
         return await self.engine.write(_apply_read_watermark, channel, account, recipient,
                                        watermark)
 
+    async def take_back(self, kind: str, address: str, *, name: bool,
+                        identities: Sequence[tuple[str, str]] = ()) -> JSON:
+        """Take back the name an identity gave and the identities it linked (one
+        ``customer.updated``, none when nothing moved); NotFound when nobody has it."""
+        return await self.engine.write(_take_back, kind, address, name, tuple(identities))
+
     async def remove_identity(self, kind: str, address: str) -> JSON:
-        """Take a withdrawn identity from its customer (``customer.updated``)."""
-        return await self.engine.write(_remove_identity, kind, address)
+        """Take a withdrawn identity, and the name it gave, from its customer."""
+        return await self.engine.write(_take_back, kind, address, False, ((kind, address),))
 
     async def set_opt_out(self, kind: str, address: str, channel: str, account: str,
                           keyword: str | None) -> JSON | None:

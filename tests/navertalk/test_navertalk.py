@@ -237,23 +237,70 @@ async def test_leave_friend_and_payments_store_nothing_and_payments_are_not_appr
     assert await customer(http, daemon, user) is None
 
 
-async def test_a_shared_profile_names_the_customer_links_the_phone_and_withdrawal_unlinks(
+def korean_mobile() -> str:
+    """A fresh 010 number, as TalkTalk gives it (no dashes)."""
+    return "010" + unique("")[-8:].translate(str.maketrans("abcdef", "123456"))
+
+
+async def customer_updates(http: aiohttp.ClientSession, daemon: Daemon, customer_id: str
+                           ) -> list[dict[str, Any]]:
+    """The ``customer.updated`` events of one customer, oldest first."""
+    return [e for e in await all_events(http, daemon.url) if e["type"] == "customer.updated"
+            and e["data"]["customer"]["id"] == customer_id]
+
+
+async def test_a_shared_profile_names_the_customer_and_its_withdrawal_takes_name_and_phone(
         http: aiohttp.ClientSession, daemon: Daemon) -> None:
-    user = unique("nt")
-    phone = "010" + unique("")[-8:].translate(str.maketrans("abcdef", "123456"))
+    user, phone = unique("nt"), korean_mobile()
     status, _ = await post_event(daemon, {"event": "profile", "user": user, "options": {
         "nickname": "톡톡이", "cellphone": phone, "result": "SUCCESS"}})
     assert status == 200
     found = await customer(http, daemon, user)
     assert found is not None and found["name"] == "톡톡이"
     e164 = "+82" + phone[1:]
-    assert {"kind": "phone", "address": e164} in [
-        {"kind": i["kind"], "address": i["address"]} for i in found["identities"]]
+    assert ("phone", e164) in [(i["kind"], i["address"]) for i in found["identities"]]
+    before = await customer_updates(http, daemon, found["id"])
+
+    withdrawal = {"event": "profile", "user": user, "options": {
+        "result": "WITHDRAW", "withdrawals": ["nickname", "cellphone"]}}
+    assert await post_event(daemon, withdrawal) == (200, b"")
+    after = await customer(http, daemon, user)
+    assert after is not None and after["id"] == found["id"]
+    assert after["name"] is None
+    assert [(i["kind"], i["address"]) for i in after["identities"]] == [("navertalk", user)]
+    [updated] = (await customer_updates(http, daemon, found["id"]))[len(before):]
+    assert updated["data"]["customer"]["name"] is None
+    assert all(i["kind"] != "phone" for i in updated["data"]["customer"]["identities"])
+    status, by_phone = await get_json(http, f"{daemon.url}/v1/customers",
+                                      identity=f"phone:{e164}")
+    assert (status, by_phone) == (200, {"customers": []})  # an SMS would be someone new
+
+    # TalkTalk redelivers nothing, but a repeated withdrawal must still change nothing.
+    assert await post_event(daemon, withdrawal) == (200, b"")
+    assert len(await customer_updates(http, daemon, found["id"])) == len(before) + 1
+    assert await customer(http, daemon, user) == after
+
+
+async def test_withdrawing_a_nickname_keeps_the_name_another_channel_gave(
+        http: aiohttp.ClientSession, daemon: Daemon) -> None:
+    user, phone = unique("nt"), korean_mobile()
+    status, body = await post_json(http, f"{daemon.url}/hooks/api/default/messages", {
+        "message_id": unique("m"), "from": {"id": unique("crm"), "name": "Kim Minji",
+                                            "phone": "+82" + phone[1:]},
+        "text": "order question"})
+    assert status == 201, body
+    named = body["message"]["customer_id"]
+    # The shared profile's phone finds the customer the API channel named first.
     await post_event(daemon, {"event": "profile", "user": user, "options": {
-        "result": "WITHDRAW", "withdrawals": ["cellphone"]}})
+        "nickname": "톡톡이", "cellphone": phone, "result": "SUCCESS"}})
     found = await customer(http, daemon, user)
-    assert found is not None
-    assert all(i["kind"] != "phone" for i in found["identities"])
+    assert found is not None and (found["id"], found["name"]) == (named, "Kim Minji")
+    before = await customer_updates(http, daemon, named)
+    assert await post_event(daemon, {"event": "profile", "user": user, "options": {
+        "result": "WITHDRAW", "withdrawals": ["nickname"]}}) == (200, b"")
+    after = await customer(http, daemon, user)
+    assert after is not None and after["name"] == "Kim Minji"
+    assert await customer_updates(http, daemon, named) == before  # nothing of its moved
 
 
 async def test_replies_are_split_at_the_limit_and_result_codes_map_to_retry_or_failure(

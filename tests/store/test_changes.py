@@ -249,6 +249,101 @@ async def test_removing_an_identity_takes_the_name_it_gave(store: SQLiteStore) -
     assert again["customer_id"] != first["customer_id"]
 
 
+def profile(provider_id: str, user: str = "talk-1", nickname: str | None = "톡톡이",
+            phone: str | None = "+821012345678") -> InboundMessage:
+    """A TalkTalk shared profile: the nickname names, the phone is linked."""
+    return InboundMessage(channel="navertalk", account="shop", provider_message_id=provider_id,
+                          sender=Party("navertalk", user, nickname), text="Shared their profile",
+                          linked_identities=[Party("phone", phone)] if phone else [])
+
+
+async def test_taking_back_a_name_clears_it_and_unlinks_the_phone_in_one_event(
+        store: SQLiteStore) -> None:
+    first = (await store.ingest(profile("p1"), [])).message
+    assert (await store.get_customer(first["customer_id"]))["name"] == "톡톡이"
+    head = await store.head_seq()
+    customer = await store.take_back("navertalk", "talk-1", name=True,
+                                      identities=[("phone", "+821012345678")])
+    assert customer["name"] is None
+    assert [(i["kind"], i["address"]) for i in customer["identities"]] == [
+        ("navertalk", "talk-1")]  # the TalkTalk user stays the customer's
+    [updated] = await events(store, head)
+    assert updated["type"] == "customer.updated"
+    assert updated["data"]["customer"] == customer
+    stored = await store.get_customer(first["customer_id"])
+    assert stored["name"] is None and stored["identities"] == customer["identities"]
+    # A redelivered withdrawal finds nothing left: no change, no event.
+    again = await store.take_back("navertalk", "talk-1", name=True,
+                                  identities=[("phone", "+821012345678")])
+    assert again == customer
+    assert await events(store, head) == [updated]
+
+
+async def test_a_name_another_identity_gave_stays_when_one_takes_its_own_back(
+        store: SQLiteStore) -> None:
+    # The API channel named the customer first; TalkTalk's profile then links to them by
+    # the phone, and its nickname does not replace the name.
+    first = (await store.ingest(inbound("m1", name="Kim",
+                                        linked=[Party("phone", "+821012345678")]), [])).message
+    await store.ingest(profile("p1"), [])
+    assert (await store.get_customer(first["customer_id"]))["name"] == "Kim"
+    head = await store.head_seq()
+    customer = await store.take_back("navertalk", "talk-1", name=True)
+    assert customer["name"] == "Kim"
+    assert await events(store, head) == []  # nothing moved
+    # Only the name: the phone stays linked when it is not named.
+    assert ("phone", "+821012345678") in {(i["kind"], i["address"])
+                                          for i in customer["identities"]}
+
+
+async def test_a_cleared_name_is_not_handed_to_another_identity_the_next_named_message_names(
+        store: SQLiteStore) -> None:
+    first = (await store.ingest(profile("p1"), [])).message
+    mail = InboundMessage(channel="email", account="a", provider_message_id="mail-1",
+                          sender=Party("email", "kim@x.example", "Kim (work)"), text="hi",
+                          linked_identities=[Party("phone", "+821012345678")])
+    assert (await store.ingest(mail, [])).message["customer_id"] == first["customer_id"]
+    customer = await store.take_back("navertalk", "talk-1", name=True)
+    assert customer["name"] is None  # the e-mail's display name does not take over by itself
+    later = InboundMessage(channel="email", account="a", provider_message_id="mail-2",
+                           sender=Party("email", "kim@x.example", "Kim (work)"), text="again")
+    await store.ingest(later, [])
+    assert (await store.get_customer(first["customer_id"]))["name"] == "Kim (work)"
+    # A TalkTalk message without a nickname does not bring the withdrawn name back; sharing
+    # the profile again would not either now, since another identity named the customer.
+    talk = InboundMessage(channel="navertalk", account="shop", provider_message_id="t-1",
+                          sender=Party("navertalk", "talk-1"), text="hello")
+    await store.ingest(talk, [])
+    assert (await store.get_customer(first["customer_id"]))["name"] == "Kim (work)"
+
+
+async def test_taking_back_skips_an_identity_now_someone_elses_and_needs_a_customer(
+        store: SQLiteStore) -> None:
+    await store.ingest(profile("p1"), [])
+    other = (await store.ingest(inbound("m1", "u9", name="Lee",
+                                        linked=[Party("phone", "+821099998888")]), [])).message
+    head = await store.head_seq()
+    customer = await store.take_back("navertalk", "talk-1", name=False,
+                                     identities=[("phone", "+821099998888")])
+    assert customer["name"] == "톡톡이"
+    assert await events(store, head) == []
+    theirs = await store.get_customer(other["customer_id"])
+    assert ("phone", "+821099998888") in {(i["kind"], i["address"])
+                                          for i in theirs["identities"]}
+    with pytest.raises(NotFound):
+        await store.take_back("navertalk", "nobody", name=True)
+
+
+async def test_a_merged_customer_loses_the_name_the_merged_away_identity_gave(
+        store: SQLiteStore) -> None:
+    survivor = (await store.ingest(inbound("m1", "u1"), [])).message  # no name
+    merged = (await store.ingest(profile("p1"), [])).message
+    await store.merge_customers(survivor["customer_id"], merged["customer_id"])
+    assert (await store.get_customer(survivor["customer_id"]))["name"] == "톡톡이"
+    customer = await store.take_back("navertalk", "talk-1", name=True)
+    assert customer["id"] == survivor["customer_id"] and customer["name"] is None
+
+
 # ---------------------------------------------------------------- groups
 
 

@@ -44,5 +44,5 @@ def test_store_is_every_role_and_covers_what_callers_use() -> None:
             "set_conversation_status", "outbox_depth", "next_outbox_due",
             "next_delivery_due", "recover_inflight", "recover_deliveries",
             "delivery_done", "delivery_retry", "outbox_retry", "outbox_failed",
-            "backup", "change_message", "remove_identity", "apply_receipt",
+            "backup", "change_message", "remove_identity", "take_back", "apply_receipt",
             "apply_read_watermark"} <= every

@@ -1,7 +1,9 @@
-"""Write jobs on conversations and customers (the API's changes and an identity a provider
-withdrew), and adapter checkpoints."""
+"""Write jobs on conversations and customers (the API's changes, and what a provider's
+withdrawal takes back), and adapter checkpoints."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import orjson
 
@@ -100,26 +102,45 @@ def _merge_customers(tx: Tx, survivor_id: str, merged_id: str) -> JSON:
     return customer
 
 
-def _remove_identity(tx: Tx, kind: str, address: str) -> JSON:
-    """Take an identity a provider withdrew from its customer (``customer.updated``).
+def _take_back(tx: Tx, kind: str, address: str, name: bool,
+               identities: Sequence[tuple[str, str]]) -> JSON:
+    """Take back what an identity gave its customer, as one change (``customer.updated``
+    once; nothing when nothing moved, so a redelivered withdrawal is silent).
 
-    The customer's name goes too when that identity gave it. Raises NotFound when no
-    customer has the identity.
+    ``name``: the customer's name goes when this identity gave it (a name another identity
+    gave, or one whose source is unknown, stays). ``identities``: those it linked leave the
+    customer (this identity itself among them when it leaves too), each with a name it gave;
+    one already gone, or since linked to someone else, is left alone. The name is not handed
+    to another identity: as at ingest (``_take_name``), the next message whose sender has a
+    name names the customer. Raises NotFound when no customer has the identity.
     """
     row = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?",
                  (kind, address))
     if row is None:
         raise NotFound(f"no customer has the {kind} identity given")
     customer_id = _resolve_customer_id(tx.conn, row["customer_id"])
-    tx.conn.execute("DELETE FROM identities WHERE kind = ? AND address = ?", (kind, address))
-    tx.cache.identities.pop((kind, address), None)
-    tx.cache.names.pop(customer_id, None)
-    tx.conn.execute("UPDATE customers SET name = CASE WHEN name_source = ?1 THEN NULL "
-                    "ELSE name END, name_source = CASE WHEN name_source = ?1 THEN NULL "
-                    "ELSE name_source END, updated_at = ?2 WHERE id = ?3",
-                    (f"{kind}:{address}", tx.now_iso, customer_id))
+    sources = [f"{kind}:{address}"] if name else []  # whose names go
+    removed = 0
+    for key in dict.fromkeys((k, a) for k, a in identities):  # each once, in order
+        found = tx.one("SELECT customer_id FROM identities WHERE kind = ? AND address = ?", key)
+        if found is None or _resolve_customer_id(tx.conn, found["customer_id"]) != customer_id:
+            continue
+        tx.conn.execute("DELETE FROM identities WHERE kind = ? AND address = ?", key)
+        tx.cache.identities.pop(key, None)
+        sources.append(f"{key[0]}:{key[1]}")
+        removed += 1
+    forgot = bool(sources) and tx.conn.execute(
+        "UPDATE customers SET name = NULL, name_source = NULL WHERE id = ? AND name_source IN ("
+        + ", ".join("?" * len(sources)) + ")", (customer_id, *sources)).rowcount > 0
+    if forgot:
+        tx.cache.names[customer_id] = (None, None)
+    if not removed and not forgot:
+        unchanged = _customer_json(tx.conn, customer_id)
+        assert unchanged is not None  # _resolve_customer_id found it
+        return unchanged
+    tx.conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (tx.now_iso, customer_id))
     customer = _customer_json(tx.conn, customer_id)
-    assert customer is not None
+    assert customer is not None  # _resolve_customer_id found it
     tx.emit("customer.updated", {"customer": customer}, customer_id=customer_id)
     return customer
 
