@@ -302,3 +302,45 @@ async def test_a_batch_of_known_senders_reads_them_in_a_few_statements_not_one_p
         states = dict(conn.execute("SELECT id, state FROM stat_conversations").fetchall())
     assert {a.message["conversation_id"] for a in first} == set(states)
     assert all(orjson.loads(state)["messages"] == 2 for state in states.values())
+
+
+async def test_an_instance_commits_while_another_is_still_storing_its_batch(
+        stores: OpenStores) -> None:
+    """The feed_head lock is taken when a batch numbers its events (at its flush), not at
+    its first statement: instance B commits a message while instance A is still inside its
+    own batch, and A's events then follow B's, with every seq in the bodies, the cursors
+    and the message rows agreeing."""
+    import threading
+    a, b = await stores(2)
+    inside, release = threading.Event(), threading.Event()
+    prefetch = a.pg.prefetch
+    assert prefetch is not None
+
+    def held(*args: object) -> None:  # runs inside A's batch, after its own locks
+        inside.set()
+        release.wait(10)
+        prefetch(*args)  # type: ignore[arg-type]
+
+    a.pg.prefetch = held
+    pending = asyncio.ensure_future(a.ingest(inbound("from-a", "sender-a"), []))
+    assert await asyncio.to_thread(inside.wait, 10)
+    stored_b = await asyncio.wait_for(b.ingest(inbound("from-b", "sender-b"), []), 10)
+    assert not pending.done()  # A's batch is still open while B committed
+    release.set()
+    stored_a = await asyncio.wait_for(pending, 10)
+    a.pg.prefetch = prefetch
+
+    page = await b.events_after(0, 100)
+    while page.next < await a.head_seq():  # B hears of A's commit through NOTIFY
+        await asyncio.sleep(0.05)
+        page = await b.events_after(0, 100)
+    bodies = [orjson.loads(body) for body in page.bodies]
+    assert [int(e["seq"]) for e in bodies] == page.seqs == list(range(1, len(bodies) + 1))
+    received = [e for e in bodies if e["type"] == "message.received"]
+    assert [e["data"]["message"]["id"] for e in received] == [stored_b.message["id"],
+                                                              stored_a.message["id"]]
+    # The message rows name their own events (the feed splices a shared message by it).
+    with psycopg.connect(a.url) as conn:
+        links = dict(conn.execute("SELECT id, event_seq FROM messages").fetchall())
+    assert {links[e["data"]["message"]["id"]] for e in received} == {
+        int(e["seq"]) for e in received}

@@ -7,8 +7,11 @@ other instances write to the same database at the same time, so:
 
 - Event seqs come from the ``feed_head`` row, locked by a transaction that emits events
   until it commits: seqs commit in order, and an instance that saw seq N saw every event
-  before it (identical cursors everywhere, none skipped). The commit notifies
-  ``omnirelay_feed`` with the new head; every instance's listener wakes its feed at once.
+  before it (identical cursors everywhere, none skipped). The lock is taken late: the
+  ingest fast path numbers its events provisionally (-1, -2, … in rows not yet written)
+  and the batch locks the head when it writes them (``_number``), or before the first
+  other job that may emit. The commit notifies ``omnirelay_feed`` with the new head;
+  every instance's listener wakes its feed at once.
 - Ingest jobs take transaction advisory locks on their dedupe key and their sender's
   identities before anything else (in one sorted statement, so two batches never wait
   for each other in a cycle): the same message or a new customer arriving at two
@@ -106,6 +109,11 @@ class PgEngine(WriteQueue):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.seq = 0  # the newest seq handed out by this writer's open batch
         self._numbering = False  # the open batch holds the feed_head lock
+        # Before the lock, the fast path's events get provisional seqs -1, -2, … (only in
+        # rows not yet written); _number() turns -k into head + k under the lock.
+        self._provisional_ok = False
+        self._provisional = 0
+        self._head_before = 0
         self.committed_seq = 0  # the newest seq known committed (any instance)
         self.last_error: str | None = None
         self._commit_ok = True
@@ -256,15 +264,12 @@ class PgEngine(WriteQueue):
                        for key in self.lock_keys[fn](args)})
         if keys:
             conn.execute(_LOCK_KEYS_SQL, (keys,))
-        emits = any(fn not in self.quiet for fn, _a, _f, _l in batch)
-        if emits:
-            row = conn.execute("SELECT seq FROM feed_head FOR UPDATE").fetchone()
-            assert row is not None
-            self.seq = int(row[0])
-        else:
-            self.seq = self.committed_seq
-        self._numbering = emits
-        head_before = self.seq
+        # The feed_head lock is taken late: at the first flush of the fast path's rows, or
+        # before the first other job that may emit (see _number), so batches of different
+        # instances overlap until then instead of queueing from their first statement.
+        self.seq = self._head_before = self.committed_seq
+        self._numbering = False
+        self._provisional = 0
         outcomes: list[tuple[bool, Any]] = []
         rows = (BatchRows() if optimistic and any(fn in self.deferred for fn, *_ in batch)
                 else None)
@@ -278,15 +283,21 @@ class PgEngine(WriteQueue):
             if rows is not None and fn in self.deferred:
                 tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
                         rows, emitted)
-                outcomes.append((True, _guard(fn, tx, *args)))
+                self._provisional_ok = True
+                try:
+                    outcomes.append((True, _guard(fn, tx, *args)))
+                finally:
+                    self._provisional_ok = False
                 continue
-            if rows is not None:
-                _guard(rows.flush, conn, now_iso)  # what this job may read is in the tables
+            if rows is not None:  # what this job may read is in the tables
+                self._flush(conn, rows, emitted, now_iso)
+            if fn not in self.quiet:
+                self._number(conn, rows, emitted)
             outcomes.append(self._run_job(conn, fn, args, emitted, now, now_iso))
         if rows is not None:
-            _guard(rows.flush, conn, now_iso)
+            self._flush(conn, rows, emitted, now_iso)
         head: int | None = None
-        if emits and self.seq > head_before:
+        if self._numbering and self.seq > self._head_before:
             head = self.seq
             conn.execute("UPDATE feed_head SET seq = ?", (head,))
             conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(head)))
@@ -340,11 +351,60 @@ class PgEngine(WriteQueue):
             self.on_samples(samples)
 
     def next_seq(self) -> int:
-        """The seq of the next event (writer thread, under the feed_head lock)."""
-        if not self._numbering:  # a job listed as quiet emitted: fail it, number nothing
-            raise StoreError("an event emitted outside the feed_head lock")
-        self.seq += 1
-        return self.seq
+        """The seq of the next event (writer thread): under the feed_head lock, the real
+        one; on the fast path before the lock, a provisional -k (see _number)."""
+        if self._numbering:
+            self.seq += 1
+            return self.seq
+        if self._provisional_ok:
+            self._provisional += 1
+            return -self._provisional
+        # A job listed as quiet emitted: fail it, number nothing.
+        raise StoreError("an event emitted outside the feed_head lock")
+
+    def _flush(self, conn: Connection, rows: BatchRows, emitted: EmittedEvents,
+               now_iso: str) -> None:
+        """Write the fast path's deferred rows, their events numbered first."""
+        if rows.events:
+            self._number(conn, rows, emitted)
+        _guard(rows.flush, conn, now_iso)
+
+    def _number(self, conn: Connection, rows: BatchRows | None,
+                emitted: EmittedEvents) -> None:
+        """Take the feed_head lock (once a batch) and give the provisional seqs their real
+        numbers: -k becomes head + k in the deferred event rows (the ``"seq"`` in their
+        body, and the cut point of a shared message behind it), in the message rows that
+        name their event, and in the batch's emitted events. Nothing provisional has reached
+        a table: only the fast path numbers provisionally, and its rows wait in ``rows``."""
+        if self._numbering:
+            return
+        row = conn.execute("SELECT seq FROM feed_head FOR UPDATE").fetchone()
+        assert row is not None
+        head = self._head_before = int(row[0])
+        self._numbering = True
+        self.seq = head + self._provisional
+        if not self._provisional:
+            return
+
+        def real(seq: int) -> int:
+            return head - seq if seq < 0 else seq
+
+        def renumbered(seq: int, body: bytes) -> tuple[bytes, int]:
+            old, new = b'"seq":"%d"' % seq, b'"seq":"%d"' % real(seq)
+            return body.replace(old, new, 1), len(new) - len(old)
+
+        if rows is not None:
+            for i, event in enumerate(rows.events):
+                if event[0] < 0:
+                    body, shift = renumbered(event[0], event[6])
+                    cut = event[8] + shift if event[8] is not None else None
+                    rows.events[i] = (real(event[0]), *event[1:6], body, event[7], cut)
+            for i, message in enumerate(rows.messages):
+                if message[10] is not None and message[10] < 0:
+                    rows.messages[i] = (*message[:10], real(message[10]))
+        for i, (seq, body) in enumerate(emitted):
+            if seq < 0:
+                emitted[i] = (real(seq), renumbered(seq, body)[0])
 
     def _advance(self, head: int) -> None:
         """A newer head is committed (ours, or another instance's): show it."""
