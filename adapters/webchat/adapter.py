@@ -122,15 +122,15 @@ class WebChatAdapter(ChannelAdapter):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        """Take the token secret (configured, else the account's own kept in the store)."""
+        """Take the token secret (configured, else the account's own kept in the store: the
+        first one made, when several instances start at once on an empty store)."""
         if self.config.secret is not None:
             self._secret = self.config.secret.reveal().encode()
         else:
             key = f"webchat:{self.name}:token-secret"
             stored = await self.ctx.store.get_checkpoint(key)
             if stored is None:
-                stored = secrets.token_hex(32)
-                await self.ctx.store.set_checkpoint(key, stored)
+                stored = await self.ctx.store.init_checkpoint(key, secrets.token_hex(32))
             self._secret = bytes.fromhex(stored)
         if self.ctx.broadcast is not None:
             self._unsubscribe = self.ctx.broadcast.subscribe(self._relayed)

@@ -34,7 +34,7 @@ from gateway.store.base import (
     PendingFetch,
 )
 from gateway.store.feed import FeedTail, read_events
-from gateway.store.jobs.customers import _set_checkpoint
+from gateway.store.jobs.customers import _init_checkpoint, _set_checkpoint
 from gateway.store.jobs.ingest import _ingest, _ingest_all
 from gateway.store.jobs.media import _fetch_retry
 from gateway.store.jobs.outbound import _outbox_retry
@@ -82,7 +82,7 @@ def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
 QUIET_JOBS: frozenset[Callable[..., Any]] = frozenset({
     pg.claim_outbox, pg.recover_inflight, _outbox_retry, pg.fan_out, pg.claim_deliveries,
     _delivery_done, _delivery_retry, pg.recover_deliveries, _replay, pg.claim_fetches,
-    _fetch_retry, pg.recover_fetches, _set_checkpoint})
+    _fetch_retry, pg.recover_fetches, _set_checkpoint, _init_checkpoint})
 
 
 class PostgresStore(SQLiteStore):
