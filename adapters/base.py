@@ -40,6 +40,7 @@ import structlog
 from aiohttp import ClientSession, WSCloseCode, web
 
 from gateway.backoff import Backoff
+from gateway.broadcast import Broadcast
 from gateway.media import MediaSources, source_name
 from gateway.store.base import AdapterStore, IngestResult, Route, StoredAttachment
 from gateway.supervisor import DEFAULT_BACKOFF, LoopBody, LoopGroup, LoopHealth, SupervisedLoop
@@ -189,6 +190,10 @@ class AdapterContext:
     receipts: Receipts | None = None  # delivery and read receipts (gateway/receipts.py)
     ingest_all: IngestAll | None = None  # None: ``ChannelAdapter.ingest_all`` stores one by one
     groups: bool = False  # the account's ``groups``: store group posts, else ignore them
+    # Several instances on one store (PostgreSQL): pushes to this account on the other
+    # instances (a web chat reply to a socket held elsewhere; gateway/broadcast.py). None:
+    # this instance is the only one.
+    broadcast: Broadcast | None = None
 
     def supervise(self, name: str, body: LoopBody, *,
                   backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:

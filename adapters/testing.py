@@ -58,6 +58,10 @@ class MemoryStore:
         """Keep ``value`` under ``key``."""
         self.checkpoints[key] = value
 
+    async def init_checkpoint(self, key: str, value: str) -> str:
+        """Keep ``value`` under ``key`` unless one is kept; the one kept."""
+        return self.checkpoints.setdefault(key, value)
+
     def blob_path(self, sha256: str) -> Path:
         """No blobs are kept in memory."""
         raise NotFound(f"no blob {sha256}")

@@ -33,6 +33,7 @@ from gateway.api.app import create_app
 from gateway.api.auth import check_token
 from gateway.automation.jobs import Automation
 from gateway.automation.worker import AutomationWorker
+from gateway.broadcast import Broadcasting
 from gateway.config import ChannelConfig, Config
 from gateway.errors import (
     AdapterConfigError,
@@ -212,8 +213,12 @@ class Gateway:
 
     def _context(self, account: ChannelConfig) -> AdapterContext:
         """Each adapter its own context: its own supervised loops, the daemon's stop signal,
-        the receipt sink and the account's ``groups``."""
+        the receipt sink, the account's ``groups`` and, on a store several instances share,
+        its pushes to the other instances."""
         assert self.http is not None
+        store = self.store
+        broadcast = (store.broadcast(f"{account.type}:{account.name}")
+                     if isinstance(store, Broadcasting) else None)
         return AdapterContext(
             ingest=self.ingest, http=self.http, public_url=self.config.server.public_url,
             authorize=check_token, store=self.store, stopping=self.stopping,
@@ -222,6 +227,7 @@ class Gateway:
             # Several instances on PostgreSQL: an adapter's loops (IMAP mailboxes, polling)
             # run on the one instance that owns them (advisory locks, docs/postgresql.md).
             loops=LoopGroup(getattr(self.store, "run_owned", None)),
+            broadcast=broadcast,
         )
 
     def _make_adapter(self, account: ChannelConfig) -> ChannelAdapter:

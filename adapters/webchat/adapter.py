@@ -8,6 +8,13 @@ every channel's (normalizer, ingest) and confirmed to the browser only after the
 An agent's reply leaves through the outbox like any other channel's: ``send`` pushes it to
 the visitor's open sockets; the browser's ``ack`` makes it ``delivered`` and its ``read``
 (shown in the open panel) ``read``.
+
+Several instances on one PostgreSQL store: a visitor's sockets are on the instances their
+browsers connected to, a reply is sent by whichever instance claimed it. Every push to a
+visitor (a reply, a visitor's message confirmed to their other tabs) goes to the sockets
+held here at once and, through ``ctx.broadcast``, to those held by every other instance;
+the browser's receipts reach the instance holding its socket, which records them in the
+shared store. With one instance (SQLite) there is no broadcast and nothing else happens.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import contextlib
 import html
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,6 +38,7 @@ from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendRe
 from adapters.webchat import tokens
 from adapters.webchat.config import WebChatConfig
 from adapters.webchat.limits import RateLimiter, limiter
+from gateway.broadcast import Broadcast
 from gateway.errors import Forbidden, NotFound, OmnirelayError
 from gateway.http import client_address, json_response
 from gateway.receipts import Receipt
@@ -98,32 +106,42 @@ class WebChatAdapter(ChannelAdapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.counters.update({"connections": 0, "visitors_online": 0, "refused_origin": 0,
-                              "rate_limited": 0, "invalid_frames": 0})
+                              "rate_limited": 0, "invalid_frames": 0, "relayed": 0,
+                              "relay_failed": 0})
         self._secret = b""
         self._sockets: dict[str, set[Connection]] = {}
         self._per_address: dict[str, int] = {}
         self._visitor_rate: RateLimiter = limiter(self.config.visitor_messages_per_minute)
         self._address_rate: RateLimiter = limiter(self.config.ip_messages_per_minute)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per visitor, the last push from another instance still being handed over: the
+        # next one waits for it, so a visitor sees them in the order they were published.
+        self._relays: dict[str, asyncio.Task[None]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        """Take the token secret (configured, else the account's own kept in the store)."""
+        """Take the token secret (configured, else the account's own kept in the store: the
+        first one made, when several instances start at once on an empty store)."""
         if self.config.secret is not None:
             self._secret = self.config.secret.reveal().encode()
         else:
             key = f"webchat:{self.name}:token-secret"
             stored = await self.ctx.store.get_checkpoint(key)
             if stored is None:
-                stored = secrets.token_hex(32)
-                await self.ctx.store.set_checkpoint(key, stored)
+                stored = await self.ctx.store.init_checkpoint(key, secrets.token_hex(32))
             self._secret = bytes.fromhex(stored)
+        if self.ctx.broadcast is not None:
+            self._unsubscribe = self.ctx.broadcast.subscribe(self._relayed)
         if self.config.demo_page:
             self.log.info("webchat.demo_page", url=f"{self.ctx.public_url}{self.base}/")
 
     async def on_stop(self) -> None:
         """Close every open socket (1001) and wait for the receipts still being written."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for conn in [c for conns in self._sockets.values() for c in conns]:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"server shutting down")
@@ -348,9 +366,7 @@ class WebChatAdapter(ChannelAdapter):
         inbound.raw = orjson.dumps({k: v for k, v in data.items() if k != "attachments"})
         inbound.raw_content_type = "application/json"
         result = await self.ingest(inbound)
-        frame = {"type": "message", "message": self._for_visitor(result.message, conn.visitor),
-                 "client_id": client_id}
-        await self._broadcast(conn.visitor, frame)
+        await self._to_visitor(conn.visitor, result.message, client_id)
 
     def _receipts(self, conn: Connection, ids: Iterable[str], status: DeliveryStatus) -> None:
         """The browser got (``delivered``) or showed (``read``) replies: each moves once,
@@ -383,18 +399,97 @@ class WebChatAdapter(ChannelAdapter):
     # ------------------------------------------------------------------ outbound
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        """Push the reply to the visitor's open sockets; it is ``sent`` (kept for their
-        history when none is open) and becomes ``delivered`` when a browser acknowledges
-        it. The message id is the provider id the browser's receipts name."""
+        """Push the reply to the visitor's open sockets (every instance's); it is ``sent``
+        (kept for their history when none is open, wherever) and becomes ``delivered`` when
+        a browser acknowledges it. The message id is the provider id the browser's receipts
+        name."""
         snapshot = dict(message.snapshot) or _snapshot(message)
-        visitor = message.to.address
-        frame = {"type": "message", "message": self._for_visitor(snapshot, visitor),
-                 "client_id": None}
-        for conn in list(self._sockets.get(visitor, ())):
-            conn.replies.setdefault(message.id, "sent")
-        await self._broadcast(visitor, frame)
+        await self._to_visitor(message.to.address, snapshot, None, reply=True)
         self.counters["sent"] += 1
         return SendResult(message.id, "sent")
+
+    async def _to_visitor(self, visitor: str, message: Mapping[str, Any],
+                          client_id: str | None, *, reply: bool = False) -> None:
+        """A ``message`` frame to every open socket of a visitor: this instance's at once
+        and, with several instances, the other instances' (``ctx.broadcast``)."""
+        broadcast = self.ctx.broadcast
+        if broadcast is None:
+            await self._deliver(visitor, message, client_id, reply)
+            return
+        await asyncio.gather(self._deliver(visitor, message, client_id, reply),
+                             self._publish(broadcast, visitor, message, client_id, reply))
+
+    async def _deliver(self, visitor: str, message: Mapping[str, Any], client_id: str | None,
+                       reply: bool) -> None:
+        """The frame to the visitor's sockets held here; a reply becomes one they may
+        report on (``ack``, ``read``)."""
+        conns = self._sockets.get(visitor)
+        if not conns:
+            return
+        if reply:
+            for conn in list(conns):
+                conn.replies.setdefault(str(message["id"]), "sent")
+        frame = {"type": "message", "message": self._for_visitor(message, visitor),
+                 "client_id": client_id}
+        await self._broadcast(visitor, frame)
+
+    async def _publish(self, broadcast: Broadcast, visitor: str, message: Mapping[str, Any],
+                       client_id: str | None, reply: bool) -> None:
+        """Tell the other instances. The message goes whole when it fits the broadcast's
+        payload, else by its id (they read it from the store: it is committed before it is
+        pushed). A failure is logged: the visitor finds the message in their history."""
+        note: dict[str, Any] = {"v": visitor, "c": client_id, "r": reply, "m": message}
+        body = orjson.dumps(note)
+        if len(body) > broadcast.limit:
+            del note["m"]
+            note["id"] = message["id"]
+            body = orjson.dumps(note)
+        try:
+            await broadcast.publish(body.decode())
+        except OmnirelayError as exc:
+            self.counters["relay_failed"] += 1
+            self.log.warning("webchat.relay_failed", message_id=message.get("id"),
+                             error=exc.message)
+
+    def _relayed(self, payload: str) -> None:
+        """Another instance pushed to a visitor: hand it to their sockets held here, if
+        any, after the visitor's previous push from elsewhere."""
+        try:
+            note = orjson.loads(payload)
+            visitor = note["v"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.log.warning("webchat.relay_invalid", payload=payload[:200])
+            return
+        if not isinstance(visitor, str) or visitor not in self._sockets:
+            return  # most instances: none of this visitor's sockets
+        task = asyncio.ensure_future(self._relay(self._relays.get(visitor), visitor, note))
+        self._relays[visitor] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._relay_done(visitor, done))
+
+    async def _relay(self, previous: asyncio.Task[None] | None, visitor: str,
+                     note: dict[str, Any]) -> None:
+        message = note.get("m")
+        if not isinstance(message, dict):
+            try:
+                message = await self.ctx.store.get_message(str(note.get("id")))
+            except OmnirelayError as exc:
+                self.log.warning("webchat.relay_failed", message_id=note.get("id"),
+                                 error=exc.message)
+                return
+        if previous is not None:
+            await asyncio.wait({previous})
+        client_id = note.get("c")
+        if visitor in self._sockets:
+            self.counters["relayed"] += 1
+        await self._deliver(visitor, message,
+                            client_id if isinstance(client_id, str) else None,
+                            note.get("r") is True)
+
+    def _relay_done(self, visitor: str, task: asyncio.Task[None]) -> None:
+        if self._relays.get(visitor) is task:
+            del self._relays[visitor]
 
     async def _broadcast(self, visitor: str, frame: Mapping[str, Any]) -> None:
         """One frame to every open socket of a visitor (their tabs)."""

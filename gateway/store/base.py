@@ -226,6 +226,10 @@ class CheckpointStore(Protocol):
     async def set_checkpoint(self, key: str, value: str) -> None:
         """Store a checkpoint."""
 
+    async def init_checkpoint(self, key: str, value: str) -> str:
+        """Store ``value`` unless ``key`` has a checkpoint; return the one kept (several
+        instances making a secret at once all get the first one committed)."""
+
 
 class ChangeStore(Protocol):
     """What a provider reports after a message arrived: an edit, reactions, a withdrawal;

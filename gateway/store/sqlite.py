@@ -43,6 +43,7 @@ from gateway.store.feed import EmittedEvents, FeedTail, read_events
 from gateway.store.jobs.changes import _change_message
 from gateway.store.jobs.customers import (
     _add_identity,
+    _init_checkpoint,
     _merge_customers,
     _set_checkpoint,
     _set_conversation_status,
@@ -540,6 +541,11 @@ class SQLiteStore:
     async def set_checkpoint(self, key: str, value: str) -> None:
         """Store an adapter checkpoint."""
         await self.engine.write(_set_checkpoint, key, value)
+
+    async def init_checkpoint(self, key: str, value: str) -> str:
+        """Store a checkpoint unless there is one; the one kept."""
+        kept: str = await self.engine.write(_init_checkpoint, key, value)
+        return kept
 
     # ---------------------------------------------------------------- backup
 

@@ -5,6 +5,7 @@ singleton loops; and the SQL translation the shared jobs go through."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 
 from gateway.automation.jobs import _send_automatic
 from gateway.config import StoreConfig
+from gateway.errors import StoreError
 from gateway.store import base
 from gateway.store.base import OutboundRequest, Route
 from gateway.store.migrate import migration_scripts as sqlite_migrations
@@ -344,3 +346,50 @@ async def test_an_instance_commits_while_another_is_still_storing_its_batch(
         links = dict(conn.execute("SELECT id, event_seq FROM messages").fetchall())
     assert {links[e["data"]["message"]["id"]] for e in received} == {
         int(e["seq"]) for e in received}
+
+
+async def test_instances_making_a_checkpoint_at_once_all_keep_the_first(
+        stores: OpenStores) -> None:
+    made = await stores(3)
+    kept = await asyncio.gather(*(s.init_checkpoint("webchat:shop:token-secret", f"secret {n}")
+                                  for n, s in enumerate(made)))
+    assert len(set(kept)) == 1
+    assert await made[2].get_checkpoint("webchat:shop:token-secret") == kept[0]
+
+
+async def test_a_push_reaches_the_topics_subscribers_on_the_other_instances_only(
+        stores: OpenStores) -> None:
+    a, b, c = await stores(3)
+    heard: dict[str, list[str]] = {"a": [], "b": [], "c": [], "other": []}
+    waits: dict[str, asyncio.Event] = {}
+
+    def hear(name: str) -> Callable[[str], None]:
+        def handler(payload: str) -> None:
+            heard[name].append(payload)
+            if heard["b"] and heard["b"][-1:] == heard["c"][-1:]:
+                waits.setdefault(payload, asyncio.Event()).set()
+        return handler
+
+    async def heard_by_b_and_c(payload: str) -> None:
+        await asyncio.wait_for(waits.setdefault(payload, asyncio.Event()).wait(), 10)
+
+    for name, store in (("a", a), ("b", b), ("c", c)):
+        store.broadcast("webchat:shop").subscribe(hear(name))
+    b.broadcast("webchat:other").subscribe(hear("other"))
+    topic = a.broadcast("webchat:shop")
+    # The listeners LISTEN on their own threads, just after open(): wait until they do.
+    for _ in range(100):
+        await topic.publish("ready?")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waits.setdefault("ready?", asyncio.Event()).wait(), 0.1)
+            break
+    big = "가" * (topic.limit // 3)  # the limit counts UTF-8 bytes, not characters
+    await topic.publish(big)
+    await heard_by_b_and_c(big)
+    with pytest.raises(StoreError):
+        await topic.publish("x" * (topic.limit + 1))
+    await topic.publish("after")  # the refused one broke nothing
+    await heard_by_b_and_c("after")
+    pushed = {name: [p for p in payloads if p != "ready?"] for name, payloads in heard.items()}
+    assert pushed["b"] == pushed["c"] == [big, "after"]
+    assert heard["a"] == [] and heard["other"] == []  # not back to the publisher, not elsewhere

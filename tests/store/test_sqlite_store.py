@@ -444,3 +444,9 @@ async def test_close_leaves_the_database_file_self_contained(tmp_path: Path) -> 
     check = sqlite3.connect(alone / "c.db")
     assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 300
     check.close()
+
+
+async def test_a_checkpoint_made_once_keeps_the_first_value(store: SQLiteStore) -> None:
+    assert await store.init_checkpoint("webchat:shop:token-secret", "first") == "first"
+    assert await store.init_checkpoint("webchat:shop:token-secret", "second") == "first"
+    assert await store.get_checkpoint("webchat:shop:token-secret") == "first"

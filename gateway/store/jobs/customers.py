@@ -173,6 +173,16 @@ def _set_opt_out(tx: Tx, kind: str, address: str, channel: str, account: str,
     return customer
 
 
+def _init_checkpoint(tx: Tx, key: str, value: str) -> str:
+    """Keep ``value`` unless ``key`` has one; the kept value. Instances starting together
+    on PostgreSQL: the second insert waits for the first's commit and keeps it."""
+    tx.conn.execute("INSERT OR IGNORE INTO checkpoints (key, value, updated_at) VALUES (?, ?, ?)",
+                    (key, value, tx.now_iso))
+    row = tx.conn.execute("SELECT value FROM checkpoints WHERE key = ?", (key,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _set_checkpoint(tx: Tx, key: str, value: str) -> None:
     tx.conn.execute(
         "INSERT INTO checkpoints (key, value, updated_at) VALUES (?, ?, ?) "

@@ -3,7 +3,9 @@
 ``PostgresStore`` serves every role of :class:`gateway.store.base.Store` with the same
 write jobs and reads as the SQLite store (run through :mod:`.conn`, so the rules exist
 once), on its own engine (:mod:`.engine`: cross-instance seqs, LISTEN/NOTIFY, advisory
-locks), with the claims that several instances share (:mod:`.jobs`: SKIP LOCKED leases).
+locks), with the claims that several instances share (:mod:`.jobs`: SKIP LOCKED leases)
+and the pushes they pass each other (:mod:`.broadcast`: a web chat reply to a socket held
+by another instance).
 docs/postgresql.md tells the whole story.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from gateway.automation.jobs import Automation
+from gateway.broadcast import Broadcast
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, utcnow
@@ -31,7 +34,7 @@ from gateway.store.base import (
     PendingFetch,
 )
 from gateway.store.feed import FeedTail, read_events
-from gateway.store.jobs.customers import _set_checkpoint
+from gateway.store.jobs.customers import _init_checkpoint, _set_checkpoint
 from gateway.store.jobs.ingest import _ingest, _ingest_all, prefetch_senders
 from gateway.store.jobs.media import _fetch_retry
 from gateway.store.jobs.outbound import _outbox_retry
@@ -39,6 +42,7 @@ from gateway.store.jobs.retention import _erase_customer, _purge
 from gateway.store.jobs.stats import Sample
 from gateway.store.jobs.tx import BatchRows, WriterCache
 from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
+from gateway.store.postgres import broadcast as push
 from gateway.store.postgres import jobs as pg
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.engine import PgEngine
@@ -86,7 +90,7 @@ def prefetch_ingest(conn: Connection, cache: WriterCache, rows: BatchRows,
 QUIET_JOBS: frozenset[Callable[..., Any]] = frozenset({
     pg.claim_outbox, pg.recover_inflight, _outbox_retry, pg.fan_out, pg.claim_deliveries,
     _delivery_done, _delivery_retry, pg.recover_deliveries, _replay, pg.claim_fetches,
-    _fetch_retry, pg.recover_fetches, _set_checkpoint})
+    _fetch_retry, pg.recover_fetches, _set_checkpoint, _init_checkpoint})
 
 
 class PostgresStore(SQLiteStore):
@@ -111,6 +115,8 @@ class PostgresStore(SQLiteStore):
                            on_batch=on_batch, on_fatal=on_fatal, readers=readers,
                            on_samples=on_samples)
         self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
+        self.broadcasts = push.PgBroadcasts(self.pg.read)
+        self.pg.listens[push.CHANNEL] = self.broadcasts.received
         self._tail = FeedTail(0)
         self.automation: Automation | None = None
         self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)
@@ -221,6 +227,12 @@ class PostgresStore(SQLiteStore):
     async def next_fetch_due(self) -> float | None:
         """When the earliest fetch is due, leases counted."""
         return await self.pg.read(pg.next_fetch_due)
+
+    # ---------------------------------------------------------------- pushes
+
+    def broadcast(self, topic: str) -> Broadcast:
+        """Pushes of ``topic`` to the other instances (NOTIFY; see :mod:`.broadcast`)."""
+        return self.broadcasts.topic(topic)
 
     # ---------------------------------------------------------------- singleton work
 

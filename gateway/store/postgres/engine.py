@@ -97,6 +97,9 @@ class PgEngine(WriteQueue):
         self.on_batch = on_batch
         self.on_fatal = on_fatal
         self.on_samples = on_samples  # the metrics' durations, once their batch committed
+        # Other channels the listener hears, each with what it calls (on the listener
+        # thread) with a notification's payload: the instances' pushes (.broadcast).
+        self.listens: dict[str, Callable[[str], None]] = {}
         self._samples: list[Sample] = []  # the open batch's, of jobs that went through
         self.cache = WriterCache()
         self._listener: threading.Thread | None = None
@@ -421,7 +424,9 @@ class PgEngine(WriteQueue):
 
     def _listener_main(self) -> None:
         """LISTEN for other instances' commits; after a reconnect, read the head (a
-        notification missed while disconnected is not lost: the head covers it)."""
+        notification missed while disconnected is not lost: the head covers it). The same
+        connection hears the channels of ``listens`` (a push missed while disconnected is
+        lost: what is pushed is also in the store)."""
         delay = 0.5
         while not self._stopping.is_set():
             try:
@@ -434,12 +439,17 @@ class PgEngine(WriteQueue):
                 continue
             try:
                 conn.execute(f"LISTEN {CHANNEL}")
+                for channel in self.listens:
+                    conn.execute(f"LISTEN {channel}")
                 row = conn.execute("SELECT seq FROM feed_head").fetchone()
                 if row is not None:
                     self._advance(int(row[0]))
                 delay = 0.5
                 while not self._stopping.is_set():
                     for note in conn.notifies(timeout=0.1):
+                        if note.channel != CHANNEL:
+                            self._heard(note.channel, note.payload)
+                            continue
                         with contextlib.suppress(ValueError):
                             self._advance(int(note.payload))
             except psycopg.Error as exc:
@@ -448,6 +458,17 @@ class PgEngine(WriteQueue):
             finally:
                 with contextlib.suppress(Exception):
                     conn.close()
+
+    def _heard(self, channel: str, payload: str) -> None:
+        """A notification of a channel of ``listens``; a failing handler never stops the
+        listener."""
+        handler = self.listens.get(channel)
+        if handler is None:
+            return
+        try:
+            handler(payload)
+        except Exception:
+            log.exception("store.listen_handler_failed", channel=channel)
 
     # ---------------------------------------------------------------- callers
 

@@ -1,0 +1,48 @@
+"""Pushes between the instances that share one store, for what lives in one process only.
+
+A web chat visitor's WebSocket is held by the one instance the browser connected to, while
+an agent's reply is sent by whichever instance claimed it from the outbox. The sending
+instance pushes to the sockets it holds itself and publishes the push; every other instance
+hands it to the sockets it holds. The daemon gives each adapter a :class:`Broadcast` of its
+own (one topic per account) when its store is shared by several instances (PostgreSQL:
+NOTIFY, ``gateway/store/postgres/broadcast.py``); on SQLite there is one instance and none.
+
+Delivery is at most once and not durable: an instance that is not listening at that moment
+(reconnecting to the database) misses the push, which is why a pushed thing must also be
+readable from the store (the web chat's history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+
+class Broadcast(Protocol):
+    """One topic's pushes to the other instances (see the module docstring)."""
+
+    @property
+    def limit(self) -> int:
+        """The largest payload :meth:`publish` takes, in UTF-8 bytes: send bigger things
+        by reference (an id the other instances read from the store)."""
+        ...
+
+    async def publish(self, payload: str) -> None:
+        """Hand ``payload`` to this topic's subscribers on every other instance (never back
+        to this one's: the publisher serves its own). Returns once the database took it;
+        raises StoreError otherwise."""
+        ...
+
+    def subscribe(self, handler: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``handler`` on the event loop with each payload another instance publishes
+        on this topic, in the order they arrive; returns what unsubscribes it."""
+        ...
+
+
+@runtime_checkable
+class Broadcasting(Protocol):
+    """A store shared by several instances, which can carry pushes between them."""
+
+    def broadcast(self, topic: str) -> Broadcast:
+        """The pushes of ``topic`` (an adapter account: ``webchat:site``)."""
+        ...

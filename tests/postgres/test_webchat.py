@@ -1,0 +1,211 @@
+"""Web chat on two instances sharing one PostgreSQL database: a visitor's WebSocket is held
+by the instance the browser connected to, a reply is sent by whichever instance claims it
+from the outbox, and every push reaches the visitor's sockets live, once, wherever they
+are; the browser's receipts are recorded by the instance holding its socket
+(docs/webchat.md, "Several instances")."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import Daemon, base_config, free_port
+from tests.helpers import all_events, wait_until
+from tests.postgres.server import PgServer
+from tests.webchat.conftest import Visitor, connect, get_json, reply
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Pair:
+    """Instances A and B, the same config, one database, one blob directory."""
+
+    a: Daemon
+    b: Daemon
+    origin: str  # the shop's origin, which the ``shop`` account allows
+
+    def name(self, daemon: Daemon) -> str:
+        return "A" if daemon is self.a else "B"
+
+
+@pytest.fixture(scope="module")
+async def pair(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+               ) -> AsyncIterator[Pair]:
+    """A and B started at the same moment on an empty database: they migrate it and make
+    the account's token secret between them."""
+    root = tmp_path_factory.mktemp("webchat-pair")
+    dsn = pg_server.new_database(template=None)
+    origin = f"http://127.0.0.1:{free_port()}"
+    extra = f"""
+        [[channels]]
+        type = "webchat"
+        name = "shop"
+        allowed_origins = ["{origin}"]
+        visitor_messages_per_minute = 600
+        """
+    daemons = []
+    for n in range(2):
+        home = root / f"instance{n}"
+        home.mkdir()
+        port = free_port()
+        text = base_config(root / "data", port, free_port(), extra=extra)
+        text = text.replace(f'url = "sqlite:///{root / "data"}/omnirelay.db"', f'url = "{dsn}"')
+        daemon = Daemon(home, text, port)
+        daemon.start()
+        daemons.append(daemon)
+    await asyncio.gather(*(d.wait_ready(timeout=60) for d in daemons))
+    yield Pair(daemons[0], daemons[1], origin)
+    for daemon in daemons:
+        code = await daemon.stop()
+        assert code == 0, daemon.logs()[-3000:]
+
+
+def cid() -> str:
+    """A fresh client id, as the widget makes one."""
+    return uuid.uuid4().hex
+
+
+def sender(pair: Pair, message_id: str) -> str | None:
+    """Which instance's outbox sent the message (its ``outbox.sent`` log line)."""
+    for daemon in (pair.a, pair.b):
+        for line in daemon.logs().splitlines():
+            if message_id in line and '"outbox.sent"' in line:
+                entry = orjson.loads(line)
+                if entry.get("message_id") == message_id:
+                    return pair.name(daemon)
+    return None
+
+
+async def counters(http: aiohttp.ClientSession, daemon: Daemon) -> dict[str, int]:
+    """The ``shop`` account's counters on one instance."""
+    channels = await get_json(http, f"{daemon.url}/v1/channels")
+    return dict(next(c for c in channels["channels"] if c["name"] == "shop")["counters"])
+
+
+async def statuses(http: aiohttp.ClientSession, daemon: Daemon, message_id: str) -> list[str]:
+    """The ``message.status`` events of one message, in feed order."""
+    return [e["data"]["message"]["status"] for e in await all_events(http, daemon.url)
+            if e["type"] == "message.status" and e["data"]["message"]["id"] == message_id]
+
+
+async def exchange(http: aiohttp.ClientSession, pair: Pair, visitors: list[Visitor],
+                   via: Daemon, conversation: str, text: str) -> str:
+    """An agent's reply through ``via``'s API: it must be the next message frame on every
+    one of ``visitors``' sockets; the first acknowledges it, and ``delivered`` must show in
+    the feed. Returns the instance that sent it."""
+    queued = await reply(http, via, conversation, text)
+    for visitor in visitors:
+        pushed = (await visitor.next("message"))["message"]
+        assert pushed["id"] == queued["id"], pushed  # not an earlier one pushed twice
+        assert pushed["text"] == text and pushed["direction"] == "outbound"
+    await visitors[0].send({"type": "ack", "ids": [queued["id"]]})
+
+    async def delivered() -> bool:
+        return "delivered" in await statuses(http, pair.a, queued["id"])
+    await wait_until(delivered, timeout=20)
+
+    async def sent_by() -> str | None:
+        return sender(pair, queued["id"])
+    found: str = await wait_until(sent_by, timeout=10)
+    return found
+
+
+async def only_once(visitors: list[Visitor]) -> None:
+    """Nothing more is on its way (a ping's pong came after it), and every message frame
+    each socket got names a different message."""
+    for visitor in visitors:
+        await visitor.send({"type": "ping"})
+        await visitor.next("pong")
+        ids = [f["message"]["id"] for f in visitor.frames if f["type"] == "message"]
+        assert [i for i, n in collections.Counter(ids).items() if n > 1] == []
+
+
+async def test_replies_sent_by_either_instance_reach_the_socket_held_by_b_once(
+        pair: Pair) -> None:
+    async with aiohttp.ClientSession() as http:
+        visitor = await connect(http, pair.b, "shop", pair.origin)
+        mine = (await visitor.say("Is the blue one in stock?", cid()))["message"]
+        conversation = mine["conversation_id"]
+        relayed_before = (await counters(http, pair.b))["relayed"]
+        senders: list[str] = []
+        # The instance whose API queued a reply usually claims it first; go on until A
+        # has sent one to B's socket, and B one of its own.
+        for n in range(10):
+            for via in (pair.a, pair.b):
+                senders.append(await exchange(http, pair, [visitor], via, conversation,
+                                              f"reply {n} through {pair.name(via)}"))
+            if {"A", "B"} <= set(senders):
+                break
+        assert {"A", "B"} <= set(senders), senders
+        await only_once([visitor])
+        relayed = (await counters(http, pair.b))["relayed"] - relayed_before
+        assert relayed == senders.count("A")  # A's sends came through the relay, B's not
+        await visitor.ws.close()
+
+
+async def test_a_reply_too_large_for_a_notification_is_read_from_the_store(
+        pair: Pair) -> None:
+    text = "큰 답장입니다. " * 1200  # ~20 KB of UTF-8: far over NOTIFY's 8000 bytes
+    async with aiohttp.ClientSession() as http:
+        visitor = await connect(http, pair.b, "shop", pair.origin)
+        conversation = (await visitor.say("Tell me everything", cid()))["message"][
+            "conversation_id"]
+        senders = []
+        for _ in range(5):
+            senders.append(await exchange(http, pair, [visitor], pair.a, conversation, text))
+            if "A" in senders:
+                break
+        assert "A" in senders, senders
+        await only_once([visitor])
+        await visitor.ws.close()
+
+
+async def test_tabs_on_both_instances_get_the_visitors_messages_and_the_replies(
+        pair: Pair) -> None:
+    async with aiohttp.ClientSession() as http:
+        tab_b = await connect(http, pair.b, "shop", pair.origin)
+        # The token B issued is good on A: one secret for the account on every instance.
+        tab_a = await connect(http, pair.a, "shop", pair.origin, token=tab_b.welcome["token"])
+        assert tab_a.welcome["visitor"] == tab_b.welcome["visitor"]
+        said = await tab_a.say("Do you ship to Busan?", client_id := cid())
+        other = await tab_b.next("message")
+        assert other["client_id"] == client_id
+        assert other["message"]["id"] == said["message"]["id"]
+        conversation = said["message"]["conversation_id"]
+        for via in (pair.a, pair.b):
+            await exchange(http, pair, [tab_b, tab_a], via, conversation,
+                           f"Yes, through {pair.name(via)}")
+        await only_once([tab_a, tab_b])
+        for tab in (tab_a, tab_b):
+            await tab.ws.close()
+
+
+async def test_a_reply_to_a_visitor_with_no_socket_anywhere_waits_in_the_history(
+        pair: Pair) -> None:
+    async with aiohttp.ClientSession() as http:
+        visitor = await connect(http, pair.b, "shop", pair.origin)
+        token = visitor.welcome["token"]
+        conversation = (await visitor.say("I'll be back", cid()))["message"]["conversation_id"]
+        await visitor.ws.close()
+        before = [await counters(http, d) for d in (pair.a, pair.b)]
+        queued = await reply(http, pair.a, conversation, "See you later")
+
+        async def sent() -> bool:
+            return await statuses(http, pair.b, queued["id"]) == ["sent"]
+        await wait_until(sent, timeout=20)
+        after = [await counters(http, d) for d in (pair.a, pair.b)]
+        assert [c["relayed"] for c in after] == [c["relayed"] for c in before]
+        assert [c["relay_failed"] for c in after] == [0, 0]
+        for daemon in (pair.a, pair.b):
+            back = await connect(http, daemon, "shop", pair.origin, token=token)
+            [kept] = [m for m in back.history if m["id"] == queued["id"]]
+            assert kept["text"] == "See you later" and kept["status"] == "sent"
+            await back.ws.close()
