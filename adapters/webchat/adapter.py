@@ -36,7 +36,7 @@ from aiohttp import WSMsgType, web
 
 from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendResult
 from adapters.webchat import tokens
-from adapters.webchat.config import WebChatConfig
+from adapters.webchat.config import DEFAULT_TITLE, WebChatConfig
 from adapters.webchat.limits import RateLimiter, limiter
 from gateway.broadcast import Broadcast
 from gateway.errors import Forbidden, NotFound, OmnirelayError
@@ -165,7 +165,7 @@ class WebChatAdapter(ChannelAdapter):
 
     def sender(self, channel: str) -> Party:
         """Replies come from the account itself."""
-        return Party("webchat", f"omnirelay:{self.name}", self.config.title)
+        return Party("webchat", f"omnirelay:{self.name}", self.config.title or DEFAULT_TITLE)
 
     def health(self) -> AdapterHealth:
         """The base health, with the sockets open right now."""
@@ -186,7 +186,7 @@ class WebChatAdapter(ChannelAdapter):
         """A shop page with the widget, under a strict CSP, to try it (``demo_page``)."""
         page = (STATIC / "demo.html").read_text(encoding="utf-8")
         host = request.host
-        for name, value in (("base", self.base), ("title", self.config.title),
+        for name, value in (("base", self.base), ("title", self.config.title or DEFAULT_TITLE),
                             ("origin", f"{request.scheme}://{host}")):
             page = page.replace("{{" + name + "}}", html.escape(value))
         csp = (f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' "
@@ -302,7 +302,10 @@ class WebChatAdapter(ChannelAdapter):
         await self._push(conn, {
             "type": "welcome", "visitor": visitor,
             "token": tokens.issue(self._secret, self.name, visitor),
-            "title": self.config.title, "pre_chat_form": self.config.pre_chat_form,
+            # title null: the widget's own, in the language it speaks (language: "auto"
+            # or the account's choice; a page's data-language wins over both).
+            "title": self.config.title, "language": self.config.language,
+            "pre_chat_form": self.config.pre_chat_form,
             "limits": {"max_text_chars": self.config.max_text_chars,
                        "max_file_bytes": self.config.max_file_bytes}})
         history = await self._history(visitor)

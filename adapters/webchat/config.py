@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from gateway.configkit import Section
 
 MIB = 1024 * 1024
+# The title where one must be text of ours (the demo page, the sender of replies); the
+# widget shows its own in the visitor's language when the account has none.
+DEFAULT_TITLE = "Chat with us"
+LANGUAGES = ("auto", "en", "ko", "ja")  # the widget's string tables; auto: the browser's
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +29,17 @@ class WebChatConfig(AdapterConfig):
     (the ``Origin`` header is checked; anything else is 403). ``secret`` signs visitor
     tokens; without one the account generates its own and keeps it in the store, so
     visitors stay who they are across restarts.
+
+    ``title`` None lets the widget show its own title in the visitor's language;
+    ``language`` "auto" lets the browser choose among the widget's languages.
     """
 
     allowed_origins: frozenset[str] = frozenset()
     secret: Secret | None = None
     demo_page: bool = False
     pre_chat_form: bool = False
-    title: str = "Chat with us"
+    title: str | None = None
+    language: str = "auto"
     max_text_chars: int = 4000
     max_file_bytes: int = 5 * MIB
     visitor_messages_per_minute: int = 30
@@ -47,12 +55,13 @@ class WebChatConfig(AdapterConfig):
         demo_page = section.get("demo_page", bool, False)
         origins = _origins(section, required=not demo_page)
         secret = section.secret("secret")
-        title = section.get("title", str, "Chat with us")
-        if not title.strip() or len(title) > 100:
+        title = section.get("title", str)
+        if title is not None and (not title.strip() or len(title) > 100):
             section.error("title", "must be 1 to 100 characters")
         return cls(
             allowed_origins=origins, secret=secret, demo_page=demo_page,
             pre_chat_form=section.get("pre_chat_form", bool, False), title=title,
+            language=_language(section),
             max_text_chars=_positive(section, "max_text_chars", 4000, 100_000),
             max_file_bytes=_positive(section, "max_file_bytes", 5 * MIB, 50 * MIB),
             visitor_messages_per_minute=_positive(section, "visitor_messages_per_minute", 30,
@@ -70,6 +79,18 @@ def _positive(section: Section, key: str, default: int, limit: int) -> int:
     if not 1 <= value <= limit:
         section.error(key, f"must be between 1 and {limit:,}")
         return default
+    return value
+
+
+def _language(section: Section) -> str:
+    """``language``: one the widget speaks, or ``auto`` (the visitor's browser decides)."""
+    value = section.get("language", str, "auto")
+    if value not in LANGUAGES:
+        choices = ", ".join(f'"{lang}"' for lang in LANGUAGES)
+        section.error("language", f"must be one of {choices}, got {value!r}",
+                      'e.g. language = "ko" (every visitor gets Korean) or "auto" (each '
+                      "visitor's browser chooses; English when it asks for none of them)")
+        return "auto"
     return value
 
 

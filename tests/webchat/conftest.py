@@ -4,6 +4,7 @@ client speaking the widget's frames, and (for the browser tests) one headless Ch
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Site:
     async def page(self, request: web.Request) -> web.Response:
         """The shop page, under a strict CSP that allows only the daemon's host."""
         extra = " data-open" if request.query.get("open") else ""
+        if "language" in request.query:  # the page forcing the widget's language
+            extra += f' data-language="{html.escape(request.query["language"])}"'
         daemon_ws = self.daemon_url.replace("http://", "ws://")
         csp = (f"default-src 'none'; script-src {self.daemon_url}; "
                f"style-src {self.daemon_url}; img-src {self.daemon_url} data: blob:; "
@@ -68,10 +71,10 @@ class Site:
 @pytest.fixture(scope="session")
 async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Daemon]:
     """One daemon with web chat accounts: ``shop`` (the shop site's origin allowed, tight
-    limits to test), ``form`` (the pre-chat form)."""
+    limits to test), ``form`` (the pre-chat form), ``ja`` (Japanese for every visitor)."""
     tmp = tmp_path_factory.mktemp("webchat")
     http_port, smtp_port = free_port(), free_port()
-    shop_port, form_port = free_port(), free_port()
+    shop_port, form_port, ja_port = free_port(), free_port(), free_port()
     extra = f"""
         [[channels]]
         type = "webchat"
@@ -88,6 +91,11 @@ async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         pre_chat_form = true
         [[channels]]
         type = "webchat"
+        name = "ja"
+        allowed_origins = ["http://127.0.0.1:{ja_port}"]
+        language = "ja"
+        [[channels]]
+        type = "webchat"
         name = "tight"
         allowed_origins = ["http://127.0.0.1:{shop_port}"]
         visitor_messages_per_minute = 20
@@ -95,7 +103,8 @@ async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         """
     daemon = Daemon(tmp, base_config(tmp / "data", http_port, smtp_port, extra=extra),
                     http_port)
-    daemon.ports = {"shop": shop_port, "form": form_port}  # type: ignore[attr-defined]
+    daemon.ports = {"shop": shop_port, "form": form_port,  # type: ignore[attr-defined]
+                    "ja": ja_port}
     daemon.start()
     await daemon.wait_ready()
     yield daemon

@@ -1,12 +1,13 @@
 """The widget in a real headless Chromium (Debian's, driven by Playwright): a shop page on
 its own origin under a strict CSP embeds it; the visitor writes, the agent answers through
-the API, a reload keeps the history, markup is inert both ways, a foreign origin is refused.
+the API, a reload keeps the history, markup is inert both ways, a foreign origin is refused;
+it speaks the browser's language, the account's, or English.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,26 @@ async def visitor_page(browser: Any) -> AsyncIterator[Watched]:
     watched = Watched(await context.new_page())
     yield watched
     await context.close()
+
+
+PageIn = Callable[[str], Awaitable[Watched]]
+
+
+@pytest.fixture
+async def page_in(browser: Any) -> AsyncIterator[PageIn]:
+    """New visitors' pages whose browser asks for a language (``locale="ko-KR"``: its
+    ``navigator.languages`` and ``Accept-Language``)."""
+    contexts: list[Any] = []
+
+    async def make(locale: str) -> Watched:
+        context = await browser.new_context(viewport={"width": 900, "height": 640},
+                                            locale=locale)
+        contexts.append(context)
+        return Watched(await context.new_page())
+
+    yield make
+    for context in contexts:
+        await context.close()
 
 
 async def open_shop(watched: Watched, site: Site) -> Any:
@@ -259,6 +280,95 @@ async def test_a_file_is_sent_from_the_browser_and_shown(
         " return img && img.complete && img.naturalWidth === 1; }")
     assert await thumb.get_attribute("alt") == "photo.png"
     assert visitor_page.problems == []  # the shop's CSP let it load from omnirelay only
+
+
+async def _texts(page: Any) -> dict[str, str | None]:
+    """What a visitor reads and a screen reader announces, by part of the widget."""
+    return {
+        "lang": await page.get_attribute(".widget", "lang"),
+        "bubble": await page.get_attribute(".bubble", "aria-label"),
+        "title": await page.locator(".title").text_content(),
+        "status": await page.locator(".status").text_content(),
+        "send": await page.locator(".send").text_content(),
+        "placeholder": await page.get_attribute("#omnirelay-text", "placeholder"),
+        "name": await page.locator("label[for=omnirelay-name]").text_content(),
+        "email": await page.locator("label[for=omnirelay-email]").text_content(),
+        "start": await page.locator(".start").text_content(),
+        "skip": await page.locator(".skip").text_content(),
+    }
+
+
+async def _online(page: Any, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached",
+                                 timeout=15000)
+
+
+async def test_a_korean_browser_gets_the_widget_in_korean_unless_the_page_says_otherwise(
+        chat_daemon: Daemon, form_site: Site,
+        page_in: PageIn) -> None:
+    watched = await page_in("ko-KR")
+    page = watched.page
+    await _online(page, form_site.origin + "/")
+    assert await _texts(page) == {
+        "lang": "ko", "bubble": "채팅 상담 열기", "title": "채팅 상담", "status": "온라인",
+        "send": "보내기", "placeholder": "메시지를 입력하세요…", "name": "이름",
+        "email": "이메일", "start": "상담 시작하기", "skip": "건너뛰기"}
+    await page.click(".bubble")
+    assert await page.get_attribute(".bubble", "aria-label") == "채팅 상담 닫기"
+    assert await page.locator(".prechat").is_visible()
+    assert await page.get_attribute(".prechat", "aria-label") == "상담을 시작하기 전에"
+
+    # The page's data-language wins over the browser.
+    await _online(page, form_site.origin + "/?language=en")
+    texts = await _texts(page)
+    assert (texts["lang"], texts["title"], texts["send"], texts["name"]) == \
+        ("en", "Chat with us", "Send", "Name")
+    assert watched.problems == []
+
+
+@pytest.fixture(scope="session")
+async def ja_site(chat_daemon: Daemon) -> AsyncIterator[Site]:
+    """A site embedding the ``ja`` account (``language = "ja"``, no title)."""
+    site = Site(chat_daemon.url, "ja", chat_daemon.ports["ja"])  # type: ignore[attr-defined]
+    await site.start()
+    yield site
+    await site.stop()
+
+
+async def test_an_account_in_japanese_overrides_an_english_browser(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, ja_site: Site,
+        page_in: PageIn) -> None:
+    watched = await page_in("en-US")
+    page = await open_shop(watched, ja_site)
+    texts = await _texts(page)
+    assert {k: texts[k] for k in ("lang", "bubble", "title", "status", "send",
+                                  "placeholder")} == {
+        "lang": "ja", "bubble": "チャットを閉じる", "title": "チャットでお問い合わせ",
+        "status": "オンライン", "send": "送信", "placeholder": "メッセージを入力…"}
+    await page.fill("#omnirelay-text", "サイズ交換はできますか")
+    await page.press("#omnirelay-text", "Enter")
+    await page.locator("li.msg.me:not(.pending)", has_text="サイズ交換").wait_for()
+    conversation_id = await conversation_of(api, chat_daemon, "サイズ交換はできますか")
+    await reply(api, chat_daemon, conversation_id, "はい、できます。", agent=None)
+    answer = page.locator("li.msg.agent", has_text="はい、できます。")
+    await answer.wait_for()
+    assert await answer.locator(".who").text_content() == "担当者"  # not "Chat with us"
+    assert watched.problems == []
+
+
+async def test_a_browser_in_a_language_the_widget_lacks_gets_english(
+        shop: Site, page_in: PageIn) -> None:
+    watched = await page_in("de-DE")
+    page = watched.page
+    await _online(page, shop.origin + "/")
+    texts = await _texts(page)
+    assert {k: texts[k] for k in ("lang", "bubble", "title", "status", "send",
+                                  "placeholder")} == {
+        "lang": "en", "bubble": "Open chat", "title": "Kim's shop",  # the account's title
+        "status": "Online", "send": "Send", "placeholder": "Write a message…"}
+    assert await page.evaluate("navigator.language") == "de-DE"
+    assert watched.problems == []
 
 
 def test_the_screenshot_is_kept_as_an_artifact() -> None:

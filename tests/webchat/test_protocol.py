@@ -65,7 +65,7 @@ async def test_a_visitors_message_is_stored_confirmed_and_on_the_feed(
     visitor = await connect(api, chat_daemon, "shop", shop.origin,
                             page_url=f"{shop.origin}/shoes/42")
     assert visitor.welcome["visitor"].startswith("vis_") and visitor.history == []
-    assert visitor.welcome["title"] == "Kim's shop"
+    assert (visitor.welcome["title"], visitor.welcome["language"]) == ("Kim's shop", "auto")
     confirmed = await visitor.say("Do you have size 42?", client_id := cid())
     message = confirmed["message"]
     assert confirmed["type"] == "message" and confirmed["client_id"] == client_id

@@ -5,6 +5,10 @@
  * Everything shown is set with textContent (never parsed as HTML), so no visitor or agent text
  * can become markup. The widget lives in a shadow root, so the shop's CSS and ours stay apart.
  * It talks only to HOST: no fonts, images or analytics from anywhere else.
+ * It speaks English, Korean or Japanese: the tag's data-language, else the account's
+ * language, else the browser's first supported one, else English. The file stays ASCII
+ * (\u escapes) so a shop page in EUC-KR or Shift_JIS cannot garble it; the strings in
+ * readable form are in docs/webchat.md.
  */
 (function () {
   "use strict";
@@ -32,8 +36,108 @@
   var token = load("token", null);
   var profile = load("profile", null);        // {name, email} from the pre-chat form, or {} skipped
   var queue = load("queue", []);              // messages typed while offline: [{id, text}]
-  var settings = load("settings", {});        // what the server said last: title, pre_chat_form
+  var settings = load("settings", {});        // what the server said last: title, pre_chat_form, language
   var files = {};                              // client id -> attachments (memory only)
+
+  // ------------------------------------------------------------ languages
+  var STRINGS = {
+    en: {
+      title: "Chat with us",
+      open: "Open chat",
+      close: "Close chat",
+      messages: "Messages",
+      connecting: "Connecting\u2026",
+      online: "Online",
+      offline: "Offline \u2014 your messages are kept and sent when the connection returns.",
+      prechat: "Before we start",
+      intro: "Tell us who you are (optional).",
+      name: "Name",
+      email: "E-mail",
+      start: "Start chat",
+      skip: "Skip",
+      composer: "Write a message",
+      message: "Message",
+      placeholder: "Write a message\u2026",
+      attach: "Attach a file",
+      send: "Send",
+      support: "Support",
+      you: "You:",
+      pending: "Not sent yet",
+      refused: "Not sent: {reason}",
+      tooLarge: "{name} is too large (at most {mb} MB).",
+      file: "file",
+      image: "image"
+    },
+    ko: {
+      title: "\ucc44\ud305 \uc0c1\ub2f4",
+      open: "\ucc44\ud305 \uc0c1\ub2f4 \uc5f4\uae30",
+      close: "\ucc44\ud305 \uc0c1\ub2f4 \ub2eb\uae30",
+      messages: "\uba54\uc2dc\uc9c0",
+      connecting: "\uc5f0\uacb0 \uc911\u2026",
+      online: "\uc628\ub77c\uc778",
+      offline: "\uc624\ud504\ub77c\uc778 \u2014 \uc791\uc131\ud558\uc2e0 \uba54\uc2dc\uc9c0\ub294 \ubcf4\uad00\ud574 \ub450\uc5c8\ub2e4\uac00 \ub2e4\uc2dc \uc5f0\uacb0\ub418\uba74 \ubcf4\ub0b4 \ub4dc\ub9bd\ub2c8\ub2e4.",
+      prechat: "\uc0c1\ub2f4\uc744 \uc2dc\uc791\ud558\uae30 \uc804\uc5d0",
+      intro: "\uc131\ud568\uacfc \uc774\uba54\uc77c\uc744 \ub0a8\uaca8 \uc8fc\uc138\uc694(\uc120\ud0dd \uc0ac\ud56d).",
+      name: "\uc774\ub984",
+      email: "\uc774\uba54\uc77c",
+      start: "\uc0c1\ub2f4 \uc2dc\uc791\ud558\uae30",
+      skip: "\uac74\ub108\ub6f0\uae30",
+      composer: "\uba54\uc2dc\uc9c0 \uc791\uc131",
+      message: "\uba54\uc2dc\uc9c0",
+      placeholder: "\uba54\uc2dc\uc9c0\ub97c \uc785\ub825\ud558\uc138\uc694\u2026",
+      attach: "\ud30c\uc77c \ucca8\ubd80",
+      send: "\ubcf4\ub0b4\uae30",
+      support: "\uc0c1\ub2f4\uc6d0",
+      you: "\ub098:",
+      pending: "\uc804\uc1a1 \ub300\uae30 \uc911",
+      refused: "\ubcf4\ub0b4\uc9c0 \ubabb\ud588\uc2b5\ub2c8\ub2e4",
+      tooLarge: "{name} \ud30c\uc77c\uc774 \ub108\ubb34 \ud07d\ub2c8\ub2e4(\ucd5c\ub300 {mb}MB).",
+      file: "\ud30c\uc77c",
+      image: "\uc774\ubbf8\uc9c0"
+    },
+    ja: {
+      title: "\u30c1\u30e3\u30c3\u30c8\u3067\u304a\u554f\u3044\u5408\u308f\u305b",
+      open: "\u30c1\u30e3\u30c3\u30c8\u3092\u958b\u304f",
+      close: "\u30c1\u30e3\u30c3\u30c8\u3092\u9589\u3058\u308b",
+      messages: "\u30e1\u30c3\u30bb\u30fc\u30b8",
+      connecting: "\u63a5\u7d9a\u4e2d\u2026",
+      online: "\u30aa\u30f3\u30e9\u30a4\u30f3",
+      offline: "\u30aa\u30d5\u30e9\u30a4\u30f3 \u2014 \u30e1\u30c3\u30bb\u30fc\u30b8\u306f\u4fdd\u5b58\u3055\u308c\u3001\u63a5\u7d9a\u304c\u623b\u308a\u3057\u3060\u3044\u9001\u4fe1\u3055\u308c\u307e\u3059\u3002",
+      prechat: "\u30c1\u30e3\u30c3\u30c8\u3092\u59cb\u3081\u308b\u524d\u306b",
+      intro: "\u304a\u540d\u524d\u3068\u30e1\u30fc\u30eb\u30a2\u30c9\u30ec\u30b9\u3092\u3054\u5165\u529b\u304f\u3060\u3055\u3044\uff08\u4efb\u610f\uff09\u3002",
+      name: "\u304a\u540d\u524d",
+      email: "\u30e1\u30fc\u30eb\u30a2\u30c9\u30ec\u30b9",
+      start: "\u30c1\u30e3\u30c3\u30c8\u3092\u59cb\u3081\u308b",
+      skip: "\u30b9\u30ad\u30c3\u30d7",
+      composer: "\u30e1\u30c3\u30bb\u30fc\u30b8\u306e\u5165\u529b",
+      message: "\u30e1\u30c3\u30bb\u30fc\u30b8",
+      placeholder: "\u30e1\u30c3\u30bb\u30fc\u30b8\u3092\u5165\u529b\u2026",
+      attach: "\u30d5\u30a1\u30a4\u30eb\u3092\u6dfb\u4ed8",
+      send: "\u9001\u4fe1",
+      support: "\u62c5\u5f53\u8005",
+      you: "\u3042\u306a\u305f\uff1a",
+      pending: "\u672a\u9001\u4fe1",
+      refused: "\u9001\u4fe1\u3067\u304d\u307e\u305b\u3093\u3067\u3057\u305f",
+      tooLarge: "{name} \u306f\u30b5\u30a4\u30ba\u304c\u5927\u304d\u3059\u304e\u307e\u3059\uff08\u6700\u5927 {mb} MB\uff09\u3002",
+      file: "\u30d5\u30a1\u30a4\u30eb",
+      image: "\u753b\u50cf"
+    }
+  };
+  function supported(tag) {  // "ko-KR" -> "ko"; "auto", "de-DE" or nothing -> null
+    var primary = String(tag || "").toLowerCase().split(/[-_]/)[0];
+    return Object.prototype.hasOwnProperty.call(STRINGS, primary) ? primary : null;
+  }
+  function chooseLanguage() {
+    var chosen = supported(script.getAttribute("data-language")) || supported(settings.language);
+    var wanted = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language];
+    for (var i = 0; !chosen && i < wanted.length; i++) { chosen = supported(wanted[i]); }
+    return chosen || "en";
+  }
+  var lang = chooseLanguage();
+  var t = STRINGS[lang];
+  function fill(template, values) {  // "{name}" -> values.name, as text (no $-patterns)
+    return template.replace(/\{(\w+)\}/g, function (all, key) { return key in values ? String(values[key]) : all; });
+  }
 
   // ------------------------------------------------------------ DOM
   function el(tag, attrs, text) {
@@ -54,48 +158,73 @@
     svg.appendChild(path);
     return svg;
   }
+  // A node's data-i18n names the string it shows, data-i18n-label / -placeholder / -title
+  // the one in that attribute: localize() sets them all again when the language changes.
+  function setText(node, value) {  // only changes: the log and the status are live regions
+    if (node.textContent !== value) { node.textContent = value; }
+  }
+  function tr(node, key) { node.setAttribute("data-i18n", key); setText(node, t[key]); return node; }
   var host = el("div", {"id": "omnirelay-chat", "data-state": "connecting"});
   var root = host.attachShadow ? host.attachShadow({mode: "open"}) : host;
   root.appendChild(el("link", {"rel": "stylesheet", "href": base + "/widget.css"}));
+  var widget = el("div", {"class": "widget", "lang": lang});  // screen readers pronounce by it
 
   var bubble = el("button", {"class": "bubble", "type": "button", "aria-expanded": "false",
-                             "aria-controls": "omnirelay-panel", "aria-label": "Open chat"});
+                             "aria-controls": "omnirelay-panel", "data-i18n-label": "open"});
   bubble.appendChild(el("span", {"class": "bubble-icon", "aria-hidden": "true"}, "\u2709"));
   var panel = el("section", {"class": "panel", "id": "omnirelay-panel", "role": "dialog",
                              "aria-modal": "false", "aria-labelledby": "omnirelay-title", "hidden": ""});
   var header = el("header", {"class": "header"});
-  var title = el("h2", {"id": "omnirelay-title", "class": "title"}, settings.title || "Chat with us");
-  var close = el("button", {"class": "close", "type": "button", "aria-label": "Close chat"}, "\u00d7");
+  var title = el("h2", {"id": "omnirelay-title", "class": "title"});  // the account's title, else t.title
+  var close = el("button", {"class": "close", "type": "button", "data-i18n-label": "close"}, "\u00d7");
   header.appendChild(title); header.appendChild(close);
-  var status = el("p", {"class": "status", "role": "status", "aria-live": "polite"}, "Connecting\u2026");
-  var log = el("ol", {"class": "log", "role": "log", "aria-live": "polite", "aria-label": "Messages",
+  var status = tr(el("p", {"class": "status", "role": "status", "aria-live": "polite"}), "connecting");
+  var log = el("ol", {"class": "log", "role": "log", "aria-live": "polite", "data-i18n-label": "messages",
                       "tabindex": "0"});
 
-  var prechat = el("form", {"class": "prechat", "hidden": "", "aria-label": "Before we start"});
-  prechat.appendChild(el("p", {"class": "prechat-intro"}, "Tell us who you are (optional)."));
-  var nameLabel = el("label", {"for": "omnirelay-name"}, "Name");
+  var prechat = el("form", {"class": "prechat", "hidden": "", "data-i18n-label": "prechat"});
+  prechat.appendChild(tr(el("p", {"class": "prechat-intro"}), "intro"));
+  var nameLabel = tr(el("label", {"for": "omnirelay-name"}), "name");
   var nameInput = el("input", {"id": "omnirelay-name", "name": "name", "autocomplete": "name",
                                "maxlength": "100"});
-  var emailLabel = el("label", {"for": "omnirelay-email"}, "E-mail");
+  var emailLabel = tr(el("label", {"for": "omnirelay-email"}), "email");
   var emailInput = el("input", {"id": "omnirelay-email", "name": "email", "type": "email",
                                 "autocomplete": "email", "maxlength": "254"});
-  var startButton = el("button", {"type": "submit", "class": "start"}, "Start chat");
-  var skipButton = el("button", {"type": "button", "class": "skip"}, "Skip");
+  var startButton = tr(el("button", {"type": "submit", "class": "start"}), "start");
+  var skipButton = tr(el("button", {"type": "button", "class": "skip"}), "skip");
   [nameLabel, nameInput, emailLabel, emailInput, startButton, skipButton].forEach(function (n) { prechat.appendChild(n); });
 
-  var composer = el("form", {"class": "composer", "aria-label": "Write a message"});
-  var textLabel = el("label", {"for": "omnirelay-text", "class": "visually-hidden"}, "Message");
+  var composer = el("form", {"class": "composer", "data-i18n-label": "composer"});
+  var textLabel = tr(el("label", {"for": "omnirelay-text", "class": "visually-hidden"}), "message");
   var text = el("textarea", {"id": "omnirelay-text", "name": "text", "rows": "2",
-                             "placeholder": "Write a message\u2026", "maxlength": "4000"});
-  var fileLabel = el("label", {"for": "omnirelay-file", "class": "file-label", "title": "Attach a file"});
+                             "data-i18n-placeholder": "placeholder", "maxlength": "4000"});
+  var fileLabel = el("label", {"for": "omnirelay-file", "class": "file-label", "data-i18n-title": "attach"});
   fileLabel.appendChild(clip());
-  fileLabel.appendChild(el("span", {"class": "visually-hidden"}, "Attach a file"));
+  fileLabel.appendChild(tr(el("span", {"class": "visually-hidden"}), "attach"));
   var fileInput = el("input", {"id": "omnirelay-file", "type": "file", "class": "visually-hidden"});
-  var send = el("button", {"type": "submit", "class": "send"}, "Send");
+  var send = tr(el("button", {"type": "submit", "class": "send"}), "send");
   [textLabel, text, fileLabel, fileInput, send].forEach(function (n) { composer.appendChild(n); });
 
   [header, status, log, prechat, composer].forEach(function (n) { panel.appendChild(n); });
-  root.appendChild(bubble); root.appendChild(panel);
+  widget.appendChild(bubble); widget.appendChild(panel);
+  root.appendChild(widget);
+
+  var ATTRIBUTES = {"data-i18n-label": "aria-label", "data-i18n-placeholder": "placeholder",
+                    "data-i18n-title": "title"};
+  function localize() {
+    lang = chooseLanguage(); t = STRINGS[lang];
+    widget.setAttribute("lang", lang);
+    setText(title, settings.title || t.title);
+    Array.prototype.forEach.call(root.querySelectorAll("[data-i18n]"), function (node) {
+      setText(node, t[node.getAttribute("data-i18n")]);
+    });
+    Object.keys(ATTRIBUTES).forEach(function (marker) {
+      Array.prototype.forEach.call(root.querySelectorAll("[" + marker + "]"), function (node) {
+        node.setAttribute(ATTRIBUTES[marker], t[node.getAttribute(marker)]);
+      });
+    });
+  }
+  localize();
 
   // ------------------------------------------------------------ rendering (text only)
   var shown = {};       // message id or client id -> <li>
@@ -104,7 +233,7 @@
 
   function timeOf(iso) {
     var d = iso ? new Date(iso) : new Date();
-    return isNaN(d) ? "" : d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    return isNaN(d) ? "" : d.toLocaleTimeString(lang, {hour: "2-digit", minute: "2-digit"});
   }
   function renderAttachments(li, attachments) {
     (attachments || []).forEach(function (att) {
@@ -112,9 +241,9 @@
       var url = new URL(att.url, base);
       if (url.origin !== src.origin) { return; }  // only our own links
       var link = el("a", {"href": url.href, "class": "file", "target": "_blank", "rel": "noopener noreferrer",
-                          "download": att.filename || "file"}, att.filename || "file");
+                          "download": att.filename || t.file}, att.filename || t.file);
       if (/^image\/(png|jpeg|gif|webp)$/.test(att.content_type || "")) {
-        var img = el("img", {"src": url.href, "alt": att.filename || "image", "class": "thumb"});
+        var img = el("img", {"src": url.href, "alt": att.filename || t.image, "class": "thumb"});
         link.textContent = ""; link.appendChild(img);
       }
       li.appendChild(link);
@@ -129,10 +258,12 @@
     li.className = "msg " + (mine ? "me" : "agent");
     li.setAttribute("data-id", message.id || "");
     if (!mine) {
-      var who = (message.agent && message.agent.name) || (message.from && message.from.name) || settings.title || "Support";
-      li.appendChild(el("span", {"class": "who"}, who));
+      // A reply's "from" is the account, named in English when it has no title: a reply
+      // without an agent is signed with the configured title, else "Support" translated.
+      var who = (message.agent && message.agent.name) || settings.title;
+      li.appendChild(who ? el("span", {"class": "who"}, who) : tr(el("span", {"class": "who"}), "support"));
     } else {
-      li.appendChild(el("span", {"class": "visually-hidden"}, "You:"));
+      li.appendChild(tr(el("span", {"class": "visually-hidden"}), "you"));
     }
     li.appendChild(el("span", {"class": "text"}, message.text || ""));
     renderAttachments(li, message.attachments);
@@ -153,10 +284,10 @@
     var li = shown[item.id];
     if (!li) {
       li = el("li", {"class": "msg me pending", "data-client-id": item.id});
-      li.appendChild(el("span", {"class": "visually-hidden"}, "You:"));
+      li.appendChild(tr(el("span", {"class": "visually-hidden"}), "you"));
       li.appendChild(el("span", {"class": "text"}, item.text || ""));
       ((files[item.id]) || []).forEach(function (f) { li.appendChild(el("span", {"class": "file"}, f.filename)); });
-      li.appendChild(el("span", {"class": "note"}, "Not sent yet"));
+      li.appendChild(tr(el("span", {"class": "note"}), "pending"));
       shown[item.id] = li;
       log.appendChild(li);
       log.scrollTop = log.scrollHeight;
@@ -185,14 +316,14 @@
   document.addEventListener("visibilitychange", flushRead);
 
   // ------------------------------------------------------------ connection
-  function setState(state, note) {
+  function setState(state) {
     host.setAttribute("data-state", state);
-    status.textContent = note;
+    tr(status, state);
     panel.classList.toggle("offline", state !== "online");
   }
   function connect() {
     clearTimeout(timer);
-    setState("connecting", "Connecting\u2026");
+    setState("connecting");
     try { ws = new WebSocket(wsUrl); } catch (e) { schedule(); return; }
     ws.onopen = function () {
       ws.send(JSON.stringify({type: "hello", token: token, name: profile && profile.name || null,
@@ -209,7 +340,7 @@
   }
   function schedule() {
     var delay = Math.min(30000, 1000 * Math.pow(2, retry++)) * (0.5 + Math.random() / 2);
-    setState("offline", "Offline \u2014 your messages are kept and sent when the connection returns.");
+    setState("offline");
     timer = setTimeout(connect, delay);
   }
   window.addEventListener("online", function () { if (!ws) { retry = 0; connect(); } });
@@ -225,11 +356,13 @@
   function handle(frame) {
     if (frame.type === "welcome") {
       token = frame.token; save("token", token);
-      settings = {title: frame.title, pre_chat_form: !!frame.pre_chat_form}; save("settings", settings);
-      title.textContent = frame.title || "Chat with us";
+      settings = {title: frame.title || null, pre_chat_form: !!frame.pre_chat_form,
+                  language: frame.language || "auto"};
+      save("settings", settings);
+      localize();
       if (frame.limits) { limits = frame.limits; text.setAttribute("maxlength", String(limits.max_text_chars)); }
       online = true; retry = 0;
-      setState("online", "Online");
+      setState("online");
     } else if (frame.type === "history") {
       var replies = [];
       (frame.messages || []).forEach(function (m) {
@@ -266,7 +399,11 @@
         if (li) {
           li.classList.add("failed");
           var note = li.querySelector(".note");
-          if (note) { note.textContent = "Not sent: " + (frame.message || "refused"); }
+          // The server's reason is English: shown as it is only to English visitors.
+          if (note) {
+            note.removeAttribute("data-i18n");
+            note.textContent = fill(t.refused, {reason: frame.message || "refused"});
+          }
         }
       } else if (frame.client_id && !retryTimer) {
         // rate limited or the store is busy: the message stays queued and goes again
@@ -323,7 +460,8 @@
     fileInput.value = "";
     if (!file) { return; }
     if (file.size > limits.max_file_bytes) {
-      status.textContent = file.name + " is too large (at most " + Math.round(limits.max_file_bytes / 1048576) + " MB).";
+      status.removeAttribute("data-i18n");
+      status.textContent = fill(t.tooLarge, {name: file.name, mb: Math.round(limits.max_file_bytes / 1048576)});
       return;
     }
     var reader = new FileReader();
@@ -362,14 +500,14 @@
   function open() {
     panel.hidden = false;
     bubble.setAttribute("aria-expanded", "true");
-    bubble.setAttribute("aria-label", "Close chat");
+    bubble.setAttribute("data-i18n-label", "close"); bubble.setAttribute("aria-label", t.close);
     (prechat.hidden ? text : nameInput).focus();
     flushRead();
   }
   function shut() {
     panel.hidden = true;
     bubble.setAttribute("aria-expanded", "false");
-    bubble.setAttribute("aria-label", "Open chat");
+    bubble.setAttribute("data-i18n-label", "open"); bubble.setAttribute("aria-label", t.open);
     bubble.focus();
   }
   bubble.addEventListener("click", function () { if (panel.hidden) { open(); } else { shut(); } });
