@@ -290,7 +290,6 @@ class MetaAdapter(ChannelAdapter):
             self._sent_parts.pop(message.id, None)
             raise
         self._sent_parts.pop(message.id, None)
-        self.counters["sent"] += 1
         return SendResult(ids[0] if ids else None, "sent")
 
     def _remember(self, mid: str) -> None:

@@ -408,7 +408,6 @@ class WebChatAdapter(ChannelAdapter):
         name."""
         snapshot = dict(message.snapshot) or _snapshot(message)
         await self._to_visitor(message.to.address, snapshot, None, reply=True)
-        self.counters["sent"] += 1
         return SendResult(message.id, "sent")
 
     async def _to_visitor(self, visitor: str, message: Mapping[str, Any],

@@ -99,6 +99,7 @@ async def test_a_reply_reaches_every_tab_live_and_the_browser_reports_delivered_
     mine = (await tab1.say("Where is my parcel?", cid()))["message"]
     assert (await tab2.next("message"))["message"]["id"] == mine["id"]  # the other tab too
 
+    before = await shop_counters(api, chat_daemon)
     queued = await reply(api, chat_daemon, mine["conversation_id"], "It ships today.")
     pushed = [(await tab.next("message"))["message"] for tab in (tab1, tab2)]
     for message in pushed:
@@ -106,6 +107,8 @@ async def test_a_reply_reaches_every_tab_live_and_the_browser_reports_delivered_
         assert message["agent"] == {"id": "a-1", "name": "Mina"}
         assert message["to"]["address"] == tab1.welcome["visitor"]
     await wait_until(lambda: _is(api, chat_daemon, queued["id"], "sent"))
+    # One reply, counted once (the outbox counts what an adapter sent; two tabs are one send).
+    assert (await shop_counters(api, chat_daemon))["sent"] == before["sent"] + 1
 
     await tab1.send({"type": "ack", "ids": [queued["id"]]})
     await wait_until(lambda: _is(api, chat_daemon, queued["id"], "delivered"))
