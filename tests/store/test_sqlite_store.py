@@ -357,21 +357,29 @@ async def test_the_wal_is_folded_back_and_restarted_under_continuous_writes(
     await store.open()
     try:
         wal = tmp_path / "w.db-wal"
-        sizes = []
-        for round_ in range(40):
+        sizes: list[int] = []
+        steady = 0  # rounds in a row that wrote ~100 KB and did not grow the WAL file
+        round_ = 0
+        # At least 40 rounds, more (bounded) until the WAL is reused for 10 rounds in a
+        # row: on a disk shared with other work the background checkpoint's fsyncs lag.
+        while round_ < 40 or (steady < 10 and round_ < 200):
             await asyncio.gather(*(store.ingest(inbound(f"r{round_}-{i}", f"u{i}",
                                                         text=secrets.token_urlsafe(4500)), [])
                                    for i in range(20)))
             sizes.append(wal.stat().st_size)
+            steady = steady + 1 if len(sizes) > 1 and sizes[-1] == sizes[-2] else 0
+            round_ += 1
     finally:
         await store.close()
-    # 800 messages of ~4.5 KB (random: stored compressed, they stay that big) went through
-    # the WAL (several MiB), yet it stayed within a few
-    # multiples of the 64-page threshold: it was folded back and reused from the start.
+    # 800+ messages of ~4.5 KB (random: stored compressed, they stay that big) went through
+    # the WAL (never folded back, it reaches ~10 MiB by round 40), yet the file stopped
+    # growing: it was folded back and written again from its start (SQLite reuses the file
+    # rather than truncating it), a few multiples of the 64-page threshold at most.
+    assert steady >= 10
     assert (tmp_path / "w.db").stat().st_size > 3 * 1024 * 1024
-    assert max(sizes) <= 64 * 4096 * 8  # never folded back, it reaches ~10 MiB here
+    assert max(sizes) <= 8 * 1024 * 1024
     check = sqlite3.connect(tmp_path / "w.db")
-    assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 800
+    assert check.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 20 * round_
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
 
