@@ -23,6 +23,7 @@ MAX_CLIENT_ID_CHARS = 64
 MAX_FILES = 5
 MAX_IDS_PER_RECEIPT = 500
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}")  # BCP 47, the usual shapes
 _EMAIL = re.compile(r"[^@\s<>\"]{1,64}@[^@\s<>\"]{1,253}\.[^@\s<>\".]{1,63}")
 _MESSAGE_ID = re.compile(r"msg_[0-9A-Za-z]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -38,6 +39,9 @@ class Hello:
     email: str | None
     page_url: str | None
     referrer: str | None
+    # The browser's preferred language (``navigator.languages[0]``, a BCP 47 tag such as
+    # ``ko-KR``): agents see in the conversation's context which language to answer in.
+    language: str | None = None
 
 
 def frame_type(frame: object) -> str:
@@ -48,12 +52,14 @@ def frame_type(frame: object) -> str:
 
 
 def parse_hello(frame: dict[str, Any]) -> Hello:
-    """``{"type": "hello", "token"?, "name"?, "email"?, "page_url"?, "referrer"?}``."""
+    """``{"type": "hello", "token"?, "name"?, "email"?, "page_url"?, "referrer"?,
+    "language"?}``."""
     token = frame.get("token")
     if token is not None and (not isinstance(token, str) or len(token) > 200):
         token = None  # an unreadable token is a new visitor, not an error
     return Hello(token, _name(frame.get("name")), _email(frame.get("email")),
-                 _page_url(frame.get("page_url")), _page_url(frame.get("referrer")))
+                 _page_url(frame.get("page_url")), _page_url(frame.get("referrer")),
+                 _language(frame.get("language")))
 
 
 def parse_visitor_message(frame: dict[str, Any], *, account: str, visitor: str,
@@ -88,7 +94,8 @@ def parse_visitor_message(frame: dict[str, Any], *, account: str, visitor: str,
         raise InvalidInput("a message needs text or a file")
     linked = [Party("email", hello.email, hello.name)] if hello.email else []
     context = {key: value for key, value in (("page_url", hello.page_url),
-                                             ("referrer", hello.referrer)) if value}
+                                             ("referrer", hello.referrer),
+                                             ("language", hello.language)) if value}
     return InboundMessage(
         channel="webchat", account=account, provider_message_id=f"{visitor}:{client_id}",
         sender=Party("webchat", visitor, hello.name), text=text, attachments=attachments,
@@ -118,6 +125,13 @@ def _email(value: object) -> str | None:
     if len(email) > MAX_EMAIL_CHARS or not _EMAIL.fullmatch(email):
         return None  # the form checks it too; a bad address links nothing
     return email
+
+
+def _language(value: object) -> str | None:
+    """A language tag as browsers report them (``ko-KR``, ``ja``, ``zh-Hant-TW``), or None."""
+    if not isinstance(value, str) or not _LANGUAGE.fullmatch(value):
+        return None
+    return value
 
 
 def _page_url(value: object) -> str | None:

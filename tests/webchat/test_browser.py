@@ -305,7 +305,7 @@ async def _online(page: Any, url: str) -> None:
 
 
 async def test_a_korean_browser_gets_the_widget_in_korean_unless_the_page_says_otherwise(
-        chat_daemon: Daemon, form_site: Site,
+        chat_daemon: Daemon, api: aiohttp.ClientSession, form_site: Site,
         page_in: PageIn) -> None:
     watched = await page_in("ko-KR")
     page = watched.page
@@ -318,6 +318,13 @@ async def test_a_korean_browser_gets_the_widget_in_korean_unless_the_page_says_o
     assert await page.get_attribute(".bubble", "aria-label") == "채팅 상담 닫기"
     assert await page.locator(".prechat").is_visible()
     assert await page.get_attribute(".prechat", "aria-label") == "상담을 시작하기 전에"
+    # The browser's language reaches the agents: the conversation's context says ko-KR.
+    await page.click(".skip")
+    await page.fill("#omnirelay-text", "배송은 언제 되나요?")
+    await page.press("#omnirelay-text", "Enter")
+    conversation_id = await conversation_of(api, chat_daemon, "배송은 언제 되나요?")
+    conversation = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}")
+    assert conversation["context"]["language"] == "ko-KR"
 
     # The page's data-language wins over the browser.
     await _online(page, form_site.origin + "/?language=en")

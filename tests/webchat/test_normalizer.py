@@ -70,8 +70,14 @@ def test_a_file_alone_is_a_message() -> None:
 def test_hello_keeps_only_what_it_can_use() -> None:
     hello = parse_hello({"type": "hello", "token": 7, "name": " Kim\n  Lee ",
                          "email": "not an address", "page_url": "javascript:alert(1)",
-                         "referrer": "https://google.example/?q=shoes"})
-    assert hello == Hello(None, "Kim Lee", None, None, "https://google.example/?q=shoes")
+                         "referrer": "https://google.example/?q=shoes",
+                         "language": "ko-KR"})
+    assert hello == Hello(None, "Kim Lee", None, None, "https://google.example/?q=shoes",
+                          "ko-KR")
+    for tag in ("ja", "zh-Hant-TW", "en-US"):
+        assert parse_hello({"type": "hello", "language": tag}).language == tag
+    for junk in ("<b>ko</b>", "k", "ko_KR;q=0.9", "x" * 40, 7):
+        assert parse_hello({"type": "hello", "language": junk}).language is None
     assert parse_hello({"type": "hello", "name": "x" * 500}).name == "x" * 100
 
 

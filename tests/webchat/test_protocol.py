@@ -63,7 +63,7 @@ async def shop_counters(api: aiohttp.ClientSession, daemon: Daemon) -> dict[str,
 async def test_a_visitors_message_is_stored_confirmed_and_on_the_feed(
         chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
     visitor = await connect(api, chat_daemon, "shop", shop.origin,
-                            page_url=f"{shop.origin}/shoes/42")
+                            page_url=f"{shop.origin}/shoes/42", language="ko-KR")
     assert visitor.welcome["visitor"].startswith("vis_") and visitor.history == []
     assert (visitor.welcome["title"], visitor.welcome["language"]) == ("Kim's shop", "auto")
     confirmed = await visitor.say("Do you have size 42?", client_id := cid())
@@ -80,7 +80,8 @@ async def test_a_visitors_message_is_stored_confirmed_and_on_the_feed(
     assert event["data"]["message"]["text"] == "Do you have size 42?"
     conversation = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
                                        f"{message['conversation_id']}")
-    assert conversation["context"] == {"page_url": f"{shop.origin}/shoes/42"}
+    assert conversation["context"] == {"page_url": f"{shop.origin}/shoes/42",
+                                       "language": "ko-KR"}
     # The widget resends what it has not seen confirmed: stored once.
     again = await visitor.say("Do you have size 42?", client_id)
     assert again["message"]["id"] == message["id"]

@@ -328,7 +328,9 @@
     ws.onopen = function () {
       ws.send(JSON.stringify({type: "hello", token: token, name: profile && profile.name || null,
                               email: profile && profile.email || null,
-                              page_url: location.href, referrer: document.referrer || null}));
+                              page_url: location.href, referrer: document.referrer || null,
+                              language: (navigator.languages && navigator.languages[0]) ||
+                                        navigator.language || null}));
     };
     ws.onmessage = function (event) {
       var frame;
