@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -206,10 +206,14 @@ def _permanent(code: int, text: str) -> PermanentSendError:
 
 
 async def render(config: EmailConfig, message: OutboundMessage, thread: Thread,
-                 blob_path: Callable[[str], Path], *, plus_addressing: bool) -> tuple[str, bytes]:
-    """(Message-ID without brackets, wire bytes); big MIME work happens off the loop."""
+                 blob_file: Callable[[str], Awaitable[Path]], *,
+                 plus_addressing: bool) -> tuple[str, bytes]:
+    """(Message-ID without brackets, wire bytes); big MIME work happens off the loop.
+    ``blob_file`` is the store's: on PostgreSQL it fetches bytes this instance's cache lacks."""
+    files = {att.sha256: await blob_file(att.sha256) for att in message.attachments}
+
     def work() -> tuple[str, bytes]:
-        attachments = read_attachments(message, blob_path) if message.attachments else []
+        attachments = read_attachments(message, files.__getitem__) if message.attachments else []
         msg = build_reply(config, message, thread, attachments, plus_addressing=plus_addressing)
         return msg["Message-ID"].strip("<>"), msg.as_bytes(policy=SMTP_POLICY)
 
