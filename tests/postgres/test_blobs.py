@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,14 +16,20 @@ from pathlib import Path
 import aiohttp
 import psycopg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from adapters.email.config import EmailConfig
+from adapters.email.outbound import Thread, render
 from gateway.config import StoreConfig
+from gateway.media_links import MediaLinks
 from gateway.store.base import StoredAttachment
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.transfer import transfer
 from normalizer.model import InboundMessage, Party
 from tests.conftest import API_SECRET, Daemon, base_config, free_port
+from tests.email.test_adapter import item
 from tests.helpers import bearer, post_inbound, unique, wait_until
 from tests.postgres.server import PgServer
 
@@ -236,3 +244,36 @@ async def test_two_daemons_with_their_own_data_dirs_serve_each_other_s_attachmen
     finally:
         for daemon in daemons:
             assert await daemon.stop() == 0, daemon.logs()[-3000:]
+
+
+async def test_a_media_link_and_an_email_reply_on_another_instance_use_the_bytes(
+        pg_server: PgServer, tmp_path: Path, open_store: Open) -> None:
+    dsn = pg_server.fresh_database()
+    a, b = await open_store(dsn, tmp_path / "a"), await open_store(dsn, tmp_path / "b")
+    data = os.urandom(150_000)
+    (att,) = await a.put_blobs([("photo.jpg", "image/jpeg", data, False, None)])
+    await a.ingest(inbound("m1"), [att])
+
+    links = MediaLinks(b, secret="secret", purpose="line images",
+                       base_url="https://relay.example/hooks/line/main", ttl=600)
+    app = web.Application()
+    app.add_routes([links.route()])
+    client: TestClient[web.Request, web.Application] = TestClient(
+        TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        token = links.link(att.sha256, "image/jpeg").rsplit("/", 1)[1]
+        response = await client.get(f"/media/{token}")
+        assert response.status == 200 and await response.read() == data
+    finally:
+        await client.close()
+
+    other = await open_store(dsn, tmp_path / "c")
+    reply = item(attachments=[{"id": att.id, "filename": "photo.jpg",
+                               "content_type": "image/jpeg", "size": len(data),
+                               "sha256": att.sha256}])
+    _id, wire = await render(EmailConfig("support@shop.example"), reply, Thread("Re: x"),
+                             other.blob_file, plus_addressing=False)
+    message = email.message_from_bytes(wire, policy=email.policy.default)
+    (part,) = [p for p in message.walk() if p.get_filename() == "photo.jpg"]
+    assert part.get_payload(decode=True) == data
