@@ -141,11 +141,12 @@ def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]
 
 
 def read_attachments(message: OutboundMessage,
-                     blob_path: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
-    """The bytes of each attachment (blocking: run it in a thread)."""
+                     file_of: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
+    """The bytes of each attachment, from the local file ``file_of`` its digest (blocking:
+    run it in a thread)."""
     found = []
     for att in message.attachments:
-        path = blob_path(att.sha256)
+        path = file_of(att.sha256)
         try:
             found.append((att, path.read_bytes()))
         except FileNotFoundError as exc:
