@@ -279,7 +279,11 @@ class PostgresStore(SQLiteStore):
                     continue
                 kept = await self.pg.read(blobs.named, rowless)
                 for digest in kept:
-                    await self.pg.read(blobs.copy_in, digest, self.blob_path(digest))
+                    try:
+                        await self.pg.read(blobs.copy_in, digest, self.blob_path(digest))
+                    except StoreError as exc:  # that file only (removed meanwhile?)
+                        log.warning("store.blob_copy_failed", sha256=digest,
+                                    error=exc.message)
                 await asyncio.to_thread(self._uncache, [d for d in rowless if d not in kept])
                 copied += len(kept)
                 removed += len(rowless) - len(kept)
