@@ -62,7 +62,7 @@ class MemoryStore:
         """Keep ``value`` under ``key`` unless one is kept; the one kept."""
         return self.checkpoints.setdefault(key, value)
 
-    def blob_path(self, sha256: str) -> Path:
+    async def blob_file(self, sha256: str) -> Path:
         """No blobs are kept in memory."""
         raise NotFound(f"no blob {sha256}")
 

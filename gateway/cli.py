@@ -208,7 +208,8 @@ def _transfer(args: argparse.Namespace) -> int:
                 stack.enter_context(_store_locked(StoreConfig(url=url).sqlite_path,
                                                   "stop the daemon first"))
         try:
-            counts = transfer(args.source, args.target, progress=default_progress())
+            counts = transfer(args.source, args.target, progress=default_progress(),
+                              blob_dir=Path(args.blobs) if args.blobs else None)
         except (TransferError, OmnirelayError) as exc:
             print(f"omnirelay: {exc.message}", file=sys.stderr)
             return 1
@@ -464,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c")
     p.add_argument("--from", dest="source", metavar="URL", help="store to copy from")
     p.add_argument("--to", dest="target", metavar="URL", help="empty store to copy into")
+    p.add_argument("--blobs", metavar="DIR", help="the SQLite end's attachment files "
+                   "(default: blobs/ beside its database file)")
     p = add("backup", cmd_backup, "online backup of the SQLite store (daemon may run)")
     p.add_argument("file")
     p.add_argument("--config", "-c")

@@ -100,7 +100,7 @@ class MediaLinks:
         anything else, and a private cache no longer than the link lives."""
         now = time.time()
         sha256, content_type, expires = self.verify(request.match_info.get("token", ""), now)
-        path = self.store.blob_path(sha256)
+        path = await self.store.blob_file(sha256)
         if not await asyncio.to_thread(path.is_file):
             raise NotFound("the attachment's bytes are gone (retention)")
         max_age = MAX_CACHE_SECONDS if expires is None else \

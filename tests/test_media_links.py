@@ -33,6 +33,9 @@ class BlobDir:
     def blob_path(self, sha256: str) -> Path:
         return self.root / sha256
 
+    async def blob_file(self, sha256: str) -> Path:
+        return self.blob_path(sha256)
+
     def put(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
         (self.root / sha256).write_bytes(data)

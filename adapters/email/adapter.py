@@ -411,7 +411,7 @@ class EmailAdapter(ChannelAdapter):
                 error_code="no_smtp_server")
         parent, parent_raw = await self._parent(message)
         thread = thread_of(message, parent, parent_raw)
-        message_id, data = await render(self.config, message, thread, self.ctx.store.blob_path,
+        message_id, data = await render(self.config, message, thread, self.ctx.store.blob_file,
                                         plus_addressing=self.config.plus_addressing)
         recipient = message.to.address
         try:

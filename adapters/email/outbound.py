@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -141,11 +141,12 @@ def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]
 
 
 def read_attachments(message: OutboundMessage,
-                     blob_path: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
-    """The bytes of each attachment (blocking: run it in a thread)."""
+                     file_of: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
+    """The bytes of each attachment, from the local file ``file_of`` its digest (blocking:
+    run it in a thread)."""
     found = []
     for att in message.attachments:
-        path = blob_path(att.sha256)
+        path = file_of(att.sha256)
         try:
             found.append((att, path.read_bytes()))
         except FileNotFoundError as exc:
@@ -206,10 +207,14 @@ def _permanent(code: int, text: str) -> PermanentSendError:
 
 
 async def render(config: EmailConfig, message: OutboundMessage, thread: Thread,
-                 blob_path: Callable[[str], Path], *, plus_addressing: bool) -> tuple[str, bytes]:
-    """(Message-ID without brackets, wire bytes); big MIME work happens off the loop."""
+                 blob_file: Callable[[str], Awaitable[Path]], *,
+                 plus_addressing: bool) -> tuple[str, bytes]:
+    """(Message-ID without brackets, wire bytes); big MIME work happens off the loop.
+    ``blob_file`` is the store's: on PostgreSQL it fetches bytes this instance's cache lacks."""
+    files = {att.sha256: await blob_file(att.sha256) for att in message.attachments}
+
     def work() -> tuple[str, bytes]:
-        attachments = read_attachments(message, blob_path) if message.attachments else []
+        attachments = read_attachments(message, files.__getitem__) if message.attachments else []
         msg = build_reply(config, message, thread, attachments, plus_addressing=plus_addressing)
         return msg["Message-ID"].strip("<>"), msg.as_bytes(policy=SMTP_POLICY)
 

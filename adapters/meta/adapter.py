@@ -441,7 +441,7 @@ class MetaAdapter(ChannelAdapter):
         return value
 
     async def _read(self, attachment: StoredAttachment) -> bytes:
-        path = self.ctx.store.blob_path(attachment.sha256)
+        path = await self.ctx.store.blob_file(attachment.sha256)
         return await asyncio.to_thread(path.read_bytes)
 
     def _page_token(self) -> str:

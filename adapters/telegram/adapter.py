@@ -444,7 +444,7 @@ class TelegramAdapter(ChannelAdapter):
                    reply_to: int | None) -> Part:
         """A photo (JPEG, PNG or WebP up to 10 MB) or else a document."""
         async def send_file() -> Message:
-            path = self.ctx.store.blob_path(attachment.sha256)
+            path = await self.ctx.store.blob_file(attachment.sha256)
             data = await asyncio.to_thread(path.read_bytes)
             body, mode = formatted(caption, self.config.parse_mode) if caption else (None,
                                                                                      None)

@@ -166,7 +166,13 @@ class BlobStore(Protocol):
         """Store (filename, content type, bytes, inline, content id) items."""
 
     def blob_path(self, sha256: str) -> Path:
-        """Where the bytes with this digest live."""
+        """Where the bytes with this digest live as a file (on PostgreSQL: this instance's
+        cache of them, which may not hold them yet; read through :meth:`blob_file`)."""
+
+    async def blob_file(self, sha256: str) -> Path:
+        """The local file of the bytes with this digest, to read or serve. PostgreSQL
+        fetches bytes missing from this instance's cache first. A path that does not exist
+        means the bytes are gone (retention, erasure)."""
 
 
 class IngestStore(BlobStore, Protocol):
@@ -272,8 +278,8 @@ class AdapterStore(CheckpointStore, ChangeStore, Protocol):
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         """Return (content type, bytes) of a message's raw payload, if still kept."""
 
-    def blob_path(self, sha256: str) -> Path:
-        """Where the bytes with this digest live."""
+    async def blob_file(self, sha256: str) -> Path:
+        """The local file of the bytes with this digest (see :meth:`BlobStore.blob_file`)."""
 
 
 class ReceiptStore(Protocol):
@@ -386,7 +392,8 @@ class ConversationStore(Protocol):
         (HTTP status, the message)."""
 
     async def get_attachment(self, attachment_id: str) -> tuple[StoredAttachment, Path]:
-        """Return an attachment's metadata and the path of its bytes."""
+        """Return an attachment's metadata and the local file of its bytes (as
+        :meth:`BlobStore.blob_file`: it does not exist once retention purged them)."""
 
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         """Return (content type, bytes) of a message's raw payload, if still kept."""

@@ -192,6 +192,10 @@ class SQLiteStore:
         """Where the bytes with this digest live (content-addressed)."""
         return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
 
+    async def blob_file(self, sha256: str) -> Path:
+        """The file of the bytes: on SQLite every blob is a file here already."""
+        return self.blob_path(sha256)
+
     def _put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
@@ -372,9 +376,9 @@ class SQLiteStore:
         return await self.engine.read(queries.find_customer, kind, address)
 
     async def get_attachment(self, attachment_id: str) -> tuple[StoredAttachment, Path]:
-        """Return an attachment's metadata and the path of its bytes."""
+        """Return an attachment's metadata and the local file of its bytes."""
         att = await self.engine.read(queries.get_attachment, attachment_id)
-        return att, self.blob_path(att.sha256)
+        return att, await self.blob_file(att.sha256)
 
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         """Return the raw provider payload of a message, if still kept."""

@@ -2,7 +2,10 @@
 
 Every row is copied as it is: ids, event seqs (a help desk's cursor goes on working),
 outbox and delivery ids, webhook cursors, checkpoints, the compact values with the
-dictionaries they were packed with. Attachment bytes stay files in the data dir.
+dictionaries they were packed with. Attachment bytes: SQLite keeps them as files under
+``<data_dir>/blobs``, PostgreSQL in its ``blobs`` table (migration 0011); they are carried
+from the one to the other (``blob_dir``: the SQLite end's, by default ``blobs`` beside its
+database file).
 
 - The target is migrated to the current schema first and must hold no data: a store is
   never merged into another. A source column the target has no place for is an error
@@ -23,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.errors import StoreError
@@ -133,17 +137,19 @@ def open_side(url: str) -> Side:
 
 
 def transfer(source_url: str, target_url: str, *, progress: TextIO | None = None,
-             chunk: int = CHUNK, stop_after: int | None = None) -> dict[str, int]:
+             chunk: int = CHUNK, stop_after: int | None = None,
+             blob_dir: Path | None = None) -> dict[str, int]:
     """Copy the store at ``source_url`` into the empty (or half-copied) one at
-    ``target_url``; return the rows per table. ``stop_after`` (tests): stop after that
-    many chunks, as an interruption would."""
+    ``target_url``; return the rows per table (and ``blobs``: attachment bytes carried
+    between files and PostgreSQL's table). ``stop_after`` (tests): stop after that many
+    chunks, as an interruption would."""
     if source_url == target_url:
         raise TransferError("--from and --to name the same store")
     source = open_side(source_url)
     try:
         target = open_side(target_url)
         try:
-            return _copy(source, target, progress, chunk, stop_after)
+            return _copy(source, target, progress, chunk, stop_after, blob_dir)
         finally:
             target.close()
     finally:
@@ -155,7 +161,7 @@ class Interrupted(TransferError):
 
 
 def _copy(source: Side, target: Side, progress: TextIO | None, chunk: int,
-          stop_after: int | None) -> dict[str, int]:
+          stop_after: int | None, blob_dir: Path | None) -> dict[str, int]:
     resuming = target.has_table("transfer_progress")
     if not resuming:
         busy = [t for t, _k in TABLES if t != "codec_dictionaries" and target.count(t)]
@@ -197,8 +203,44 @@ def _copy(source: Side, target: Side, progress: TextIO | None, chunk: int,
             if stop_after is not None and chunks >= stop_after:
                 raise Interrupted(f"stopped after {chunks} chunks (as a crash would)")
         counts[table] = copied
+    if source.backend != target.backend:
+        counts.update(_carry_blobs(source, target, blob_dir, progress))
     _finish(source, target, counts)
     return counts
+
+
+def _carry_blobs(source: Side, target: Side, blob_dir: Path | None,
+                 progress: TextIO | None) -> dict[str, int]:
+    """Every attachment's bytes from SQLite's files into PostgreSQL's ``blobs`` table, or
+    back into files. Bytes already there are skipped, so a copy run again goes on; a file
+    missing from the SQLite side is counted (``blobs_missing``) and left out."""
+    from gateway.store.postgres import blobs
+
+    sqlite_side = source if source.backend == "sqlite" else target
+    folder = blob_dir or _sqlite_path(sqlite_side.url).parent / "blobs"
+    digests = [r[0] for r in source.conn.execute(
+        "SELECT DISTINCT sha256 FROM attachments ORDER BY sha256").fetchall()]
+    carried = missing = 0
+    for digest in digests:
+        path = folder / digest[:2] / digest[2:4] / digest
+        if source.backend == "sqlite":
+            if path.is_file():
+                blobs.copy_in(target.conn, digest, path)
+            else:
+                missing += 1
+        elif not path.is_file():
+            blobs.fill_cache(source.conn, digest, path)
+            missing += not path.is_file()
+        carried += 1
+        _show(progress, "blobs", carried, len(digests))
+    if missing and progress is not None:
+        progress.write(f"{missing} attachment(s) had no bytes in {folder}: left out\n")
+    return {"blobs": carried - missing, "blobs_missing": missing}
+
+
+def _sqlite_path(url: str) -> Path:
+    from gateway.config import StoreConfig
+    return StoreConfig(url=url).sqlite_path
 
 
 def _read_chunk(source: Side, table: str, key: tuple[str, ...], columns: list[str],

@@ -60,7 +60,7 @@ class FakeStore:
     async def get_raw(self, message_id: str) -> tuple[str, bytes] | None:
         return ("message/rfc822", self.raw[message_id]) if message_id in self.raw else None
 
-    def blob_path(self, sha256: str) -> Any:
+    async def blob_file(self, sha256: str) -> Any:
         raise AssertionError("no attachments here")
 
 

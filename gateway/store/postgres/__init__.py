@@ -5,33 +5,40 @@ write jobs and reads as the SQLite store (run through :mod:`.conn`, so the rules
 once), on its own engine (:mod:`.engine`: cross-instance seqs, LISTEN/NOTIFY, advisory
 locks), with the claims that several instances share (:mod:`.jobs`: SKIP LOCKED leases)
 and the pushes they pass each other (:mod:`.broadcast`: a web chat reply to a socket held
-by another instance).
+by another instance). Attachment bytes are in the database (:mod:`.blobs`); each
+instance's ``<data_dir>/blobs`` is a cache of them.
 docs/postgresql.md tells the whole story.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
+
+import structlog
 
 from gateway.automation.jobs import Automation
 from gateway.broadcast import Broadcast
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
-from gateway.ids import iso, utcnow
+from gateway.ids import iso, new_id, utcnow
 from gateway.store.base import (
     JSON,
     Delivery,
     OutboxItem,
     Page,
     PendingFetch,
+    StoredAttachment,
 )
 from gateway.store.feed import FeedTail, read_events
 from gateway.store.jobs.customers import _init_checkpoint, _set_checkpoint
@@ -42,6 +49,7 @@ from gateway.store.jobs.retention import _erase_customer, _purge
 from gateway.store.jobs.stats import Sample
 from gateway.store.jobs.tx import BatchRows, WriterCache
 from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
+from gateway.store.postgres import blobs
 from gateway.store.postgres import broadcast as push
 from gateway.store.postgres import jobs as pg
 from gateway.store.postgres.conn import Connection
@@ -51,6 +59,8 @@ from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage
 
 __all__ = ["PostgresStore"]
+
+log = structlog.get_logger(__name__)
 
 
 def ingest_lock_keys(args: tuple[Any, ...]) -> list[str]:
@@ -101,8 +111,8 @@ class PostgresStore(SQLiteStore):
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4,
                  on_samples: Callable[[list[Sample]], None] | None = None) -> None:
-        # Not SQLiteStore.__init__: no SQLite engine. Blobs stay files under data_dir
-        # (shared storage when several instances serve attachments: docs/postgresql.md).
+        # Not SQLiteStore.__init__: no SQLite engine. Blobs are rows of the database;
+        # data_dir/blobs is this instance's cache of them (see .blobs).
         self.config = config
         self.url = config.url
         self.path = config.data_dir / "postgresql"  # nothing is written there
@@ -120,6 +130,9 @@ class PostgresStore(SQLiteStore):
         self._tail = FeedTail(0)
         self.automation: Automation | None = None
         self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)
+        self._blobs_gone = self.broadcasts.topic(blobs.GONE_TOPIC)
+        self._unsubscribe: Callable[[], None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
 
     @property
     def tail(self) -> FeedTail:
@@ -127,12 +140,24 @@ class PostgresStore(SQLiteStore):
         return self._tail
 
     async def open(self) -> None:
-        """Create the blob dir, connect, migrate (once across instances), start."""
+        """Create the blob cache, connect, migrate (once across instances), start; hear
+        the other instances' deletions, and drop what was deleted while this one was down
+        (in the background)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         await self.pg.open()
+        self._unsubscribe = self._blobs_gone.subscribe(self._evict)
+        self._sweep = asyncio.create_task(self._sweep_cache(), name="blob-cache-sweep")
 
     async def close(self) -> None:
         """Let queued writes commit, then close the connections."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sweep
+            self._sweep = None
         await self.pg.close()
 
     async def ping(self) -> None:
@@ -153,21 +178,119 @@ class PostgresStore(SQLiteStore):
         """The newest committed seq (this instance's commits and every other's)."""
         return self.pg.committed_seq
 
+    # ---------------------------------------------------------------- blobs
+
+    async def put_blobs(self, items: list[tuple[str, str, bytes, bool, str | None]]
+                        ) -> list[StoredAttachment]:
+        """Store attachment bytes in the ``blobs`` table, committed before the message that
+        names them (once per digest), and in this instance's cache."""
+        if not items:
+            return []
+        stored = await asyncio.to_thread(_digested, items)
+        await self.pg.read(blobs.insert, [(att.sha256, data) for att, data in
+                                          zip(stored, (i[2] for i in items), strict=True)])
+        await asyncio.to_thread(self._cache_all, stored, [i[2] for i in items])
+        return stored
+
+    def _cache_all(self, stored: list[StoredAttachment], datas: list[bytes]) -> None:
+        """Keep a copy here too (the instance that stored them often sends them next): no
+        fsync, and a full disk only costs a fetch later (the database holds the bytes)."""
+        for att, data in zip(stored, datas, strict=True):
+            path = self.blob_path(att.sha256)
+            tmp = path.with_name(f".{att.sha256}.{threading.get_ident()}.tmp")
+            try:
+                if path.exists():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                tmp.replace(path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                log.warning("store.blob_cache_failed", sha256=att.sha256, error=str(exc))
+
+    async def put_blob_file(self, staged: Path, sha256: str) -> None:
+        """Stream a staged download into the ``blobs`` table (not read whole into memory),
+        then move it into this instance's cache."""
+        try:
+            await self.pg.read(blobs.copy_in, sha256, staged)
+        except BaseException:
+            await asyncio.to_thread(staged.unlink, missing_ok=True)
+            raise
+        await asyncio.to_thread(self._cache_staged, staged, sha256)
+
+    def _cache_staged(self, staged: Path, sha256: str) -> None:
+        """The stored download becomes the cached file (no fsync: the database holds the
+        bytes), or goes (the same bytes are cached already, or the disk is full)."""
+        path = self.blob_path(sha256)
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staged.replace(path)
+        except OSError as exc:
+            log.warning("store.blob_cache_failed", sha256=sha256, error=str(exc))
+        finally:
+            staged.unlink(missing_ok=True)
+
+    async def blob_file(self, sha256: str) -> Path:
+        """This instance's cached file of the bytes, fetched from the database when missing
+        (in chunks to a temporary file, renamed into place: off the event loop, never a
+        partial file). A path that does not exist: no row holds the bytes (purged)."""
+        path = self.blob_path(sha256)
+        if not await asyncio.to_thread(path.is_file):
+            await self.pg.read(blobs.fill_cache, sha256, path)
+        return path
+
     # ---------------------------------------------------------------- removal
 
     async def _unreferenced_blobs(self, digests: list[str]) -> None:
+        """Delete the rows of bytes that no attachment names any more, this instance's
+        cached files of them, and (NOTIFY) every other instance's."""
         if not digests:
             return
-        def still_used(conn: Connection) -> set[str]:
-            marks = ",".join("?" * len(digests))
-            return {r[0] for r in conn.execute(
-                f"SELECT DISTINCT sha256 FROM attachments WHERE sha256 IN ({marks})", digests)}
-        used = await self.pg.read(still_used)
-        def unlink() -> None:
-            for digest in digests:
-                if digest not in used:
-                    self.blob_path(digest).unlink(missing_ok=True)
-        await asyncio.to_thread(unlink)
+        gone = await self.pg.read(blobs.delete_unreferenced, digests)
+        await asyncio.to_thread(self._uncache, gone)
+        for payload in blobs.gone_payloads(gone, self._blobs_gone.limit):
+            try:
+                await self._blobs_gone.publish(payload)
+            except StoreError as exc:  # the others' next start sweeps their caches
+                log.warning("store.blob_notify_failed", error=exc.message)
+
+    def _uncache(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self.blob_path(digest).unlink(missing_ok=True)
+
+    def _evict(self, payload: str) -> None:
+        """Another instance deleted these bytes: drop the cached files (off the loop)."""
+        digests = [d for d in payload.split(",") if blobs.is_digest(d)]
+        asyncio.get_running_loop().run_in_executor(None, self._uncache, digests)
+
+    async def _sweep_cache(self) -> None:
+        """At start, the cached files the table has no row for: bytes deleted while this
+        instance was down (it missed the notification) go; bytes an attachment still
+        names were stored before migration 0011 (a shared directory) and are copied in."""
+        copied = removed = 0
+        try:
+            cached = await asyncio.to_thread(blobs.cached_digests, self.blob_dir)
+            for start in range(0, len(cached), blobs.SWEEP_CHUNK):
+                chunk = cached[start:start + blobs.SWEEP_CHUNK]
+                held = await self.pg.read(blobs.present, chunk)
+                rowless = [d for d in chunk if d not in held]
+                if not rowless:
+                    continue
+                kept = await self.pg.read(blobs.named, rowless)
+                for digest in kept:
+                    try:
+                        await self.pg.read(blobs.copy_in, digest, self.blob_path(digest))
+                    except StoreError as exc:  # that file only (removed meanwhile?)
+                        log.warning("store.blob_copy_failed", sha256=digest,
+                                    error=exc.message)
+                await asyncio.to_thread(self._uncache, [d for d in rowless if d not in kept])
+                copied += len(kept)
+                removed += len(rowless) - len(kept)
+        except StoreError as exc:
+            log.warning("store.blob_sweep_failed", error=exc.message)
+        if copied or removed:
+            log.info("store.blob_cache_swept", copied_in=copied, removed=removed)
 
     async def erase_customer(self, customer_id: str) -> JSON:
         """Delete everything of a customer (PostgreSQL's VACUUM reclaims the rows)."""
@@ -255,6 +378,14 @@ class PostgresStore(SQLiteStore):
             if done.returncode != 0:
                 raise StoreError(f"pg_dump failed: {done.stderr.strip()[:300]}")
         await asyncio.to_thread(work)
+
+
+def _digested(items: list[tuple[str, str, bytes, bool, str | None]]
+              ) -> list[StoredAttachment]:
+    """The items as attachments, their digests computed (a thread: big bytes)."""
+    return [StoredAttachment(new_id("att"), filename, content_type, len(data),
+                             hashlib.sha256(data).hexdigest(), inline, content_id)
+            for filename, content_type, data, inline, content_id in items]
 
 
 def _debian_bin(name: str) -> str | None:

@@ -1,0 +1,4 @@
+-- Nothing to do on SQLite: its attachment bytes stay files under <data_dir>/blobs. This
+-- script exists because every PostgreSQL migration has a SQLite one of the same number and
+-- name (tests/postgres/test_pg_store.py); PostgreSQL's 0011 adds the `blobs` table that
+-- lets several instances do without a shared directory (docs/postgresql.md).
