@@ -147,6 +147,8 @@ def _resolve_sender(tx: Tx, inbound: InboundMessage) -> tuple[str, JSON | None]:
         for other in others:
             _link(tx, customer_id, other, None)
         tx.cache.names[customer_id] = (primary.name, source)
+        if tx.rows is not None:  # the batch's metrics writes are deferred (jobs/stats.py)
+            stats_jobs.note_new_customer(customer_id)
         identities = sorted(
             ({"kind": p.kind, "address": p.address,
               "channels": [inbound.channel] if p is primary else []}

@@ -213,32 +213,45 @@ def observe(tx: Tx, event_type: str, data: JSON, shares: SharedMessage | None) -
     if event_type == "message.received" and shares is not None:
         data = {**data, "message": shares.message}  # the row's value, not a Fragment
     now = tx.now  # as the event's created_at has it (whole milliseconds): a rebuild agrees
+    # Emitted live, ``conversation.opened`` names a conversation created in this job: it
+    # has no metrics state to look up (a rebuild, which may replay it, still looks).
     apply_event(tx.conn, event_type, data,
                 now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp(),
-                deferred=tx.rows is not None)
+                deferred=tx.rows is not None, new=event_type == "conversation.opened")
 
 
 def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float, *,
-                deferred: bool = False) -> None:
+                deferred: bool = False, new: bool = False) -> None:
     """Fold one event, emitted at unix time ``at``, into the aggregates (``deferred``:
-    its inserts wait for :func:`flush_pending`, in the same transaction)."""
+    its inserts wait for :func:`flush_pending`, in the same transaction; ``new``: the
+    event's conversation was created with it, so it has no state yet)."""
     handler = _HANDLERS.get(event_type)
     if handler is not None:
-        handler(_Writer(conn, bucket_of(at), _pending() if deferred else None), data, at)
+        handler(_Writer(conn, bucket_of(at), _pending() if deferred else None, new=new),
+                data, at)
+
+
+def note_new_customer(customer_id: str) -> None:
+    """A customer created in the open optimistic batch has written nothing before: their
+    ``stat_writers`` look-up is answered without a query (see :func:`prefetch`)."""
+    _pending().maxes.setdefault(customer_hash(customer_id), {})
 
 
 class _Writer:
     """Reads and writes the aggregate tables for one event's quarter hour."""
 
-    __slots__ = ("bucket", "conn", "pending")
+    __slots__ = ("bucket", "conn", "new", "pending")
 
     def __init__(self, conn: sqlite3.Connection, bucket: int,
-                 pending: _Pending | None = None) -> None:
+                 pending: _Pending | None = None, *, new: bool = False) -> None:
         self.conn = conn
         self.bucket = bucket
         self.pending = pending
+        self.new = new  # the event's conversation was created with it: no state to read
 
     def state(self, conversation_id: str) -> JSON | None:
+        if self.new:
+            return None
         pending: _Pending | None = getattr(_local, "pending", None)
         if pending is not None and conversation_id in pending.states:
             return dict(pending.states[conversation_id])
