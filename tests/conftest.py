@@ -200,6 +200,15 @@ class Daemon:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
+        # A fixture whose daemon never got ready never reaches its teardown: end the
+        # process here (ours, by pid), or it outlives the test run.
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            await asyncio.to_thread(self.proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait, 10)
         raise AssertionError(f"{path} not 200 in {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
