@@ -209,21 +209,21 @@ def log(msg: str) -> None:
 # ============================================================================ bare app
 
 
-def bare_main(port: int) -> None:
-    """The baseline: the same route, reads the body, answers a fixed 201 JSON."""
-    import orjson
+def serve_bare(port: int, route: str, respond: Any) -> None:
+    """A baseline server (uvloop): POST ``route`` reads the body and answers ``respond()``,
+    doing no other work, until SIGTERM or SIGINT. The benchmarks of the other channels use
+    it too, each with its own route and answer."""
     import uvloop
     from aiohttp import web
 
-    canned = orjson.dumps({"message": _canned_message(), "created": True})
-
     async def handle(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=canned, status=201, content_type="application/json")
+        response: web.Response = respond()
+        return response
 
     async def serve() -> None:
         app = web.Application()
-        app.router.add_post(ROUTE, handle)
+        app.router.add_post(route, handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
@@ -235,6 +235,16 @@ def bare_main(port: int) -> None:
         await runner.cleanup()
 
     uvloop.run(serve())
+
+
+def bare_main(port: int) -> None:
+    """The baseline: the same route, reads the body, answers a fixed 201 JSON."""
+    import orjson
+    from aiohttp import web
+
+    canned = orjson.dumps({"message": _canned_message(), "created": True})
+    serve_bare(port, ROUTE, lambda: web.Response(body=canned, status=201,
+                                                 content_type="application/json"))
 
 
 def _canned_message() -> dict[str, Any]:

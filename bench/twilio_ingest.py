@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_ingest import free_port, log, pin, system_ticks, texts, wait_quiet
+from api_ingest import free_port, log, pin, serve_bare, system_ticks, texts, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -81,28 +81,10 @@ def bodies_file(path: Path, messages: int, customers: int, seed: int) -> None:
 
 def bare_main(port: int) -> None:
     """The baseline: the same route, reads the body, answers the empty TwiML."""
-    import asyncio
-
-    import uvloop
     from aiohttp import web
 
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=TWIML, headers={"Content-Type": "text/xml; charset=utf-8"})
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post(ROUTE, handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    uvloop.run(serve())
+    serve_bare(port, ROUTE, lambda: web.Response(
+        body=TWIML, headers={"Content-Type": "text/xml; charset=utf-8"}))
 
 
 def config_text(data_dir: Path, port: int) -> str:

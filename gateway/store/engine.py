@@ -240,16 +240,16 @@ class CommitEngine(WriteQueue):
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._writer = NamedThread(target=self._writer_main, args=(loop, ready),
-                                        name="store-writer", daemon=True)
+                                   name="store-writer", daemon=True)
         self._writer.start()
         if self.pipelined:
             self._syncer = NamedThread(target=self._syncer_main, name="store-sync",
-                                            daemon=True)
+                                       daemon=True)
             self._syncer.start()
         await ready
         if self.pipelined:
             self._checkpointer = NamedThread(target=self._checkpointer_main,
-                                                  name="store-checkpoint", daemon=True)
+                                             name="store-checkpoint", daemon=True)
             self._checkpointer.start()
 
     async def close(self) -> None:

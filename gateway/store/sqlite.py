@@ -84,9 +84,36 @@ from gateway.store.migrate import apply_migrations, migration_scripts
 from gateway.store.records import _message_json
 from normalizer.model import DeliveryStatus, InboundMessage, MessageChange, Party
 
-__all__ = ["SQLiteStore", "_message_json", "apply_migrations", "migration_scripts"]
+__all__ = ["SQLiteStore", "_message_json", "apply_migrations", "migration_scripts",
+           "stored_attachment", "write_atomically"]
 
 T = TypeVar("T")
+
+
+def write_atomically(path: Path, data: bytes, *, sync: bool) -> None:
+    """``data`` at ``path``, all or nothing: a temporary file beside it, renamed into place
+    (``sync``: on disk first). Raises OSError and leaves no partial file."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stored_attachment(item: tuple[str, str, bytes, bool, str | None],
+                      digest: str) -> StoredAttachment:
+    """A ``put_blobs`` item (filename, content type, bytes, inline, content id) as stored
+    under ``digest``, with a new attachment id."""
+    filename, content_type, data, inline, content_id = item
+    return StoredAttachment(new_id("att"), filename, content_type, len(data), digest, inline,
+                            content_id)
 
 
 class SQLiteJobs:
@@ -124,7 +151,7 @@ class SQLiteJobs:
             inbounds = [a[0] for fn, a, _f, _l in batch if fn is _ingest]
             rows.prefetch(conn, [(i.channel, i.account, i.provider_message_id)
                                  for i in inbounds])
-            prefetch_senders(conn, self.cache, rows, inbounds)
+            prefetch_senders(conn, self.cache, rows, inbounds, now)
         return JobBatch(conn, self.engine, self.cache, rows, emitted, now, now_iso)
 
     def forget(self) -> None:
@@ -201,19 +228,11 @@ class SQLiteStore:
         path = self.blob_path(digest)
         if path.exists():
             return digest
-        tmp = path.with_name(f".{digest}.{threading.get_ident()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if self.config.synchronous in ("FULL", "EXTRA"):
-                    os.fsync(fh.fileno())
-            tmp.replace(path)
+            write_atomically(path, data, sync=self.config.synchronous in ("FULL", "EXTRA"))
         except OSError as exc:
             # A full disk (ENOSPC, EFBIG) is the store being unavailable (503, the sender
             # retries), not a bug; no partial file is left behind.
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot store an attachment: {exc.strerror or exc}") from exc
         return digest
 
@@ -224,12 +243,7 @@ class SQLiteStore:
             return []
 
         def work() -> list[StoredAttachment]:
-            stored = []
-            for filename, content_type, data, inline, content_id in items:
-                digest = self._put_blob(data)
-                stored.append(StoredAttachment(new_id("att"), filename, content_type,
-                                               len(data), digest, inline, content_id))
-            return stored
+            return [stored_attachment(item, self._put_blob(item[2])) for item in items]
 
         return await asyncio.to_thread(work)
 

@@ -88,6 +88,40 @@ async def test_concurrent_writes_share_commits(store: SQLiteStore) -> None:
     assert store.engine.jobs >= 300
 
 
+async def test_known_senders_cost_no_per_batch_lookups_once_the_writer_knows_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's writer cache outlives batches: a second wave from the same customers in the
+    same quarter hour reads none of their identities, conversations or metrics rows again
+    (the batch prefetch asks only for what the cache lacks)."""
+    from gateway.store import engine
+
+    statements: list[str] = []
+    connect = engine.CommitEngine.connect
+
+    def traced(self: engine.CommitEngine, *, readonly: bool = False) -> sqlite3.Connection:
+        conn = connect(self, readonly=readonly)
+        if not readonly:
+            conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(engine.CommitEngine, "connect", traced)
+    store = SQLiteStore(StoreConfig(url=f"sqlite:///{tmp_path}/k.db", data_dir=tmp_path))
+    await store.open()
+    try:
+        senders = [f"known-{i}" for i in range(30)]
+        await asyncio.gather(*(store.ingest(inbound(f"a-{s}", s), []) for s in senders))
+        statements.clear()
+        again = await asyncio.gather(*(store.ingest(inbound(f"b-{s}", s), [])
+                                       for s in senders))
+    finally:
+        await store.close()
+    assert all(result.created for result in again)
+    lookups = [sql for sql in statements if sql.startswith("SELECT") and any(
+        table in sql for table in ("FROM identities", "FROM customers", "FROM conversations",
+                                   "FROM stat_conversations", "FROM stat_writers"))]
+    assert lookups == []
+
+
 async def test_a_failing_job_does_not_undo_the_others_in_its_batch(
         store: SQLiteStore) -> None:
     def boom(tx: object) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -53,7 +53,7 @@ from normalizer.timestamps import parse_iso
 
 
 def prefetch_senders(conn: sqlite3.Connection, cache: WriterCache, rows: BatchRows,
-                     inbounds: list[InboundMessage]) -> None:
+                     inbounds: list[InboundMessage], now: datetime) -> None:
     """Look up, in a few queries for the whole batch, what its ingest jobs would otherwise
     each ask the tables one row at a time: the senders' identities and customers, their
     latest conversations and those conversations' metrics state (jobs/stats.py).
@@ -89,8 +89,9 @@ def prefetch_senders(conn: sqlite3.Connection, cache: WriterCache, rows: BatchRo
         if customer in merged:  # rare: follow the chain as a job would
             customer = _resolve_customer_id(conn, customer)
         cache.identities[key] = (customer, channels)
-    customers = {cache.identities[(i.sender.kind, i.sender.address)][0] for i in inbounds
-                 if (i.sender.kind, i.sender.address) in cache.identities}
+    writers = {(cache.identities[(i.sender.kind, i.sender.address)][0], i.channel, i.account)
+               for i in inbounds if (i.sender.kind, i.sender.address) in cache.identities}
+    customers = {customer for customer, _channel, _account in writers}
     wanted = [c for c in customers if c not in cache.latest]
     for marks, chunk in in_chunks(wanted):
         for row in conn.execute(
@@ -100,7 +101,7 @@ def prefetch_senders(conn: sqlite3.Connection, cache: WriterCache, rows: BatchRo
                 chunk):
             cache.latest[row["customer_id"]] = _conversation_json(row)
     stats_jobs.prefetch(conn, [cache.latest[c]["id"] for c in customers if c in cache.latest],
-                        customers)
+                        writers, now)
 
 
 def _owner(tx: Tx, party: Party) -> tuple[str, list[str]] | None:

@@ -179,18 +179,22 @@ def flush_pending(conn: sqlite3.Connection) -> None:
 
 
 def prefetch(conn: sqlite3.Connection, conversation_ids: list[str],
-             customer_ids: Iterable[str]) -> None:
+             writers: Iterable[tuple[str, str, str]], now: datetime) -> None:
     """Read, for an optimistic batch's ingest jobs, the metrics rows they will need: the
     state of their conversations (into the writer cache) and when each customer last wrote
     (kept with the batch's deferred writes, so it lives as long as they do). One query per
-    64 rows instead of one per message (jobs/ingest.py prefetch_senders)."""
+    64 rows instead of one per message (jobs/ingest.py prefetch_senders). ``writers``:
+    (customer id, channel, account) of the batch's messages; one the writer cache already
+    counted in this quarter hour needs no look-up (:meth:`_Writer.wrote`)."""
     states = _cache("states")
     wanted = [c for c in conversation_ids if c not in states]
     for marks, chunk in in_chunks(wanted):
         for row in conn.execute(f"SELECT id, state FROM stat_conversations WHERE id IN ({marks})",
                                 chunk):
             states[row[0]] = orjson.loads(row[1])
-    hashes = {customer_hash(c) for c in customer_ids}
+    bucket, seen = bucket_of(now.timestamp()), _cache("wrote")
+    hashes = {h for h, channel, account in ((customer_hash(c), ch, a) for c, ch, a in writers)
+              if seen.get((h, channel, account)) != bucket}
     pending = _pending()
     for marks, chunk in in_chunks(h for h in hashes if h not in pending.maxes):
         for h in chunk:

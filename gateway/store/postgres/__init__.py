@@ -18,10 +18,9 @@ import hashlib
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,7 +30,7 @@ from gateway.automation.jobs import Automation
 from gateway.broadcast import Broadcast
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
-from gateway.ids import iso, new_id, utcnow
+from gateway.ids import iso, utcnow
 from gateway.store.base import (
     JSON,
     Delivery,
@@ -55,7 +54,7 @@ from gateway.store.postgres import jobs as pg
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.engine import PgEngine
 from gateway.store.postgres.singleton import run_owned
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import SQLiteStore, stored_attachment, write_atomically
 from normalizer.model import InboundMessage
 
 __all__ = ["PostgresStore"]
@@ -90,10 +89,10 @@ def ingest_dedupe_key(args: tuple[Any, ...]) -> tuple[str, str, str]:
 
 
 def prefetch_ingest(conn: Connection, cache: WriterCache, rows: BatchRows,
-                    args: list[tuple[Any, ...]]) -> None:
+                    args: list[tuple[Any, ...]], now: datetime) -> None:
     """The ingest jobs' senders, conversations and metrics rows, read once for the batch
     (a round trip is most of a job's cost here: docs/benchmarks.md)."""
-    prefetch_senders(cast(Any, conn), cache, rows, [a[0] for a in args])
+    prefetch_senders(cast(Any, conn), cache, rows, [a[0] for a in args], now)
 
 
 # Jobs that never emit an event: their batches do not take the feed_head lock.
@@ -197,15 +196,11 @@ class PostgresStore(SQLiteStore):
         fsync, and a full disk only costs a fetch later (the database holds the bytes)."""
         for att, data in zip(stored, datas, strict=True):
             path = self.blob_path(att.sha256)
-            tmp = path.with_name(f".{att.sha256}.{threading.get_ident()}.tmp")
+            if path.exists():
+                continue
             try:
-                if path.exists():
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-                tmp.replace(path)
+                write_atomically(path, data, sync=False)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 log.warning("store.blob_cache_failed", sha256=att.sha256, error=str(exc))
 
     async def put_blob_file(self, staged: Path, sha256: str) -> None:
@@ -383,9 +378,7 @@ class PostgresStore(SQLiteStore):
 def _digested(items: list[tuple[str, str, bytes, bool, str | None]]
               ) -> list[StoredAttachment]:
     """The items as attachments, their digests computed (a thread: big bytes)."""
-    return [StoredAttachment(new_id("att"), filename, content_type, len(data),
-                             hashlib.sha256(data).hexdigest(), inline, content_id)
-            for filename, content_type, data, inline, content_id in items]
+    return [stored_attachment(item, hashlib.sha256(item[2]).hexdigest()) for item in items]
 
 
 def _debian_bin(name: str) -> str | None:

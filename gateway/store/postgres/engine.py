@@ -69,8 +69,10 @@ _LOCK_KEYS_SQL = ("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM "
 
 LockKeys = Callable[[tuple[Any, ...]], list[str]]
 DedupeOf = Callable[[tuple[Any, ...]], tuple[str, str, str]]
-# (connection, the batch's writer cache, its deferred rows, the fast-path jobs' args)
-Prefetch = Callable[[Connection, WriterCache, BatchRows, list[tuple[Any, ...]]], None]
+# (connection, the batch's writer cache, its deferred rows, the fast-path jobs' args, the
+# batch's clock reading)
+Prefetch = Callable[[Connection, WriterCache, BatchRows, list[tuple[Any, ...]], datetime],
+                    None]
 
 
 class PgEngine(WriteQueue):
@@ -139,7 +141,7 @@ class PgEngine(WriteQueue):
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._writer = NamedThread(target=self._writer_main, args=(self._loop, ready),
-                                        name="pg-writer", daemon=True)
+                                   name="pg-writer", daemon=True)
         self._writer.start()
         try:
             await ready
@@ -148,7 +150,7 @@ class PgEngine(WriteQueue):
             self._writer = None
             raise
         self._listener = NamedThread(target=self._listener_main, name="pg-listen",
-                                          daemon=True)
+                                     daemon=True)
         self._listener.start()
 
     async def close(self) -> None:
@@ -281,7 +283,7 @@ class PgEngine(WriteQueue):
                                          if fn in self.deferred])
             if self.prefetch is not None:
                 _guard(self.prefetch, conn, self.cache, rows,
-                       [args for fn, args, _f, _l in batch if fn in self.deferred])
+                       [args for fn, args, _f, _l in batch if fn in self.deferred], now)
         for fn, args, _future, _loop in batch:
             if rows is not None and fn in self.deferred:
                 tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
