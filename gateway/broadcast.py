@@ -9,7 +9,8 @@ NOTIFY, ``gateway/store/postgres/broadcast.py``); on SQLite there is one instanc
 
 Delivery is at most once and not durable: an instance that is not listening at that moment
 (reconnecting to the database) misses the push, which is why a pushed thing must also be
-readable from the store (the web chat's history).
+readable from the store (the web chat's history). A subscriber learns when that may have
+happened (``missed``, called once the instance listens again) and catches up from the store.
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ class Broadcast(Protocol):
         raises StoreError otherwise."""
         ...
 
-    def subscribe(self, handler: Callable[[str], None]) -> Callable[[], None]:
+    def subscribe(self, handler: Callable[[str], None],
+                  missed: Callable[[], None] | None = None) -> Callable[[], None]:
         """Call ``handler`` on the event loop with each payload another instance publishes
-        on this topic, in the order they arrive; returns what unsubscribes it."""
+        on this topic, in the order they arrive; returns what unsubscribes it.
+
+        ``missed`` is called on the event loop when pushes may have been lost: this
+        instance stopped listening for a while (its connection to the database broke) and
+        listens again. Whatever was published meanwhile is in the store; read it there.
+        """
         ...
 
 

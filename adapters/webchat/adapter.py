@@ -14,7 +14,9 @@ browsers connected to, a reply is sent by whichever instance claimed it. Every p
 visitor (a reply, a visitor's message confirmed to their other tabs) goes to the sockets
 held here at once and, through ``ctx.broadcast``, to those held by every other instance;
 the browser's receipts reach the instance holding its socket, which records them in the
-shared store. With one instance (SQLite) there is no broadcast and nothing else happens.
+shared store. An instance whose database connection broke may have missed pushes: once it
+listens again it gives each socket here what the visitor's history has and the socket was
+not given. With one instance (SQLite) there is no broadcast and nothing else happens.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import contextlib
 import html
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -90,6 +92,9 @@ class Connection:
     # Replies this socket was given, and the furthest status it reported for each: a
     # browser may report only on what it was shown, and only forwards.
     replies: dict[str, str] = field(default_factory=dict)
+    # Every message this socket was given (history and pushes): what a catch-up after
+    # missed pushes (``WebChatAdapter._missed``) need not send again.
+    known: set[str] = field(default_factory=set)
 
 
 class WebChatAdapter(ChannelAdapter):
@@ -107,7 +112,7 @@ class WebChatAdapter(ChannelAdapter):
         super().__init__(*args, **kwargs)
         self.counters.update({"connections": 0, "visitors_online": 0, "refused_origin": 0,
                               "rate_limited": 0, "invalid_frames": 0, "relayed": 0,
-                              "relay_failed": 0})
+                              "relay_failed": 0, "caught_up": 0})
         self._secret = b""
         self._sockets: dict[str, set[Connection]] = {}
         self._per_address: dict[str, int] = {}
@@ -133,7 +138,7 @@ class WebChatAdapter(ChannelAdapter):
                 stored = await self.ctx.store.init_checkpoint(key, secrets.token_hex(32))
             self._secret = bytes.fromhex(stored)
         if self.ctx.broadcast is not None:
-            self._unsubscribe = self.ctx.broadcast.subscribe(self._relayed)
+            self._unsubscribe = self.ctx.broadcast.subscribe(self._relayed, self._missed)
         if self.config.demo_page:
             self.log.info("webchat.demo_page", url=f"{self.ctx.public_url}{self.base}/")
 
@@ -310,6 +315,7 @@ class WebChatAdapter(ChannelAdapter):
                        "max_file_bytes": self.config.max_file_bytes}})
         history = await self._history(visitor)
         for message in history:
+            conn.known.add(message["id"])
             if message["direction"] == "outbound":
                 conn.replies[message["id"]] = message["status"]
         await self._push(conn, {"type": "history",
@@ -428,8 +434,9 @@ class WebChatAdapter(ChannelAdapter):
         conns = self._sockets.get(visitor)
         if not conns:
             return
-        if reply:
-            for conn in list(conns):
+        for conn in list(conns):
+            conn.known.add(str(message["id"]))
+            if reply:
                 conn.replies.setdefault(str(message["id"]), "sent")
         frame = {"type": "message", "message": self._for_visitor(message, visitor),
                  "client_id": client_id}
@@ -464,11 +471,42 @@ class WebChatAdapter(ChannelAdapter):
             return
         if not isinstance(visitor, str) or visitor not in self._sockets:
             return  # most instances: none of this visitor's sockets
-        task = asyncio.ensure_future(self._relay(self._relays.get(visitor), visitor, note))
+        self._chain(visitor, self._relay(self._relays.get(visitor), visitor, note))
+
+    def _missed(self) -> None:
+        """Pushes from the other instances may have been lost (this instance's database
+        connection broke for a while): give every visitor with a socket here what their
+        history has and their sockets were not given, after the pushes already on their
+        way."""
+        for visitor in list(self._sockets):
+            self._chain(visitor, self._catch_up(self._relays.get(visitor), visitor))
+
+    def _chain(self, visitor: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as the visitor's newest hand-over (it waits for the one before)."""
+        task = asyncio.ensure_future(work)
         self._relays[visitor] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda done: self._relay_done(visitor, done))
+
+    async def _catch_up(self, previous: asyncio.Task[None] | None, visitor: str) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        try:
+            history = await self._history(visitor)
+        except OmnirelayError as exc:  # the store is still unreachable: they reload later
+            self.log.warning("webchat.catch_up_failed", error=exc.message)
+            return
+        for conn in list(self._sockets.get(visitor, ())):
+            for message in history:
+                if message["id"] in conn.known:
+                    continue
+                conn.known.add(message["id"])
+                if message["direction"] == "outbound":
+                    conn.replies.setdefault(message["id"], message["status"])
+                self.counters["caught_up"] += 1
+                await self._push(conn, {"type": "message", "client_id": None,
+                                        "message": self._for_visitor(message, visitor)})
 
     async def _relay(self, previous: asyncio.Task[None] | None, visitor: str,
                      note: dict[str, Any]) -> None:

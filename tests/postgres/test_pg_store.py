@@ -357,6 +357,55 @@ async def test_instances_making_a_checkpoint_at_once_all_keep_the_first(
     assert await made[2].get_checkpoint("webchat:shop:token-secret") == kept[0]
 
 
+async def test_a_write_and_a_read_after_the_servers_sessions_ended_go_through_on_new_ones(
+        stores: OpenStores, pg_server: PgServer) -> None:
+    """The server ended the writer's and the readers' sessions since their last use (a
+    restart, a failover, a network blip): the next batch, which broke before its COMMIT
+    was sent, runs again on a new connection, and so does the next read; callers never
+    hear of it."""
+    [store] = await stores(1)
+    first = await store.ingest(inbound("before"), [])
+    assert (await store.get_message(first.message["id"]))["id"] == first.message["id"]
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name IN ('omnirelay-writer', 'omnirelay-read') "
+            "AND datname = %s", (store.url.rsplit("/", 1)[1],)).fetchone()
+    assert ended is not None and ended[0] >= 2
+    second = await store.ingest(inbound("after"), [])
+    assert second.created
+    assert second.message["conversation_id"] == first.message["conversation_id"]
+    stored = await store.get_message(second.message["id"])
+    assert stored["text"] == "hi"
+
+
+async def test_a_subscriber_hears_that_it_missed_pushes_once_its_listener_is_back(
+        stores: OpenStores, pg_server: PgServer) -> None:
+    """A push published while an instance's listener connection is down reaches nobody
+    there: once it listens again, ``missed`` tells the subscriber to read the store."""
+    a, b = await stores(2)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    missed = asyncio.Event()
+    b.broadcast("webchat:shop").subscribe(heard.put_nowait, missed.set)
+    topic = a.broadcast("webchat:shop")
+    for _ in range(100):  # the listeners LISTEN on their own threads, just after open()
+        await topic.publish("ready?")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(heard.get(), 0.1)
+            break
+    assert not missed.is_set()  # the first LISTEN of a store misses nothing
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'omnirelay-listen'").fetchone()
+    assert killed is not None and killed[0] == 2
+    await asyncio.wait_for(missed.wait(), 10)
+    await topic.publish("after")
+    while (payload := await asyncio.wait_for(heard.get(), 10)) == "ready?":
+        pass
+    assert payload == "after"  # and the subscription still hears what comes next
+
+
 async def test_a_push_reaches_the_topics_subscribers_on_the_other_instances_only(
         stores: OpenStores) -> None:
     a, b, c = await stores(3)

@@ -11,13 +11,14 @@ import collections
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
 from tests.conftest import Daemon, base_config, free_port
-from tests.helpers import all_events, wait_until
+from tests.helpers import TcpProxy, all_events, wait_until
 from tests.postgres.server import PgServer
 from tests.webchat.conftest import Visitor, connect, get_json, reply
 
@@ -36,13 +37,9 @@ class Pair:
         return "A" if daemon is self.a else "B"
 
 
-@pytest.fixture(scope="module")
-async def pair(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
-               ) -> AsyncIterator[Pair]:
+async def start_pair(root: Path, dsn: str, dsn_of_b: str | None = None) -> Pair:
     """A and B started at the same moment on an empty database: they migrate it and make
-    the account's token secret between them."""
-    root = tmp_path_factory.mktemp("webchat-pair")
-    dsn = pg_server.new_database(template=None)
+    the account's token secret between them (``dsn_of_b``: B's way to the same one)."""
     origin = f"http://127.0.0.1:{free_port()}"
     extra = f"""
         [[channels]]
@@ -52,20 +49,33 @@ async def pair(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
         visitor_messages_per_minute = 600
         """
     daemons = []
-    for n in range(2):
+    for n, url in enumerate((dsn, dsn_of_b or dsn)):
         home = root / f"instance{n}"
         home.mkdir()
         port = free_port()
         text = base_config(root / "data", port, free_port(), extra=extra)
-        text = text.replace(f'url = "sqlite:///{root / "data"}/omnirelay.db"', f'url = "{dsn}"')
+        text = text.replace(f'url = "sqlite:///{root / "data"}/omnirelay.db"', f'url = "{url}"')
         daemon = Daemon(home, text, port)
         daemon.start()
         daemons.append(daemon)
     await asyncio.gather(*(d.wait_ready(timeout=60) for d in daemons))
-    yield Pair(daemons[0], daemons[1], origin)
-    for daemon in daemons:
+    return Pair(daemons[0], daemons[1], origin)
+
+
+async def stop_pair(pair: Pair) -> None:
+    for daemon in (pair.a, pair.b):
         code = await daemon.stop()
         assert code == 0, daemon.logs()[-3000:]
+
+
+@pytest.fixture(scope="module")
+async def pair(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+               ) -> AsyncIterator[Pair]:
+    """A and B on one database."""
+    pair = await start_pair(tmp_path_factory.mktemp("webchat-pair"),
+                            pg_server.new_database(template=None))
+    yield pair
+    await stop_pair(pair)
 
 
 def cid() -> str:
@@ -209,3 +219,42 @@ async def test_a_reply_to_a_visitor_with_no_socket_anywhere_waits_in_the_history
             [kept] = [m for m in back.history if m["id"] == queued["id"]]
             assert kept["text"] == "See you later" and kept["status"] == "sent"
             await back.ws.close()
+
+
+async def test_a_reply_pushed_while_b_was_cut_off_from_the_database_reaches_b_s_socket(
+        pg_server: PgServer, tmp_path: Path) -> None:
+    """B loses its database connections (a network partition) while the agent's reply goes
+    out through A: A's push reaches nobody on B, whose listener is down. Once B listens
+    again it gives its open sockets what the visitors' history has and they were not given:
+    the visitor sees the reply without reloading, once, and can acknowledge it."""
+    dsn = pg_server.new_database(template=None)
+    proxy = TcpProxy(pg_server.port)
+    proxied = dsn.replace(f":{pg_server.port}/", f":{proxy.start()}/")
+    pair = await start_pair(tmp_path, dsn, proxied)
+    try:
+        async with aiohttp.ClientSession() as http:
+            visitor = await connect(http, pair.b, "shop", pair.origin)
+            conversation = (await visitor.say("Where is my parcel?", cid()))["message"][
+                "conversation_id"]
+            proxy.cut()
+            queued = await reply(http, pair.a, conversation, "It left our warehouse today")
+
+            async def sent() -> bool:
+                return await statuses(http, pair.a, queued["id"]) == ["sent"]
+            await wait_until(sent, timeout=20)  # by A: B can reach nothing now
+            proxy.restore()
+            pushed = (await visitor.next("message", timeout=30))["message"]
+            assert pushed["id"] == queued["id"]
+            assert pushed["text"] == "It left our warehouse today"
+            await visitor.send({"type": "ack", "ids": [queued["id"]]})
+
+            async def delivered() -> bool:
+                return "delivered" in await statuses(http, pair.a, queued["id"])
+            await wait_until(delivered, timeout=20)
+            await only_once([visitor])
+            assert (await counters(http, pair.b))["caught_up"] == 1
+            assert sender(pair, queued["id"]) == "A"
+            await visitor.ws.close()
+    finally:
+        await stop_pair(pair)
+        proxy.stop()

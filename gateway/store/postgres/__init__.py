@@ -126,6 +126,7 @@ class PostgresStore(SQLiteStore):
         self.engine = self.pg  # type: ignore[assignment]  # the facade's write()/read()
         self.broadcasts = push.PgBroadcasts(self.pg.read)
         self.pg.listens[push.CHANNEL] = self.broadcasts.received
+        self.pg.on_relisten = self.broadcasts.resumed
         self._tail = FeedTail(0)
         self.automation: Automation | None = None
         self.lease = config.claim_lease_seconds  # a claim is a lease (see .jobs)

@@ -3,7 +3,9 @@
 
 A notification is ``<origin>\\n<topic>\\n<payload>``: the origin is a random id of the
 publishing instance, which drops its own notifications (it served its own sockets already);
-the topic picks the subscribers (an adapter account). PostgreSQL limits a payload to fewer
+the topic picks the subscribers (an adapter account). After the listener connection broke
+and listens again (:meth:`PgBroadcasts.resumed`), every subscriber's ``missed`` is called:
+what was published meanwhile was heard by nobody here. PostgreSQL limits a payload to fewer
 than 8000 bytes, and the header is counted in it: :attr:`Topic.limit` is what is left.
 Published through a reader connection (autocommit: sent at once).
 """
@@ -37,6 +39,7 @@ class PgBroadcasts:
         self.origin = secrets.token_hex(8)
         # Replaced whole on (un)subscribe: the listener thread reads it without a lock.
         self.handlers: dict[str, tuple[Handler, ...]] = {}
+        self.missed: tuple[Callable[[], None], ...] = ()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def topic(self, name: str) -> Topic:
@@ -49,12 +52,16 @@ class PgBroadcasts:
         """NOTIFY every instance (StoreError when the database did not take it)."""
         await self.read(_notify, f"{self.origin}\n{topic}\n{payload}")
 
-    def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
-        """Add ``handler`` to ``topic`` (called on this event loop)."""
+    def subscribe(self, topic: str, handler: Handler,
+                  missed: Callable[[], None] | None = None) -> Callable[[], None]:
+        """Add ``handler`` to ``topic`` (called on this event loop), and ``missed`` to what
+        :meth:`resumed` calls."""
         self.loop = asyncio.get_running_loop()
         handlers = dict(self.handlers)
         handlers[topic] = (*handlers.get(topic, ()), handler)
         self.handlers = handlers
+        if missed is not None:
+            self.missed = (*self.missed, missed)
 
         def unsubscribe() -> None:
             left = tuple(h for h in self.handlers.get(topic, ()) if h is not handler)
@@ -64,7 +71,25 @@ class PgBroadcasts:
             else:
                 handlers.pop(topic, None)
             self.handlers = handlers
+            self.missed = tuple(m for m in self.missed if m is not missed)
         return unsubscribe
+
+    def resumed(self) -> None:
+        """From the listener thread: it listens again after its connection broke, so
+        notifications of the time between were lost; tell every subscriber."""
+        loop = self.loop
+        if not self.missed or loop is None or loop.is_closed():
+            return
+        log.info("store.broadcast_resumed", subscribers=len(self.missed))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._catch_up)
+
+    def _catch_up(self) -> None:
+        for missed in self.missed:
+            try:
+                missed()
+            except Exception:
+                log.exception("store.broadcast_handler_failed", topic=None)
 
     def received(self, notification: str) -> None:
         """From the listener thread: hand another instance's push to the loop."""
@@ -104,9 +129,11 @@ class Topic:
         """To this topic's subscribers on the other instances."""
         await self.broadcasts.publish(self.name, payload)
 
-    def subscribe(self, handler: Handler) -> Callable[[], None]:
-        """``handler`` gets the other instances' payloads of this topic."""
-        return self.broadcasts.subscribe(self.name, handler)
+    def subscribe(self, handler: Handler,
+                  missed: Callable[[], None] | None = None) -> Callable[[], None]:
+        """``handler`` gets the other instances' payloads of this topic; ``missed`` is
+        called when some may have been lost (see :meth:`PgBroadcasts.resumed`)."""
+        return self.broadcasts.subscribe(self.name, handler, missed)
 
 
 def _notify(conn: Connection, notification: str) -> None:

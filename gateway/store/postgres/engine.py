@@ -102,6 +102,10 @@ class PgEngine(WriteQueue):
         # Other channels the listener hears, each with what it calls (on the listener
         # thread) with a notification's payload: the instances' pushes (.broadcast).
         self.listens: dict[str, Callable[[str], None]] = {}
+        # Called on the listener thread when it listens again after its connection broke:
+        # notifications of ``listens`` sent meanwhile were lost (.broadcast catches up).
+        self.on_relisten: Callable[[], None] | None = None
+        self._commit_sent = False  # the writer's batch sent COMMIT (its outcome is unknown)
         self._samples: list[Sample] = []  # the open batch's, of jobs that went through
         self.cache = WriterCache()
         self._listener: threading.Thread | None = None
@@ -218,13 +222,22 @@ class PgEngine(WriteQueue):
                 continue
             except psycopg.Error as exc:
                 _rollback(conn)
-                self._commit_ok = False
-                self.last_error = _brief(exc)
-                log.error("store.commit_failed", error=self.last_error, jobs=len(batch))
-                if conn.closed or isinstance(exc, psycopg.OperationalError):
+                lost = conn.closed  # the server went away: nothing of the batch is kept
+                if lost or isinstance(exc, psycopg.OperationalError):
                     with contextlib.suppress(StoreError):
                         conn.close()
                         conn = self.connect("omnirelay-writer")
+                if lost and not self._commit_sent and not conn.closed:
+                    # Broken before COMMIT was sent (a restart of the server, a network
+                    # blip since the last batch): run it again on the new connection.
+                    # After COMMIT was sent the outcome is unknown: the callers hear so.
+                    self.reruns += 1
+                    log.warning("store.batch_rerun", reason="connection_lost",
+                                attempt=attempt + 1)
+                    continue
+                self._commit_ok = False
+                self.last_error = _brief(exc)
+                log.error("store.commit_failed", error=self.last_error, jobs=len(batch))
                 break
         if outcomes is None:
             drop_samples()  # nothing of the batch happened
@@ -264,6 +277,7 @@ class PgEngine(WriteQueue):
         now = utcnow()
         now_iso = iso(now)
         assert now_iso is not None
+        self._commit_sent = False
         conn.execute("BEGIN")
         keys = sorted({key for fn, args, _f, _l in batch if fn in self.lock_keys
                        for key in self.lock_keys[fn](args)})
@@ -306,6 +320,7 @@ class PgEngine(WriteQueue):
             head = self.seq
             conn.execute("UPDATE feed_head SET seq = ?", (head,))
             conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(head)))
+        self._commit_sent = True
         conn.execute("COMMIT")
         self._samples += take_samples()
         return outcomes, head
@@ -428,8 +443,10 @@ class PgEngine(WriteQueue):
         """LISTEN for other instances' commits; after a reconnect, read the head (a
         notification missed while disconnected is not lost: the head covers it). The same
         connection hears the channels of ``listens`` (a push missed while disconnected is
-        lost: what is pushed is also in the store)."""
+        lost: what is pushed is also in the store, and ``on_relisten`` says when to read
+        it)."""
         delay = 0.5
+        listened = False
         while not self._stopping.is_set():
             try:
                 conn = psycopg.Connection.connect(self.dsn, autocommit=True,
@@ -446,6 +463,12 @@ class PgEngine(WriteQueue):
                 row = conn.execute("SELECT seq FROM feed_head").fetchone()
                 if row is not None:
                     self._advance(int(row[0]))
+                if listened and self.on_relisten is not None:
+                    try:
+                        self.on_relisten()
+                    except Exception:
+                        log.exception("store.listen_handler_failed", channel=None)
+                listened = True
                 delay = 0.5
                 while not self._stopping.is_set():
                     for note in conn.notifies(timeout=0.1):
@@ -483,6 +506,20 @@ class PgEngine(WriteQueue):
             raise StoreError(_brief(exc)) from exc
 
     def _read_job(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._reader()
+        try:
+            return fn(conn, *args)
+        except psycopg.OperationalError:
+            self._local.conn = None  # broken: the next read connects again
+            if not conn.closed:
+                raise
+        # The connection broke since this thread last used it (a restart of the server, a
+        # network blip): once more on a new one. What goes this way is a read or an
+        # idempotent write (a blob by its digest, a NOTIFY a subscriber may hear twice).
+        return fn(self._reader(), *args)
+
+    def _reader(self) -> Connection:
+        """This reader thread's connection (a new one when it has none or it broke)."""
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.closed:
             conn = None
@@ -491,11 +528,7 @@ class PgEngine(WriteQueue):
             self._local.conn = conn
             with self._reader_lock:
                 self._reader_conns.append(conn)
-        try:
-            return fn(conn, *args)
-        except psycopg.OperationalError:
-            self._local.conn = None  # broken: the next read connects again
-            raise
+        return conn
 
     async def ping(self) -> None:
         """Raise StoreError unless a read and the last commit succeeded."""
