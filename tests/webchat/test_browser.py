@@ -6,7 +6,10 @@ it speaks the browser's language, the account's, or English.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Daemon
-from tests.webchat.conftest import ARTIFACTS, Site, get_json, reply, wait_until
+from tests.webchat.conftest import ARTIFACTS, AUTH, Site, get_json, reply, wait_until
 from tests.webchat.test_protocol import PNG
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -384,3 +387,244 @@ def test_the_screenshot_is_kept_as_an_artifact() -> None:
         pytest.skip("the browser test did not run")
     assert shot.stat().st_size > 1000
     assert Path(shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- files kept offline
+
+KEPT_ENTRIES = """async () => {
+  // The widget's IndexedDB entries on this origin (the schema as widget.js makes it).
+  const db = await new Promise((resolve, reject) => {
+    const request = indexedDB.open("omnirelay-chat", 1);
+    request.onupgradeneeded = () => request.result.createObjectStore(
+      "files", {keyPath: ["widget", "visitor", "id"]});
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  const entries = await new Promise((resolve, reject) => {
+    const request = db.transaction("files").objectStore("files").getAll();
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  db.close();
+  return entries.map(e => ({widget: e.widget, visitor: e.visitor, id: e.id, at: e.at,
+                            names: e.files.map(f => f.filename),
+                            bytes: e.files.reduce((n, f) => n + f.data.byteLength, 0)}));
+}"""
+
+
+async def kept_entries(page: Any) -> list[dict[str, Any]]:
+    """What the widget keeps in this origin's IndexedDB."""
+    entries: list[dict[str, Any]] = await page.evaluate(KEPT_ENTRIES)
+    return entries
+
+
+async def serve_from_cache(page: Any, site: Site, api: aiohttp.ClientSession) -> None:
+    """Serve the shop page and the widget's files from copies, as the browser's cache or
+    the shop's service worker would: the page reloads while the device is offline, the
+    chat's WebSocket cannot connect."""
+    urls = [site.origin + "/", f"{site.daemon_url}/chat/{site.account}/widget.js",
+            f"{site.daemon_url}/chat/{site.account}/widget.css"]
+    copies: dict[str, tuple[bytes, dict[str, str]]] = {}
+    for url in urls:
+        async with api.get(url) as response:
+            assert response.status == 200
+            copies[url] = (await response.read(),
+                           {k: v for k, v in response.headers.items()
+                            if k in ("Content-Type", "Content-Security-Policy")})
+
+    async def fulfil(route: Any) -> None:
+        body, headers = copies[route.request.url]
+        await route.fulfill(status=200, body=body, headers=headers)
+
+    for url in urls:
+        await page.route(url, fulfil)
+    # A page from a copy has no address, so Chromium counts it as the public internet and
+    # keeps it from 127.0.0.1 (Local Network Access) unless allowed, as a shop's visitor
+    # would be asked to; the shop and omnirelay are one public site apart in real life.
+    await page.context.grant_permissions(["local-network-access"])
+
+
+async def go_offline(page: Any) -> None:
+    """The device loses its network (and the page hears of it at once)."""
+    await page.context.set_offline(True)
+    await page.evaluate("window.dispatchEvent(new Event('offline'))")
+    await page.wait_for_selector(f"{WIDGET}[data-state=offline]", state="attached")
+
+
+async def reload_offline(page: Any) -> None:
+    """Reload while offline; the widget comes back offline, its panel open."""
+    await page.reload()
+    await page.wait_for_selector(f"{WIDGET}[data-state=offline]", state="attached")
+    if not await page.locator(".panel").is_visible():
+        await page.click(".bubble")
+
+
+async def test_a_file_attached_offline_survives_a_reload_and_is_sent_once_in_its_place(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site,
+        visitor_page: Watched) -> None:
+    page = await open_shop(visitor_page, shop)
+    await serve_from_cache(page, shop, api)
+    await go_offline(page)
+    photo = PNG + os.urandom(60_000)  # a photo of the damaged parcel (bytes after IEND)
+    before, after = f"The parcel came damaged {uuid.uuid4().hex}", "Here is a photo of it."
+    await page.fill("#omnirelay-text", before)
+    await page.press("#omnirelay-text", "Enter")
+    await page.set_input_files("#omnirelay-file", files=[
+        {"name": "parcel.png", "mimeType": "image/png", "buffer": photo}])
+    await page.locator("li.msg.pending .file", has_text="parcel.png").wait_for()
+    await page.fill("#omnirelay-text", after)
+    await page.press("#omnirelay-text", "Enter")
+    await page.locator("li.msg.pending", has_text=after).wait_for()
+    [entry] = await wait_until(lambda: kept_entries(page))
+    visitor = (await page.evaluate(
+        f"localStorage.getItem('omnirelay-chat:{shop.daemon_url}/chat/shop:token')")).strip('"')
+    assert (entry["widget"], entry["visitor"]) == (f"{shop.daemon_url}/chat/shop",
+                                                   visitor.split(".")[0])
+    assert (entry["names"], entry["bytes"]) == (["parcel.png"], len(photo))
+
+    await reload_offline(page)
+    # Shown again as it was: the text, the file, the text, all not sent yet.
+    pending = page.locator("li.msg.pending")
+    await pending.nth(2).wait_for()
+    assert await pending.locator(".text").all_text_contents() == [before, "", after]
+    assert await pending.nth(1).locator(".file").text_content() == "parcel.png"
+    assert await pending.locator(".note").all_text_contents() == ["Not sent yet"] * 3
+    assert [e["id"] for e in await kept_entries(page)] == [entry["id"]]
+
+    await page.context.set_offline(False)
+    sent = page.locator("li.msg.me:not(.pending)")
+    await sent.nth(2).wait_for(timeout=20000)
+    assert await page.locator("li.msg.pending").count() == 0
+    conversation_id = await conversation_of(api, chat_daemon, before)
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                 "/messages")
+    messages = listed["messages"]
+    assert [(m["text"], [a["filename"] for a in m["attachments"]]) for m in messages] == [
+        (before, []), ("", ["parcel.png"]), (after, [])]  # in order, each once
+    [attachment] = messages[1]["attachments"]
+    assert attachment["sha256"] == hashlib.sha256(photo).hexdigest()
+    async with api.get(chat_daemon.url + attachment["url"], headers=AUTH) as response:
+        assert response.status == 200 and await response.read() == photo
+    # Confirmed by the server: nothing is kept any more.
+    await wait_until(lambda: _nothing_kept(page))
+    assert [p for p in visitor_page.problems if p.startswith("pageerror")] == []
+
+
+async def _nothing_kept(page: Any) -> bool:
+    return await kept_entries(page) == []
+
+
+async def test_over_what_may_wait_offline_a_file_is_refused_with_a_note(
+        shop: Site, page_in: PageIn) -> None:
+    watched = await page_in("ko-KR")
+    page = await open_shop(watched, shop)
+    await go_offline(page)
+    for n in range(10):  # ten files may wait
+        await page.set_input_files("#omnirelay-file", files=[
+            {"name": f"photo-{n}.jpg", "mimeType": "image/jpeg", "buffer": os.urandom(1000)}])
+        await page.locator("li.msg.pending .file").nth(n).wait_for()
+    assert await page.locator(".notice").is_hidden()
+    await page.set_input_files("#omnirelay-file", files=[
+        {"name": "photo-10.jpg", "mimeType": "image/jpeg", "buffer": os.urandom(1000)}])
+    notice = page.locator(".notice")
+    await notice.wait_for()
+    assert await notice.get_attribute("role") == "alert"
+    assert await notice.text_content() == (
+        "photo-10.jpg 파일을 첨부하지 못했습니다. 전송을 기다리는 파일은 최대 10개(25MB)까지 "
+        "보관됩니다. 메시지가 전송된 뒤 다시 첨부해 주세요.")
+    assert await page.locator("li.msg.pending .file").count() == 10
+    entries = await wait_until(lambda: _entries_at_least(page, 10))
+    assert sorted(name for e in entries for name in e["names"]) == \
+        sorted(f"photo-{n}.jpg" for n in range(10))
+    # The next message clears the note.
+    await page.fill("#omnirelay-text", "사진은 나중에 보낼게요")
+    await page.press("#omnirelay-text", "Enter")
+    await notice.wait_for(state="hidden")
+    assert [p for p in watched.problems if p.startswith("pageerror")] == []
+
+
+async def _entries_at_least(page: Any, count: int) -> list[dict[str, Any]] | None:
+    entries = await kept_entries(page)
+    return entries if len(entries) >= count else None
+
+
+async def test_without_indexeddb_the_visitor_is_told_a_reload_loses_the_file(
+        api: aiohttp.ClientSession, shop: Site, page_in: PageIn) -> None:
+    watched = await page_in("ja-JP")
+    page = watched.page
+    # As some private modes do: opening a database throws.
+    await page.context.add_init_script(
+        "IDBFactory.prototype.open = function () {"
+        " throw new DOMException('The operation is insecure.', 'SecurityError'); };")
+    page = await open_shop(watched, shop)
+    await serve_from_cache(page, shop, api)
+    await go_offline(page)
+    await page.set_input_files("#omnirelay-file", files=[
+        {"name": "box.png", "mimeType": "image/png", "buffer": PNG}])
+    note = page.locator("li.msg.pending", has_text="box.png").locator(".note")
+    await note.filter(has_text="再読み込み").wait_for()
+    assert await note.text_content() == \
+        "未送信 — ページを再読み込みすると、このファイルは失われます"
+
+    await reload_offline(page)
+    failed = page.locator("li.msg.failed", has_text="box.png")
+    await failed.wait_for()
+    assert await failed.locator(".note").text_content() == \
+        "送信できませんでした\uff1abox.png を保存できませんでした。もう一度添付してください。"
+    assert await page.locator("li.msg.pending:not(.failed)").count() == 0
+    assert [p for p in watched.problems if p.startswith("pageerror")] == []
+
+
+PUT_ENTRIES = """async ([entries, queueKey, queue]) => {
+  const db = await new Promise((resolve, reject) => {
+    const request = indexedDB.open("omnirelay-chat", 1);
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction("files", "readwrite");
+    for (const e of entries) {
+      tx.objectStore("files").put({...e, files: [{filename: e.name, content_type: "image/png",
+                                                  data: new Uint8Array([1, 2, 3]).buffer}]});
+    }
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+  });
+  db.close();
+  localStorage.setItem(queueKey, JSON.stringify(queue));
+}"""
+
+
+async def test_stale_entries_are_cleared_when_the_widget_starts(
+        shop: Site, visitor_page: Watched) -> None:
+    page = await open_shop(visitor_page, shop)
+    widget = f"{shop.daemon_url}/chat/shop"
+    token = await page.evaluate(f"localStorage.getItem('omnirelay-chat:{widget}:token')")
+    visitor = token.strip('"').split(".")[0]
+    now = await page.evaluate("Date.now()")
+    entries = [
+        {"widget": widget, "visitor": visitor, "id": "weekold", "at": now - 8 * 86400_000,
+         "name": "old.png"},
+        {"widget": widget, "visitor": "vis_someone_else_0000000", "id": "another",
+         "at": now, "name": "theirs.png"},
+        {"widget": widget, "visitor": visitor, "id": "unqueued", "at": now,
+         "name": "sent.png"},  # confirmed, but the page closed before its entry went
+        {"widget": "http://elsewhere.example/chat/x", "visitor": visitor, "id": "notours",
+         "at": now - 8 * 86400_000, "name": "other-widget.png"},
+    ]
+    queue = [{"id": e["id"], "text": "", "at": e["at"], "files": [{"filename": e["name"],
+                                                                   "size": 3}]}
+             for e in entries[:2]]
+    await page.evaluate(PUT_ENTRIES, [entries, f"omnirelay-chat:{widget}:queue", queue])
+    assert len(await kept_entries(page)) == 4
+
+    await page.reload()
+    await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached")
+    for name in ("old.png", "theirs.png"):  # said, not dropped silently
+        failed = page.locator("li.msg.failed", has_text=name)
+        await failed.wait_for(state="attached")
+        assert await failed.locator(".note").text_content() == \
+            f"Not sent: {name} could not be kept. Please attach it again."
+    assert [e["id"] for e in await kept_entries(page)] == ["notours"]  # another widget's
+    assert await page.evaluate(f"localStorage.getItem('omnirelay-chat:{widget}:queue')") == "[]"
+    assert visitor_page.problems == []

@@ -4,6 +4,7 @@ frames, history, receipts, limits and files, as docs/webchat.md describes them."
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from typing import Any
 
@@ -265,6 +266,46 @@ async def test_a_file_is_stored_and_only_its_signed_link_serves_it(
     assert refused["code"] == "invalid" and "100000" in refused["message"]
     await visitor.ws.close()
 
+
+
+async def test_a_file_sent_again_after_a_lost_confirmation_is_stored_once(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """The widget keeps a file until the server confirms it, and sends it again after a
+    reload or a dropped connection: the client id makes the second upload harmless."""
+    first = await connect(api, chat_daemon, "shop", shop.origin)
+    client_id = cid()
+    text = f"the parcel arrived damaged {client_id}"
+    photo = [{"filename": "parcel.png", "content_type": "image/png",
+              "content_base64": base64.b64encode(PNG).decode()}]
+    await first.send({"type": "message", "id": client_id, "text": text, "attachments": photo})
+    await first.ws.close()  # the connection drops before the confirmation arrives
+    stored = await wait_until(lambda: _received(api, chat_daemon, text))
+
+    again = await connect(api, chat_daemon, "shop", shop.origin, token=first.welcome["token"])
+    confirmed = await again.say(text, client_id, attachments=photo)
+    assert confirmed["client_id"] == client_id
+    assert confirmed["message"]["id"] == stored["id"]
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
+                                 f"{stored['conversation_id']}/messages")
+    assert [m["id"] for m in listed["messages"]] == [stored["id"]]
+    [attachment] = listed["messages"][0]["attachments"]
+    assert attachment["sha256"] == hashlib.sha256(PNG).hexdigest()
+    await again.ws.close()
+
+
+async def _received(api: aiohttp.ClientSession, daemon: Daemon,
+                    text: str) -> dict[str, Any] | None:
+    """The stored message with ``text``, from the feed (None while it is not there)."""
+    after = "0"
+    while True:
+        page = await get_json(api, f"{daemon.url}/v1/events?after={after}&limit=1000")
+        for event in page["events"]:
+            message: dict[str, Any] = event["data"].get("message") or {}
+            if event["type"] == "message.received" and message.get("text") == text:
+                return message
+        if not page["events"]:
+            return None
+        after = page["next"]
 
 async def test_the_widget_and_its_stylesheet_are_served_for_any_page(
         chat_daemon: Daemon, api: aiohttp.ClientSession) -> None:

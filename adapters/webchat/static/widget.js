@@ -5,6 +5,8 @@
  * Everything shown is set with textContent (never parsed as HTML), so no visitor or agent text
  * can become markup. The widget lives in a shadow root, so the shop's CSS and ours stay apart.
  * It talks only to HOST: no fonts, images or analytics from anywhere else.
+ * A file waiting to be sent is kept in IndexedDB (text in localStorage), so a reload while
+ * offline loses nothing; see "files kept offline" below.
  * It speaks English, Korean or Japanese: the tag's data-language, else the account's
  * language, else the browser's first supported one, else English. The file stays ASCII
  * (\u escapes) so a shop page in EUC-KR or Shift_JIS cannot garble it; the strings in
@@ -35,9 +37,9 @@
   }
   var token = load("token", null);
   var profile = load("profile", null);        // {name, email} from the pre-chat form, or {} skipped
-  var queue = load("queue", []);              // messages typed while offline: [{id, text}]
-  var settings = load("settings", {});        // what the server said last: title, pre_chat_form, language
-  var files = {};                              // client id -> attachments (memory only)
+  var queue = load("queue", []);              // messages not yet confirmed, in order: [{id, text, at, files?}]
+  var settings = load("settings", {});        // what the server said last: title, pre_chat_form, language, limits
+  var files = {};                              // client id -> attachments as sent (base64), in memory
 
   // ------------------------------------------------------------ languages
   var STRINGS = {
@@ -65,6 +67,9 @@
       pending: "Not sent yet",
       refused: "Not sent: {reason}",
       tooLarge: "{name} is too large (at most {mb} MB).",
+      offlineFull: "{name} was not attached: at most {files} files ({mb} MB) can wait to be sent. Attach it again once your messages are sent.",
+      unsaved: "Not sent yet \u2014 this file is lost if you reload the page",
+      fileLost: "Not sent: {name} could not be kept. Please attach it again.",
       file: "file",
       image: "image"
     },
@@ -92,6 +97,9 @@
       pending: "\uc804\uc1a1 \ub300\uae30 \uc911",
       refused: "\ubcf4\ub0b4\uc9c0 \ubabb\ud588\uc2b5\ub2c8\ub2e4",
       tooLarge: "{name} \ud30c\uc77c\uc774 \ub108\ubb34 \ud07d\ub2c8\ub2e4(\ucd5c\ub300 {mb}MB).",
+      offlineFull: "{name} \ud30c\uc77c\uc744 \ucca8\ubd80\ud558\uc9c0 \ubabb\ud588\uc2b5\ub2c8\ub2e4. \uc804\uc1a1\uc744 \uae30\ub2e4\ub9ac\ub294 \ud30c\uc77c\uc740 \ucd5c\ub300 {files}\uac1c({mb}MB)\uae4c\uc9c0 \ubcf4\uad00\ub429\ub2c8\ub2e4. \uba54\uc2dc\uc9c0\uac00 \uc804\uc1a1\ub41c \ub4a4 \ub2e4\uc2dc \ucca8\ubd80\ud574 \uc8fc\uc138\uc694.",
+      unsaved: "\uc804\uc1a1 \ub300\uae30 \uc911 \u2014 \ud398\uc774\uc9c0\ub97c \uc0c8\ub85c \uace0\uce58\uba74 \uc774 \ud30c\uc77c\uc740 \uc0ac\ub77c\uc9d1\ub2c8\ub2e4",
+      fileLost: "\ubcf4\ub0b4\uc9c0 \ubabb\ud588\uc2b5\ub2c8\ub2e4: {name} \ud30c\uc77c\uc744 \ubcf4\uad00\ud558\uc9c0 \ubabb\ud588\uc2b5\ub2c8\ub2e4. \ub2e4\uc2dc \ucca8\ubd80\ud574 \uc8fc\uc138\uc694.",
       file: "\ud30c\uc77c",
       image: "\uc774\ubbf8\uc9c0"
     },
@@ -119,6 +127,9 @@
       pending: "\u672a\u9001\u4fe1",
       refused: "\u9001\u4fe1\u3067\u304d\u307e\u305b\u3093\u3067\u3057\u305f",
       tooLarge: "{name} \u306f\u30b5\u30a4\u30ba\u304c\u5927\u304d\u3059\u304e\u307e\u3059\uff08\u6700\u5927 {mb} MB\uff09\u3002",
+      offlineFull: "{name} \u3092\u6dfb\u4ed8\u3067\u304d\u307e\u305b\u3093\u3067\u3057\u305f\u3002\u9001\u4fe1\u5f85\u3061\u306b\u3067\u304d\u308b\u30d5\u30a1\u30a4\u30eb\u306f\u6700\u5927 {files} \u4ef6\uff08{mb} MB\uff09\u307e\u3067\u3067\u3059\u3002\u30e1\u30c3\u30bb\u30fc\u30b8\u304c\u9001\u4fe1\u3055\u308c\u3066\u304b\u3089\u3001\u3082\u3046\u4e00\u5ea6\u6dfb\u4ed8\u3057\u3066\u304f\u3060\u3055\u3044\u3002",
+      unsaved: "\u672a\u9001\u4fe1 \u2014 \u30da\u30fc\u30b8\u3092\u518d\u8aad\u307f\u8fbc\u307f\u3059\u308b\u3068\u3001\u3053\u306e\u30d5\u30a1\u30a4\u30eb\u306f\u5931\u308f\u308c\u307e\u3059",
+      fileLost: "\u9001\u4fe1\u3067\u304d\u307e\u305b\u3093\u3067\u3057\u305f\uff1a{name} \u3092\u4fdd\u5b58\u3067\u304d\u307e\u305b\u3093\u3067\u3057\u305f\u3002\u3082\u3046\u4e00\u5ea6\u6dfb\u4ed8\u3057\u3066\u304f\u3060\u3055\u3044\u3002",
       file: "\u30d5\u30a1\u30a4\u30eb",
       image: "\u753b\u50cf"
     }
@@ -179,6 +190,9 @@
   var close = el("button", {"class": "close", "type": "button", "data-i18n-label": "close"}, "\u00d7");
   header.appendChild(title); header.appendChild(close);
   var status = tr(el("p", {"class": "status", "role": "status", "aria-live": "polite"}), "connecting");
+  // Notes about what the visitor just did (a file too large, or over what may wait offline):
+  // a line of its own, so the status line's next change does not wipe them.
+  var notice = el("p", {"class": "notice", "role": "alert", "hidden": ""});
   var log = el("ol", {"class": "log", "role": "log", "aria-live": "polite", "data-i18n-label": "messages",
                       "tabindex": "0"});
 
@@ -205,7 +219,7 @@
   var send = tr(el("button", {"type": "submit", "class": "send"}), "send");
   [textLabel, text, fileLabel, fileInput, send].forEach(function (n) { composer.appendChild(n); });
 
-  [header, status, log, prechat, composer].forEach(function (n) { panel.appendChild(n); });
+  [header, status, notice, log, prechat, composer].forEach(function (n) { panel.appendChild(n); });
   widget.appendChild(bubble); widget.appendChild(panel);
   root.appendChild(widget);
 
@@ -229,7 +243,7 @@
   // ------------------------------------------------------------ rendering (text only)
   var shown = {};       // message id or client id -> <li>
   var unreadReplies = []; // reply ids shown while the panel was closed
-  var limits = {max_text_chars: 4000, max_file_bytes: 5 * 1024 * 1024};
+  var limits = settings.limits || {max_text_chars: 4000, max_file_bytes: 5 * 1024 * 1024};
 
   function timeOf(iso) {
     var d = iso ? new Date(iso) : new Date();
@@ -286,12 +300,23 @@
       li = el("li", {"class": "msg me pending", "data-client-id": item.id});
       li.appendChild(tr(el("span", {"class": "visually-hidden"}), "you"));
       li.appendChild(el("span", {"class": "text"}, item.text || ""));
-      ((files[item.id]) || []).forEach(function (f) { li.appendChild(el("span", {"class": "file"}, f.filename)); });
+      (item.files || []).forEach(function (f) { li.appendChild(el("span", {"class": "file"}, f.filename)); });
       li.appendChild(tr(el("span", {"class": "note"}), "pending"));
       shown[item.id] = li;
       log.appendChild(li);
       log.scrollTop = log.scrollHeight;
     }
+    return li;
+  }
+  function noteOn(li, message, failed) {  // a pending message's own note, instead of "Not sent yet"
+    if (!li) { return; }
+    if (failed) { li.classList.add("failed"); }
+    var note = li.querySelector(".note");
+    if (note) { note.removeAttribute("data-i18n"); note.textContent = message; }
+  }
+  function notify(message) {
+    setText(notice, message || "");
+    notice.hidden = !message;
   }
 
   // ------------------------------------------------------------ receipts
@@ -358,11 +383,11 @@
   function handle(frame) {
     if (frame.type === "welcome") {
       token = frame.token; save("token", token);
+      if (frame.limits) { limits = frame.limits; text.setAttribute("maxlength", String(limits.max_text_chars)); }
       settings = {title: frame.title || null, pre_chat_form: !!frame.pre_chat_form,
-                  language: frame.language || "auto"};
+                  language: frame.language || "auto", limits: limits};
       save("settings", settings);
       localize();
-      if (frame.limits) { limits = frame.limits; text.setAttribute("maxlength", String(limits.max_text_chars)); }
       online = true; retry = 0;
       setState("online");
     } else if (frame.type === "history") {
@@ -387,6 +412,7 @@
         queue = queue.filter(function (q) { return q.id !== frame.client_id; });
         delete files[frame.client_id];
         save("queue", queue);
+        forget(frame.client_id);
       }
       if (m.direction === "outbound") {
         sendFrame({type: "ack", ids: [m.id]});
@@ -396,17 +422,11 @@
       if (frame.client_id && frame.code === "invalid") {
         // the server refused it for good (too long, bad file): drop it and say why
         queue = queue.filter(function (q) { return q.id !== frame.client_id; });
+        delete files[frame.client_id];
         save("queue", queue);
-        var li = shown[frame.client_id];
-        if (li) {
-          li.classList.add("failed");
-          var note = li.querySelector(".note");
-          // The server's reason is English: shown as it is only to English visitors.
-          if (note) {
-            note.removeAttribute("data-i18n");
-            note.textContent = fill(t.refused, {reason: frame.message || "refused"});
-          }
-        }
+        forget(frame.client_id);
+        // The server's reason is English: shown as it is only to English visitors.
+        noteOn(shown[frame.client_id], fill(t.refused, {reason: frame.message || "refused"}), true);
       } else if (frame.client_id && !retryTimer) {
         // rate limited or the store is busy: the message stays queued and goes again
         retryTimer = setTimeout(function () { retryTimer = null; flushQueue(); },
@@ -416,14 +436,121 @@
   }
   var flushing = false, retryTimer = null;
   function flushQueue() {
-    if (!online || flushing) { return; }
+    // Not before the files kept offline are read back: each goes in its place in the queue.
+    if (!online || flushing || restoring) { return; }
     flushing = true;
-    queue.forEach(function (item) {
-      var frame = {type: "message", id: item.id, text: item.text};
-      if (files[item.id]) { frame.attachments = files[item.id]; }
-      sendFrame(frame);
-    });
+    queue.forEach(sendItem);
     flushing = false;
+  }
+  function sendItem(item) {
+    var frame = {type: "message", id: item.id, text: item.text};
+    if (files[item.id]) { frame.attachments = files[item.id]; }
+    sendFrame(frame);
+  }
+
+  // ------------------------------------------------------------ files kept offline (IndexedDB)
+  // A file waiting to be sent is kept in this origin's IndexedDB (binary, and more than
+  // localStorage holds) under [widget, visitor, client id]; its place in the order is its
+  // item's in the text queue (localStorage). So a reload while offline shows it pending again
+  // and sends it in its place when the connection returns; the server stores a client id
+  // once, so sending again after a failure that may have reached it is harmless. At most
+  // KEEP_FILES files and KEEP_BYTES bytes wait per visitor; an entry goes once the server
+  // confirmed its message, and at start an entry older than KEEP_DAYS, of another visitor, or
+  // that the queue no longer names. Without IndexedDB (some private modes) a file waits in
+  // memory only, and its note says a reload loses it.
+  var KEEP_FILES = 10, KEEP_BYTES = 25 * 1048576, KEEP_DAYS = 7;
+  var DB_NAME = "omnirelay-chat", DB_STORE = "files";
+  var kept = {};          // client id -> {visitor, saving: Promise<bool>} of entries in IndexedDB
+  var restoring = true;   // reading entries back: the queue waits
+  var reading = {files: 0, bytes: 0};  // files being read from the visitor's disk
+  var opening = null;
+  function database() {   // Promise of the database, or of null when this browser has none
+    if (!opening) {
+      opening = new Promise(function (resolve) {
+        try {
+          var request = window.indexedDB.open(DB_NAME, 1);
+          request.onupgradeneeded = function () {
+            request.result.createObjectStore(DB_STORE, {keyPath: ["widget", "visitor", "id"]});
+          };
+          request.onsuccess = function () { resolve(request.result); };
+          request.onerror = function (event) { event.preventDefault(); resolve(null); };
+        } catch (e) { resolve(null); }
+      });
+    }
+    return opening;
+  }
+  function transact(work) {  // work(objectStore) in one read-write transaction: Promise of whether it committed
+    return database().then(function (db) {
+      if (!db) { return false; }
+      return new Promise(function (resolve) {
+        try {
+          var tx = db.transaction(DB_STORE, "readwrite");
+          tx.oncomplete = function () { resolve(true); };
+          tx.onabort = function () { resolve(false); };  // a failed request (quota exceeded, storage refused)
+          work(tx.objectStore(DB_STORE));
+        } catch (e) { resolve(false); }
+      });
+    });
+  }
+  function visitorId() { return token ? String(token).split(".")[0] : ""; }  // "" before the first welcome
+  function keep(item, file) {
+    var visitor = visitorId();
+    var saving = transact(function (store) {
+      store.put({widget: base, visitor: visitor, id: item.id, at: item.at,
+                 files: [{filename: file.filename, content_type: file.content_type, data: file.data}]});
+    });
+    kept[item.id] = {visitor: visitor, saving: saving};
+    saving.then(function (saved) {
+      if (!saved && kept[item.id]) { noteOn(shown[item.id], t.unsaved, false); }
+    });
+  }
+  function forget(id) {  // the server has it (or refused it for good): its entry goes
+    var entry = kept[id];
+    if (!entry) { return; }
+    delete kept[id];
+    entry.saving.then(function (saved) {
+      if (saved) { transact(function (store) { store["delete"]([base, entry.visitor, id]); }); }
+    });
+  }
+  function restore() {
+    var waiting = {};
+    queue.forEach(function (item) { if (item.files) { waiting[item.id] = true; } });
+    var visitor = visitorId(), oldest = Date.now() - KEEP_DAYS * 86400000;
+    transact(function (store) {
+      // this widget's entries: [base] sorts before every [base, visitor, id], and [base, []] after
+      var cursor = store.openCursor(IDBKeyRange.bound([base], [base, []]));
+      cursor.onsuccess = function () {
+        var at = cursor.result;
+        if (!at) { return; }
+        var entry = at.value;
+        if (!waiting[entry.id] || (entry.visitor && entry.visitor !== visitor) || !(entry.at >= oldest)) {
+          at["delete"]();
+        } else {
+          files[entry.id] = entry.files.map(function (f) {
+            return {filename: f.filename, content_type: f.content_type, content_base64: base64(f.data)};
+          });
+          kept[entry.id] = {visitor: entry.visitor, saving: Promise.resolve(true)};
+        }
+        at["continue"]();
+      };
+    }).then(function () {
+      // A queued file whose bytes are not here (no IndexedDB then, or cleared): say so, never drop it silently.
+      queue.filter(function (item) { return item.files && !files[item.id]; }).forEach(function (item) {
+        queue = queue.filter(function (q) { return q.id !== item.id; });
+        var names = item.files.map(function (f) { return f.filename; }).join(", ");
+        noteOn(renderPending(item), fill(t.fileLost, {name: names}), true);
+      });
+      save("queue", queue);
+      restoring = false;
+      flushQueue();
+    });
+  }
+  function base64(buffer) {
+    var bytes = new Uint8Array(buffer), parts = [];
+    for (var i = 0; i < bytes.length; i += 0x8000) {
+      parts.push(String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000)));
+    }
+    return window.btoa(parts.join(""));
   }
 
   // ------------------------------------------------------------ user actions
@@ -432,16 +559,18 @@
     window.crypto.getRandomValues(bytes);
     return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
   }
-  function enqueue(body, attachments) {
-    var item = {id: newId(), text: body};
-    if (attachments) { files[item.id] = attachments; }
-    queue.push(item); save("queue", queue);
-    renderPending(item);
-    if (online) {
-      var frame = {type: "message", id: item.id, text: item.text};
-      if (attachments) { frame.attachments = attachments; }
-      sendFrame(frame);
+  function enqueue(body, file) {
+    var item = {id: newId(), text: body, at: Date.now()};
+    if (file) {
+      item.files = [{filename: file.filename, size: file.data.byteLength}];
+      files[item.id] = [{filename: file.filename, content_type: file.content_type,
+                         content_base64: base64(file.data)}];
+      keep(item, file);
     }
+    queue.push(item); save("queue", queue);
+    notify("");
+    renderPending(item);
+    if (online && !restoring) { sendItem(item); }
   }
   composer.addEventListener("submit", function (event) {
     event.preventDefault();
@@ -462,19 +591,28 @@
     fileInput.value = "";
     if (!file) { return; }
     if (file.size > limits.max_file_bytes) {
-      status.removeAttribute("data-i18n");
-      status.textContent = fill(t.tooLarge, {name: file.name, mb: Math.round(limits.max_file_bytes / 1048576)});
+      notify(fill(t.tooLarge, {name: file.name, mb: Math.round(limits.max_file_bytes / 1048576)}));
       return;
     }
+    // What may wait per visitor: the files queued and those still being read.
+    var waiting = queue.filter(function (q) { return q.files; });
+    var bytes = waiting.reduce(function (sum, q) {
+      return sum + q.files.reduce(function (s, f) { return s + (f.size || 0); }, 0);
+    }, reading.bytes);
+    if (waiting.length + reading.files >= KEEP_FILES || bytes + file.size > KEEP_BYTES) {
+      notify(fill(t.offlineFull, {name: file.name, files: KEEP_FILES, mb: KEEP_BYTES / 1048576}));
+      return;
+    }
+    reading.files += 1; reading.bytes += file.size;
     var reader = new FileReader();
-    reader.onload = function () {
-      var data = String(reader.result);
-      var comma = data.indexOf(",");
-      enqueue(text.value.trim(), [{filename: file.name, content_type: file.type || "application/octet-stream",
-                                   content_base64: data.slice(comma + 1)}]);
+    reader.onloadend = function () {
+      reading.files -= 1; reading.bytes -= file.size;
+      if (!reader.result) { return; }  // unreadable (removed meanwhile): nothing to send
+      enqueue(text.value.trim(), {filename: file.name, content_type: file.type || "application/octet-stream",
+                                  data: reader.result});
       text.value = "";
     };
-    reader.readAsDataURL(file);
+    reader.readAsArrayBuffer(file);
   });
   function showPrechat() {
     var wanted = settings.pre_chat_form && !profile && !log.querySelector("li");
@@ -519,6 +657,8 @@
   function mount() {
     document.body.appendChild(host);
     if (script.hasAttribute("data-open")) { open(); }
+    queue.forEach(renderPending);  // what waits from the last visit, offline or not
+    restore();
     connect();
   }
   if (document.body) { mount(); } else { document.addEventListener("DOMContentLoaded", mount); }
