@@ -162,8 +162,8 @@ def cached_files(root: Path) -> list[CachedFile]:
                 continue
             try:
                 st = os.stat(os.path.join(folder, name))
-            except FileNotFoundError:
-                continue  # removed meanwhile
+            except OSError:
+                continue  # removed meanwhile (or unreadable: left alone, not counted)
             found.append(CachedFile(name, st.st_size, max(st.st_atime, st.st_mtime)))
     found.sort(key=lambda f: f.used)
     return found

@@ -49,8 +49,9 @@ class BlobCache:
         self.size_bytes = 0  # of the indexed files (the gauge)
         self.evicted_files = 0  # removed to keep to the budget (the counter)
         self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._oversize: set[str] = set()  # indexed files larger than the whole budget
         self._held: Counter[str] = Counter()
-        self._pinned_until: dict[str, float] = {}
+        self._pinned_until: OrderedDict[str, float] = OrderedDict()  # soonest to end first
         self._removing: dict[str, asyncio.Future[None]] = {}
         self._passes: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -80,20 +81,23 @@ class BlobCache:
 
     def used(self, digest: str, size: int) -> None:
         """A file handed out to a reader: the most recently used, pinned for a while."""
-        self._pinned_until[digest] = self.clock() + self.pin_seconds
+        if self.max_bytes > 0:
+            now = self.clock()
+            self._unpin(now)
+            self._pinned_until[digest] = now + self.pin_seconds
+            self._pinned_until.move_to_end(digest)
         self.added(digest, size)
 
     def added(self, digest: str, size: int) -> None:
         """A file is in the cache (written, fetched or found): counted, most recently used;
         a pass starts when the cache is over its budget."""
-        self.size_bytes += size - self._sizes.pop(digest, 0)
-        self._sizes[digest] = size
+        self._index(digest, size)
         self._check()
 
     def forget(self, digests: Iterable[str]) -> None:
         """Files removed because their bytes were deleted (retention, erasure)."""
         for digest in digests:
-            self.size_bytes -= self._sizes.pop(digest, 0)
+            self._drop(digest)
             self._pinned_until.pop(digest, None)
 
     def seed(self, found: list[tuple[str, int]], strangers: Iterable[str] = ()) -> None:
@@ -105,9 +109,8 @@ class BlobCache:
         for digest, size in reversed(found):
             if digest in self._sizes or digest in self._removing:
                 continue
-            self._sizes[digest] = size
+            self._index(digest, size)
             self._sizes.move_to_end(digest, last=False)
-            self.size_bytes += size
         self._check()
 
     async def idle(self) -> None:
@@ -136,38 +139,53 @@ class BlobCache:
             self._passes.add(task)
             task.add_done_callback(self._passes.discard)
         if self.size_bytes > self.max_bytes and self._timer is None and self._pinned_until:
-            delay = max(0.0, min(self._pinned_until.values()) - self.clock())
+            delay = max(0.0, next(iter(self._pinned_until.values())) - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._recheck)
 
     def _recheck(self) -> None:
         self._timer = None
         self._check()
 
+    def _index(self, digest: str, size: int) -> None:
+        """Count a file as the most recently used."""
+        self._drop(digest)
+        self._sizes[digest] = size
+        self.size_bytes += size
+        if size > self.max_bytes > 0:
+            self._oversize.add(digest)
+
+    def _drop(self, digest: str) -> None:
+        self.size_bytes -= self._sizes.pop(digest, 0)
+        self._oversize.discard(digest)
+
+    def _unpin(self, now: float) -> None:
+        """Forget the pins that ran out (every pin lasts as long: the oldest end first)."""
+        while self._pinned_until:
+            digest, until = next(iter(self._pinned_until.items()))
+            if until > now and digest in self._sizes:
+                break
+            del self._pinned_until[digest]
+
     def _victims(self) -> list[tuple[str, int]]:
         """The files a pass removes (out of the index at once): unpinned files larger than
         the whole budget, then the least recently used down to ``LOW_WATER``. A pinned file
         larger than the budget is not made room for: it goes itself once unpinned."""
-        now = self.clock()
-        self._pinned_until = {d: t for d, t in self._pinned_until.items()
-                              if t > now and d in self._sizes}
+        self._unpin(self.clock())
         pinned = self._pinned_until.keys() | self._held.keys()
-        passing = sum(self._sizes[d] for d in pinned
-                      if self._sizes.get(d, 0) > self.max_bytes)
-        excess = self.size_bytes - passing - int(self.max_bytes * LOW_WATER)
-        victims = [(d, size) for d, size in self._sizes.items()
-                   if size > self.max_bytes and d not in pinned]
-        excess -= sum(size for _d, size in victims)
+        victims = [(d, self._sizes[d]) for d in self._oversize if d not in pinned]
+        passing = sum(self._sizes[d] for d in self._oversize if d in pinned)
+        excess = (self.size_bytes - passing - sum(size for _d, size in victims)
+                  - int(self.max_bytes * LOW_WATER))
         if excess > 0:
             for digest, size in self._sizes.items():
                 if excess <= 0:
                     break
-                if digest in pinned or size > self.max_bytes:
+                if digest in pinned or digest in self._oversize:
                     continue
                 victims.append((digest, size))
                 excess -= size
-        for digest, size in victims:
-            del self._sizes[digest]
-            self.size_bytes -= size
+        for digest, _size in victims:
+            self._drop(digest)
         return victims
 
     async def _remove(self, victims: list[tuple[str, int]], done: asyncio.Future[None]) -> None:
