@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -121,6 +122,21 @@ async def test_a_reader_of_a_file_being_removed_waits_and_gets_the_bytes_again(
     assert await late == d[0]
     await reader.blob_cache.idle()
     assert on_disk(reader) == {d[2], d[0]}
+
+
+async def test_concurrent_readers_over_a_small_budget_always_get_the_bytes(
+        pg_server: PgServer, tmp_path: Path, open_store: Open) -> None:
+    dsn = pg_server.fresh_database()
+    writer = await open_store(dsn, tmp_path / "a", blob_cache_max_bytes=0)
+    reader = await open_store(dsn, tmp_path / "b", blob_cache_max_bytes=350_000)
+    reader.blob_cache.pin_seconds = 0  # each reader reads the moment it has the path
+    d = await put(writer, 8)
+    order = [d[i] for i in random.Random(7).choices(range(8), k=80)]
+    assert await asyncio.gather(*(read(reader, digest) for digest in order)) == order
+    await reader.blob_cache.idle()
+    assert reader.blob_cache.size_bytes <= 350_000 and reader.blob_cache.evicted_files > 0
+    assert sum(reader.blob_path(x).stat().st_size for x in on_disk(reader)) \
+        == reader.blob_cache.size_bytes
 
 
 async def test_a_handed_out_file_stays_until_its_pin_runs_out(
