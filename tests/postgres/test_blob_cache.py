@@ -18,11 +18,13 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from gateway.config import BLOB_CACHE_MAX_BYTES, StoreConfig, parse_config
-from gateway.errors import ConfigErrors
+from gateway.errors import ConfigErrors, StoreError
 from gateway.metrics import Metrics
-from gateway.store.postgres import PostgresStore, cache
+from gateway.store.base import StoredAttachment
+from gateway.store.postgres import PostgresStore, blobs, cache
 from gateway.store.postgres.blobs import cached_files
 from gateway.store.postgres.cache import BlobCache
+from normalizer.model import InboundMessage, Party
 from tests.helpers import wait_until
 from tests.postgres.server import PgServer
 
@@ -206,6 +208,37 @@ async def test_the_start_sweep_counts_the_cache_and_brings_it_within_budget(
     assert bounded.blob_cache.size_bytes == 3 * SIZE and bounded.blob_cache.evicted_files == 2
     assert staged.read_bytes() == b"partial"
     assert await read(bounded, d[3]) == d[3]
+
+
+async def test_a_file_whose_bytes_are_not_in_the_table_is_never_evicted(
+        pg_server: PgServer, tmp_path: Path, open_store: Open,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade from a shared directory whose copy-in failed: the file is the bytes."""
+    dsn = pg_server.fresh_database()
+    data = os.urandom(SIZE)
+    digest = hashlib.sha256(data).hexdigest()
+    shared = tmp_path / "shared"
+    file = shared / "blobs" / digest[:2] / digest[2:4] / digest
+    file.parent.mkdir(parents=True)
+    file.write_bytes(data)
+    first = await open_store(dsn, tmp_path / "first")
+    await first.ingest(InboundMessage(
+        channel="api", account="a", provider_message_id="m1", sender=Party("external", "u1"),
+        text="see attached"), [StoredAttachment(
+        "att_old", "old.bin", "application/octet-stream", SIZE, digest, False, None)])
+
+    def refused(conn: object, sha256: str, path: Path) -> None:
+        raise StoreError("the database refused it")
+    monkeypatch.setattr(blobs, "copy_in", refused)
+    upgraded = await open_store(dsn, shared, blob_cache_max_bytes=150_000)
+    upgraded.blob_cache.pin_seconds = 0
+    assert await read(upgraded, digest) == digest
+    d = await put(first, 2)
+    for other in d:
+        assert await read(upgraded, other) == other
+    await upgraded.blob_cache.idle()
+    assert file.read_bytes() == data and digest not in upgraded.blob_cache
+    assert on_disk(upgraded) == {digest, d[1]}
 
 
 async def test_a_held_file_is_never_chosen(tmp_path: Path) -> None:

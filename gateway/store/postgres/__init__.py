@@ -255,10 +255,11 @@ class PostgresStore(SQLiteStore):
         path = self.blob_path(sha256)
         async with self.blob_cache.held([sha256]):
             size = await asyncio.to_thread(blobs.file_size, path)
-            if size is None:
+            fetched = size is None
+            if fetched:
                 size = await self.pg.read(blobs.fill_cache, sha256, path)
         if size is not None:
-            self.blob_cache.used(sha256, size)
+            self.blob_cache.used(sha256, size, fetched=fetched)
         return path
 
     # ---------------------------------------------------------------- removal
@@ -296,6 +297,7 @@ class PostgresStore(SQLiteStore):
         copied = removed = 0
         files: list[blobs.CachedFile] = []
         copies: set[str] = set()  # files whose bytes the table holds: safe to evict
+        gone: set[str] = set()
         try:
             files = await asyncio.to_thread(blobs.cached_files, self.blob_dir)
             cached = [f.sha256 for f in files]
@@ -315,13 +317,17 @@ class PostgresStore(SQLiteStore):
                                     error=exc.message)
                     else:
                         copies.add(digest)
-                await asyncio.to_thread(self._uncache, [d for d in rowless if d not in kept])
+                dropped = [d for d in rowless if d not in kept]
+                await asyncio.to_thread(self._uncache, dropped)
+                gone.update(dropped)
                 copied += len(kept)
                 removed += len(rowless) - len(kept)
         except StoreError as exc:
             log.warning("store.blob_sweep_failed", error=exc.message)
+        # What is neither a copy nor gone may be the only copy of its bytes: never evicted.
+        looked_up = copies | gone
         self.blob_cache.seed([(f.sha256, f.size) for f in files if f.sha256 in copies],
-                             [f.sha256 for f in files if f.sha256 not in copies])
+                             [f.sha256 for f in files if f.sha256 not in looked_up])
         if copied or removed:
             log.info("store.blob_cache_swept", copied_in=copied, removed=removed)
         log.info("store.blob_cache_counted", files=len(self.blob_cache),

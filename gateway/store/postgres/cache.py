@@ -56,6 +56,7 @@ class BlobCache:
         self._passes: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False  # no pass before the start-up sweep has seeded the index
+        self._strangers: set[str] = set()  # files found at start that are no copies
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._sizes
@@ -79,8 +80,11 @@ class BlobCache:
                 if self._held[digest] <= 0:
                     del self._held[digest]
 
-    def used(self, digest: str, size: int) -> None:
-        """A file handed out to a reader: the most recently used, pinned for a while."""
+    def used(self, digest: str, size: int, *, fetched: bool) -> None:
+        """A file handed out to a reader (``fetched`` from the table just now, or found):
+        the most recently used, pinned for a while."""
+        if digest in self._strangers and not fetched:
+            return  # its bytes may exist only as this file
         if self.max_bytes > 0:
             now = self.clock()
             self._unpin(now)
@@ -89,8 +93,9 @@ class BlobCache:
         self.added(digest, size)
 
     def added(self, digest: str, size: int) -> None:
-        """A file is in the cache (written, fetched or found): counted, most recently used;
-        a pass starts when the cache is over its budget."""
+        """A file is in the cache and its bytes in the table (stored, fetched): counted,
+        most recently used; a pass starts when the cache is over its budget."""
+        self._strangers.discard(digest)
         self._index(digest, size)
         self._check()
 
@@ -104,10 +109,11 @@ class BlobCache:
         """Files found at start whose bytes the table holds, least recently used first:
         older than any file used since (those are indexed already). ``strangers``: files
         found that are no copies (or were not looked up): never removed, not counted."""
-        self.forget(strangers)
+        self._strangers.update(strangers)
+        self.forget(self._strangers)
         self._counted = True
         for digest, size in reversed(found):
-            if digest in self._sizes or digest in self._removing:
+            if digest in self._sizes or digest in self._removing or digest in self._strangers:
                 continue
             self._index(digest, size)
             self._sizes.move_to_end(digest, last=False)
