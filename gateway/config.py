@@ -55,6 +55,11 @@ class ServerConfig:
     shutdown_timeout: float = 20.0
     max_streams_per_token: int = 8
 
+# PostgreSQL: how much of <data_dir>/blobs this instance's copies of attachment bytes may
+# take (docs/postgresql.md, "Cache size"): ~80 attachments at the 25 MiB maximum, thousands
+# of typical photos and PDFs; a file read again after it went costs one fetch.
+BLOB_CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
@@ -69,6 +74,7 @@ class StoreConfig:
     default_region: str = "US"
     batch_max: int = 256
     claim_lease_seconds: float = 45.0  # PostgreSQL: how long a claimed row is an instance's
+    blob_cache_max_bytes: int = BLOB_CACHE_MAX_BYTES  # PostgreSQL: the local cache's budget
 
     @property
     def backend(self) -> str:
@@ -251,8 +257,14 @@ def _parse_store(section: Section | None, environ: Mapping[str, str]) -> StoreCo
     lease = float(section.get("claim_lease_seconds", (int, float), 45.0))
     if lease < 1:
         section.error("claim_lease_seconds", "must be at least 1")
+    cache = section.get("blob_cache_max_bytes", int, BLOB_CACHE_MAX_BYTES)
+    if cache < 0:
+        section.error("blob_cache_max_bytes", "must be 0 (no limit) or more",
+                      "bytes, e.g. 2147483648 for 2 GiB (docs/postgresql.md, \"Cache size\")")
+        cache = BLOB_CACHE_MAX_BYTES
     section.finish()
-    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch, lease)
+    return StoreConfig(url, data_dir, sync, window, retention, max_att, region, batch, lease,
+                       cache)
 
 
 def _parse_stats(section: Section | None) -> StatsConfig:

@@ -112,6 +112,8 @@ class Gateway:
                                  on_batch=self.metrics.store_batch.observe,
                                  on_fatal=self._store_failed,
                                  on_samples=self.metrics.observe_support)
+        if self.sqlite.blob_cache is not None:
+            self.metrics.watch_blob_cache(self.sqlite.blob_cache)
         self.store: Store = self.sqlite
         # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
         self.sqlite.automation = self.automation = automation_for(config)

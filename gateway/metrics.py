@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.logging import lines_dropped
+from gateway.store.base import BlobCacheStats
 
 
 class Metrics:
@@ -64,6 +65,10 @@ class Metrics:
                 ("resolution", "Customer's first message to a close"))}
         r.register(_LogLinesDropped())
 
+    def watch_blob_cache(self, cache: BlobCacheStats) -> None:
+        """Export the local attachment cache's size and evictions (PostgreSQL's store)."""
+        self.registry.register(_BlobCache(cache))
+
     def observe_support(self, samples: list[tuple[str, str, str, float]]) -> None:
         """Durations a committed batch measured: (frt | response | resolution, channel,
         account, seconds). Called on the store's writer thread."""
@@ -79,3 +84,18 @@ class _LogLinesDropped(Collector):
         yield CounterMetricFamily("omnirelay_log_lines_dropped",
                                   "Log lines dropped because stdout did not keep up",
                                   value=lines_dropped())
+
+
+class _BlobCache(Collector):
+    """The local cache of attachment bytes, read when scraped (docs/postgresql.md)."""
+
+    def __init__(self, cache: BlobCacheStats) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("omnirelay_blob_cache_bytes",
+                                "Bytes of attachment copies in this instance's cache",
+                                value=self.cache.size_bytes)
+        yield CounterMetricFamily("omnirelay_blob_cache_evicted_files",
+                                  "Cached attachment files removed to keep to the budget",
+                                  value=self.cache.evicted_files)

@@ -175,6 +175,19 @@ class BlobStore(Protocol):
         means the bytes are gone (retention, erasure)."""
 
 
+class BlobCacheStats(Protocol):
+    """A local cache of attachment bytes as the metrics see it (PostgreSQL's; SQLite has
+    none: its files are the bytes themselves)."""
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes the cached files take."""
+
+    @property
+    def evicted_files(self) -> int:
+        """Files removed so far to keep the cache to its budget."""
+
+
 class IngestStore(BlobStore, Protocol):
     """The inbound path (gateway/ingest.py)."""
 

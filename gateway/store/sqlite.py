@@ -27,6 +27,7 @@ from gateway.stats.query import StatsQuery, compute_stats
 from gateway.store import compact, queries
 from gateway.store.base import (
     JSON,
+    BlobCacheStats,
     ChangeResult,
     Delivery,
     FetchBacklog,
@@ -177,6 +178,8 @@ class SQLiteStore:
         self.config = config
         self.path = config.sqlite_path
         self.blob_dir = config.data_dir / "blobs"
+        # No cache to bound: these files are the attachment bytes (PostgreSQL's are copies).
+        self.blob_cache: BlobCacheStats | None = None
         self.layer = SQLiteJobs(on_samples)
         self.engine = CommitEngine(self.path, self.layer, synchronous=config.synchronous,
                                    batch_max=config.batch_max, on_commit=on_commit,

@@ -159,6 +159,7 @@ async def test_the_help_desk_automation_and_metrics_on_postgres(pg_server: PgSer
             assert mine["csat"]["surveys_sent"] == 1 and mine["csat"]["average_score"] == 5.0
             async with http.get(f"{daemon.url}/metrics") as resp:
                 exposition = await resp.text()
+            assert "omnirelay_blob_cache_bytes " in exposition  # the local attachment cache
             for name in ("first_response", "response", "resolution"):
                 line = next(line for line in exposition.splitlines() if line.startswith(
                     f'omnirelay_{name}_seconds_count{{account="crm",channel="api"}}'))

@@ -6,7 +6,7 @@ once), on its own engine (:mod:`.engine`: cross-instance seqs, LISTEN/NOTIFY, ad
 locks), with the claims that several instances share (:mod:`.jobs`: SKIP LOCKED leases)
 and the pushes they pass each other (:mod:`.broadcast`: a web chat reply to a socket held
 by another instance). Attachment bytes are in the database (:mod:`.blobs`); each
-instance's ``<data_dir>/blobs`` is a cache of them.
+instance's ``<data_dir>/blobs`` is a cache of them, held to a disk budget (:mod:`.cache`).
 docs/postgresql.md tells the whole story.
 """
 
@@ -51,6 +51,7 @@ from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
 from gateway.store.postgres import blobs
 from gateway.store.postgres import broadcast as push
 from gateway.store.postgres import jobs as pg
+from gateway.store.postgres.cache import BlobCache
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.engine import PgEngine
 from gateway.store.postgres.singleton import run_owned
@@ -106,6 +107,8 @@ class PostgresStore(SQLiteStore):
     """The store on PostgreSQL. It keeps the SQLite store's facade (each method queues the
     same job or runs the same read) and replaces the engine and the shared claims."""
 
+    blob_cache: BlobCache  # data_dir/blobs holds copies: kept to [store] blob_cache_max_bytes
+
     def __init__(self, config: StoreConfig, *, on_commit: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None, readers: int = 4,
@@ -116,6 +119,7 @@ class PostgresStore(SQLiteStore):
         self.url = config.url
         self.path = config.data_dir / "postgresql"  # nothing is written there
         self.blob_dir = config.data_dir / "blobs"
+        self.blob_cache = BlobCache(self.blob_path, config.blob_cache_max_bytes)
         self.pg = PgEngine(config.url, batch_max=config.batch_max, quiet=QUIET_JOBS,
                            lock_keys={_ingest: ingest_lock_keys,
                                       _ingest_all: ingest_all_lock_keys},
@@ -145,7 +149,7 @@ class PostgresStore(SQLiteStore):
         (in the background)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         await self.pg.open()
-        self._unsubscribe = self._blobs_gone.subscribe(self._evict)
+        self._unsubscribe = self._blobs_gone.subscribe(self._heard_gone)
         self._sweep = asyncio.create_task(self._sweep_cache(), name="blob-cache-sweep")
 
     async def close(self) -> None:
@@ -158,6 +162,7 @@ class PostgresStore(SQLiteStore):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sweep
             self._sweep = None
+        await self.blob_cache.close()
         await self.pg.close()
 
     async def ping(self) -> None:
@@ -189,20 +194,28 @@ class PostgresStore(SQLiteStore):
         stored = await asyncio.to_thread(_digested, items)
         await self.pg.read(blobs.insert, [(att.sha256, data) for att, data in
                                           zip(stored, (i[2] for i in items), strict=True)])
-        await asyncio.to_thread(self._cache_all, stored, [i[2] for i in items])
+        async with self.blob_cache.held(att.sha256 for att in stored):
+            cached = await asyncio.to_thread(self._cache_all, stored, [i[2] for i in items])
+        for digest, size in cached:
+            self.blob_cache.added(digest, size)
         return stored
 
-    def _cache_all(self, stored: list[StoredAttachment], datas: list[bytes]) -> None:
+    def _cache_all(self, stored: list[StoredAttachment], datas: list[bytes]
+                   ) -> list[tuple[str, int]]:
         """Keep a copy here too (the instance that stored them often sends them next): no
-        fsync, and a full disk only costs a fetch later (the database holds the bytes)."""
+        fsync, and a full disk only costs a fetch later (the database holds the bytes).
+        The (digest, size) of the files now in the cache."""
+        cached = []
         for att, data in zip(stored, datas, strict=True):
             path = self.blob_path(att.sha256)
-            if path.exists():
-                continue
             try:
-                write_atomically(path, data, sync=False)
+                if not path.exists():
+                    write_atomically(path, data, sync=False)
             except OSError as exc:
                 log.warning("store.blob_cache_failed", sha256=att.sha256, error=str(exc))
+                continue
+            cached.append((att.sha256, len(data)))
+        return cached
 
     async def put_blob_file(self, staged: Path, sha256: str) -> None:
         """Stream a staged download into the ``blobs`` table (not read whole into memory),
@@ -212,28 +225,42 @@ class PostgresStore(SQLiteStore):
         except BaseException:
             await asyncio.to_thread(staged.unlink, missing_ok=True)
             raise
-        await asyncio.to_thread(self._cache_staged, staged, sha256)
+        async with self.blob_cache.held([sha256]):
+            size = await asyncio.to_thread(self._cache_staged, staged, sha256)
+        if size is not None:
+            self.blob_cache.added(sha256, size)
 
-    def _cache_staged(self, staged: Path, sha256: str) -> None:
+    def _cache_staged(self, staged: Path, sha256: str) -> int | None:
         """The stored download becomes the cached file (no fsync: the database holds the
-        bytes), or goes (the same bytes are cached already, or the disk is full)."""
+        bytes), or goes (the same bytes are cached already, or the disk is full). The
+        cached file's size; None when there is none."""
         path = self.blob_path(sha256)
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 staged.replace(path)
+            return path.stat().st_size
         except OSError as exc:
             log.warning("store.blob_cache_failed", sha256=sha256, error=str(exc))
+            return None
         finally:
             staged.unlink(missing_ok=True)
 
     async def blob_file(self, sha256: str) -> Path:
         """This instance's cached file of the bytes, fetched from the database when missing
         (in chunks to a temporary file, renamed into place: off the event loop, never a
-        partial file). A path that does not exist: no row holds the bytes (purged)."""
+        partial file). A path that does not exist: no row holds the bytes (purged).
+
+        The file is held from the look-up on and pinned for a while after (:mod:`.cache`):
+        keeping the cache to its budget never removes it before the caller opened it."""
         path = self.blob_path(sha256)
-        if not await asyncio.to_thread(path.is_file):
-            await self.pg.read(blobs.fill_cache, sha256, path)
+        async with self.blob_cache.held([sha256]):
+            size = await asyncio.to_thread(blobs.file_size, path)
+            fetched = size is None
+            if fetched:
+                size = await self.pg.read(blobs.fill_cache, sha256, path)
+        if size is not None:
+            self.blob_cache.used(sha256, size, fetched=fetched)
         return path
 
     # ---------------------------------------------------------------- removal
@@ -244,6 +271,7 @@ class PostgresStore(SQLiteStore):
         if not digests:
             return
         gone = await self.pg.read(blobs.delete_unreferenced, digests)
+        self.blob_cache.forget(gone)
         await asyncio.to_thread(self._uncache, gone)
         for payload in blobs.gone_payloads(gone, self._blobs_gone.limit):
             try:
@@ -255,21 +283,29 @@ class PostgresStore(SQLiteStore):
         for digest in digests:
             self.blob_path(digest).unlink(missing_ok=True)
 
-    def _evict(self, payload: str) -> None:
+    def _heard_gone(self, payload: str) -> None:
         """Another instance deleted these bytes: drop the cached files (off the loop)."""
         digests = [d for d in payload.split(",") if blobs.is_digest(d)]
+        self.blob_cache.forget(digests)
         asyncio.get_running_loop().run_in_executor(None, self._uncache, digests)
 
     async def _sweep_cache(self) -> None:
         """At start, the cached files the table has no row for: bytes deleted while this
         instance was down (it missed the notification) go; bytes an attachment still
-        names were stored before migration 0011 (a shared directory) and are copied in."""
+        names were stored before migration 0011 (a shared directory) and are copied in.
+        The files with a row are counted, in the order they were last read, and the cache
+        is brought within its budget."""
         copied = removed = 0
+        files: list[blobs.CachedFile] = []
+        copies: set[str] = set()  # files whose bytes the table holds: safe to evict
+        gone: set[str] = set()
         try:
-            cached = await asyncio.to_thread(blobs.cached_digests, self.blob_dir)
+            files = await asyncio.to_thread(blobs.cached_files, self.blob_dir)
+            cached = [f.sha256 for f in files]
             for start in range(0, len(cached), blobs.SWEEP_CHUNK):
                 chunk = cached[start:start + blobs.SWEEP_CHUNK]
                 held = await self.pg.read(blobs.present, chunk)
+                copies |= held
                 rowless = [d for d in chunk if d not in held]
                 if not rowless:
                     continue
@@ -280,13 +316,23 @@ class PostgresStore(SQLiteStore):
                     except StoreError as exc:  # that file only (removed meanwhile?)
                         log.warning("store.blob_copy_failed", sha256=digest,
                                     error=exc.message)
-                await asyncio.to_thread(self._uncache, [d for d in rowless if d not in kept])
+                    else:
+                        copies.add(digest)
+                dropped = [d for d in rowless if d not in kept]
+                await asyncio.to_thread(self._uncache, dropped)
+                gone.update(dropped)
                 copied += len(kept)
                 removed += len(rowless) - len(kept)
         except StoreError as exc:
             log.warning("store.blob_sweep_failed", error=exc.message)
+        # What is neither a copy nor gone may be the only copy of its bytes: never evicted.
+        looked_up = copies | gone
+        self.blob_cache.seed([(f.sha256, f.size) for f in files if f.sha256 in copies],
+                             [f.sha256 for f in files if f.sha256 not in looked_up])
         if copied or removed:
             log.info("store.blob_cache_swept", copied_in=copied, removed=removed)
+        log.info("store.blob_cache_counted", files=len(self.blob_cache),
+                 cache_bytes=self.blob_cache.size_bytes, max_bytes=self.blob_cache.max_bytes)
 
     async def erase_customer(self, customer_id: str) -> JSON:
         """Delete everything of a customer (PostgreSQL's VACUUM reclaims the rows)."""

@@ -9,6 +9,7 @@ instances need no shared directory; each instance's ``<data_dir>/blobs`` is a ca
   into place, so a reader never sees a partial file.
 - Deleted with the last attachment that names them (retention, erasure); every instance
   drops its cached file (a NOTIFY, and at start a sweep for what it missed while down).
+- The cache is held to a disk budget, least recently read files first (:mod:`.cache`).
 
 Every function here runs on a reader thread with its autocommit connection
 (``PgEngine.read``): the bytes commit on their own, without holding up the writer's batch.
@@ -19,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg.errors
@@ -74,13 +77,13 @@ def copy_in(conn: Connection, sha256: str, path: Path) -> None:
         raise StoreError(f"cannot store an attachment: {exc.strerror or exc}") from exc
 
 
-def fill_cache(conn: Connection, sha256: str, path: Path) -> None:
-    """Fetch the bytes into ``path`` (temporary file, digest checked, rename); nothing
-    when no row holds them (purged, or deleted meanwhile)."""
+def fill_cache(conn: Connection, sha256: str, path: Path) -> int | None:
+    """Fetch the bytes into ``path`` (temporary file, digest checked, rename) and return
+    their size; nothing (None) when no row holds them (purged, or deleted meanwhile)."""
     raw = conn.raw
     row = raw.execute("SELECT size FROM blobs WHERE sha256 = %s", (sha256,)).fetchone()
     if row is None:
-        return
+        return None
     size = int(row[0])
     tmp = path.with_name(f".{sha256}.{threading.get_ident()}.tmp")
     digest = hashlib.sha256()
@@ -92,7 +95,7 @@ def fill_cache(conn: Connection, sha256: str, path: Path) -> None:
                                    "WHERE sha256 = %s", (offset + 1, CHUNK, sha256),
                                    binary=True).fetchone()
                 if part is None:
-                    return  # deleted while read: the bytes are gone
+                    return None  # deleted while read: the bytes are gone
                 data = bytes(part[0])
                 fh.write(data)
                 digest.update(data)
@@ -103,6 +106,16 @@ def fill_cache(conn: Connection, sha256: str, path: Path) -> None:
         raise StoreError(f"cannot cache an attachment: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+    return size
+
+
+def file_size(path: Path) -> int | None:
+    """The size of a cached file; None when there is no such file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def named(conn: Connection, digests: list[str]) -> set[str]:
@@ -128,13 +141,31 @@ def present(conn: Connection, digests: list[str]) -> set[str]:
         "SELECT sha256 FROM blobs WHERE sha256 = ANY(%s)", (digests,))}
 
 
-def cached_digests(root: Path) -> list[str]:
-    """The digests of the files in a cache directory (its ``.staging`` left alone)."""
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """A file found in the cache directory at start."""
+
+    sha256: str
+    size: int
+    used: float  # when it was last read or written (atime, or mtime when later)
+
+
+def cached_files(root: Path) -> list[CachedFile]:
+    """The files of a cache directory, least recently used first (its ``.staging`` left
+    alone). A file system mounted ``noatime`` gives the order they were written in."""
     found = []
     for folder, dirs, files in os.walk(root):
         if folder == str(root):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [name for name in files if is_digest(name)]
+        for name in files:
+            if not is_digest(name):
+                continue
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue  # removed meanwhile (or unreadable: left alone, not counted)
+            found.append(CachedFile(name, st.st_size, max(st.st_atime, st.st_mtime)))
+    found.sort(key=lambda f: f.used)
     return found
 
 
