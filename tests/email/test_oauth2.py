@@ -1,0 +1,337 @@
+"""OAuth2 (SASL XOAUTH2) sign-in: the token source, IMAP against Dovecot, the SMTP relay.
+
+The authorization server is a local one speaking the token endpoint's wire format
+(tests/email/oauth2_server.py); Dovecot checks the tokens it issued through RFC 7662
+introspection, so a token omnirelay did not refresh in time is refused for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from adapters.email.config import ImapSettings, ServerSettings
+from adapters.email.imap import Mailbox
+from adapters.email.outbound import submit
+from gateway.config import parse_config
+from gateway.configkit import Secret
+from gateway.errors import ConfigErrors, RetryableSendError, StoreError
+from gateway.oauth2 import (
+    AccessTokens,
+    OAuth2Rejected,
+    OAuth2Settings,
+    OAuth2Unavailable,
+)
+from tests.email.oauth2_server import OAuth2Server
+from tests.email.servers import Dovecot, Xoauth2Sink, mail
+from tests.email.test_adapter import FakeIngest, FakeStore, ingest_into
+from tests.helpers import unique
+
+
+class DictStore:
+    """Checkpoints in a dict; ``broken`` makes every call fail like a full disk."""
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[str, str] = {}
+        self.broken = False
+
+    async def get_checkpoint(self, key: str) -> str | None:
+        if self.broken:
+            raise StoreError("disk full")
+        return self.checkpoints.get(key)
+
+    async def set_checkpoint(self, key: str, value: str) -> None:
+        if self.broken:
+            raise StoreError("disk full")
+        self.checkpoints[key] = value
+
+    async def init_checkpoint(self, key: str, value: str) -> str:
+        return self.checkpoints.setdefault(key, value)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The daemon's kind of HTTP client session."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+def oauth(oauth2_server: OAuth2Server) -> OAuth2Server:
+    """The session's authorization server, knobs back to their defaults."""
+    server = oauth2_server
+    server.expires_in, server.rotate, server.revoke_used = 3600, False, False
+    server.failures.clear()
+    server.requests.clear()
+    server.introspections.clear()
+    return server
+
+
+def delegated(oauth: OAuth2Server, refresh_token: str, **overrides: Any) -> OAuth2Settings:
+    """Settings for a refresh token of ``oauth``."""
+    values: dict[str, Any] = {
+        "token_url": oauth.url, "client_id": oauth.client_id,
+        "client_secret": Secret(oauth.client_secret), "refresh_token": Secret(refresh_token),
+        "scope": "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"}
+    values.update(overrides)
+    return OAuth2Settings(**values)
+
+
+def imap_settings(dovecot: Dovecot, user: str, oauth: OAuth2Server) -> ImapSettings:
+    """Plain IMAP to Dovecot, signing in with a token of ``oauth``."""
+    return ImapSettings("127.0.0.1", dovecot.port, "none", user, None, timeout=5.0,
+                        oauth2=delegated(oauth, "unused"))
+
+
+# ---------------------------------------------------------------- the token source
+
+
+async def test_refresh_grant_is_form_encoded_cached_and_shared_by_concurrent_callers(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    refresh = oauth.consent("alice@shop.example")
+    tokens = AccessTokens(delegated(oauth, refresh), http=session)
+    first = await asyncio.gather(*(tokens.token() for _ in range(5)))
+    assert len(set(first)) == 1 and oauth.active(first[0], "alice@shop.example")
+    assert await tokens.token() == first[0]
+    (request,) = oauth.requests  # one refresh for six callers
+    assert request.form == {
+        "grant_type": "refresh_token", "client_id": oauth.client_id,
+        "client_secret": oauth.client_secret, "refresh_token": refresh,
+        "scope": "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"}
+
+
+async def test_client_credentials_grant_without_a_refresh_token(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    client_id, secret = oauth.grant_app("support@shop.example")
+    tokens = AccessTokens(OAuth2Settings(oauth.url, client_id, Secret(secret),
+                                         scope="https://outlook.office365.com/.default"),
+                          http=session)
+    assert oauth.active(await tokens.token(), "support@shop.example")
+    assert oauth.requests[0].form == {
+        "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
+        "scope": "https://outlook.office365.com/.default"}
+    assert tokens.lineage_key is None  # nothing to keep
+
+
+async def test_a_token_is_replaced_before_it_expires_and_a_rejected_one_once(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    oauth.expires_in = 1  # refreshed after half its life: 0.5 s
+    tokens = AccessTokens(delegated(oauth, oauth.consent("bob@shop.example")), http=session)
+    first = await tokens.token()
+    while len(oauth.requests) < 2:
+        await asyncio.sleep(0.1)  # the clock is the event here: half a second
+        second = await tokens.token()
+    assert second != first
+    # A server refused ``second`` (revoked early): callers passing it back share one refresh.
+    oauth.expires_in = 3600
+    third = await asyncio.gather(*(tokens.token(rejected=second) for _ in range(3)))
+    assert len(set(third)) == 1 and third[0] != second and len(oauth.requests) == 3
+    # A caller still holding the older token gets the current one, with no request.
+    assert await tokens.token(rejected=first) == third[0] and len(oauth.requests) == 3
+
+
+async def test_rotated_refresh_token_is_kept_and_used_after_a_restart(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    oauth.rotate = oauth.revoke_used = True  # the used one stops working at once
+    configured = oauth.consent("carol@shop.example")
+    store = DictStore()
+    tokens = AccessTokens(delegated(oauth, configured), http=session, store=store)
+    await tokens.token()
+    tokens.forget()
+    await tokens.token()
+    used = [r.form["refresh_token"] for r in oauth.requests]
+    assert used[0] == configured and used[1] != configured  # the rotated one, next time
+    (record,) = store.checkpoints.values()
+    newest = orjson.loads(record)["refresh_token"]
+    assert newest not in used and newest in oauth.refresh_tokens
+    assert configured not in record  # kept by a hash of its origin only
+
+    restarted = AccessTokens(delegated(oauth, configured), http=session, store=store)
+    await restarted.token()
+    assert oauth.requests[-1].form["refresh_token"] == newest
+
+    # A new consent (another configured token) starts afresh: the kept one is not its.
+    fresh = oauth.consent("carol@shop.example")
+    again = AccessTokens(delegated(oauth, fresh), http=session, store=store)
+    await again.token()
+    assert oauth.requests[-1].form["refresh_token"] == fresh
+
+
+async def test_a_store_that_cannot_keep_the_rotated_token_still_signs_in(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    oauth.rotate = oauth.revoke_used = True
+    store = DictStore()
+    store.broken = True
+    tokens = AccessTokens(delegated(oauth, oauth.consent("dan@shop.example")), http=session,
+                          store=store)
+    await tokens.token()
+    tokens.forget()
+    await tokens.token()  # the rotated one, from memory
+    assert [r.status for r in oauth.requests] == [200, 200]
+
+
+async def test_invalid_grant_is_a_clear_auth_error_not_retried_at_once(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    tokens = AccessTokens(delegated(oauth, "rt-revoked-long-ago"), http=session)
+    with pytest.raises(OAuth2Rejected) as raised:
+        await tokens.token()
+    assert raised.value.error == "invalid_grant"
+    assert "invalid_grant" in raised.value.message and "AADSTS70000" in raised.value.message
+    assert "rt-revoked" not in raised.value.message
+    with pytest.raises(OAuth2Rejected):
+        await tokens.token()
+    assert len(oauth.requests) == 1  # the same answer, without asking again
+
+    wrong = AccessTokens(delegated(oauth, oauth.consent("eve@shop.example"),
+                                   client_secret=Secret("not-the-secret")), http=session)
+    with pytest.raises(OAuth2Rejected) as raised:
+        await wrong.token()
+    assert raised.value.error == "invalid_client" and "not-the-secret" not in str(raised.value)
+
+
+async def test_5xx_and_timeouts_are_transient(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    tokens = AccessTokens(delegated(oauth, oauth.consent("fay@shop.example")), http=session,
+                          timeout=0.5)
+    oauth.fail_next(503)
+    with pytest.raises(OAuth2Unavailable) as raised:
+        await tokens.token()
+    assert "HTTP 503" in raised.value.message
+    oauth.hang_next()
+    with pytest.raises(OAuth2Unavailable) as raised:
+        await tokens.token()
+    assert "timed out" in raised.value.message
+    assert oauth.active(await tokens.token())  # the next attempt asks again and works
+
+
+# ---------------------------------------------------------------- config
+
+
+def parse(channel: str) -> Any:
+    """Parse a config with one e-mail channel (the rest minimal)."""
+    text = '[store]\nurl = "sqlite:///x.db"\n[[channels]]\ntype = "email"\nname = "s"\n'
+    return parse_config(text + textwrap.dedent(channel), environ={})
+
+
+OAUTH2 = ('oauth2 = { token_url = "https://login.microsoftonline.com/t/oauth2/v2.0/token", '
+          'client_id = "c", client_secret = "s", refresh_token = "r" }')
+
+
+def test_config_takes_an_oauth2_table_for_imap_and_smtp(tmp_path: Any) -> None:
+    secret, refresh = tmp_path / "client-secret", tmp_path / "refresh-token"
+    secret.write_text("the-secret\n")
+    refresh.write_text("the-refresh-token\n")
+    refresh.chmod(0o400)  # a read-only credential: nothing is ever written there
+    config = parse(f'''
+        address = "s@shop.example"
+        [channels.smtp]
+        host = "smtp.office365.com"
+        username = "s@shop.example"
+        oauth2 = {{ token_url = "https://login.microsoftonline.com/t/oauth2/v2.0/token", client_id = "app", client_secret_file = "{secret}", refresh_token_file = "{refresh}", scope = "https://outlook.office.com/SMTP.Send offline_access" }}
+        [[channels.imap]]
+        host = "outlook.office365.com"
+        username = "s@shop.example"
+        oauth2 = {{ token_url = "https://login.microsoftonline.com/t/oauth2/v2.0/token", client_id = "app", client_secret_file = "{secret}", scope = "https://outlook.office365.com/.default" }}
+        ''').channels[0].options  # noqa: E501
+    smtp, imap = config.smtp, config.imap[0]
+    assert smtp.password is None and smtp.oauth2.grant == "refresh_token"
+    assert smtp.oauth2.refresh_token.reveal() == "the-refresh-token"
+    assert smtp.oauth2.client_secret.reveal() == "the-secret"
+    assert imap.oauth2.grant == "client_credentials" and imap.oauth2.client_id == "app"
+    assert "the-secret" not in repr(config)
+
+
+@pytest.mark.parametrize(("table", "key", "complaint"), [
+    (f'imap = {{ host = "i", username = "u", password = "p", {OAUTH2} }}',
+     "imap.oauth2", "give either a password or oauth2, not both"),
+    (f'smtp = {{ host = "s", password_file = "/nonexistent", {OAUTH2} }}',
+     "smtp.oauth2", "give either a password or oauth2, not both"),
+    (f'imap = {{ host = "i", {OAUTH2} }}', "imap.username", "is required with oauth2"),
+    ('imap = { host = "i", username = "u", oauth2 = { token_url = '
+     '"http://login.example/token", client_id = "c", refresh_token = "r" } }',
+     "imap.oauth2.token_url", "must be an https:// URL (http:// only to a loopback address)"),
+    ('smtp = { host = "s", username = "u", oauth2 = { token_url = "https://t.example/", '
+     'client_id = "c" } }', "smtp.oauth2.client_secret_file",
+     "is required without refresh_token"),
+    ('smtp = { host = "s", username = "u", oauth2 = { client_id = "c", '
+     'refresh_token = "r" } }', "smtp.oauth2.token_url", "is required"),
+    ('smtp = { host = "s", username = "u", oauth2 = { token_url = "https://t.example/", '
+     'client_id = "c", refresh_token = "r", tenant = "x" } }', "smtp.oauth2.tenant",
+     "unknown key"),
+])
+def test_oauth2_config_errors_are_clear(table: str, key: str, complaint: str) -> None:
+    with pytest.raises(ConfigErrors) as errors:
+        parse(f'address = "s@shop.example"\n{table}\n')
+    found = [e for e in errors.value.errors if e.key == f"channels[0].{key}"]
+    assert found and complaint in found[0].message, str(errors.value)
+
+
+def test_loopback_token_urls_may_be_plain_http() -> None:
+    for url in ("http://127.0.0.1:8080/token", "http://[::1]/token", "http://localhost/t"):
+        config = parse(f'''
+            address = "s@shop.example"
+            smtp = {{ host = "s", username = "u", oauth2 = {{ token_url = "{url}", client_id = "c", refresh_token = "r" }} }}
+            ''').channels[0].options  # noqa: E501
+        assert config.smtp.oauth2.token_url == url
+
+
+# ---------------------------------------------------------------- IMAP and SMTP in-process
+
+
+async def test_mailbox_signs_in_with_xoauth2_and_a_refused_token_is_replaced_once(
+        oauth: OAuth2Server, session: aiohttp.ClientSession, dovecot: Dovecot) -> None:
+    user = dovecot.add_user(unique("xo"))
+    first, second = f"{unique('a')}@x", f"{unique('b')}@x"
+    await dovecot.append(user, mail(first))
+    tokens = AccessTokens(delegated(oauth, oauth.consent(user)), http=session)
+    ingest = FakeIngest()
+    mailbox = Mailbox(imap_settings(dovecot, user, oauth), account="support",
+                      store=FakeStore(), max_message_bytes=10**6, tokens=tokens,
+                      ingest=lambda raw: ingest_into(ingest, raw))
+    mailbox.start()
+    try:
+        await asyncio.wait_for(mailbox.synced.wait(), 10)
+        assert [m.provider_message_id for m in ingest.received] == [first]
+        assert [good for _, good in oauth.introspections] == [True]
+        # The token is revoked early (a password change); the cache cannot know. The next
+        # session is refused once, gets a fresh token and goes on.
+        oauth.revoke(oauth.introspections[0][0])
+        await dovecot.append(user, mail(second))
+        await asyncio.to_thread(dovecot.kick, user)
+        while len(ingest.received) < 2:
+            mailbox.synced.clear()
+            await asyncio.wait_for(mailbox.synced.wait(), 10)
+        assert [m.provider_message_id for m in ingest.received] == [first, second]
+        assert [good for _, good in oauth.introspections] == [True, False, True]
+        assert len(oauth.grants()) == 2
+    finally:
+        await mailbox.stop()
+
+
+async def test_relay_takes_xoauth2_and_a_refused_token_is_replaced_once(
+        oauth: OAuth2Server, session: aiohttp.ClientSession, xoauth2_sink: Xoauth2Sink) -> None:
+    user = f"{unique('relay')}@shop.example"
+    tokens = AccessTokens(delegated(oauth, oauth.consent(user)), http=session)
+    relay = ServerSettings("127.0.0.1", xoauth2_sink.port, "none", user, None, timeout=5,
+                           oauth2=tokens.settings)
+    await submit(relay, user, ["c@customer.example"], mail(f"{unique('s')}@x"), tokens)
+    assert xoauth2_sink.received[-1].login == user
+    assert xoauth2_sink.logins[-1] == (user, True)
+
+    oauth.expire_access_tokens()  # the relay refuses the cached token: one refresh, resent
+    await submit(relay, user, ["c@customer.example"], mail(f"{unique('s')}@x"), tokens)
+    assert xoauth2_sink.logins[-2:] == [(user, False), (user, True)]
+    assert xoauth2_sink.received[-1].login == user and len(oauth.grants()) == 2
+
+    oauth.revoke(tokens.settings.refresh_token.reveal())  # type: ignore[union-attr]
+    oauth.expire_access_tokens()
+    with pytest.raises(RetryableSendError) as raised:
+        await submit(relay, user, ["c@customer.example"], mail(f"{unique('s')}@x"), tokens)
+    assert raised.value.code == "smtp_auth_failed"
+    assert "invalid_grant" in raised.value.message
