@@ -162,7 +162,8 @@ class AccessTokens:
         self.http = http
         self.store = store
         self.timeout = timeout
-        self.log = (logger or log).bind(token_url=redact_url(settings.token_url),
+        # No key may sound like a secret ("token_url"): the log masks such values.
+        self.log = (logger or log).bind(endpoint=redact_url(settings.token_url),
                                         client_id=settings.client_id,
                                         grant=settings.grant)
         self.refreshes = 0  # requests that got a token
@@ -312,7 +313,7 @@ class AccessTokens:
             await self._keep(rotated)
         self.refreshes += 1
         self.log.info("oauth2.token_refreshed", expires_in=round(seconds),
-                      refresh_token_rotated=is_new and used_refresh is not None)
+                      rotated=is_new and used_refresh is not None)
         refresh_at = started + max(seconds - REFRESH_MARGIN, seconds / 2)
         return _Token(answer["access_token"], refresh_at, started + seconds)
 
@@ -323,10 +324,14 @@ class AccessTokens:
         if isinstance(description, str) and description.strip():
             text = remote_error_excerpt(status, description).removeprefix(f"HTTP {status}: ")
         self.log.warning("oauth2.failed", error=error, description=text, status=status)
-        what = "refresh token" if self.settings.refresh_token is not None else "client"
-        message = f"OAuth2 sign-in failed: the token endpoint refused the {what}: {error}"
+        # Worded so the log's secret masking ("token: …") leaves it readable.
+        message = f"OAuth2 sign-in failed: {error}"
         if text:
             message += f" ({text})"
+        if error == "invalid_grant" and self.settings.refresh_token is not None:
+            message += "; the refresh token no longer works, sign in again for a new one"
+        elif error in ("invalid_client", "unauthorized_client"):
+            message += "; check client_id and the client secret"
         return OAuth2Rejected(message, error=error, description=text)
 
     def _unavailable(self, reason: str, *,

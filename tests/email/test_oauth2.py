@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
+from adapters.email import imap as imap_module
 from adapters.email.config import ImapSettings, ServerSettings
-from adapters.email.imap import Mailbox
+from adapters.email.imap import ImapSession, Mailbox
 from adapters.email.outbound import submit
 from gateway.config import parse_config
 from gateway.configkit import Secret
@@ -28,10 +30,12 @@ from gateway.oauth2 import (
     OAuth2Settings,
     OAuth2Unavailable,
 )
+from tests.email.conftest import Feed, MakeDaemon
 from tests.email.oauth2_server import OAuth2Server
 from tests.email.servers import Dovecot, Xoauth2Sink, mail
 from tests.email.test_adapter import FakeIngest, FakeStore, ingest_into
-from tests.helpers import unique
+from tests.email.test_imap import channel, channel_if, ids
+from tests.helpers import post_json, unique, wait_until
 
 
 class DictStore:
@@ -314,6 +318,29 @@ async def test_mailbox_signs_in_with_xoauth2_and_a_refused_token_is_replaced_onc
         await mailbox.stop()
 
 
+async def test_servers_without_sasl_ir_get_the_response_after_the_continuation(
+        oauth: OAuth2Server, session: aiohttp.ClientSession, dovecot: Dovecot,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = imap_module._Xoauth2Command.__init__
+
+    def without_ir(self: Any, protocol: Any, sasl: str, *, initial: bool) -> None:
+        original(self, protocol, sasl, initial=False)
+
+    monkeypatch.setattr(imap_module._Xoauth2Command, "__init__", without_ir)
+    user = dovecot.add_user(unique("noir"))
+    tokens = AccessTokens(delegated(oauth, oauth.consent(user)), http=session)
+    stale = await tokens.token()
+    oauth.expire_access_tokens()  # refused first (two continuations), then accepted
+    imap = ImapSession(imap_settings(dovecot, user, oauth), tokens)
+    try:
+        await imap.open()
+        assert "MOVE" in imap.capabilities  # learned after sign-in (Dovecot lists it)
+        assert [(t, good) for t, good in oauth.introspections][-2:] == [
+            (stale, False), (await tokens.token(), True)]
+    finally:
+        await imap.close()
+
+
 async def test_relay_takes_xoauth2_and_a_refused_token_is_replaced_once(
         oauth: OAuth2Server, session: aiohttp.ClientSession, xoauth2_sink: Xoauth2Sink) -> None:
     user = f"{unique('relay')}@shop.example"
@@ -335,3 +362,144 @@ async def test_relay_takes_xoauth2_and_a_refused_token_is_replaced_once(
         await submit(relay, user, ["c@customer.example"], mail(f"{unique('s')}@x"), tokens)
     assert raised.value.code == "smtp_auth_failed"
     assert "invalid_grant" in raised.value.message
+
+
+# ---------------------------------------------------------------- the daemon, as ops run it
+
+
+def oauth_account(name: str, user: str, dovecot: Dovecot, oauth: OAuth2Server, *,
+                  secret_file: Path, refresh_file: Path | None, sink: Xoauth2Sink | None = None,
+                  client_id: str | None = None) -> str:
+    """An e-mail account whose mailbox (and relay) sign in with tokens of ``oauth``."""
+    refresh = f', refresh_token_file = "{refresh_file}"' if refresh_file else ""
+    table = (f'{{ token_url = "{oauth.url}", client_id = "{client_id or oauth.client_id}", '
+             f'client_secret_file = "{secret_file}"{refresh}, scope = "%s" }}')
+    smtp = ""
+    if sink is not None:
+        smtp = (f'smtp = {{ host = "127.0.0.1", port = {sink.port}, security = "none", '
+                f'username = "{user}", timeout = 5, oauth2 = '
+                f'{table % "https://outlook.office.com/SMTP.Send offline_access"} }}')
+    return f"""
+        [[channels]]
+        type = "email"
+        name = "{name}"
+        address = "{name}@shop.example"
+        {smtp}
+        [[channels.imap]]
+        host = "127.0.0.1"
+        port = {dovecot.port}
+        security = "none"
+        username = "{user}"
+        timeout = 5
+        oauth2 = {table % "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"}
+        """
+
+
+def secrets_in(text: str, oauth: OAuth2Server) -> list[str]:
+    """Every token or client secret of ``oauth`` that appears in ``text``."""
+    found = [t for t in [*oauth.access_tokens, *oauth.refresh_tokens,
+                         *(r.form.get("refresh_token", "") for r in oauth.requests)]
+             if t and t in text]
+    return found + ([oauth.client_secret] if oauth.client_secret in text else [])
+
+
+async def test_daemon_imports_and_replies_with_tokens_that_expire_and_rotate(
+        oauth: OAuth2Server, dovecot: Dovecot, xoauth2_sink: Xoauth2Sink,
+        make_daemon: MakeDaemon, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    oauth.rotate = oauth.revoke_used = True  # Microsoft's rotation; the used one dies
+    oauth.expires_in = 2  # replaced after a second
+    user = dovecot.add_user(f"{unique('m365')}@shop.example")
+    secret_file, refresh_file = tmp_path / "client-secret", tmp_path / "refresh-token"
+    secret_file.write_text(oauth.client_secret)
+    configured = oauth.consent(user)
+    refresh_file.write_text(configured + "\n")
+    refresh_file.chmod(0o400)  # a read-only credential: the rotated token goes elsewhere
+    account = oauth_account("m365", user, dovecot, oauth, secret_file=secret_file,
+                            refresh_file=refresh_file, sink=xoauth2_sink)
+    data = tmp_path / "data"
+    first = f"{unique('first')}@mail.example"
+    await dovecot.append(user, mail(first))
+    daemon = await make_daemon(account, data_dir=data)
+    feed = Feed(http, daemon)
+    await feed.wait_for(lambda f: first in ids(f.received("m365")))
+    (grant,) = oauth.grants()
+    assert grant.form["refresh_token"] == configured
+
+    # The access token runs out; the server ends the session (as Microsoft 365 does).
+    # The next sign-in uses a token refreshed beforehand, with the rotated refresh token.
+    token = next(t for t, good in oauth.introspections if good)
+    while oauth.active(token):
+        await asyncio.sleep(0.1)  # its lifetime is the event: two seconds
+    second = f"{unique('second')}@mail.example"
+    await dovecot.append(user, mail(second))
+    await asyncio.to_thread(dovecot.kick, user)
+    await feed.wait_for(lambda f: second in ids(f.received("m365")))
+    rotated = [r.form["refresh_token"] for r in oauth.grants()]
+    assert len(rotated) == 2 and rotated[1] not in (configured, "")
+    assert all(good for _, good in oauth.introspections)  # never signed in with a stale one
+
+    # A reply goes out over the relay, signed in as the mailbox with a current token.
+    (message,) = [m for m in feed.received("m365") if m["provider"]["message_id"] == first]
+    status, queued = await post_json(
+        http, f"{daemon.url}/v1/conversations/{message['conversation_id']}/messages",
+        {"text": "Thanks, on its way."})
+    assert status == 202, queued
+    sent = await feed.wait_for(lambda f: next(
+        (s for s in xoauth2_sink.received if s.message["Message-ID"] ==
+         f"<{queued['id']}@shop.example>"), None))
+    assert sent.login == user and sent.recipients == ["customer@mail.example"]
+
+    # A restart takes the newest refresh token from the store; the configured one and the
+    # earlier rotations no longer work.
+    assert await daemon.stop() == 0
+    newest = next(t for t, owner in oauth.refresh_tokens.items() if owner == user)
+    third = f"{unique('third')}@mail.example"
+    await dovecot.append(user, mail(third))
+    daemon = await make_daemon(account, data_dir=data)
+    feed = Feed(http, daemon)
+    await feed.wait_for(lambda f: third in ids(f.received("m365")))
+    assert oauth.grants()[-1].form["refresh_token"] == newest
+    assert [r.status for r in oauth.requests] == [200] * len(oauth.requests)
+    assert refresh_file.read_text() == configured + "\n"
+    entry = await channel(http, daemon, "m365")
+    assert entry["state"] == "running" and entry["counters"]["oauth2_refreshes"] >= 1
+    logs = daemon.logs()
+    assert "oauth2.token_refreshed" in logs and secrets_in(logs, oauth) == []
+
+
+async def test_a_refused_refresh_token_shows_in_health_and_the_log_without_secrets(
+        oauth: OAuth2Server, dovecot: Dovecot, make_daemon: MakeDaemon,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    revoked_user = dovecot.add_user(f"{unique('revoked')}@shop.example")
+    app_user = dovecot.add_user(f"{unique('app')}@shop.example")
+    secret_file, refresh_file = tmp_path / "client-secret", tmp_path / "refresh-token"
+    secret_file.write_text(oauth.client_secret)
+    refresh = oauth.consent(revoked_user)
+    oauth.revoke(refresh)  # the user changed their password: every refresh token is dead
+    refresh_file.write_text(refresh)
+    app_id, _ = oauth.grant_app(app_user)
+    message_id = f"{unique('app')}@mail.example"
+    await dovecot.append(app_user, mail(message_id))
+    daemon = await make_daemon(
+        oauth_account("delegated", revoked_user, dovecot, oauth, secret_file=secret_file,
+                      refresh_file=refresh_file)
+        # App-only access (client credentials) to another mailbox keeps working.
+        + oauth_account("apponly", app_user, dovecot, oauth, secret_file=secret_file,
+                        refresh_file=None, client_id=app_id))
+    feed = Feed(http, daemon)
+    await feed.wait_for(lambda f: message_id in ids(f.received("apponly")))
+    entry = await wait_until(lambda: channel_if(http, daemon, "delegated",
+                                                lambda c: c["state"] == "degraded"))
+    assert "invalid_grant" in entry["last_error"] and "AADSTS70000" in entry["last_error"]
+    assert revoked_user in entry["last_error"]  # which mailbox
+    failed = [orjson.loads(line) for line in daemon.logs().splitlines()
+              if '"oauth2.failed"' in line]
+    assert failed and failed[0]["error"] == "invalid_grant"
+    assert failed[0]["account"] == "delegated" and failed[0]["level"] == "warning"
+    assert failed[0]["description"].startswith("AADSTS70000")
+    assert failed[0]["endpoint"] == oauth.url
+    disconnected = [orjson.loads(line) for line in daemon.logs().splitlines()
+                    if '"imap.disconnected"' in line and revoked_user in line]
+    assert "invalid_grant (AADSTS70000" in disconnected[0]["error"]  # readable, not masked
+    assert (await channel(http, daemon, "apponly"))["state"] == "running"
+    assert secrets_in(daemon.logs(), oauth) == []
