@@ -27,6 +27,7 @@ import hashlib
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -157,8 +158,10 @@ class AccessTokens:
 
     def __init__(self, settings: OAuth2Settings, *, http: aiohttp.ClientSession,
                  store: CheckpointStore | None = None, timeout: float = 30.0,
-                 logger: structlog.typing.FilteringBoundLogger | None = None) -> None:
+                 logger: structlog.typing.FilteringBoundLogger | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock  # tests pass a fake one
         self.http = http
         self.store = store
         self.timeout = timeout
@@ -190,23 +193,30 @@ class AccessTokens:
         return f"oauth2:{digest[:32]}"
 
     async def token(self, *, rejected: str | None = None) -> str:
-        """A current access token; raises :class:`OAuth2Rejected` / :class:`OAuth2Unavailable`."""
+        """A current access token; raises :class:`OAuth2Rejected` / :class:`OAuth2Unavailable`.
+
+        A refresh that fails while the cached token is still valid (in its last minutes)
+        returns that one: a blip at the endpoint costs nothing until the token runs out.
+        """
         current = self._token
         if current is not None and current.value != rejected and \
-                time.monotonic() < current.refresh_at:
+                self.clock() < current.refresh_at:
             return current.value
         attempts = self._attempts
         async with self._lock:
             current = self._token
+            usable = current.value if current is not None and current.value != rejected \
+                and self.clock() < current.expires_at else None
             if self._attempts != attempts:
                 # Someone asked while we waited: their outcome is ours.
+                if usable is not None:
+                    return usable
                 if self._failure is not None:
                     raise self._failure
-                if current is not None and current.value != rejected and \
-                        time.monotonic() < current.expires_at:
-                    return current.value
             if isinstance(self._failure, OAuth2Rejected) and \
-                    time.monotonic() < self._quiet_until:
+                    self.clock() < self._quiet_until:
+                if usable is not None:
+                    return usable
                 raise self._failure
             try:
                 token = await self._request()
@@ -214,8 +224,10 @@ class AccessTokens:
                 self._failure = exc
                 if isinstance(exc, OAuth2Rejected):
                     self._rejections += 1
-                    self._quiet_until = time.monotonic() + REJECTED_BACKOFF.delay(
+                    self._quiet_until = self.clock() + REJECTED_BACKOFF.delay(
                         self._rejections)
+                if usable is not None:
+                    return usable
                 raise
             finally:
                 self._attempts += 1
@@ -273,7 +285,7 @@ class AccessTokens:
             form["client_secret"] = s.client_secret.reveal()
         if s.scope:
             form["scope"] = s.scope
-        started = time.monotonic()
+        started = self.clock()
         try:
             async with self.http.post(
                     s.token_url, data=form, headers={"Accept": "application/json"},

@@ -123,21 +123,57 @@ async def test_client_credentials_grant_without_a_refresh_token(
     assert tokens.lineage_key is None  # nothing to keep
 
 
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_a_token_is_replaced_before_it_expires_and_a_rejected_one_once(
         oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
-    oauth.expires_in = 1  # refreshed after half its life: 0.5 s
-    tokens = AccessTokens(delegated(oauth, oauth.consent("bob@shop.example")), http=session)
+    clock = Clock()
+    tokens = AccessTokens(delegated(oauth, oauth.consent("bob@shop.example")), http=session,
+                          clock=clock)
     first = await tokens.token()
-    while len(oauth.requests) < 2:
-        await asyncio.sleep(0.1)  # the clock is the event here: half a second
-        second = await tokens.token()
-    assert second != first
+    clock.now += 3299  # an hour's token is kept until five minutes before it ends
+    assert await tokens.token() == first and len(oauth.requests) == 1
+    clock.now += 2
+    second = await tokens.token()
+    assert second != first and len(oauth.requests) == 2
     # A server refused ``second`` (revoked early): callers passing it back share one refresh.
-    oauth.expires_in = 3600
     third = await asyncio.gather(*(tokens.token(rejected=second) for _ in range(3)))
     assert len(set(third)) == 1 and third[0] != second and len(oauth.requests) == 3
     # A caller still holding the older token gets the current one, with no request.
     assert await tokens.token(rejected=first) == third[0] and len(oauth.requests) == 3
+
+    oauth.expires_in = 60  # a short-lived one is replaced at half its life
+    clock.now += 3600
+    short = await tokens.token()
+    clock.now += 29
+    assert await tokens.token() == short
+    clock.now += 2
+    assert await tokens.token() != short and len(oauth.requests) == 5
+
+
+async def test_an_endpoint_blip_in_a_tokens_last_minutes_costs_nothing(
+        oauth: OAuth2Server, session: aiohttp.ClientSession) -> None:
+    clock = Clock()
+    tokens = AccessTokens(delegated(oauth, oauth.consent("gus@shop.example")), http=session,
+                          clock=clock)
+    first = await tokens.token()
+    clock.now += 3400  # due for a refresh, still valid for 200 s
+    oauth.fail_next(503)
+    assert await tokens.token() == first
+    oauth.revoke(oauth.requests[0].form["refresh_token"])
+    assert await tokens.token() == first  # refused: still the valid one, meanwhile
+    clock.now += 200  # now it has run out, and the quiet time after the refusal too
+    with pytest.raises(OAuth2Rejected):
+        await tokens.token()
+    assert [r.status for r in oauth.requests] == [200, 503, 400, 400]
 
 
 async def test_rotated_refresh_token_is_kept_and_used_after_a_restart(
