@@ -193,7 +193,14 @@ class ImapSession:
         endpoint, is a rejected sign-in.
         """
         s = self.settings
-        assert self.tokens is not None and s.username
+        assert self.tokens is not None and s.username and self.client is not None
+        offered = self.client.protocol.capabilities
+        if "AUTH=XOAUTH2" not in offered:
+            mechanisms = sorted(c for c in offered if c.startswith("AUTH="))
+            raise AdapterConfigError(
+                "the IMAP server does not offer AUTH=XOAUTH2 (it offers "
+                f"{', '.join(mechanisms) or 'no AUTH= mechanism'}): sign in with a password",
+                channel_type="email")
         token = await self.tokens.token()
         response = await self._xoauth2(s.username, token)
         if response.result != "OK":

@@ -23,7 +23,7 @@ from adapters.email.imap import ImapSession, Mailbox
 from adapters.email.outbound import submit
 from gateway.config import parse_config
 from gateway.configkit import Secret
-from gateway.errors import ConfigErrors, RetryableSendError, StoreError
+from gateway.errors import AdapterConfigError, ConfigErrors, RetryableSendError, StoreError
 from gateway.oauth2 import (
     AccessTokens,
     OAuth2Rejected,
@@ -373,6 +373,27 @@ async def test_servers_without_sasl_ir_get_the_response_after_the_continuation(
         assert "MOVE" in imap.capabilities  # learned after sign-in (Dovecot lists it)
         assert [(t, good) for t, good in oauth.introspections][-2:] == [
             (stale, False), (await tokens.token(), True)]
+    finally:
+        await imap.close()
+
+
+async def test_a_server_without_xoauth2_is_a_clear_config_error(
+        oauth: OAuth2Server, session: aiohttp.ClientSession, dovecot: Dovecot) -> None:
+    class PasswordsOnly(ImapSession):
+        async def _sign_in_with_token(self) -> None:
+            assert self.client is not None
+            self.client.protocol.capabilities.discard("AUTH=XOAUTH2")
+            await super()._sign_in_with_token()
+
+    user = dovecot.add_user(unique("plainonly"))
+    tokens = AccessTokens(delegated(oauth, oauth.consent(user)), http=session)
+    imap = PasswordsOnly(imap_settings(dovecot, user, oauth), tokens)
+    try:
+        with pytest.raises(AdapterConfigError) as raised:
+            await imap.open()
+        assert "does not offer AUTH=XOAUTH2 (it offers AUTH=LOGIN, AUTH=OAUTHBEARER" in \
+            raised.value.message
+        assert oauth.requests == []  # no token fetched for nothing
     finally:
         await imap.close()
 
