@@ -37,7 +37,7 @@ from adapters.base import (
     SendResult,
 )
 from adapters.email.bounces import read_bounce, returned_to_null_sender
-from adapters.email.config import EmailConfig
+from adapters.email.config import EmailConfig, ServerSettings
 from adapters.email.imap import Mailbox, append_copy
 from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession, SpooledData
 from adapters.email.outbound import render, submit, thread_of
@@ -53,6 +53,7 @@ from gateway.errors import (
     StoreError,
     ValidationFailed,
 )
+from gateway.oauth2 import AccessTokens, OAuth2Settings
 from gateway.receipts import Receipt
 from gateway.store.base import ChangeResult, IngestResult
 from normalizer.email import MessageTooComplex, ParseLimits, parse_email
@@ -96,6 +97,9 @@ class EmailAdapter(ChannelAdapter):
         self.parse_limits = ParseLimits(max_parts=self.config.max_mime_parts,
                                         max_depth=self.config.max_mime_depth)
         self._large = asyncio.Lock()
+        # One token source per distinct oauth2 table: mailboxes (and the relay) signing in
+        # with the same one share its cached token and its refreshes.
+        self._tokens: dict[OAuth2Settings, AccessTokens] = {}
         self.counters.update({"smtp_accepted": 0, "smtp_rejected": 0, "smtp_deferred": 0,
                               "smtp_connections_refused": 0, "smtp_timeouts": 0,
                               "unparsable": 0, "imap_imported": 0, "imap_reconnects": 0,
@@ -119,9 +123,21 @@ class EmailAdapter(ChannelAdapter):
         for settings in self.config.imap:
             mailbox = Mailbox(settings, account=self.name, ingest=self._ingest_fetched,
                               store=self.ctx.store,
-                              max_message_bytes=self.config.max_message_bytes)
+                              max_message_bytes=self.config.max_message_bytes,
+                              tokens=self.tokens_for(settings))
             self.mailboxes.append(mailbox)
             mailbox.start(self.ctx.loops)
+
+    def tokens_for(self, settings: ServerSettings) -> AccessTokens | None:
+        """The access tokens a server's ``oauth2`` table gives (None: it takes a password)."""
+        if settings.oauth2 is None:
+            return None
+        tokens = self._tokens.get(settings.oauth2)
+        if tokens is None:
+            tokens = AccessTokens(settings.oauth2, http=self.ctx.http, store=self.ctx.store,
+                                  timeout=settings.timeout, logger=self.log)
+            self._tokens[settings.oauth2] = tokens
+        return tokens
 
     async def _listen(self) -> None:
         assert self.config.smtp_listen is not None
@@ -192,6 +208,8 @@ class EmailAdapter(ChannelAdapter):
         counters = dict(self.counters)
         counters["imap_imported"] = sum(m.imported for m in self.mailboxes)
         counters["imap_reconnects"] = sum(m.reconnects for m in self.mailboxes)
+        if self._tokens:
+            counters["oauth2_refreshes"] = sum(t.refreshes for t in self._tokens.values())
         failing = [m.last_error for m in self.mailboxes if m.last_error and not m.connected]
         state = self.state
         if state is AdapterState.RUNNING and failing:
@@ -415,7 +433,7 @@ class EmailAdapter(ChannelAdapter):
                                         plus_addressing=self.config.plus_addressing)
         recipient = message.to.address
         try:
-            await submit(smtp, self.config.address, [recipient], data)
+            await submit(smtp, self.config.address, [recipient], data, self.tokens_for(smtp))
         except (RetryableSendError, PermanentSendError) as exc:
             self.last_error = exc.message
             raise
@@ -444,7 +462,7 @@ class EmailAdapter(ChannelAdapter):
             return
         try:
             async with asyncio.timeout(settings.timeout * 2):
-                await append_copy(settings, data)
+                await append_copy(settings, data, self.tokens_for(settings))
         except Exception as exc:
             self.counters["sent_copy_errors"] += 1
             error = getattr(exc, "message", None) or str(exc) or type(exc).__name__

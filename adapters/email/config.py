@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import AdapterConfig
 from gateway.configkit import Secret, Section, parse_hostport
+from gateway.oauth2 import OAuth2Settings, parse_oauth2
 
 if TYPE_CHECKING:
     from gateway.configkit import ParseContext
@@ -22,6 +23,8 @@ class ServerSettings:
 
     ``ca_file`` trusts a private CA (or a self-signed server certificate) in addition to the
     system store; certificates are always verified when ``security`` is tls or starttls.
+    ``oauth2`` signs ``username`` in with SASL XOAUTH2 and an OAuth2 access token instead of
+    a password (Microsoft 365 and Gmail no longer take passwords).
     """
 
     host: str
@@ -32,6 +35,7 @@ class ServerSettings:
     folder: str = "INBOX"
     timeout: float = 30.0
     ca_file: str | None = None
+    oauth2: OAuth2Settings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,7 @@ def _mailboxes(section: Section) -> tuple[ImapSettings, ...]:
             sub.error("first_sync", f"must be one of {', '.join(FIRST_SYNC)}")
         mailboxes.append(ImapSettings(
             server.host, server.port, server.security, server.username, server.password,
-            server.folder, server.timeout, server.ca_file,
+            server.folder, server.timeout, server.ca_file, server.oauth2,
             poll_interval=poll, idle=sub.get("idle", bool, True), idle_timeout=idle_timeout,
             processed_folder=sub.get("processed_folder", str, None) or None,
             first_sync=first_sync,
@@ -230,12 +234,29 @@ def _server(section: Section, default_port: int, default_security: str, *,
     plain_port = 143 if default_port == 993 else 25
     port = section.get("port", int, plain_port if security == "none" else default_port)
     username = section.get("username", str, None)
+    gave_password = any(k in section.data for k in (
+        "password", "password_file", "password_env", "password_credential"))
     password = section.secret("password")
-    if username and password is None:
-        section.error("password_file", "is required with username")
+    oauth2 = None
+    oauth2_section = section.sub("oauth2")
+    if oauth2_section is not None:
+        oauth2 = parse_oauth2(oauth2_section)
+        oauth2_section.finish()
+        if gave_password:
+            section.error("oauth2", "give either a password or oauth2, not both",
+                          "oauth2 signs in with a token instead of the password: "
+                          "delete the password key")
+        if not username:
+            section.error("username", "is required with oauth2",
+                          'the mailbox address the token is for, e.g. '
+                          'username = "support@shop.example"')
+    elif username and password is None and not gave_password:
+        section.error("password_file", "is required with username",
+                      "or sign in with a token: oauth2 = { token_url = …, client_id = …, "
+                      "… } (docs/email.md, OAuth2)")
     timeout = float(section.get("timeout", (int, float), 30.0))
     if timeout <= 0:
         section.error("timeout", "must be more than 0 seconds")
     return ServerSettings(host, port, security, username, password,
                           section.get("folder", str, "INBOX") if folder else "INBOX", timeout,
-                          section.get("ca_file", str, None))
+                          section.get("ca_file", str, None), oauth2)

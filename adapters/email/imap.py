@@ -11,8 +11,9 @@ dedupes it by Message-ID (or the raw bytes' hash), so it is acknowledged, never 
 and no event is emitted twice. A changed UIDVALIDITY (the folder was rebuilt) resyncs
 everything that arrived since the last good sync through the same dedupe.
 
-aioimaplib is used for the wire protocol; STARTTLS, mailbox-name encoding and connection
-loss during IDLE, which it lacks, are added here.
+aioimaplib is used for the wire protocol; STARTTLS, mailbox-name encoding, connection
+loss during IDLE and an XOAUTH2 exchange that answers the server's error challenge, which
+it lacks, are added here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import structlog
 from adapters.email.config import ImapSettings, ServerSettings
 from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
+from gateway.oauth2 import AccessTokens
 from gateway.store.base import CheckpointStore
 from gateway.supervisor import LoopGroup, SupervisedLoop
 from gateway.tls import client_context
@@ -45,6 +47,7 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _UNTAGGED_EXISTS = re.compile(rb"^\* \d+ EXISTS")
+_CAPABILITY = re.compile(rb"CAPABILITY ([^\]\r\n]*)")
 RECONNECT_BACKOFF = Backoff(base=0.5, cap=300.0)
 _SIZES = re.compile(rb"UID (\d+)[^)]*RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+)[^)]*UID (\d+)")
 
@@ -85,6 +88,35 @@ class ImapFailure(Exception):
     """The server answered NO/BAD, or the session broke: reconnect with backoff."""
 
 
+def xoauth2_string(user: str, token: str) -> str:
+    """The SASL XOAUTH2 initial response (Google's and Microsoft's documented format)."""
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+class _Xoauth2Command(aioimaplib.Command):  # type: ignore[misc]  # untyped library
+    """``AUTHENTICATE XOAUTH2`` that answers the server's continuation requests.
+
+    A refused token gets ``+ <base64 JSON error>`` and the server waits for an empty line
+    before its ``NO``; aioimaplib's own ``xoauth2()`` never sends it and waits out its
+    timeout. Without SASL-IR the response itself goes after the first ``+``.
+    """
+
+    def __init__(self, protocol: Any, sasl: str, *, initial: bool) -> None:
+        args = (sasl,) if initial else ()
+        super().__init__("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", *args,
+                         loop=protocol.loop)
+        self._protocol = protocol
+        self._pending: str | None = None if initial else sasl
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        """Answer a continuation; anything else is the response as usual."""
+        if result == "Pending" and line.startswith(b"+"):
+            answer, self._pending = (self._pending or ""), None
+            self._protocol.transport.write(answer.encode() + b"\r\n")
+            return
+        super().append_to_resp(line, result)
+
+
 def _ok(response: Any, what: str) -> Any:
     if response.result != "OK":
         text = b" ".join(line for line in response.lines if isinstance(line, bytes))
@@ -102,8 +134,9 @@ class ImapSession:
     in the middle of IDLE, where aioimaplib itself would wait forever.
     """
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, tokens: AccessTokens | None = None) -> None:
         self.settings = settings
+        self.tokens = tokens
         self.client: aioimaplib.IMAP4 | None = None
         self.lost = asyncio.Event()
         self.mail_announced = False  # an untagged EXISTS arrived (reset by the caller)
@@ -139,7 +172,9 @@ class ImapSession:
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             raise AdapterNotReady(f"cannot reach IMAP server {s.host}:{s.port}: "
                                   f"{_describe(exc)}", channel_type="email") from exc
-        if s.username:
+        if s.oauth2 is not None:
+            await self._sign_in_with_token()
+        elif s.username:
             assert s.password is not None
             try:
                 response = await self.client.login(s.username, s.password.reveal())
@@ -149,6 +184,55 @@ class ImapSession:
             if response.result != "OK":
                 raise AdapterAuthError(f"IMAP login rejected for {s.username}",
                                        channel_type="email")
+
+    async def _sign_in_with_token(self) -> None:
+        """AUTHENTICATE XOAUTH2; a refused token is replaced once before giving up.
+
+        The cached token may have been revoked or expired early (a password change, a
+        server with a shorter clock): only a second refusal, with a token fresh from the
+        endpoint, is a rejected sign-in.
+        """
+        s = self.settings
+        assert self.tokens is not None and s.username and self.client is not None
+        offered = self.client.protocol.capabilities
+        if "AUTH=XOAUTH2" not in offered:
+            mechanisms = sorted(c for c in offered if c.startswith("AUTH="))
+            raise AdapterConfigError(
+                "the IMAP server does not offer AUTH=XOAUTH2 (it offers "
+                f"{', '.join(mechanisms) or 'no AUTH= mechanism'}): sign in with a password",
+                channel_type="email")
+        token = await self.tokens.token()
+        response = await self._xoauth2(s.username, token)
+        if response.result != "OK":
+            log.info("imap.token_refused", server=f"{s.host}:{s.port}", user=s.username)
+            token = await self.tokens.token(rejected=token)
+            response = await self._xoauth2(s.username, token)
+        if response.result != "OK":
+            raise AdapterAuthError(f"IMAP XOAUTH2 sign-in rejected for {s.username}: "
+                                   f"{_text(response.lines)}", channel_type="email")
+
+    async def _xoauth2(self, user: str, token: str) -> Any:
+        assert self.client is not None
+        protocol = self.client.protocol
+        sasl = xoauth2_string(user, token)
+        command = _Xoauth2Command(protocol, sasl, initial="SASL-IR" in protocol.capabilities)
+        try:
+            response = await self._call(protocol.execute(command, scrub=sasl), "AUTHENTICATE")
+        except (OSError, TimeoutError, ImapFailure, aioimaplib.AioImapException) as exc:
+            raise AdapterNotReady(f"IMAP sign-in did not complete: {_describe(exc)}",
+                                  channel_type="email") from exc
+        if response.result == "OK":
+            async with protocol.state_condition:
+                protocol.state = aioimaplib.AUTH
+                protocol.state_condition.notify_all()
+            # Dovecot and others list the new capabilities with the OK; others must be asked.
+            found = [match.group(1) for line in response.lines if isinstance(line, bytes)
+                     and (match := _CAPABILITY.search(line)) is not None]
+            if found:
+                protocol.capabilities = set(found[-1].decode(errors="replace").split())
+            else:
+                await self._call(protocol.capability(), "CAPABILITY")
+        return response
 
     def _watch_exists(self, protocol: Any) -> None:
         """Notice every ``* n EXISTS``, whichever command it arrives with.
@@ -433,8 +517,10 @@ class Mailbox:
     """
 
     def __init__(self, settings: ImapSettings, *, account: str, ingest: IngestMail,
-                 store: CheckpointStore, max_message_bytes: int) -> None:
+                 store: CheckpointStore, max_message_bytes: int,
+                 tokens: AccessTokens | None = None) -> None:
         self.settings = settings
+        self.tokens = tokens
         self.account = account
         self.ingest = ingest
         self.store = store
@@ -479,7 +565,7 @@ class Mailbox:
 
     async def run_session(self, loop: SupervisedLoop) -> None:
         """One session: connect, import and wait for mail until the session fails."""
-        session = ImapSession(self.settings)
+        session = ImapSession(self.settings, self.tokens)
         try:
             await session.open()
             await self._session(session, loop)
@@ -592,10 +678,11 @@ class Mailbox:
         await self.store.set_checkpoint(self.key, checkpoint.dumps())
 
 
-async def append_copy(settings: ImapSettings, data: bytes) -> None:
+async def append_copy(settings: ImapSettings, data: bytes,
+                      tokens: AccessTokens | None = None) -> None:
     """Put a copy of a sent message into the Sent folder (a connection of its own)."""
     assert settings.sent_folder is not None
-    session = ImapSession(settings)
+    session = ImapSession(settings, tokens)
     try:
         await session.open()
         await session.append(settings.sent_folder, data)

@@ -8,7 +8,8 @@ reply into the same conversation. ``Reply-To: support+c-<conversation>@domain`` 
 fallback for clients that drop the headers.
 
 Errors (translated once, here): a 4xx answer and connection problems retry; a 5xx answer
-fails the message with the server's own text.
+fails the message with the server's own text. Rejected credentials (a password, or an
+OAuth2 token refused even after one fresh one) retry as ``smtp_auth_failed``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import aiosmtplib
 from adapters.base import OutboundMessage
 from adapters.email.config import EmailConfig, ServerSettings
 from gateway.errors import PermanentSendError, RetryableSendError
+from gateway.oauth2 import AccessTokens, OAuth2Rejected, OAuth2Unavailable
 from gateway.store.base import StoredAttachment
 from gateway.tls import client_context
 from normalizer.attachments import mime_parts, sanitize_filename
@@ -162,16 +164,31 @@ def smtp_tls(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 async def submit(settings: ServerSettings, sender: str, recipients: list[str],
-                 data: bytes) -> None:
-    """Hand ``data`` to the SMTP relay; raise Retryable/PermanentSendError on failure."""
+                 data: bytes, tokens: AccessTokens | None = None) -> None:
+    """Hand ``data`` to the SMTP relay; raise Retryable/PermanentSendError on failure.
+
+    ``tokens`` (with ``settings.oauth2``) signs in with AUTH XOAUTH2 instead of a password.
+    """
     try:
-        await aiosmtplib.send(
-            data, sender=sender, recipients=recipients, hostname=settings.host,
-            port=settings.port, username=settings.username,
-            password=settings.password.reveal() if settings.password else None,
-            use_tls=settings.security == "tls",
-            start_tls=settings.security == "starttls",
-            tls_context=smtp_tls(settings), timeout=settings.timeout)
+        if settings.oauth2 is not None:
+            assert tokens is not None, "oauth2 settings need their AccessTokens"
+            await _submit_with_token(settings, tokens, sender, recipients, data)
+        else:
+            await aiosmtplib.send(
+                data, sender=sender, recipients=recipients, hostname=settings.host,
+                port=settings.port, username=settings.username,
+                password=settings.password.reveal() if settings.password else None,
+                use_tls=settings.security == "tls",
+                start_tls=settings.security == "starttls",
+                tls_context=smtp_tls(settings), timeout=settings.timeout)
+    except OAuth2Rejected as exc:
+        # Our credentials again: kept queued until someone consents anew.
+        raise RetryableSendError(exc.message, provider_code=exc.error,
+                                 provider_message=exc.description,
+                                 error_code="smtp_auth_failed") from exc
+    except OAuth2Unavailable as exc:
+        raise RetryableSendError(exc.message, retry_after=exc.retry_after,
+                                 error_code="oauth2_unavailable") from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refusals = exc.recipients
         if any(400 <= r.code < 500 for r in refusals):
@@ -194,6 +211,33 @@ async def submit(settings: ServerSettings, sender: str, recipients: list[str],
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
         raise RetryableSendError(f"SMTP server unreachable: {str(exc) or type(exc).__name__}",
                                  error_code="smtp_unavailable") from exc
+
+
+async def _submit_with_token(settings: ServerSettings, tokens: AccessTokens, sender: str,
+                             recipients: list[str], data: bytes) -> None:
+    """EHLO (and STARTTLS) as ``aiosmtplib.send`` does, AUTH XOAUTH2, then the mail.
+
+    A refused token is replaced by a fresh one once, on the same connection (RFC 4954
+    allows another AUTH after a failed one): it may have been revoked or have expired
+    early. The token is got before connecting, so an unreachable endpoint opens nothing.
+    """
+    assert settings.username is not None
+    token = await tokens.token()
+    client = aiosmtplib.SMTP(hostname=settings.host, port=settings.port,
+                             use_tls=settings.security == "tls",
+                             start_tls=settings.security == "starttls",
+                             tls_context=smtp_tls(settings), timeout=settings.timeout)
+    async with client:
+        if client.last_ehlo_response is None:
+            await client.ehlo()
+        if "xoauth2" not in client.server_auth_methods:
+            raise aiosmtplib.SMTPNotSupported("the SMTP server does not offer AUTH XOAUTH2")
+        try:
+            await client.auth_xoauth2(settings.username, token)
+        except aiosmtplib.SMTPAuthenticationError:
+            token = await tokens.token(rejected=token)
+            await client.auth_xoauth2(settings.username, token)
+        await client.sendmail(sender, recipients, data)
 
 
 def _retry(code: int, text: str) -> RetryableSendError:

@@ -13,21 +13,32 @@ import aiohttp
 import pytest
 
 from tests.conftest import Daemon, base_config
-from tests.email.servers import Dovecot, SmtpSink, ports
+from tests.email.oauth2_server import OAuth2Server
+from tests.email.servers import Dovecot, SmtpSink, Xoauth2Sink, ports
 from tests.helpers import get_json
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 
 
 @pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
+async def oauth2_server() -> AsyncIterator[OAuth2Server]:
+    """The OAuth2 authorization server (token endpoint, Dovecot's introspection)."""
+    server = OAuth2Server()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot(oauth2_server: OAuth2Server) -> Iterator[Dovecot]:
     """One real Dovecot for the whole session (stopping one takes about a second).
 
     Its directory is not under pytest's tmp: that one is private to root (0700), and
-    Dovecot's auth process runs as its own user and must reach the passwd file.
+    Dovecot's auth process runs as its own user and must reach the passwd file. XOAUTH2
+    tokens are checked with ``oauth2_server`` (a password login never asks it).
     """
     root = Path(tempfile.mkdtemp(prefix="omnirelay-dovecot-"))
-    server = Dovecot(root)
+    server = Dovecot(root, oauth2_server.introspection_url)
     server.start()
     yield server
     server.stop()
@@ -38,6 +49,15 @@ def dovecot() -> Iterator[Dovecot]:
 async def smtp_sink() -> AsyncIterator[SmtpSink]:
     """The shop's SMTP relay, as far as omnirelay can tell."""
     sink = SmtpSink()
+    await sink.start()
+    yield sink
+    await sink.stop()
+
+
+@pytest.fixture(scope="session")
+async def xoauth2_sink(oauth2_server: OAuth2Server) -> AsyncIterator[Xoauth2Sink]:
+    """A relay that takes mail only after AUTH XOAUTH2 with a token of ``oauth2_server``."""
+    sink = Xoauth2Sink(oauth=oauth2_server)
     await sink.start()
     yield sink
     await sink.stop()

@@ -8,6 +8,7 @@ submitted, with knobs to answer 4xx/5xx or to refuse connections.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import pwd
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -23,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import aioimaplib
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from adapters.email.imap import quote_mailbox
 from tests.conftest import free_port
+from tests.email.oauth2_server import OAuth2Server
 
 DOVECOT_CONF = """\
 base_dir = {d}/run
@@ -39,7 +42,7 @@ ssl = yes
 ssl_cert = <{d}/cert.pem
 ssl_key = <{d}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
 # Failed logins (one test makes some) must not slow the others down: no failure delay,
 # no per-IP penalty for loopback.
 auth_failure_delay = 0
@@ -48,8 +51,9 @@ login_trusted_networks = 127.0.0.0/8
 passdb {{
   driver = static
   args = password={password}
+  mechanisms = plain login
 }}
-userdb {{
+{oauth_passdb}userdb {{
   driver = static
   args = uid={uid} gid={gid} home={d}/mail/%u
 }}
@@ -113,10 +117,31 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class Dovecot:
-    """A Dovecot of our own: start, stop, restart (same ports), users added on the fly."""
+OAUTH2_PASSDB = """\
+# XOAUTH2 / OAUTHBEARER: the token is checked with the test's OAuth2 server (RFC 7662).
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/dovecot-oauth2.conf.ext
+}}
+"""
+OAUTH2_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
 
-    def __init__(self, root: Path) -> None:
+
+class Dovecot:
+    """A Dovecot of our own: start, stop, restart (same ports), users added on the fly.
+
+    With ``introspection_url`` it also takes XOAUTH2 and OAUTHBEARER, asking that URL
+    whether a token is good (passwords never reach it: the passdbs are per mechanism).
+    """
+
+    def __init__(self, root: Path, introspection_url: str | None = None) -> None:
         self.root = root
         self.port, self.tls_port = ports(2)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,9 +164,16 @@ class Dovecot:
         self.cert, self.key = make_certificate(root)
         os.chmod(self.key, 0o644)
         self.conf = root / "dovecot.conf"
+        oauth_mechanisms = oauth_passdb = ""
+        if introspection_url is not None:
+            (root / "dovecot-oauth2.conf.ext").write_text(OAUTH2_CONF.format(
+                url=introspection_url))
+            oauth_mechanisms = " xoauth2 oauthbearer"
+            oauth_passdb = OAUTH2_PASSDB.format(d=root)
         self.conf.write_text(DOVECOT_CONF.format(
             d=root, port=self.port, tls_port=self.tls_port, uid=self.uid, gid=self.gid,
-            users_block=users_block, password=self.PASSWORD))
+            users_block=users_block, password=self.PASSWORD,
+            oauth_mechanisms=oauth_mechanisms, oauth_passdb=oauth_passdb))
 
     PASSWORD = "secret"
 
@@ -187,6 +219,12 @@ class Dovecot:
         """Stop and start again on the same ports and mail store."""
         self.stop()
         self.start()
+
+    def kick(self, user: str) -> None:
+        """End ``user``'s sessions, as Microsoft 365 does when their access token expires
+        (``BYE Session invalidated - AccessTokenExpired``)."""
+        subprocess.run(["doveadm", "-c", str(self.conf), "kick", user], check=True,
+                       capture_output=True, timeout=15)
 
     def log(self) -> str:
         """Dovecot's own log."""
@@ -272,6 +310,7 @@ class Submission:
     sender: str
     recipients: list[str]
     data: bytes
+    login: str | None = None  # who signed in (AUTH), if anyone
 
     @property
     def message(self) -> EmailMessage:
@@ -320,17 +359,21 @@ class SmtpSink:
         if failure:
             return failure
         data = envelope.original_content or b""
+        login = session.auth_data if isinstance(session.auth_data, str) else None
         self.received.append(Submission(str(envelope.mail_from), list(envelope.rcpt_tos),
-                                        bytes(data)))
+                                        bytes(data), login))
         self.arrived.set()
         return "250 2.0.0 queued"
 
     async def start(self) -> None:
         """Listen on 127.0.0.1:port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: SMTP(self, hostname="relay.test", data_size_limit=None),
-            host="127.0.0.1", port=self.port, reuse_address=True)
+        self.server = await loop.create_server(self.session, host="127.0.0.1", port=self.port,
+                                               reuse_address=True)
+
+    def session(self) -> SMTP:
+        """The aiosmtpd protocol for one connection."""
+        return SMTP(self, hostname="relay.test", data_size_limit=None)
 
     async def stop(self) -> None:
         """Refuse connections from now on."""
@@ -351,3 +394,41 @@ class SmtpSink:
                 await asyncio.wait_for(self.arrived.wait(), remaining)
         return self.received
 
+
+
+@dataclass
+class Xoauth2Sink(SmtpSink):
+    """A relay that takes mail only after ``AUTH XOAUTH2`` with a live token of ``oauth``.
+
+    A refused token gets Google's answer: a ``334`` challenge carrying a JSON error, then
+    ``535`` once the client has answered it with an empty line. ``logins`` records every
+    attempt as (user, accepted).
+    """
+
+    oauth: OAuth2Server | None = None
+    logins: list[tuple[str, bool]] = field(default_factory=list)
+
+    def session(self) -> SMTP:
+        """No mail before AUTH; XOAUTH2 is the only mechanism (as at Microsoft 365)."""
+        with warnings.catch_warnings():  # AUTH without TLS: on loopback, in a test
+            warnings.simplefilter("ignore", UserWarning)
+            return SMTP(self, hostname="relay.test", data_size_limit=None, auth_required=True,
+                        auth_require_tls=False, auth_exclude_mechanism=["LOGIN", "PLAIN"])
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """Check the bearer token with the authorization server."""
+        assert self.oauth is not None
+        blob = args[1].encode() if len(args) > 1 else await server.challenge_auth("")
+        if not isinstance(blob, bytes):
+            return AuthResult(success=False, handled=True)
+        decoded = base64.b64decode(blob).decode() if len(args) > 1 else blob.decode()
+        fields = dict(part.split("=", 1) for part in decoded.split("\x01") if "=" in part)
+        user = fields.get("user", "")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        good = self.oauth.active(token, user)
+        self.logins.append((user, good))
+        if good:
+            return AuthResult(success=True, auth_data=user)
+        await server.challenge_auth('{"status":"401","schemes":"Bearer",'
+                                    '"scope":"https://mail.google.com/"}')
+        return AuthResult(success=False, handled=False)
