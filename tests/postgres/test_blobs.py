@@ -145,6 +145,39 @@ async def test_a_purge_removes_the_rows_and_an_instance_down_meanwhile_drops_its
     assert not b.blob_path(att.sha256).exists()
 
 
+async def test_an_erasure_an_instance_did_not_hear_is_caught_up_when_it_listens_again(
+        pg_server: PgServer, tmp_path: Path, open_store: Open) -> None:
+    """B's listener was down when A erased a customer (B heard no NOTIFY): once B listens
+    again (``resumed``, as its listener calls it), it drops the erased bytes' cached copy
+    and keeps the rest."""
+    dsn = pg_server.fresh_database()
+    a, b = await open_store(dsn, tmp_path / "a"), await open_store(dsn, tmp_path / "b")
+    assert b._sweep is not None
+    await b._sweep
+    (att,) = await a.put_blobs([("id.png", "image/png", b"personal bytes", False, None)])
+    stored = await a.ingest(inbound("m1", "erase-me"), [att])
+    (kept,) = await a.put_blobs([("other.txt", "text/plain", b"someone else's", False, None)])
+    await a.ingest(inbound("m2", "stays"), [kept])
+    for digest in (att.sha256, kept.sha256):
+        assert (await b.blob_file(digest)).is_file()
+    hear = b.pg.listens
+    b.pg.listens = {}  # B's listener hears nothing from now on
+    await a.erase_customer(stored.message["customer_id"])
+    assert rows(dsn, att.sha256) == 0
+    assert b.blob_path(att.sha256).exists()  # B did not hear it
+    b.pg.listens = hear
+    b.broadcasts.resumed()  # as its listener does: the handlers run on the loop
+
+    async def rechecking() -> bool:
+        return b._recheck is not None
+    await wait_until(rechecking)
+    assert b._recheck is not None
+    await b._recheck
+    assert not b.blob_path(att.sha256).exists()
+    assert att.sha256 not in b.blob_cache
+    assert (await b.get_attachment(kept.id))[1].read_bytes() == b"someone else's"
+
+
 async def test_files_from_a_shared_directory_are_copied_in_at_start(
         pg_server: PgServer, tmp_path: Path, open_store: Open) -> None:
     """An upgrade: bytes stored before migration 0011 are only files in the shared dir."""

@@ -137,6 +137,7 @@ class PostgresStore(SQLiteStore):
         self._blobs_gone = self.broadcasts.topic(blobs.GONE_TOPIC)
         self._unsubscribe: Callable[[], None] | None = None
         self._sweep: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None
 
     @property
     def tail(self) -> FeedTail:
@@ -149,7 +150,7 @@ class PostgresStore(SQLiteStore):
         (in the background)."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         await self.pg.open()
-        self._unsubscribe = self._blobs_gone.subscribe(self._heard_gone)
+        self._unsubscribe = self._blobs_gone.subscribe(self._heard_gone, self._missed_gone)
         self._sweep = asyncio.create_task(self._sweep_cache(), name="blob-cache-sweep")
 
     async def close(self) -> None:
@@ -157,11 +158,12 @@ class PostgresStore(SQLiteStore):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._sweep is not None:
-            self._sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweep
-            self._sweep = None
+        for task in (self._sweep, self._recheck):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._sweep = self._recheck = None
         await self.blob_cache.close()
         await self.pg.close()
 
@@ -288,6 +290,32 @@ class PostgresStore(SQLiteStore):
         digests = [d for d in payload.split(",") if blobs.is_digest(d)]
         self.blob_cache.forget(digests)
         asyncio.get_running_loop().run_in_executor(None, self._uncache, digests)
+
+    def _missed_gone(self) -> None:
+        """The listener was down: deletions announced meanwhile went unheard. Look the
+        cached files up again (in the background)."""
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.create_task(self._drop_deleted(), name="blob-cache-recheck")
+
+    async def _drop_deleted(self) -> None:
+        """Remove the cached copies of bytes the table no longer holds (an erasure or a
+        purge on another instance while this one did not hear). Only files the cache
+        counts as copies: a file it does not count may hold the only copy of its bytes."""
+        try:
+            cached = [f.sha256 for f in await asyncio.to_thread(blobs.cached_files,
+                                                                 self.blob_dir)]
+            deleted: list[str] = []
+            for start in range(0, len(cached), blobs.SWEEP_CHUNK):
+                chunk = cached[start:start + blobs.SWEEP_CHUNK]
+                held = await self.pg.read(blobs.present, chunk)
+                deleted += [d for d in chunk if d not in held and d in self.blob_cache]
+        except StoreError as exc:  # still unreachable: the next start's sweep does it
+            log.warning("store.blob_sweep_failed", error=exc.message)
+            return
+        self.blob_cache.forget(deleted)
+        await asyncio.to_thread(self._uncache, deleted)
+        if deleted:
+            log.info("store.blob_cache_swept", copied_in=0, removed=len(deleted))
 
     async def _sweep_cache(self) -> None:
         """At start, the cached files the table has no row for: bytes deleted while this
