@@ -109,12 +109,15 @@ def _acceptable_url(url: str) -> bool:
         return False
     if parts.scheme == "https":
         return True
-    if parts.scheme != "http":
-        return False
+    return parts.scheme == "http" and is_loopback(host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (where a token may go without TLS)."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

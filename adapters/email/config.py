@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import AdapterConfig
 from gateway.configkit import Secret, Section, parse_hostport
-from gateway.oauth2 import OAuth2Settings, parse_oauth2
+from gateway.oauth2 import OAuth2Settings, is_loopback, parse_oauth2
 
 if TYPE_CHECKING:
     from gateway.configkit import ParseContext
@@ -246,6 +246,11 @@ def _server(section: Section, default_port: int, default_security: str, *,
             section.error("oauth2", "give either a password or oauth2, not both",
                           "oauth2 signs in with a token instead of the password: "
                           "delete the password key")
+        if security == "none" and host and not is_loopback(host):
+            section.error("security", 'must be "tls" or "starttls" with oauth2 (a server '
+                          "other than this machine)",
+                          "an access token reads the whole mailbox for an hour: it must "
+                          "not cross a network in clear")
         if not username:
             section.error("username", "is required with oauth2",
                           'the mailbox address the token is for, e.g. '

@@ -304,6 +304,9 @@ def test_config_takes_an_oauth2_table_for_imap_and_smtp(tmp_path: Any) -> None:
     ('smtp = { host = "s", username = "u", oauth2 = { token_url = "https://t.example/", '
      'client_id = "c", refresh_token = "r", tenant = "x" } }', "smtp.oauth2.tenant",
      "unknown key"),
+    ('smtp = { host = "mail.example", security = "none", username = "u", oauth2 = { '
+     'token_url = "https://t.example/", client_id = "c", refresh_token = "r" } }',
+     "smtp.security", 'must be "tls" or "starttls" with oauth2'),
 ])
 def test_oauth2_config_errors_are_clear(table: str, key: str, complaint: str) -> None:
     with pytest.raises(ConfigErrors) as errors:
