@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -24,7 +25,7 @@ from adapters.email.outbound import Thread, render
 from gateway.config import StoreConfig
 from gateway.media_links import MediaLinks
 from gateway.store.base import StoredAttachment
-from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import PostgresStore, blobs
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.transfer import transfer
 from normalizer.model import InboundMessage, Party
@@ -80,6 +81,34 @@ async def test_bytes_stored_by_one_instance_are_read_by_another_through_its_cach
     # Stored once, however often the same bytes come.
     (again,) = await b.put_blobs([("copy.pdf", "application/pdf", data, False, None)])
     assert again.sha256 == att.sha256 and rows(dsn, att.sha256) == 1
+
+
+async def test_readers_of_the_same_missing_file_at_once_share_one_fetch(
+        pg_server: PgServer, tmp_path: Path, open_store: Open,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten agents open the same image at once on an instance that has no copy: the bytes
+    come from the database once, every reader gets them whole, and a reader who gives up
+    cancels nothing for the others."""
+    dsn = pg_server.fresh_database()
+    a, b = await open_store(dsn, tmp_path / "a"), await open_store(dsn, tmp_path / "b")
+    data = os.urandom(3_000_000)
+    (att,) = await a.put_blobs([("photo.jpg", "image/jpeg", data, False, None)])
+    fills: list[str] = []
+    fill_cache = blobs.fill_cache
+
+    def counted(conn: Any, sha256: str, path: Path) -> int | None:
+        fills.append(sha256)
+        return fill_cache(conn, sha256, path)
+
+    monkeypatch.setattr(blobs, "fill_cache", counted)
+    quitter = asyncio.ensure_future(b.blob_file(att.sha256))
+    readers = [asyncio.ensure_future(b.blob_file(att.sha256)) for _ in range(10)]
+    await asyncio.sleep(0)
+    quitter.cancel()
+    paths = await asyncio.gather(*readers)
+    assert fills == [att.sha256]
+    assert all(p.read_bytes() == data for p in paths)
+    assert await b.blob_file(att.sha256) == paths[0] and fills == [att.sha256]
 
 
 async def test_a_fetched_file_is_streamed_into_the_database(

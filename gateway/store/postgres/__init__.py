@@ -138,6 +138,7 @@ class PostgresStore(SQLiteStore):
         self._unsubscribe: Callable[[], None] | None = None
         self._sweep: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None
+        self._fills: dict[str, asyncio.Future[int | None]] = {}  # fetches under way
 
     @property
     def tail(self) -> FeedTail:
@@ -260,10 +261,21 @@ class PostgresStore(SQLiteStore):
             size = await asyncio.to_thread(blobs.file_size, path)
             fetched = size is None
             if fetched:
-                size = await self.pg.read(blobs.fill_cache, sha256, path)
+                size = await self._fill(sha256, path)
         if size is not None:
             self.blob_cache.used(sha256, size, fetched=fetched)
         return path
+
+    async def _fill(self, sha256: str, path: Path) -> int | None:
+        """Fetch the bytes into the cache. Readers of the same missing file at once (an
+        image several agents open together) share one fetch; one who gives up (a closed
+        download) does not cancel it for the others."""
+        fill = self._fills.get(sha256)
+        if fill is None:
+            fill = asyncio.ensure_future(self.pg.read(blobs.fill_cache, sha256, path))
+            self._fills[sha256] = fill
+            fill.add_done_callback(lambda _done: self._fills.pop(sha256, None))
+        return await asyncio.shield(fill)
 
     # ---------------------------------------------------------------- removal
 
