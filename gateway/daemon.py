@@ -52,7 +52,7 @@ from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
 from gateway.store.select import make_store
-from gateway.supervisor import LoopGroup
+from gateway.supervisor import LoopGroup, LoopHealth
 from gateway.systemd import Notifier
 from gateway.webhooks import WebhookDispatcher
 from outbox.worker import OutboxWorker
@@ -114,6 +114,7 @@ class Gateway:
                                  on_samples=self.metrics.observe_support)
         if self.sqlite.blob_cache is not None:
             self.metrics.watch_blob_cache(self.sqlite.blob_cache)
+        self.metrics.watch_channels(self.channel_states)
         self.store: Store = self.sqlite
         # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
         self.sqlite.automation = self.automation = automation_for(config)
@@ -451,6 +452,17 @@ class Gateway:
             self.notifier.ready(self.status_line())
 
     # ------------------------------------------------------------------ status
+
+    def channel_states(self) -> list[tuple[str, str, str, list[LoopHealth]]]:
+        """Each configured account's type, name, state and loops (for the metrics)."""
+        states = []
+        for account in self.config.channels:
+            adapter = self.adapters.get(account.key)
+            health = adapter.health() if adapter is not None else None
+            states.append((account.type, account.name,
+                           health.state.value if health else "stopped",
+                           health.loops if health else []))
+        return states
 
     def channel_report(self) -> list[dict[str, Any]]:
         """Each configured account: type, state, last error, counters."""

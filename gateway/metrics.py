@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -10,6 +11,12 @@ from prometheus_client.registry import Collector
 
 from gateway.logging import lines_dropped
 from gateway.store.base import BlobCacheStats
+
+if TYPE_CHECKING:
+    from gateway.supervisor import LoopHealth
+
+# (adapter type, account, state, its supervised loops), one per configured account.
+ChannelStates = Callable[[], Iterable[tuple[str, str, str, Sequence["LoopHealth"]]]]
 
 
 class Metrics:
@@ -65,6 +72,11 @@ class Metrics:
                 ("resolution", "Customer's first message to a close"))}
         r.register(_LogLinesDropped())
 
+    def watch_channels(self, states: ChannelStates) -> None:
+        """Export every account's state and supervised loops, read when scraped (what
+        ``/v1/channels`` shows, without error texts), so alerts need no API token."""
+        self.registry.register(_Channels(states))
+
     def watch_blob_cache(self, cache: BlobCacheStats) -> None:
         """Export the local attachment cache's size and evictions (PostgreSQL's store)."""
         self.registry.register(_BlobCache(cache))
@@ -99,3 +111,46 @@ class _BlobCache(Collector):
         yield CounterMetricFamily("omnirelay_blob_cache_evicted_files",
                                   "Cached attachment files removed to keep to the budget",
                                   value=self.cache.evicted_files)
+
+
+CHANNEL_STATES = ("starting", "running", "degraded", "failed", "stopped")
+
+
+class _Channels(Collector):
+    """The accounts as ``/v1/channels`` shows them: one 0/1 series per state (the one
+    the account is in is 1), and each supervised loop's liveness, restarts and last
+    success. An alert on ``omnirelay_channel_state{state="running"} == 0`` or on
+    ``time() - omnirelay_channel_loop_last_success_timestamp_seconds`` needs no token."""
+
+    def __init__(self, states: ChannelStates) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily("omnirelay_channel_state",
+                                  "1 for the state each configured account is in",
+                                  labels=["type", "account", "state"])
+        up = GaugeMetricFamily("omnirelay_channel_loop_up",
+                               "1 while an account's supervised loop runs (not in backoff)",
+                               labels=["type", "account", "loop"])
+        restarts = CounterMetricFamily("omnirelay_channel_loop_restarts",
+                                       "Restarts of an account's supervised loop after a "
+                                       "failure", labels=["type", "account", "loop"])
+        success = GaugeMetricFamily("omnirelay_channel_loop_last_success_timestamp_seconds",
+                                    "When an account's supervised loop last succeeded "
+                                    "(Unix time)", labels=["type", "account", "loop"])
+        for channel_type, account, current, loops in self.states():
+            labels = [channel_type, account]
+            if current not in CHANNEL_STATES:  # "new": configured, not started yet
+                current = "starting"
+            for name in CHANNEL_STATES:
+                state.add_metric([*labels, name], 1.0 if name == current else 0.0)
+            for loop in loops:
+                keys = [*labels, loop.name]
+                up.add_metric(keys, 1.0 if loop.alive else 0.0)
+                restarts.add_metric(keys, loop.restarts)
+                if loop.last_success is not None:
+                    success.add_metric(keys, loop.last_success)
+        yield state
+        yield up
+        yield restarts
+        yield success

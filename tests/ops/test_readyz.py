@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import base_config, free_port
 from tests.helpers import get_json, post_inbound, unique
@@ -40,6 +41,29 @@ async def readyz(http: aiohttp.ClientSession, base: str) -> tuple[int, Any]:
     """GET /readyz (no token: load balancers call it)."""
     async with http.get(f"{base}/readyz") as resp:
         return resp.status, await resp.json()
+
+
+async def channel_metrics(http: aiohttp.ClientSession, base: str
+                          ) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The ``omnirelay_channel_*`` samples of /metrics (no token: Prometheus scrapes it),
+    by name and label values (type, account, then state or loop)."""
+    async with http.get(f"{base}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("omnirelay_channel_"):
+                labels = sample.labels
+                found[(sample.name, (labels["type"], labels["account"],
+                                     labels.get("state") or labels["loop"]))] = sample.value
+    return found
+
+
+def states(metrics: dict[tuple[str, tuple[str, ...]], float], account: str) -> list[str]:
+    """The states whose series is 1 for an account (exactly one, when all is well)."""
+    return [labels[2] for (name, labels), value in metrics.items()
+            if name == "omnirelay_channel_state" and labels[1] == account and value == 1]
 
 
 async def wait_readyz(http: aiohttp.ClientSession, base: str, status: int,
@@ -92,6 +116,12 @@ async def test_a_required_account_that_cannot_start_fails_readyz_until_it_recove
         assert by_name["backup-mx"]["state"] == "failed"
         assert not by_name["backup-mx"]["required"]
         assert by_name["default"]["state"] == "running"
+        # Prometheus sees the same, without a token: one state series at 1 per account.
+        metrics = await channel_metrics(http, daemon.url)
+        assert states(metrics, "support") == ["failed"]
+        assert states(metrics, "backup-mx") == ["failed"]
+        assert states(metrics, "default") == ["running"]
+        assert metrics[("omnirelay_channel_state", ("email", "support", "running"))] == 0
 
         # The other mail server goes away: the adapter is retried and readiness returns.
         taken_ports[0].close()
@@ -101,6 +131,7 @@ async def test_a_required_account_that_cannot_start_fails_readyz_until_it_recove
         assert by_name["support"]["state"] == "running"
         assert by_name["support"]["last_error"] is None
         assert by_name["backup-mx"]["state"] == "failed"
+        assert states(await channel_metrics(http, daemon.url), "support") == ["running"]
     assert await daemon.stop() == 0
     assert any(e["event"] == "adapter.recovered" for e in daemon.lines())
 
@@ -140,3 +171,48 @@ async def test_a_store_that_cannot_write_fails_readyz_and_recovers_by_itself(
         assert (await post(http))[0] == 201
     assert await daemon.stop() == 0
     assert any(e["event"] == "store.commit_failed" for e in daemon.lines())
+
+
+async def test_a_mailbox_that_cannot_connect_shows_in_the_loop_metrics(
+        tmp_path: Path, daemons: list[OpsDaemon], taken_ports: list[socket.socket]) -> None:
+    """An IMAP mailbox whose server refuses connections: the account runs (its SMTP
+    listener works), its supervised loop is down and restarting, with no success yet; an
+    alert on /metrics needs no API token and sees no error text."""
+    http_port = free_port()
+    closed = socket.socket()  # a port nobody listens on: bound, never listening
+    closed.bind(("127.0.0.1", 0))
+    taken_ports.append(closed)
+    extra = f"""
+        [[channels]]
+        type = "email"
+        name = "inbox"
+        address = "inbox@shop.example"
+        imap = {{ host = "127.0.0.1", port = {closed.getsockname()[1]}, security = "none", username = "inbox", password = "secret-pw" }}
+        """  # noqa: E501
+    daemon = OpsDaemon(tmp_path, base_config(tmp_path / "data", http_port, free_port(),
+                                             extra=extra), http_port)
+    daemons.append(daemon)
+    daemon.start()
+    await daemon.wait_ready()
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 20
+        while True:
+            metrics = await channel_metrics(http, daemon.url)
+            loops = {labels: value for (name, labels), value in metrics.items()
+                     if name == "omnirelay_channel_loop_restarts_total"
+                     and labels[:2] == ("email", "inbox")}
+            if loops and min(loops.values()) >= 1:
+                break
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.1)
+        [loop] = [labels[2] for labels in loops]
+        assert metrics[("omnirelay_channel_loop_up", ("email", "inbox", loop))] == 0
+        assert ("omnirelay_channel_loop_last_success_timestamp_seconds",
+                ("email", "inbox", loop)) not in metrics
+        _, report = await get_json(http, f"{daemon.url}/v1/channels")
+        [inbox] = [c for c in report["channels"] if c["name"] == "inbox"]
+        assert states(metrics, "inbox") == [inbox["state"]]
+        assert [entry["name"] for entry in inbox["loops"]] == [loop]
+        async with http.get(f"{daemon.url}/metrics") as resp:
+            assert "secret-pw" not in await resp.text()
+    assert await daemon.stop() == 0
