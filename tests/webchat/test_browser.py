@@ -607,8 +607,10 @@ async def test_stale_entries_are_cleared_when_the_widget_starts(
          "name": "old.png"},
         {"widget": widget, "visitor": "vis_someone_else_0000000", "id": "another",
          "at": now, "name": "theirs.png"},
-        {"widget": widget, "visitor": visitor, "id": "unqueued", "at": now,
+        {"widget": widget, "visitor": visitor, "id": "unqueued", "at": now - 120_000,
          "name": "sent.png"},  # confirmed, but the page closed before its entry went
+        {"widget": widget, "visitor": visitor, "id": "justkept", "at": now,
+         "name": "new.png"},  # another tab kept it a moment ago and is about to queue it
         {"widget": "http://elsewhere.example/chat/x", "visitor": visitor, "id": "notours",
          "at": now - 8 * 86400_000, "name": "other-widget.png"},
     ]
@@ -616,7 +618,7 @@ async def test_stale_entries_are_cleared_when_the_widget_starts(
                                                                    "size": 3}]}
              for e in entries[:2]]
     await page.evaluate(PUT_ENTRIES, [entries, f"omnirelay-chat:{widget}:queue", queue])
-    assert len(await kept_entries(page)) == 4
+    assert len(await kept_entries(page)) == 5
 
     await page.reload()
     await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached")
@@ -625,6 +627,141 @@ async def test_stale_entries_are_cleared_when_the_widget_starts(
         await failed.wait_for(state="attached")
         assert await failed.locator(".note").text_content() == \
             f"Not sent: {name} could not be kept. Please attach it again."
-    assert [e["id"] for e in await kept_entries(page)] == ["notours"]  # another widget's
-    assert await page.evaluate(f"localStorage.getItem('omnirelay-chat:{widget}:queue')") == "[]"
+    # Another widget's, and one too fresh to be called stale.
+    assert sorted(e["id"] for e in await kept_entries(page)) == ["justkept", "notours"]
+    assert await queue_keys(page) == []  # the old queue was read, and the lost ones went
     assert visitor_page.problems == []
+
+
+async def queue_keys(page: Any) -> list[str]:
+    """The widget's saved queue in this origin's localStorage: its keys."""
+    keys: list[str] = await page.evaluate(
+        "Object.keys(localStorage).filter(k => k.startsWith('omnirelay-chat:')"
+        " && (k.includes(':q:') || k.endsWith(':queue'))).sort()")
+    return keys
+
+
+async def test_messages_queued_offline_in_two_tabs_are_all_sent_once(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site, browser: Any) -> None:
+    """One visitor, two tabs of the shop, both offline: each queues its own messages; after
+    reloading both, every message is still there and stored once when they are online."""
+    context = await browser.new_context(viewport={"width": 900, "height": 640})
+    try:
+        tabs = [Watched(await context.new_page()), Watched(await context.new_page())]
+        first, second = [await open_shop(tab, shop) for tab in tabs]
+        for page in (first, second):
+            await serve_from_cache(page, shop, api)
+            await go_offline(page)
+        photo = PNG + os.urandom(20_000)
+        order, broken = f"my order number is {uuid.uuid4().hex}", "and the parcel arrived broken"
+        await first.fill("#omnirelay-text", order)
+        await first.press("#omnirelay-text", "Enter")
+        await first.locator("li.msg.pending", has_text=order).wait_for()
+        # The other tab shows it waiting too.
+        await second.locator("li.msg.pending", has_text=order).wait_for()
+        await second.fill("#omnirelay-text", broken)
+        await second.press("#omnirelay-text", "Enter")
+        await second.set_input_files("#omnirelay-file", files=[
+            {"name": "broken.png", "mimeType": "image/png", "buffer": photo}])
+        await first.locator("li.msg.pending .file", has_text="broken.png").wait_for()
+        assert len(await queue_keys(first)) == 3
+        assert [e["names"] for e in await kept_entries(first)] == [["broken.png"]]
+
+        for page in (first, second):
+            await reload_offline(page)
+        for page in (first, second):  # each tab shows all three, in the order written
+            pending = page.locator("li.msg.pending")
+            await pending.nth(2).wait_for()
+            assert await pending.locator(".text").all_text_contents() == [order, broken, ""]
+            assert await pending.nth(2).locator(".file").text_content() == "broken.png"
+            assert await pending.locator(".note").all_text_contents() == ["Not sent yet"] * 3
+
+        await context.set_offline(False)
+        for page in (first, second):
+            await page.locator("li.msg.me:not(.pending)").nth(2).wait_for(timeout=20000)
+        conversation_id = await conversation_of(api, chat_daemon, order)
+        listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                     "/messages")
+        messages = listed["messages"]
+        assert [(m["text"], [a["filename"] for a in m["attachments"]]) for m in messages] == [
+            (order, []), (broken, []), ("", ["broken.png"])]  # each once, in order
+        assert messages[2]["attachments"][0]["sha256"] == hashlib.sha256(photo).hexdigest()
+        for page in (first, second):  # each shown once, nothing waiting
+            assert await page.locator("li.msg .text").all_text_contents() == [order, broken, ""]
+            assert await page.locator("li.msg.pending").count() == 0
+        assert await queue_keys(first) == []
+        await wait_until(lambda: _nothing_kept(first))
+
+        # Online, a message from one tab shows once in both, never left waiting in the other.
+        await second.fill("#omnirelay-text", "thanks")
+        await second.press("#omnirelay-text", "Enter")
+        for page in (first, second):
+            await page.locator("li.msg.me:not(.pending)", has_text="thanks").wait_for()
+        assert await queue_keys(first) == []
+        for page in (first, second):
+            assert await page.locator("li.msg .text").all_text_contents() == [
+                order, broken, "", "thanks"]
+            assert await page.locator("li.msg.pending").count() == 0
+        assert [p for tab in tabs for p in tab.problems if p.startswith("pageerror")] == []
+    finally:
+        await context.close()
+
+
+PUT_FILE = """async ([entry, bytes]) => {
+  const db = await new Promise((resolve, reject) => {
+    const request = indexedDB.open("omnirelay-chat", 1);
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction("files", "readwrite");
+    tx.objectStore("files").put({...entry, files: [{filename: entry.name,
+      content_type: "image/png", data: new Uint8Array(bytes).buffer}]});
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+  });
+  db.close();
+}"""
+
+
+async def test_a_queue_saved_by_an_earlier_widget_is_kept_and_sent(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site,
+        visitor_page: Watched) -> None:
+    """A visitor whose widget is upgraded during an outage: the one-key queue of the
+    earlier version becomes one key per message, and is sent when the connection returns."""
+    page = await open_shop(visitor_page, shop)
+    await serve_from_cache(page, shop, api)
+    await go_offline(page)
+    widget = f"{shop.daemon_url}/chat/shop"
+    token = await page.evaluate(f"localStorage.getItem('omnirelay-chat:{widget}:token')")
+    visitor = token.strip('"').split(".")[0]
+    now = await page.evaluate("Date.now()")
+    first = f"written before the upgrade {uuid.uuid4().hex}"
+    queue = [{"id": "old1", "text": first, "at": now - 5000},
+             {"id": "old2", "text": "", "at": now - 4000,
+              "files": [{"filename": "box.png", "size": len(PNG)}]},
+             {"id": "old3", "text": "and a last word", "at": now - 3000}]
+    await page.evaluate(PUT_FILE, [{"widget": widget, "visitor": visitor, "id": "old2",
+                                    "at": now - 4000, "name": "box.png"}, list(PNG)])
+    await page.evaluate("([key, queue]) => localStorage.setItem(key, JSON.stringify(queue))",
+                        [f"omnirelay-chat:{widget}:queue", queue])
+
+    await reload_offline(page)
+    pending = page.locator("li.msg.pending")
+    await pending.nth(2).wait_for()
+    assert await pending.locator(".text").all_text_contents() == [first, "", "and a last word"]
+    assert await queue_keys(page) == [f"omnirelay-chat:{widget}:q:old{n}" for n in (1, 2, 3)]
+
+    await page.context.set_offline(False)
+    await page.locator("li.msg.me:not(.pending)").nth(2).wait_for(timeout=20000)
+    conversation_id = await conversation_of(api, chat_daemon, first)
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                 "/messages")
+    assert [(m["text"], [a["filename"] for a in m["attachments"]])
+            for m in listed["messages"]] == [
+        (first, []), ("", ["box.png"]), ("and a last word", [])]
+    assert listed["messages"][1]["attachments"][0]["sha256"] == hashlib.sha256(PNG).hexdigest()
+    assert await page.locator("li.msg.pending").count() == 0
+    assert await queue_keys(page) == []
+    await wait_until(lambda: _nothing_kept(page))
+    assert [p for p in visitor_page.problems if p.startswith("pageerror")] == []

@@ -5,8 +5,9 @@
  * Everything shown is set with textContent (never parsed as HTML), so no visitor or agent text
  * can become markup. The widget lives in a shadow root, so the shop's CSS and ours stay apart.
  * It talks only to HOST: no fonts, images or analytics from anywhere else.
- * A file waiting to be sent is kept in IndexedDB (text in localStorage), so a reload while
- * offline loses nothing; see "files kept offline" below.
+ * A file waiting to be sent is kept in IndexedDB (text in localStorage, one key per message
+ * so the visitor's tabs share the queue), so a reload while offline loses nothing; see
+ * "files kept offline" below.
  * It speaks English, Korean or Japanese: the tag's data-language, else the account's
  * language, else the browser's first supported one, else English. The file stays ASCII
  * (\u escapes) so a shop page in EUC-KR or Shift_JIS cannot garble it; the strings in
@@ -35,9 +36,64 @@
   function save(name, value) {
     try { window.localStorage.setItem(storeKey + ":" + name, JSON.stringify(value)); } catch (e) { /* private mode */ }
   }
+  // The queue of messages not yet confirmed is shared by the visitor's tabs: one key per
+  // message ("...:q:<client id>", the item with its creation time), so a tab adds and removes
+  // only its own and never writes over another's; the order is the items' "at", then id.
+  var itemKey = storeKey + ":q:";
+  function readQueue() {  // every tab's queued items, in order
+    var items = [];
+    try {
+      for (var i = 0; i < window.localStorage.length; i++) {
+        var key = window.localStorage.key(i);
+        if (key && key.indexOf(itemKey) === 0) {
+          var item = parseItem(window.localStorage.getItem(key));
+          if (item) { items.push(item); }
+        }
+      }
+    } catch (e) { /* private mode */ }
+    return ordered(items);
+  }
+  function parseItem(raw) {
+    try {
+      var item = JSON.parse(raw);
+      return item && typeof item.id === "string" && typeof item.at === "number" ? item : null;
+    } catch (e) { return null; }
+  }
+  function ordered(items) {
+    return items.sort(function (a, b) { return a.at - b.at || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0); });
+  }
+  function putItem(item) {
+    try { window.localStorage.setItem(itemKey + item.id, JSON.stringify(item)); return true; } catch (e) { return false; }
+  }
+  function isQueued(id) {  // still in the shared queue (no tab had it confirmed)
+    try { return window.localStorage.getItem(itemKey + id) !== null; } catch (e) { return false; }
+  }
+  function removeItem(id) {
+    try { window.localStorage.removeItem(itemKey + id); } catch (e) { /* private mode */ }
+  }
+  function migrateQueue() {  // the one-key queue of earlier versions: each item gets its key
+    var old = load("queue", null);
+    if (!old) { return []; }
+    var left = (Array.isArray(old) ? old : []).filter(function (item) {
+      return item && typeof item.id === "string" && !putItem({id: item.id, text: item.text || "",
+        at: typeof item.at === "number" ? item.at : 0, files: item.files});
+    });
+    if (!left.length) {
+      try { window.localStorage.removeItem(storeKey + ":queue"); } catch (e) { /* private mode */ }
+    }
+    return left;  // not written (storage full): kept in the old key, queued from memory
+  }
+  var unwritten = {};                         // client id -> true: an old queue's item storage could not take
   var token = load("token", null);
   var profile = load("profile", null);        // {name, email} from the pre-chat form, or {} skipped
-  var queue = load("queue", []);              // messages not yet confirmed, in order: [{id, text, at, files?}]
+  var queue = (function () {                  // messages not yet confirmed, every tab's, in order
+    var left = migrateQueue(), items = readQueue();
+    left.forEach(function (item) {
+      unwritten[item.id] = true;
+      if (!items.some(function (q) { return q.id === item.id; })) { items.push(item); }
+    });
+    return ordered(items);
+  })();
   var settings = load("settings", {});        // what the server said last: title, pre_chat_form, language, limits
   var files = {};                              // client id -> attachments as sent (base64), in memory
 
@@ -408,12 +464,7 @@
     } else if (frame.type === "message" && frame.message) {
       var m = frame.message;
       render(m, frame.client_id);
-      if (frame.client_id) {
-        queue = queue.filter(function (q) { return q.id !== frame.client_id; });
-        delete files[frame.client_id];
-        save("queue", queue);
-        forget(frame.client_id);
-      }
+      if (frame.client_id) { settle(frame.client_id); }
       if (m.direction === "outbound") {
         sendFrame({type: "ack", ids: [m.id]});
         seen([m.id]);
@@ -421,10 +472,7 @@
     } else if (frame.type === "error") {
       if (frame.client_id && frame.code === "invalid") {
         // the server refused it for good (too long, bad file): drop it and say why
-        queue = queue.filter(function (q) { return q.id !== frame.client_id; });
-        delete files[frame.client_id];
-        save("queue", queue);
-        forget(frame.client_id);
+        settle(frame.client_id);
         // The server's reason is English: shown as it is only to English visitors.
         noteOn(shown[frame.client_id], fill(t.refused, {reason: frame.message || "refused"}), true);
       } else if (frame.client_id && !retryTimer) {
@@ -439,10 +487,11 @@
     // Not before the files kept offline are read back: each goes in its place in the queue.
     if (!online || flushing || restoring) { return; }
     flushing = true;
-    queue.forEach(sendItem);
+    queue.forEach(sendItem);  // another tab's too: the server stores a client id once
     flushing = false;
   }
   function sendItem(item) {
+    if (item.files && !files[item.id]) { return; }  // its file is still being read back: not without it
     var frame = {type: "message", id: item.id, text: item.text};
     if (files[item.id]) { frame.attachments = files[item.id]; }
     sendFrame(frame);
@@ -451,16 +500,21 @@
   // ------------------------------------------------------------ files kept offline (IndexedDB)
   // A file waiting to be sent is kept in this origin's IndexedDB (binary, and more than
   // localStorage holds) under [widget, visitor, client id]; its place in the order is its
-  // item's in the text queue (localStorage). So a reload while offline shows it pending again
-  // and sends it in its place when the connection returns; the server stores a client id
-  // once, so sending again after a failure that may have reached it is harmless. At most
-  // KEEP_FILES files and KEEP_BYTES bytes wait per visitor; an entry goes once the server
-  // confirmed its message, and at start an entry older than KEEP_DAYS, of another visitor, or
-  // that the queue no longer names. Without IndexedDB (some private modes) a file waits in
-  // memory only, and its note says a reload loses it.
-  var KEEP_FILES = 10, KEEP_BYTES = 25 * 1048576, KEEP_DAYS = 7;
+  // item's in the shared queue (localStorage), written once the file is kept, so a tab that
+  // sees the item can read its bytes. So a reload while offline shows it pending again and
+  // sends it in its place when the connection returns; the server stores a client id once,
+  // so sending again after a failure that may have reached it, or from two tabs, is harmless.
+  // At most KEEP_FILES files and KEEP_BYTES bytes wait per visitor (all tabs together); an
+  // entry goes once the server confirmed its message (in any tab), and at start an entry
+  // older than KEEP_DAYS, of another visitor, or that no tab's queued item names (once older
+  // than GRACE_MS: a tab may have kept it and be about to queue it). Without IndexedDB (some
+  // private modes) a file waits in memory only, and its note says a reload loses it.
+  var KEEP_FILES = 10, KEEP_BYTES = 25 * 1048576, KEEP_DAYS = 7, GRACE_MS = 60000;
+  var HANDOVER_MS = 2000; // another tab's new message is sent from here too if still queued by then
   var DB_NAME = "omnirelay-chat", DB_STORE = "files";
   var kept = {};          // client id -> {visitor, saving: Promise<bool>} of entries in IndexedDB
+  var unkept = {};        // client id -> true: this tab's file IndexedDB did not keep (memory only)
+  var settled = {};       // client id -> true: confirmed or refused, here or in another tab
   var restoring = true;   // reading entries back: the queue waits
   var reading = {files: 0, bytes: 0};  // files being read from the visitor's disk
   var opening = null;
@@ -501,21 +555,87 @@
     });
     kept[item.id] = {visitor: visitor, saving: saving};
     saving.then(function (saved) {
-      if (!saved && kept[item.id]) { noteOn(shown[item.id], t.unsaved, false); }
+      if (!queued(item.id)) { return; }  // confirmed meanwhile
+      if (!saved) { unkept[item.id] = true; noteOn(shown[item.id], t.unsaved, false); }
+      putItem(item);  // now other tabs may see it: its bytes are there to read
     });
   }
-  function forget(id) {  // the server has it (or refused it for good): its entry goes
-    var entry = kept[id];
-    if (!entry) { return; }
+  function forget(id) {  // the server has it (or refused it for good): its entry goes, whichever tab kept it
+    var entry = kept[id] || {visitor: visitorId(), saving: Promise.resolve(true)};
     delete kept[id];
     entry.saving.then(function (saved) {
       if (saved) { transact(function (store) { store["delete"]([base, entry.visitor, id]); }); }
     });
   }
+  function queued(id) {
+    for (var i = 0; i < queue.length; i++) { if (queue[i].id === id) { return queue[i]; } }
+    return null;
+  }
+  function settle(id) {  // confirmed or refused for good: out of every tab's queue
+    var item = queued(id);
+    settled[id] = true;
+    queue = queue.filter(function (q) { return q.id !== id; });
+    delete files[id]; delete unkept[id];
+    removeItem(id);
+    if (kept[id] || (item && item.files)) { forget(id); }
+  }
+  function filesOf(entry) {
+    return entry.files.map(function (f) {
+      return {filename: f.filename, content_type: f.content_type, content_base64: base64(f.data)};
+    });
+  }
+  function readBack(item) {  // another tab's file, kept before its item was queued
+    var visitor = visitorId();
+    transact(function (store) {
+      var request = store.get([base, visitor, item.id]);
+      request.onsuccess = function () {
+        var entry = request.result;
+        if (entry && queued(item.id) && !files[item.id]) {
+          files[item.id] = filesOf(entry);
+          kept[item.id] = {visitor: entry.visitor, saving: Promise.resolve(true)};
+        }
+      };
+    });
+  }
+  function dropPending(id) {  // gone from the queue elsewhere: this tab shows it no more as waiting
+    var li = shown[id];
+    if (li && li.classList.contains("pending") && !li.classList.contains("failed")) {
+      li.remove();
+      delete shown[id];
+    }
+  }
+  // Another tab queued a message, or one left the queue (confirmed or refused there).
+  window.addEventListener("storage", function (event) {
+    if (!event.key || event.key.indexOf(itemKey) !== 0) { return; }
+    var id = event.key.slice(itemKey.length), item = queued(id);
+    if (event.newValue === null) {
+      if (!item) { return; }
+      if (unkept[id] && !settled[id]) { putItem(item); return; }  // its file is only here: it stays
+      settled[id] = true;
+      queue = queue.filter(function (q) { return q.id !== id; });
+      delete files[id]; delete kept[id];
+      dropPending(id);
+      return;
+    }
+    var added = parseItem(event.newValue);
+    if (!added || added.id !== id || item || settled[id]) { return; }
+    queue.push(added); ordered(queue);
+    renderPending(added);
+    if (queue[queue.length - 1] !== added) {  // written earlier than this tab's last: in its place
+      queue.forEach(function (q) {
+        if (shown[q.id] && shown[q.id].classList.contains("pending")) { log.appendChild(shown[q.id]); }
+      });
+    }
+    if (added.files) { readBack(added); }
+    // Its tab sends it when it can; if that tab is offline or closed and this one is online,
+    // this one does (the server confirms it to every tab once, and stores it once).
+    setTimeout(function () {
+      var still = queued(id);
+      if (still && online && !restoring) { sendItem(still); }
+    }, HANDOVER_MS);
+  });
   function restore() {
-    var waiting = {};
-    queue.forEach(function (item) { if (item.files) { waiting[item.id] = true; } });
-    var visitor = visitorId(), oldest = Date.now() - KEEP_DAYS * 86400000;
+    var visitor = visitorId(), now = Date.now(), oldest = now - KEEP_DAYS * 86400000;
     transact(function (store) {
       // this widget's entries: [base] sorts before every [base, visitor, id], and [base, []] after
       var cursor = store.openCursor(IDBKeyRange.bound([base], [base, []]));
@@ -523,24 +643,27 @@
         var at = cursor.result;
         if (!at) { return; }
         var entry = at.value;
-        if (!waiting[entry.id] || (entry.visitor && entry.visitor !== visitor) || !(entry.at >= oldest)) {
+        // Named by a queued item of any tab, asked now: another tab may have queued it since.
+        var named = !!queued(entry.id) || isQueued(entry.id);
+        if ((entry.visitor && entry.visitor !== visitor) || !(entry.at >= oldest) ||
+            (!named && !(entry.at > now - GRACE_MS))) {
           at["delete"]();
-        } else {
-          files[entry.id] = entry.files.map(function (f) {
-            return {filename: f.filename, content_type: f.content_type, content_base64: base64(f.data)};
-          });
+        } else if (named) {
+          files[entry.id] = filesOf(entry);
           kept[entry.id] = {visitor: entry.visitor, saving: Promise.resolve(true)};
         }
         at["continue"]();
       };
     }).then(function () {
-      // A queued file whose bytes are not here (no IndexedDB then, or cleared): say so, never drop it silently.
+      // A queued file whose bytes are not here (no IndexedDB then, or cleared): say so, never
+      // drop it silently; unless another tab had it confirmed meanwhile (its entry went).
       queue.filter(function (item) { return item.files && !files[item.id]; }).forEach(function (item) {
         queue = queue.filter(function (q) { return q.id !== item.id; });
+        if (!unwritten[item.id] && !isQueued(item.id)) { settled[item.id] = true; dropPending(item.id); return; }
+        removeItem(item.id);
         var names = item.files.map(function (f) { return f.filename; }).join(", ");
         noteOn(renderPending(item), fill(t.fileLost, {name: names}), true);
       });
-      save("queue", queue);
       restoring = false;
       flushQueue();
     });
@@ -560,14 +683,18 @@
     return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
   }
   function enqueue(body, file) {
-    var item = {id: newId(), text: body, at: Date.now()};
+    // After every message queued so far (a clock that went back, two in one millisecond).
+    var last = queue.length ? queue[queue.length - 1].at + 1 : 0;
+    var item = {id: newId(), text: body, at: Math.max(Date.now(), last)};
+    queue.push(item);
     if (file) {
       item.files = [{filename: file.filename, size: file.data.byteLength}];
       files[item.id] = [{filename: file.filename, content_type: file.content_type,
                          content_base64: base64(file.data)}];
-      keep(item, file);
+      keep(item, file);  // its key once the file is kept
+    } else {
+      putItem(item);
     }
-    queue.push(item); save("queue", queue);
     notify("");
     renderPending(item);
     if (online && !restoring) { sendItem(item); }
