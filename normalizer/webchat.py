@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from normalizer.api import decode_attachments
@@ -22,6 +23,7 @@ MAX_URL_CHARS = 2048
 MAX_CLIENT_ID_CHARS = 64
 MAX_FILES = 5
 MAX_IDS_PER_RECEIPT = 500
+MAX_WAITED = timedelta(days=7)  # the widget keeps what waits offline for as long
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,3}")  # BCP 47, the usual shapes
 _EMAIL = re.compile(r"[^@\s<>\"]{1,64}@[^@\s<>\"]{1,253}\.[^@\s<>\".]{1,63}")
@@ -64,9 +66,14 @@ def parse_hello(frame: dict[str, Any]) -> Hello:
 
 def parse_visitor_message(frame: dict[str, Any], *, account: str, visitor: str,
                           hello: Hello, max_text_chars: int, max_file_bytes: int,
-                          ) -> InboundMessage:
-    """``{"type": "message", "id": "<client id>", "text": "…", "attachments"?: […]}`` →
-    the customer's message.
+                          now: datetime | None = None) -> InboundMessage:
+    """``{"type": "message", "id": "<client id>", "text": "…", "attachments"?: […],
+    "waited_ms"?: n}`` → the customer's message.
+
+    ``waited_ms``: how long the message waited in the browser (offline) before this send.
+    Its ``sent_at`` is that much before ``now``: when the visitor wrote it, whatever the
+    device's clock says (a duration, not a time). A value that is not a whole number of
+    milliseconds from 0 to 7 days is ignored: the message is never refused for it.
 
     The client id, chosen by the widget and kept with the message while it waits offline,
     is the dedupe key (with the visitor id): a message resent after a lost connection is
@@ -99,7 +106,18 @@ def parse_visitor_message(frame: dict[str, Any], *, account: str, visitor: str,
     return InboundMessage(
         channel="webchat", account=account, provider_message_id=f"{visitor}:{client_id}",
         sender=Party("webchat", visitor, hello.name), text=text, attachments=attachments,
-        linked_identities=linked, context=context or None)
+        linked_identities=linked, context=context or None,
+        sent_at=_written_at(frame.get("waited_ms"), now))
+
+
+def _written_at(waited_ms: object, now: datetime | None) -> datetime | None:
+    """When a message that waited ``waited_ms`` in the browser was written (None: now)."""
+    if not isinstance(waited_ms, int) or isinstance(waited_ms, bool) or waited_ms <= 0:
+        return None
+    waited = timedelta(milliseconds=waited_ms)
+    if waited > MAX_WAITED:
+        return None
+    return (now or datetime.now(UTC)) - waited
 
 
 def parse_receipt_ids(frame: dict[str, Any]) -> list[str]:

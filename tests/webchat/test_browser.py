@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +224,20 @@ async def test_messages_typed_offline_are_sent_when_the_connection_returns(
     pending = page.locator("li.msg.pending", has_text="typed on the train")
     await pending.wait_for()
     assert "Not sent yet" in (await pending.text_content() or "")
+    # The train leaves the tunnel twenty minutes later (the page's clock moves on).
+    await page.evaluate("(() => { const now = Date.now.bind(Date);"
+                        " Date.now = () => now() + 20 * 60 * 1000; })()")
     await page.context.set_offline(False)
     await page.locator("li.msg.me:not(.pending)", has_text="typed on the train").wait_for(
         timeout=20000)
-    assert await conversation_of(api, chat_daemon, "typed on the train")
+    conversation = await conversation_of(api, chat_daemon, "typed on the train")
     assert await page.locator("li.msg.pending").count() == 0
+    # Agents see when it was written, not only when it arrived.
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation}/messages")
+    [message] = [m for m in listed["messages"] if m["text"] == "typed on the train"]
+    waited = (datetime.fromisoformat(message["received_at"])
+              - datetime.fromisoformat(message["sent_at"]))
+    assert timedelta(minutes=20) <= waited < timedelta(minutes=21)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ and rate limits (adapters/webchat)."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,6 +27,24 @@ HELLO = Hello(None, "Kim", "kim@example.com", "https://shop.example/p/1", None)
 def message(frame: dict[str, object], hello: Hello = HELLO) -> InboundMessage:
     return parse_visitor_message(frame, account="shop", visitor=VISITOR, hello=hello,
                                  max_text_chars=20, max_file_bytes=10)
+
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("waited_ms", "sent_at"), [
+    (600_000, NOW - timedelta(minutes=10)),  # written offline ten minutes ago
+    (7 * 24 * 3600 * 1000, NOW - timedelta(days=7)),  # as long as the widget keeps it
+    (None, None), (0, None),  # sent at once: the time it is received
+    (-5, None), (7 * 24 * 3600 * 1000 + 1, None), ("600000", None), (1.5, None),
+    (True, None),  # nonsense from a buggy widget is ignored, never refused
+])
+def test_a_message_that_waited_offline_is_dated_when_it_was_written(
+        waited_ms: object, sent_at: datetime | None) -> None:
+    frame = {"type": "message", "id": "abc-1", "text": "hi", "waited_ms": waited_ms}
+    inbound = parse_visitor_message(frame, account="shop", visitor=VISITOR, hello=HELLO,
+                                    max_text_chars=20, max_file_bytes=10, now=NOW)
+    assert inbound.sent_at == sent_at and inbound.text == "hi"
 
 
 def test_a_message_is_the_visitors_with_the_forms_email_linked() -> None:

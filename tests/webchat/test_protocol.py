@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -291,6 +292,21 @@ async def test_a_file_sent_again_after_a_lost_confirmation_is_stored_once(
     [attachment] = listed["messages"][0]["attachments"]
     assert attachment["sha256"] == hashlib.sha256(PNG).hexdigest()
     await again.ws.close()
+
+
+async def test_a_message_that_waited_offline_keeps_the_time_it_was_written(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """The widget says how long a message waited in the browser: agents see when the
+    visitor wrote it (sent_at), and when it arrived (received_at)."""
+    visitor = await connect(api, chat_daemon, "shop", shop.origin)
+    confirmed = await visitor.say("I'm at the door now", cid(), waited_ms=15 * 60 * 1000)
+    message = confirmed["message"]
+    waited = (datetime.fromisoformat(message["received_at"])
+              - datetime.fromisoformat(message["sent_at"]))
+    assert timedelta(minutes=15) <= waited < timedelta(minutes=15, seconds=30)
+    stored = await get_json(api, f"{chat_daemon.url}/v1/messages/{message['id']}")
+    assert stored["sent_at"] == message["sent_at"]
+    await visitor.ws.close()
 
 
 async def _received(api: aiohttp.ClientSession, daemon: Daemon,

@@ -493,6 +493,10 @@
   function sendItem(item) {
     if (item.files && !files[item.id]) { return; }  // its file is still being read back: not without it
     var frame = {type: "message", id: item.id, text: item.text};
+    // How long it waited here (offline): the server dates it back by that much. A duration,
+    // so a device clock that is off changes nothing.
+    var waited = item.at ? Date.now() - item.at : 0;
+    if (waited > 1000) { frame.waited_ms = Math.round(waited); }
     if (files[item.id]) { frame.attachments = files[item.id]; }
     sendFrame(frame);
   }
