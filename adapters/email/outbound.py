@@ -142,15 +142,17 @@ def _attachment_type(content_type: str | None) -> tuple[str, str, dict[str, str]
     return maintype, subtype, params
 
 
-def read_attachments(message: OutboundMessage,
-                     file_of: Callable[[str], Path]) -> list[tuple[StoredAttachment, bytes]]:
-    """The bytes of each attachment, from the local file ``file_of`` its digest (blocking:
-    run it in a thread)."""
+async def read_attachments(message: OutboundMessage,
+                           blob_file: Callable[[str], Awaitable[Path]]
+                           ) -> list[tuple[StoredAttachment, bytes]]:
+    """The bytes of each attachment, each read (off the loop) as soon as the store handed
+    its file out: on PostgreSQL a cached file is kept only for a while after that, so
+    fetching every file first could see an early one evicted under a full cache."""
     found = []
     for att in message.attachments:
-        path = file_of(att.sha256)
+        path = await blob_file(att.sha256)
         try:
-            found.append((att, path.read_bytes()))
+            found.append((att, await asyncio.to_thread(path.read_bytes)))
         except FileNotFoundError as exc:
             raise PermanentSendError(
                 f"attachment {att.filename!r} is no longer stored (retention?)",
@@ -255,10 +257,9 @@ async def render(config: EmailConfig, message: OutboundMessage, thread: Thread,
                  plus_addressing: bool) -> tuple[str, bytes]:
     """(Message-ID without brackets, wire bytes); big MIME work happens off the loop.
     ``blob_file`` is the store's: on PostgreSQL it fetches bytes this instance's cache lacks."""
-    files = {att.sha256: await blob_file(att.sha256) for att in message.attachments}
+    attachments = await read_attachments(message, blob_file)
 
     def work() -> tuple[str, bytes]:
-        attachments = read_attachments(message, files.__getitem__) if message.attachments else []
         msg = build_reply(config, message, thread, attachments, plus_addressing=plus_addressing)
         return msg["Message-ID"].strip("<>"), msg.as_bytes(policy=SMTP_POLICY)
 

@@ -5,6 +5,8 @@ a removal takes away (docs/postgresql.md, "Cache size")."""
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import hashlib
 import os
 import random
@@ -17,6 +19,8 @@ import pytest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
+from adapters.email.config import EmailConfig
+from adapters.email.outbound import Thread, render
 from gateway.config import BLOB_CACHE_MAX_BYTES, StoreConfig, parse_config
 from gateway.errors import ConfigErrors, StoreError
 from gateway.metrics import Metrics
@@ -25,6 +29,7 @@ from gateway.store.postgres import PostgresStore, blobs, cache
 from gateway.store.postgres.blobs import cached_files
 from gateway.store.postgres.cache import BlobCache
 from normalizer.model import InboundMessage, Party
+from tests.email.test_adapter import item
 from tests.helpers import wait_until
 from tests.postgres.server import PgServer
 
@@ -95,6 +100,36 @@ async def test_the_cache_keeps_to_its_budget_dropping_the_least_recently_read(
     exposition = generate_latest(metrics.registry).decode()
     assert "omnirelay_blob_cache_bytes 300000.0" in exposition
     assert "omnirelay_blob_cache_evicted_files_total 2.0" in exposition
+
+
+async def test_an_email_reply_with_more_attachments_than_the_cache_holds_goes_out_whole(
+        pg_server: PgServer, tmp_path: Path, open_store: Open) -> None:
+    """An agent's reply carries three files that together exceed the cache's budget, on
+    an instance that must fetch each one, slowly enough that an eviction pass runs after
+    each: every file is read as soon as it is handed out, so the reply goes out with all
+    three, never failing as "no longer stored"."""
+    dsn = pg_server.fresh_database()
+    writer = await open_store(dsn, tmp_path / "a", blob_cache_max_bytes=0)
+    reader = await open_store(dsn, tmp_path / "b", blob_cache_max_bytes=250_000)
+    reader.blob_cache.pin_seconds = 0  # the fetches outlast any pin
+    stored = await writer.put_blobs([(f"scan{i}.pdf", "application/pdf", os.urandom(SIZE),
+                                      False, None) for i in range(3)])
+
+    async def slow_blob_file(sha256: str) -> Path:
+        path = await reader.blob_file(sha256)
+        await reader.blob_cache.idle()  # the pass this fetch started has finished
+        return path
+
+    reply = item(attachments=[{"id": att.id, "filename": att.filename,
+                               "content_type": att.content_type, "size": att.size,
+                               "sha256": att.sha256} for att in stored])
+    _id, wire = await render(EmailConfig("support@shop.example"), reply, Thread("Re: x"),
+                             slow_blob_file, plus_addressing=False)
+    message = email.message_from_bytes(wire, policy=email.policy.default)
+    sent = {part.get_filename(): hashlib.sha256(part.get_payload(decode=True)).hexdigest()
+            for part in message.walk() if part.get_filename()}
+    assert sent == {att.filename: att.sha256 for att in stored}
+    assert reader.blob_cache.evicted_files >= 1  # the budget was kept meanwhile
 
 
 async def test_a_reader_of_a_file_being_removed_waits_and_gets_the_bytes_again(
