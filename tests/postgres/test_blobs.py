@@ -10,6 +10,7 @@ import email
 import email.policy
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,50 @@ async def test_readers_of_the_same_missing_file_at_once_share_one_fetch(
     assert fills == [att.sha256]
     assert all(p.read_bytes() == data for p in paths)
     assert await b.blob_file(att.sha256) == paths[0] and fills == [att.sha256]
+
+
+async def test_bytes_erased_while_an_instance_fetches_them_do_not_stay_in_its_cache(
+        pg_server: PgServer, tmp_path: Path, open_store: Open,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """B reads an attachment's bytes from the database; before its file is in place, A
+    erases the customer (the row goes, B hears it and finds no file to remove yet). The
+    file B then puts in place goes too: an erased customer's bytes stay on no disk, and
+    the reader gets the answer for bytes no longer stored."""
+    dsn = pg_server.fresh_database()
+    a, b = await open_store(dsn, tmp_path / "a"), await open_store(dsn, tmp_path / "b")
+    (att,) = await a.put_blobs([("passport.jpg", "image/jpeg", b"personal bytes", False,
+                                 None)])
+    stored = await a.ingest(inbound("m1", "erase-me"), [att])
+    read_them, go_on = threading.Event(), threading.Event()
+    fill_cache = blobs.fill_cache
+
+    def paused(conn: Any, sha256: str, path: Path) -> int | None:
+        held = path.with_name(path.name + ".held")
+        size = fill_cache(conn, sha256, held)  # read while the row exists
+        read_them.set()
+        assert go_on.wait(10)
+        held.rename(path)  # in place only after the erasure
+        return size
+
+    monkeypatch.setattr(blobs, "fill_cache", paused)
+    reading = asyncio.ensure_future(b.blob_file(att.sha256))
+    assert await asyncio.to_thread(read_them.wait, 10)
+    heard: list[str] = []
+    # Noted once B's listener handed the notification to its loop (which runs it before
+    # the fetch's end, scheduled later).
+    b.pg.listens = {channel: (lambda payload, handler=handler: (handler(payload),
+                                                               heard.append(payload)))
+                    for channel, handler in b.pg.listens.items()}
+    await a.erase_customer(stored.message["customer_id"])
+
+    async def b_heard() -> bool:
+        return any(att.sha256 in payload for payload in heard)
+    await wait_until(b_heard)
+    go_on.set()
+    path = await reading
+    assert not path.exists()
+    assert not any(p.is_file() and att.sha256 in p.name
+                   for p in b.blob_dir.rglob("*"))
 
 
 async def test_a_fetched_file_is_streamed_into_the_database(

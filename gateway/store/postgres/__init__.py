@@ -139,6 +139,10 @@ class PostgresStore(SQLiteStore):
         self._sweep: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None
         self._fills: dict[str, asyncio.Future[int | None]] = {}  # fetches under way
+        # Digests deleted while fetches were under way, each with the count of deletions
+        # noted when it was (cleared when no fetch is under way).
+        self._deleted: dict[str, int] = {}
+        self._deletions = 0
 
     @property
     def tail(self) -> FeedTail:
@@ -272,10 +276,33 @@ class PostgresStore(SQLiteStore):
         download) does not cancel it for the others."""
         fill = self._fills.get(sha256)
         if fill is None:
-            fill = asyncio.ensure_future(self.pg.read(blobs.fill_cache, sha256, path))
+            fill = asyncio.ensure_future(self._fill_checked(sha256, path))
             self._fills[sha256] = fill
-            fill.add_done_callback(lambda _done: self._fills.pop(sha256, None))
+            fill.add_done_callback(lambda _done: self._filled(sha256))
         return await asyncio.shield(fill)
+
+    async def _fill_checked(self, sha256: str, path: Path) -> int | None:
+        """One fetch. Bytes deleted while it ran (an erasure here or on another instance,
+        whose removal found no file yet) do not stay behind in the cache."""
+        started = self._deletions
+        size = await self.pg.read(blobs.fill_cache, sha256, path)
+        if size is not None and self._deleted.get(sha256, started) > started:
+            await asyncio.to_thread(self._uncache, [sha256])
+            return None
+        return size
+
+    def _filled(self, sha256: str) -> None:
+        self._fills.pop(sha256, None)
+        if not self._fills:
+            self._deleted.clear()
+
+    def _note_deleted(self, digests: Iterable[str]) -> None:
+        """Remember recent deletions for the fetches under way (see ``_fill_checked``)."""
+        if not self._fills:
+            return
+        self._deletions += 1
+        for digest in digests:
+            self._deleted[digest] = self._deletions
 
     # ---------------------------------------------------------------- removal
 
@@ -286,6 +313,7 @@ class PostgresStore(SQLiteStore):
             return
         gone = await self.pg.read(blobs.delete_unreferenced, digests)
         self.blob_cache.forget(gone)
+        self._note_deleted(gone)
         await asyncio.to_thread(self._uncache, gone)
         for payload in blobs.gone_payloads(gone, self._blobs_gone.limit):
             try:
@@ -301,6 +329,7 @@ class PostgresStore(SQLiteStore):
         """Another instance deleted these bytes: drop the cached files (off the loop)."""
         digests = [d for d in payload.split(",") if blobs.is_digest(d)]
         self.blob_cache.forget(digests)
+        self._note_deleted(digests)
         asyncio.get_running_loop().run_in_executor(None, self._uncache, digests)
 
     def _missed_gone(self) -> None:
@@ -325,6 +354,7 @@ class PostgresStore(SQLiteStore):
             log.warning("store.blob_sweep_failed", error=exc.message)
             return
         self.blob_cache.forget(deleted)
+        self._note_deleted(deleted)
         await asyncio.to_thread(self._uncache, deleted)
         if deleted:
             log.info("store.blob_cache_swept", copied_in=0, removed=len(deleted))
