@@ -490,6 +490,8 @@ class WebChatAdapter(ChannelAdapter):
         task.add_done_callback(lambda done: self._relay_done(visitor, done))
 
     async def _catch_up(self, previous: asyncio.Task[None] | None, visitor: str) -> None:
+        """Push to the visitor's sockets here the messages of their history each lacks
+        (a reply another instance sent meanwhile, a message from their tab elsewhere)."""
         if previous is not None:
             await asyncio.wait({previous})
         try:
