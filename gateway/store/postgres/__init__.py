@@ -45,7 +45,7 @@ from gateway.store.jobs.ingest import _ingest, _ingest_all, prefetch_senders
 from gateway.store.jobs.media import _fetch_retry
 from gateway.store.jobs.outbound import _outbox_retry
 from gateway.store.jobs.retention import _erase_customer, _purge
-from gateway.store.jobs.stats import Sample
+from gateway.store.jobs.stats import HoursOf, Sample
 from gateway.store.jobs.tx import BatchRows, WriterCache
 from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
 from gateway.store.postgres import blobs
@@ -139,6 +139,15 @@ class PostgresStore(SQLiteStore):
         self._sweep: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None
         self._fills: dict[str, asyncio.Future[int | None]] = {}  # fetches under way
+
+    @property
+    def business_hours(self) -> HoursOf | None:
+        """Each account's business hours for the metrics (as on SQLite)."""
+        return self.pg.hours
+
+    @business_hours.setter
+    def business_hours(self, hours: HoursOf | None) -> None:
+        self.pg.hours = hours
 
     @property
     def tail(self) -> FeedTail:
