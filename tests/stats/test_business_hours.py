@@ -23,6 +23,7 @@ Business, by hand: FRT 0, 600, 3600 (median 600, p90 600 + 0.8 * 3000 = 3000); r
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.automation.hours import BusinessHours
+from gateway.config import parse_config
+from gateway.daemon import business_hours_for
 from gateway.stats.query import StatsQuery, compute_stats
 from gateway.store.jobs.stats import forget_cached_rows
 from gateway.store.migrate import apply_migrations
@@ -156,3 +159,32 @@ def test_an_account_without_business_hours_has_no_business_durations(
         assert business["b"][name] == {"median": None, "p90": None, "count": 0}
     assert business["b"]["conversations_created"] == 1  # the rest is counted as ever
     assert business["a"]["first_response_time"]["count"] == 3
+
+
+def test_each_account_measures_with_the_hours_its_acknowledgements_use() -> None:
+    config = parse_config(textwrap.dedent("""
+        [automation.hours.office]
+        timezone = "Asia/Seoul"
+        weekdays = "09:00-18:00"
+        [automation.hours.nights]
+        timezone = "Asia/Seoul"
+        monday = "22:00-24:00"
+        [[automation.accounts]]
+        account = "api:a"
+        hours = "office"
+        [[automation.accounts]]
+        account = "b"
+        hours = "nights"
+        [[automation.accounts]]
+        account = "*"
+        language = "ko"
+        """), environ={})
+    hours = business_hours_for(config)
+    assert hours is not None
+    office, nights = config.automation.hours["office"], config.automation.hours["nights"]
+    assert hours("api", "a") is office  # type:name
+    assert hours("sms", "b") is nights and hours("email", "b") is nights  # name
+    assert hours("email", "a") is None and hours("api", "c") is None  # "*", without hours
+    # No entry names business hours: nothing to measure, no business samples at all.
+    assert business_hours_for(parse_config('[automation]\nlanguage = "ko"\n',
+                                           environ={})) is None
