@@ -375,13 +375,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     ``[stats] time_zone``) and write a chart of volume and response times per day.
 
     Reads the store without the lock (the daemon may run); ``--rebuild`` first recomputes
-    the aggregates from the events (a store older than migration 0008), which needs it.
+    the aggregates from the events (a store older than migration 0008), which needs it,
+    measuring the business-hours durations with the schedules configured now.
     """
+    from gateway.daemon import business_hours_for
     from gateway.stats.query import StatsQuery, compute_stats, period
     from gateway.stats.report import chart, table
     from normalizer.timestamps import parse_iso
 
     config = _store_config(args)
+    hours = business_hours_for(config) if args.rebuild else None
     on_postgres = config.store.backend == "postgresql"  # docs/postgresql.md
     path = config.store.sqlite_path
     if not on_postgres and not path.exists():
@@ -401,7 +404,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         pg_conn = Connection.connect(config.store.url, application_name="omnirelay-report")
         try:
             with progress("rebuilding the metrics from the events") as update:
-                events = rebuild_on_postgres(pg_conn, progress=update)
+                events = rebuild_on_postgres(pg_conn, progress=update, hours=hours)
         finally:
             pg_conn.close()
         print(f"PostgreSQL store: metrics rebuilt from {events:,} events", file=sys.stderr)
@@ -413,7 +416,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             conn = sqlite3.connect(path, isolation_level=None)
             try:
                 with progress("rebuilding the metrics from the events") as update:
-                    events = rebuild(conn, progress=update)
+                    events = rebuild(conn, progress=update, hours=hours)
             finally:
                 conn.close()
         print(f"{path}: metrics rebuilt from {events:,} events", file=sys.stderr)
@@ -426,8 +429,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         zone = config.stats.time_zone
-        total = compute_stats(reader, StatsQuery(start, end, None, zone))["groups"]
-        days = compute_stats(reader, StatsQuery(start, end, "day", zone))["groups"]
+        clock = args.clock
+        total = compute_stats(reader, StatsQuery(start, end, None, zone,
+                                                 clock=clock))["groups"]
+        days = compute_stats(reader, StatsQuery(start, end, "day", zone,
+                                                clock=clock))["groups"]
     finally:
         reader.close()
     from datetime import UTC, datetime
@@ -436,11 +442,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     local = ZoneInfo(zone)
     span = (f"{datetime.fromtimestamp(start, UTC).astimezone(local):%Y-%m-%d %H:%M} to "
             f"{datetime.fromtimestamp(end, UTC).astimezone(local):%Y-%m-%d %H:%M} ({zone})")
-    print(f"Support metrics, {span}\n")
+    print(f"Support metrics, {span}"
+          + (", durations in business hours" if clock == "business" else "") + "\n")
     print(table(total + days, "day"))
     if days and args.chart != "-":
         target = Path(args.chart)
-        chart(days, target, f"omnirelay, {span}")
+        chart(days, target, f"omnirelay, {span}"
+              + (", business hours" if clock == "business" else ""))
         print(f"\nchart: {target}")
     return 0
 
@@ -486,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the chart's file: .svg or .png (- for none)")
     p.add_argument("--rebuild", action="store_true",
                    help="first recompute the metrics from the stored events (daemon stopped)")
+    p.add_argument("--clock", choices=("wall", "business"), default="wall",
+                   help="the durations' clock: wall (default) or business, only the time "
+                        "inside each account's business hours")
     p.add_argument("--config", "-c")
     return parser
 

@@ -31,6 +31,7 @@ from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, Se
 from adapters.registry import ADAPTERS
 from gateway.api.app import create_app
 from gateway.api.auth import check_token
+from gateway.automation.hours import BusinessHours
 from gateway.automation.jobs import Automation
 from gateway.automation.worker import AutomationWorker
 from gateway.broadcast import Broadcasting
@@ -51,6 +52,7 @@ from gateway.metrics import Metrics
 from gateway.permissions import make_store_private, restrict_umask
 from gateway.receipts import ReceiptSink
 from gateway.store.base import Route, Store
+from gateway.store.jobs.stats import HoursOf
 from gateway.store.select import make_store
 from gateway.supervisor import LoopGroup, LoopHealth
 from gateway.systemd import Notifier
@@ -118,6 +120,7 @@ class Gateway:
         self.store: Store = self.sqlite
         # Routing rules, CSAT answers (in the ingest job) and automatic sends (docs/automation.md).
         self.sqlite.automation = self.automation = automation_for(config)
+        self.sqlite.business_hours = business_hours_for(config)  # the metrics' business clock
         self.automation_worker: AutomationWorker | None = None
         self.automatic_sent = Counter(
             "omnirelay_automatic_messages_total",
@@ -394,6 +397,7 @@ class Gateway:
                                  channel_type=key[0])
             self.config = _replace_config(self.config, new)
             self.sqlite.automation = self.automation = automation_for(self.config)
+            self.sqlite.business_hours = business_hours_for(self.config)  # new samples only
             if self.automation_worker is not None:  # the new settings, or none at all
                 if self.automation is not None and self.automation.config.sends:
                     self.automation_worker.automation = self.automation
@@ -541,9 +545,32 @@ def automation_for(config: Config) -> Automation | None:
     automation = config.automation
     if not (automation.classifies or automation.sends):
         return None
-    types = {(channel, account.name): account.type for account in config.channels
-             if account.type in ADAPTERS for channel in ADAPTERS[account.type].channels}
-    return Automation(automation, types)
+    return Automation(automation, _account_types(config))
+
+
+def _account_types(config: Config) -> dict[tuple[str, str], str]:
+    """(channel, account name) → the account's ``type``, by the channels it receives on."""
+    return {(channel, account.name): account.type for account in config.channels
+            if account.type in ADAPTERS for channel in ADAPTERS[account.type].channels}
+
+
+def business_hours_for(config: Config) -> HoursOf | None:
+    """Each account's business hours for the metrics' business clock (docs/stats.md):
+    the schedule of its ``[[automation.accounts]]`` entry (``type:name``, ``name``, ``*``,
+    as the acknowledgements pick it), None without one. None when no entry names hours."""
+    automation = config.automation
+    if not any(entry.hours is not None for entry in automation.accounts):
+        return None
+    automatic = Automation(automation, _account_types(config))
+    found: dict[tuple[str, str], BusinessHours | None] = {}
+
+    def hours_of(channel: str, account: str) -> BusinessHours | None:
+        key = (channel, account)
+        if key not in found:  # a few accounts: looked up once each
+            entry = automation.for_account(automatic.account_type(channel, account), account)
+            found[key] = entry.hours if entry is not None else None
+        return found[key]
+    return hours_of
 
 
 def _replace_config(old: Config, new: Config) -> Config:

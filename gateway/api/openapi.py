@@ -227,8 +227,9 @@ def _stats_schemas() -> JSON:
         "contact_rate", "csat"])
     stats = _obj({"from": _TS, "to": _TS,
                   "group_by": _nullable({"enum": ["channel", "account", "agent", "day"]}),
+                  "clock": {"enum": ["wall", "business"]},
                   "groups": {"type": "array", "items": group}},
-                 ["from", "to", "group_by", "groups"])
+                 ["from", "to", "group_by", "clock", "groups"])
     patch = _obj({"tags": {"type": "array", "items": _LABEL, "maxItems": 50},
                   "priority": {"enum": ["normal", "high", "urgent"]},
                   "queue": _nullable(_LABEL), "assignee": _nullable(_ref("Agent")),
@@ -461,7 +462,11 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
                                       "default: now (the next quarter hour); not after "
                                       "from: the empty period at from"),
                     _query("group_by", {"enum": ["channel", "account", "agent", "day"]},
-                           "day: in [stats] time_zone")],
+                           "day: in [stats] time_zone"),
+                    _query("clock", {"enum": ["wall", "business"], "default": "wall"},
+                           "the durations' clock: wall (default) or business, only the "
+                           "time inside each account's business hours (an account without "
+                           "any has count 0)")],
             errors=(400,))},
         "/v1/conversations/{id}/messages": {
             "get": _op("A conversation's messages, oldest first",

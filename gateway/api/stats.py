@@ -13,7 +13,7 @@ from gateway.config import ChannelConfig
 from gateway.errors import BadRequest
 from gateway.http import json_response
 from gateway.ids import iso
-from gateway.stats.query import GROUPINGS, AccountKeys, StatsQuery, period
+from gateway.stats.query import CLOCKS, GROUPINGS, AccountKeys, StatsQuery, period
 from normalizer.timestamps import parse_iso
 
 
@@ -29,11 +29,15 @@ def _time_param(request: web.Request, name: str) -> datetime | None:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """``GET /v1/stats?from=&to=&group_by=``."""
+    """``GET /v1/stats?from=&to=&group_by=&clock=``."""
     require(request, "read")
     group_by = request.query.get("group_by") or None
     if group_by is not None and group_by not in GROUPINGS:
         raise BadRequest(f"group_by must be one of {', '.join(GROUPINGS)}")
+    clock = request.query.get("clock") or "wall"
+    if clock not in CLOCKS:
+        raise BadRequest("clock must be wall (the default: time as the customer waits) or "
+                         "business (only the time inside the account's business hours)")
     try:
         # A to not after from is the empty period at from (nothing in it, open
         # conversations then): every combination the schema allows is answered.
@@ -44,7 +48,7 @@ async def get_stats(request: web.Request) -> web.Response:
     view = gw(request)
     config = view.config
     answer = await view.store.stats(StatsQuery(start, end, group_by, config.stats.time_zone,
-                                               account_keys(config.channels)))
+                                               account_keys(config.channels), clock))
     return json_response({"from": iso(datetime.fromtimestamp(start, UTC)),
                           "to": iso(datetime.fromtimestamp(end, UTC)), **answer})
 

@@ -143,14 +143,22 @@ class BusinessHours:
         return None
 
     def business_seconds(self, start: datetime, end: datetime) -> float:
-        """Open time between two moments, in seconds (the business-hours clock)."""
-        total = 0.0
-        for opens, closes in self._intervals_from(start):
-            if _utc(opens) >= _utc(end):
-                break
-            lo, hi = max(_utc(opens), _utc(start)), min(_utc(closes), _utc(end))
-            total += max(0.0, (hi - lo).total_seconds())
-        return total
+        """Open time between two moments, in seconds (the business-hours clock; 0 when
+        ``end`` is not after ``start``). Day by day over the whole span, with no horizon:
+        a conversation open for two years is measured whole."""
+        lo, hi = _utc(start), _utc(end)
+        if hi <= lo:
+            return 0.0
+        total = timedelta(0)
+        day = start.astimezone(self.timezone).date() - timedelta(days=1)
+        last = end.astimezone(self.timezone).date()
+        while day <= last:
+            for opens, closes in self._day_intervals(day):
+                span = min(_utc(closes), hi) - max(_utc(opens), lo)
+                if span > timedelta(0):
+                    total += span
+            day += timedelta(days=1)
+        return total.total_seconds()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from gateway.store.jobs.stats import BUCKET_SECONDS, BUCKETS_A_DAY, DURATIONS
+from gateway.store.jobs.stats import BUCKET_SECONDS, BUCKETS_A_DAY, BUSINESS, DURATIONS
 
 GROUPINGS = ("channel", "account", "agent", "day")
+# The durations' clocks: wall-clock time, or only the time inside the account's business
+# hours (the samples written beside the wall-clock ones, docs/stats.md).
+CLOCKS = ("wall", "business")
 _COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
              "csat_sent", "csat_answers", "csat_sum", "csat_good")
 
@@ -49,6 +52,7 @@ class StatsQuery:
     # An account group's key; None: the name, or "channel:name" when the period has the
     # name on several channels.
     account_keys: AccountKeys | None = None
+    clock: str = "wall"  # one of CLOCKS
 
 
 @dataclass(slots=True)
@@ -84,8 +88,9 @@ def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
     sums = ("SELECT " + ", ".join(f"SUM({name})" for name in _COUNTERS)
             + " FROM stat_buckets WHERE channel = ? AND account = ? AND agent = ? "
             "AND bucket >= ? AND bucket < ?")
+    columns = DURATIONS if query.clock == "wall" else tuple(BUSINESS[n] for n in DURATIONS)
     joins = ("SELECT " + ", ".join(f"CAST(group_concat({name}, '') AS BLOB)"
-                                   for name in DURATIONS)
+                                   for name in columns)
              + " FROM stat_durations WHERE channel = ? AND account = ? AND agent = ? "
              "AND bucket >= ? AND bucket < ?")
     for start, end in spans:
@@ -109,7 +114,7 @@ def compute_stats(conn: sqlite3.Connection, query: StatsQuery) -> JSON:
     _open_conversations(conn, query, first, last, key_of, groups)
     _writers(conn, query, first, last, key_of, groups)
     ordered = sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or ""))
-    return {"group_by": query.group_by,
+    return {"group_by": query.group_by, "clock": query.clock,
             "groups": [{"key": key, **_metrics(group)} for key, group in ordered]}
 
 

@@ -71,7 +71,7 @@ from gateway.store.jobs.outbound import (
     _recover_inflight,
 )
 from gateway.store.jobs.retention import _erase_customer, _purge, _reclaim_free_pages
-from gateway.store.jobs.stats import Sample, drop_samples, take_samples
+from gateway.store.jobs.stats import HoursOf, Sample, drop_samples, take_samples
 from gateway.store.jobs.tx import BatchRows, JobBatch, WriterCache
 from gateway.store.jobs.webhooks import (
     _claim_deliveries,
@@ -128,6 +128,7 @@ class SQLiteJobs:
         self.cache = WriterCache()
         self.engine: CommitEngine | None = None
         self.on_samples = on_samples  # the support metrics' durations, once committed
+        self.hours: HoursOf | None = None  # the accounts' business hours, for the metrics
 
     def prepare(self, conn: sqlite3.Connection) -> int:
         """Apply pending migrations; return the newest event's seq."""
@@ -153,7 +154,8 @@ class SQLiteJobs:
             rows.prefetch(conn, [(i.channel, i.account, i.provider_message_id)
                                  for i in inbounds])
             prefetch_senders(conn, self.cache, rows, inbounds, now)
-        return JobBatch(conn, self.engine, self.cache, rows, emitted, now, now_iso)
+        return JobBatch(conn, self.engine, self.cache, rows, emitted, now, now_iso,
+                        self.hours)
 
     def forget(self) -> None:
         """After a rollback the cache may name rows that are gone."""
@@ -188,6 +190,16 @@ class SQLiteStore:
         # Routing rules and CSAT answers run in the ingest job (gateway/automation/jobs.py);
         # the daemon sets this from [automation].
         self.automation: Automation | None = None
+
+    @property
+    def business_hours(self) -> HoursOf | None:
+        """Each account's business hours, which the metrics' writes measure the business
+        clock with (docs/stats.md); the daemon sets it from [automation]."""
+        return self.layer.hours
+
+    @business_hours.setter
+    def business_hours(self, hours: HoursOf | None) -> None:
+        self.layer.hours = hours
 
     @property
     def tail(self) -> FeedTail:

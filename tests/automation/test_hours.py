@@ -131,3 +131,57 @@ def test_bad_zone_holiday_and_duration() -> None:
         parse_duration("two hours")
     assert parse_duration("90m") == timedelta(minutes=90)
     assert parse_duration("1.5h") == timedelta(minutes=90)
+
+
+_WEEKDAYS = dict.fromkeys(("monday", "tuesday", "wednesday", "thursday", "friday"),
+                          "09:00-18:00")
+_SEOUL_SHOP = BusinessHours.build("Asia/Seoul", _WEEKDAYS, ["2026-12-25"])
+_NEW_YORK_SHOP = BusinessHours.build("America/New_York", _WEEKDAYS)
+_ALL_SUNDAY = BusinessHours.build("America/New_York", {"sunday": "00:00-24:00"})
+_NIGHTS = BusinessHours.build("Asia/Seoul", {"monday": "22:00-24:00",
+                                             "tuesday": "00:00-06:00"})
+_NEVER = BusinessHours.build("Asia/Seoul", {})
+H = 3600
+
+
+def _seoul(day: int, hour: int, minute: int = 0, month: int = 11, year: int = 2026
+           ) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=SEOUL)
+
+
+def _new_york(month: int, day: int, hour: int, year: int = 2027) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=NEW_YORK)
+
+
+# 2026-11-30 is a Monday; 2026-12-25 (a Friday) is a holiday of the Seoul shop.
+@pytest.mark.parametrize(("hours", "start", "end", "seconds"), [
+    (_SEOUL_SHOP, _seoul(30, 10), _seoul(30, 11, 30), 1.5 * H),  # inside one interval
+    (_SEOUL_SHOP, _seoul(30, 7), _seoul(30, 10), 1 * H),  # starts before opening
+    (_SEOUL_SHOP, _seoul(30, 17), _seoul(30, 22), 1 * H),  # ends after closing
+    (_SEOUL_SHOP, _seoul(30, 19), _seoul(1, 8, month=12), 0),  # a night, closed throughout
+    (_SEOUL_SHOP, _seoul(4, 17, 30, 12), _seoul(7, 9, 30, 12), 1 * H),  # Fri → Mon
+    (_SEOUL_SHOP, _seoul(5, 10, 0, 12), _seoul(6, 20, 0, 12), 0),  # the weekend
+    (_SEOUL_SHOP, _seoul(24, 17, 0, 12), _seoul(28, 10, 0, 12), 2 * H),  # over a holiday
+    (_SEOUL_SHOP, _seoul(30, 0), _seoul(7, 0, month=12), 45 * H),  # a whole week
+    (_SEOUL_SHOP, _seoul(30, 11), _seoul(30, 10), 0),  # the end before the start
+    # Two years, beyond any horizon of the next-opening search: 104 weeks of 45 hours
+    # but the holiday's 9.
+    (_SEOUL_SHOP, datetime(2026, 1, 5, tzinfo=SEOUL), datetime(2028, 1, 3, tzinfo=SEOUL),
+     (104 * 45 - 9) * H),
+    # The zone's wall clock across DST: Friday 17:00 EST to Monday 10:00 EDT is 2 hours
+    # (the weekend lost an hour, the opening stays 09:00 local).
+    (_NEW_YORK_SHOP, _new_york(3, 12, 17), _new_york(3, 15, 10), 2 * H),
+    (_NEW_YORK_SHOP, _new_york(10, 30, 17, 2026), _new_york(11, 2, 10, 2026), 2 * H),
+    # A day open around the clock is 23 hours long in spring, 25 in autumn.
+    (_ALL_SUNDAY, _new_york(3, 14, 0), _new_york(3, 15, 0), 23 * H),
+    (_ALL_SUNDAY, _new_york(11, 1, 0, 2026), _new_york(11, 2, 0, 2026), 25 * H),
+    # A night shift written as two days' intervals counts across midnight.
+    (_NIGHTS, _seoul(30, 23), _seoul(1, 5, month=12), 6 * H),
+    (_NIGHTS, _seoul(30, 12), _seoul(1, 12, month=12), 8 * H),
+    (_NEVER, _seoul(30, 0), datetime(2027, 11, 30, tzinfo=SEOUL), 0),  # never opens
+    # Instants in another zone are the same instants: 01:00 UTC is 10:00 in Seoul.
+    (_SEOUL_SHOP, datetime(2026, 11, 30, 1, tzinfo=UTC), _seoul(30, 12), 2 * H),
+])
+def test_business_seconds_between_two_instants(hours: BusinessHours, start: datetime,
+                                               end: datetime, seconds: float) -> None:
+    assert hours.business_seconds(start, end) == seconds

@@ -16,6 +16,7 @@ import orjson
 import psycopg
 import pytest
 
+from gateway.automation.hours import BusinessHours
 from gateway.automation.jobs import Automation
 from gateway.cli import main
 from gateway.config import StoreConfig, parse_config
@@ -31,6 +32,9 @@ from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage, Party
 from tests.postgres.fixtures import new_store, store_config
 from tests.postgres.server import PgServer
+from tests.stats.test_business_hours import END as BUSINESS_END
+from tests.stats.test_business_hours import START as BUSINESS_START
+from tests.stats.test_business_hours import seed_business
 from tests.stats.test_metrics import DAY, T0, seed
 
 RULES = """
@@ -213,6 +217,64 @@ def test_the_metrics_of_a_period_are_the_same_on_postgresql(
     expected = compute_stats(lite, query)
     assert expected["groups"] and any(g["conversations_created"] for g in expected["groups"])
     assert compute_stats(pg, query) == expected  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def seeded_business(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[tuple[sqlite3.Connection, Connection]]:
+    """The business-hours history (tests/stats/test_business_hours.py) in both backends."""
+    lite = sqlite3.connect(tmp_path_factory.mktemp("business") / "b.db", isolation_level=None)
+    apply_migrations(lite)
+    forget_cached_rows()
+    seed_business(lite)
+    pg = Connection.connect(pg_server.new_database())
+    forget_cached_rows()  # this thread just wrote the same conversations into SQLite
+    seed_business(pg)  # type: ignore[arg-type]  # sqlite3's surface, PostgreSQL's server
+    yield lite, pg
+    lite.close()
+    pg.close()
+
+
+@pytest.mark.parametrize("group_by", [None, "account", "agent", "day"])
+@pytest.mark.parametrize("clock", ["wall", "business"])
+def test_the_business_clock_is_the_same_on_postgresql(
+        seeded_business: tuple[sqlite3.Connection, Connection], group_by: str | None,
+        clock: str) -> None:
+    lite, pg = seeded_business
+    query = StatsQuery(BUSINESS_START, BUSINESS_END, group_by, "Asia/Seoul", clock=clock)
+    expected = compute_stats(lite, query)
+    assert expected["clock"] == clock
+    assert compute_stats(pg, query) == expected  # type: ignore[arg-type]
+    if group_by is None and clock == "business":  # the hand-worked values, reopen included
+        [total] = expected["groups"]
+        assert total["resolution_time"] == {"median": 35100.0, "p90": 58860.0, "count": 2}
+
+
+ALWAYS = BusinessHours.build("UTC", {day: "00:00-24:00" for day in (
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")})
+
+
+async def test_the_store_writes_business_durations_for_accounts_with_hours(
+        store: SQLiteStore) -> None:
+    """Open around the clock, the business durations are the wall ones, whenever this
+    runs; a reopen takes both resolutions back."""
+    store.business_hours = lambda channel, account: ALWAYS if account == "a" else None
+    cid = (await store.ingest(inbound("m1"), [])).message["conversation_id"]
+    _status, reply = await store.enqueue_outbound(
+        conversation_id=cid, customer_id=None, request=OutboundRequest(text="on it",
+                                                                       agent=AGENT),
+        routes=[ROUTE], idempotency=None)
+    await store.outbox_sent(reply["id"], "p-1")
+    await store.set_conversation_status(cid, "closed", AGENT)
+    await store.set_conversation_status(cid, "open", None)
+    await store.set_conversation_status(cid, "closed", AGENT)
+    start, end = period(None, None)
+    [wall] = (await store.stats(StatsQuery(start, end)))["groups"]
+    [business] = (await store.stats(StatsQuery(start, end, clock="business")))["groups"]
+    for name in ("first_response_time", "response_time", "resolution_time"):
+        assert wall[name]["count"] == 1, name
+        # To the millisecond: one is a difference of floats, the other of datetimes.
+        assert business[name] == pytest.approx(wall[name], abs=0.002), name
 
 
 # ---------------------------------------------------------------- omnirelay report

@@ -159,7 +159,18 @@ async def test_stats_count_a_real_reply_and_close_for_the_agent(
     assert status == 200 and [g["key"] for g in total["groups"]] == [None]
     assert total["groups"][0]["conversations_created"] >= 1
 
-    for params, words in (({"group_by": "week"}, "group_by"), ({"from": "soon"}, "from")):
+    # The business clock: the same shape, named. The test daemon's account has no business
+    # hours, so its business durations are empty.
+    status, business = await get_json(http, f"{daemon.url}/v1/stats", group_by="agent",
+                                      clock="business")
+    assert status == 200 and business["clock"] == "business", business
+    assert answer["clock"] == "wall"
+    theirs = next(g for g in business["groups"] if g["key"] == agent["id"])
+    assert theirs["first_response_time"] == {"median": None, "p90": None, "count": 0}
+    assert theirs["conversations_closed"] == 1
+
+    for params, words in (({"group_by": "week"}, "group_by"), ({"from": "soon"}, "from"),
+                          ({"clock": "nonsense"}, "clock must be wall")):
         status, answer = await get_json(http, f"{daemon.url}/v1/stats", **params)
         assert status == 400 and words in answer["error"]["message"], answer
     status, empty = await get_json(http, f"{daemon.url}/v1/stats", group_by="day",

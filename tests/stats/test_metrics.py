@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 
 from gateway.stats.query import StatsQuery, compute_stats
-from gateway.store.jobs.stats import apply_event
+from gateway.store.jobs.stats import HoursOf, apply_event
 from gateway.store.migrate import apply_migrations
 
 T0 = int(datetime(2026, 11, 2, tzinfo=UTC).timestamp())
@@ -55,15 +55,18 @@ A2 = {"id": "a-2", "name": "Sam"}
 class History:
     """Writes the events of the history through the aggregates' own entry point."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, hours: HoursOf | None = None,
+                 start: int = T0) -> None:
         self.conn = conn
         self.n = 0
+        self.hours = hours  # the accounts' business hours (tests/stats/test_business_hours.py)
+        self.start = start
 
     def at(self, minute: float) -> float:
-        return T0 + minute * 60
+        return self.start + minute * 60
 
     def event(self, minute: float, event_type: str, data: dict[str, Any]) -> None:
-        apply_event(self.conn, event_type, data, self.at(minute))
+        apply_event(self.conn, event_type, data, self.at(minute), hours=self.hours)
 
     def conversation(self, cid: str, channel: str = "api", account: str = "a",
                      **extra: Any) -> dict[str, Any]:
@@ -102,9 +105,9 @@ class History:
         self.event(minute, "conversation.closed", {"conversation": self.conversation(cid, **kw),
                                                    "agent": agent})
 
-    def reopened(self, minute: float, cid: str) -> None:
-        self.event(minute, "conversation.reopened", {"conversation": self.conversation(cid),
-                                                     "agent": None})
+    def reopened(self, minute: float, cid: str, **kw: Any) -> None:
+        self.event(minute, "conversation.reopened", {
+            "conversation": self.conversation(cid, **kw), "agent": None})
 
     def csat(self, minute: float, cid: str, score: int, agent: dict[str, str] | None) -> None:
         self.event(minute, "conversation.updated", {

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.automation.hours import BusinessHours
 from gateway.cli import main, progress
 from gateway.config import StoreConfig
 from gateway.stats.query import StatsQuery
@@ -20,6 +21,24 @@ from gateway.store.sqlite import SQLiteStore
 from normalizer.model import InboundMessage, Party
 
 AGENT = {"id": "a-1", "name": "Ji-woo"}
+# Account "a" is open around the clock (so its business durations are its wall ones
+# whenever the test runs); "b" has no business hours. The same as configured below.
+ALWAYS = BusinessHours.build("UTC", {day: "00:00-24:00" for day in (
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")})
+HOURS_CONFIG = """
+[automation.hours.always]
+timezone = "UTC"
+weekdays = "00:00-24:00"
+saturday = "00:00-24:00"
+sunday = "00:00-24:00"
+[[automation.accounts]]
+account = "a"
+hours = "always"
+"""
+
+
+def hours_of(channel: str, account: str) -> BusinessHours | None:
+    return ALWAYS if account == "a" else None
 
 
 def inbound(provider_id: str, sender: str, automatic: str | None = None,
@@ -46,6 +65,7 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rebuild")
     store = SQLiteStore(StoreConfig(url=f"sqlite:///{root}/omnirelay.db", data_dir=root,
                                     synchronous="NORMAL"))
+    store.business_hours = hours_of
     await store.open()
     routes = [Route("api", "a", Party("external", "shop"), ("external",))]
     try:
@@ -87,6 +107,15 @@ async def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # u1, u2 and b0-b6: nine customers wrote, whatever the accounts and batches.
         assert total["groups"][0]["contact_rate"] == round(
             total["groups"][0]["conversations_created"] / 9, 4)
+        # Always open: account a's business durations are its wall ones (to the
+        # millisecond: one is a difference of floats, the other of datetimes); b has none.
+        wall = {g["key"]: g for g in after_merge["groups"]}
+        business = {g["key"]: g for g in (await store.stats(StatsQuery(
+            0, 4_000_000_000, "account", clock="business")))["groups"]}
+        for name in ("first_response_time", "response_time", "resolution_time"):
+            assert wall["a"][name]["count"]
+            assert business["a"][name] == pytest.approx(wall["a"][name], abs=0.002)
+            assert business["b"][name]["count"] == 0
     finally:
         await store.close()
     return root
@@ -98,8 +127,13 @@ def test_rebuilding_from_the_events_gives_the_same_aggregates(history: Path) -> 
     assert kept["stat_buckets"] and kept["stat_writers"] and kept["stat_conversations"]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        [business] = conn.execute("SELECT SUM(length(frt_business) + length("
+                                  "response_business) + length(resolution_business)) "
+                                  "FROM stat_durations").fetchone()
+        assert business > 0
         seen = []
-        assert rebuild(conn, chunk=3, progress=lambda done, total: seen.append(done)) > 0
+        assert rebuild(conn, chunk=3, progress=lambda done, total: seen.append(done),
+                       hours=hours_of) > 0
     finally:
         conn.close()
     assert seen == sorted(seen) and len(seen) > 1
@@ -132,11 +166,14 @@ def test_report_rebuild_from_the_command_line(history: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "omnirelay.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{history}/omnirelay.db"\n'
-                      f'data_dir = "{history}"\n')
+                      f'data_dir = "{history}"\n' + HOURS_CONFIG)
     kept = snapshot(history / "omnirelay.db")
     assert main(["report", "--config", str(config), "--rebuild", "--chart", "-"]) == 0
     assert "metrics rebuilt from" in capsys.readouterr().err
-    assert snapshot(history / "omnirelay.db") == kept
+    assert snapshot(history / "omnirelay.db") == kept  # the configured hours, as written
+    assert main(["report", "--config", str(config), "--clock", "business",
+                 "--chart", "-"]) == 0
+    assert "durations in business hours" in capsys.readouterr().out
 
 
 class Terminal(io.StringIO):

@@ -19,7 +19,10 @@ both. ``/shared/METRICS.md`` defines each number; the rules below follow it:
 - resolution, one-touch, automatic resolutions, messages per conversation: of the
   conversation's last close, for the closing agent; a reopen takes them back from that
   close, the next close counts them again;
-- open conversations: +1 at an open or reopen, -1 at a close, for the assignee.
+- open conversations: +1 at an open or reopen, -1 at a close, for the assignee;
+- business hours: where a duration is measured for an account with a schedule (the one its
+  acknowledgements use), its time inside the schedule's open hours is appended beside it
+  (``frt_business``…, migration 0012). Only there: an inbound message costs nothing more.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import sqlite3
 import threading
 from array import array
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,13 +44,21 @@ from gateway.store.jobs.lists import in_chunks
 from normalizer.timestamps import parse_iso
 
 if TYPE_CHECKING:
+    from gateway.automation.hours import BusinessHours
     from gateway.store.jobs.tx import SharedMessage, Tx
+
+# Each account's business hours, for the durations' business clock: (channel, account)
+# -> its schedule, or None (no business samples for it). The daemon builds it from
+# [automation] (gateway/daemon.py business_hours_for); the store hands it to every Tx.
+HoursOf = Callable[[str, str], "BusinessHours | None"]
 
 BUCKET_SECONDS = 900  # a quarter hour: every time zone's offset is a whole number of them
 BUCKETS_A_DAY = 96
 SENT_STATUSES = frozenset({"sent", "delivered", "read"})
 _REMEMBERED_REPLIES = 16  # outbound ids counted already (a receipt repeats the sent one)
 DURATIONS = ("frt", "response", "resolution")
+BUSINESS = {name: f"{name}_business" for name in DURATIONS}  # the business-hours twins
+DURATION_COLUMNS = (*DURATIONS, *BUSINESS.values())
 COUNTERS = ("created", "closes", "resolved", "with_reply", "one_touch", "resolved_msgs",
             "csat_sent", "csat_answers", "csat_sum", "csat_good")
 _WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation.reopened",
@@ -156,12 +167,14 @@ def flush_pending(conn: sqlite3.Connection) -> None:
             [(*key, *(values.get(n, 0) for n in COUNTERS))
              for key, values in pending.counters.items()])
     if pending.durations:
+        present = {name for values in pending.durations.values() for name in values}
+        names = [name for name in DURATION_COLUMNS if name in present]
         _upsert_rows(
             conn, f"INSERT INTO stat_durations (channel, account, agent, bucket, "
-                  f"{', '.join(DURATIONS)}) VALUES ", 4 + len(DURATIONS),
+                  f"{', '.join(names)}) VALUES ", 4 + len(names),
             " ON CONFLICT (channel, account, agent, bucket) DO UPDATE SET "
-            + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in DURATIONS),
-            [(*key, *(values.get(n, b"") for n in DURATIONS))
+            + ", ".join(f"{n} = CAST({n} || excluded.{n} AS BLOB)" for n in names),
+            [(*key, *(values.get(n, b"") for n in names))
              for key, values in pending.durations.items()])
     for table, column in (("stat_open", "bucket"), ("stat_open_days", "day")):
         rows = [(unit, channel, account, agent, delta) for (name, unit, channel, account,
@@ -221,18 +234,21 @@ def observe(tx: Tx, event_type: str, data: JSON, shares: SharedMessage | None) -
     # has no metrics state to look up (a rebuild, which may replay it, still looks).
     apply_event(tx.conn, event_type, data,
                 now.replace(microsecond=now.microsecond // 1000 * 1000).timestamp(),
-                deferred=tx.rows is not None, new=event_type == "conversation.opened")
+                deferred=tx.rows is not None, new=event_type == "conversation.opened",
+                hours=tx.hours)
 
 
 def apply_event(conn: sqlite3.Connection, event_type: str, data: JSON, at: float, *,
-                deferred: bool = False, new: bool = False) -> None:
+                deferred: bool = False, new: bool = False,
+                hours: HoursOf | None = None) -> None:
     """Fold one event, emitted at unix time ``at``, into the aggregates (``deferred``:
     its inserts wait for :func:`flush_pending`, in the same transaction; ``new``: the
-    event's conversation was created with it, so it has no state yet)."""
+    event's conversation was created with it, so it has no state yet; ``hours``: each
+    account's schedule, for the business-hours twins of the durations)."""
     handler = _HANDLERS.get(event_type)
     if handler is not None:
-        handler(_Writer(conn, bucket_of(at), _pending() if deferred else None, new=new),
-                data, at)
+        handler(_Writer(conn, bucket_of(at), _pending() if deferred else None, new=new,
+                        hours=hours), data, at)
 
 
 def note_new_customer(customer_id: str) -> None:
@@ -244,14 +260,25 @@ def note_new_customer(customer_id: str) -> None:
 class _Writer:
     """Reads and writes the aggregate tables for one event's quarter hour."""
 
-    __slots__ = ("bucket", "conn", "new", "pending")
+    __slots__ = ("bucket", "conn", "hours", "new", "pending")
 
     def __init__(self, conn: sqlite3.Connection, bucket: int,
-                 pending: _Pending | None = None, *, new: bool = False) -> None:
+                 pending: _Pending | None = None, *, new: bool = False,
+                 hours: HoursOf | None = None) -> None:
         self.conn = conn
         self.bucket = bucket
         self.pending = pending
         self.new = new  # the event's conversation was created with it: no state to read
+        self.hours = hours
+
+    def business(self, state: JSON, start: float, end: float) -> float | None:
+        """The open time between two unix times under the account's business hours, or
+        None when it has none (only called where a duration is measured)."""
+        schedule = self.hours(state["channel"], state["account"]) if self.hours else None
+        if schedule is None:
+            return None
+        return schedule.business_seconds(datetime.fromtimestamp(start, UTC),
+                                         datetime.fromtimestamp(end, UTC))
 
     def state(self, conversation_id: str) -> JSON | None:
         if self.new:
@@ -286,7 +313,7 @@ class _Writer:
         if durations:
             samples: list[Sample] = getattr(_local, "samples", None) or []
             samples += [(name, state["channel"], state["account"], max(0.0, value))
-                        for name, value in durations.items()]
+                        for name, value in durations.items() if name in DURATIONS]
             _local.samples = samples
             blobs = {name: array("d", [max(0.0, value)]).tobytes()
                      for name, value in durations.items()}
@@ -380,20 +407,30 @@ class _Writer:
             "one_touch = one_touch - ?, resolved_msgs = resolved_msgs - ? "
             "WHERE bucket = ? AND channel = ? AND account = ? AND agent = ?",
             (int(counted["human"] >= 1), int(counted["human"] == 1), counted["messages"], *key))
-        if counted["resolution"] is None:
+        # The resolution and its business twin, each the value the close appended.
+        names = [name for name in ("resolution", BUSINESS["resolution"])
+                 if counted.get(name) is not None]
+        if not names:
             return
-        row = self.conn.execute("SELECT resolution FROM stat_durations WHERE bucket = ? AND "
-                                "channel = ? AND account = ? AND agent = ?", key).fetchone()
+        row = self.conn.execute(f"SELECT {', '.join(names)} FROM stat_durations WHERE "
+                                "bucket = ? AND channel = ? AND account = ? AND agent = ?",
+                                key).fetchone()
         if row is None:
             return
-        samples = array("d")
-        samples.frombytes(row[0])
-        try:
-            samples.remove(max(0.0, counted["resolution"]))
-        except ValueError:
-            return
-        self.conn.execute("UPDATE stat_durations SET resolution = ? WHERE bucket = ? AND "
-                          "channel = ? AND account = ? AND agent = ?", (samples.tobytes(), *key))
+        changed: dict[str, bytes] = {}
+        for name, blob in zip(names, row, strict=True):
+            samples = array("d")
+            samples.frombytes(blob)
+            try:
+                samples.remove(max(0.0, counted[name]))
+            except ValueError:
+                continue
+            changed[name] = samples.tobytes()
+        if changed:
+            self.conn.execute(
+                f"UPDATE stat_durations SET {', '.join(f'{n} = ?' for n in changed)} WHERE "
+                "bucket = ? AND channel = ? AND account = ? AND agent = ?",
+                (*changed.values(), *key))
 
 
 @functools.lru_cache(maxsize=16384)  # once per customer, not per message
@@ -467,14 +504,20 @@ def _sent(writer: _Writer, message: JSON, at: float) -> None:
         agent = _agent_id(message.get("agent"))
         state["human"] += 1
         durations: dict[str, float] = {}
+        starts: dict[str, float] = {}
         if state["first"] is None:
             state["ours_first"] = True
         elif not state["frt"]:
-            durations["frt"] = at - state["first"]
+            starts["frt"] = state["first"]
             state["frt"] = True
         if state["run"] is not None:
-            durations["response"] = at - state["run"]
+            starts["response"] = state["run"]
             state["run"] = None
+        for name, start in starts.items():
+            durations[name] = at - start
+            business = writer.business(state, start, at)
+            if business is not None:
+                durations[BUSINESS[name]] = business
         if durations:
             writer.add(state, agent, durations=durations)
     writer.save(conversation["id"], state)
@@ -496,13 +539,22 @@ def _closed(writer: _Writer, data: JSON, at: float) -> None:
         state["open"] = False
     if state["close"] is not None:  # closed twice without a reopen we saw: count it once
         writer.take_back(state, state["close"])
-    resolution = at - state["first"] if state["first"] is not None else None
+    resolution: float | None = None
+    business: float | None = None
+    durations: dict[str, float] = {}
+    if state["first"] is not None:
+        resolution = durations["resolution"] = at - state["first"]
+        business = writer.business(state, state["first"], at)
+        if business is not None:
+            durations[BUSINESS["resolution"]] = business
     human = state["human"]
-    writer.add(state, agent, durations={"resolution": resolution} if resolution is not None
-               else None, resolved=1, with_reply=int(human >= 1), one_touch=int(human == 1),
+    writer.add(state, agent, durations=durations or None, resolved=1,
+               with_reply=int(human >= 1), one_touch=int(human == 1),
                resolved_msgs=state["messages"])
     state["close"] = {"bucket": writer.bucket, "agent": agent or "", "resolution": resolution,
                       "human": human, "messages": state["messages"]}
+    if business is not None:  # what a reopen takes back (absent: no schedule then)
+        state["close"][BUSINESS["resolution"]] = business
     writer.save(conversation["id"], state)
 
 
@@ -567,9 +619,11 @@ def clear(conn: sqlite3.Connection) -> None:
 
 
 def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
-            progress: Callable[[int, int], None] | None = None) -> int:
+            progress: Callable[[int, int], None] | None = None,
+            hours: HoursOf | None = None) -> int:
     """Recompute the aggregates from the stored events, oldest first, in one transaction
-    per chunk; ``progress(done, total)`` after each. Returns how many events were read."""
+    per chunk; ``progress(done, total)`` after each. Returns how many events were read.
+    ``hours``: the accounts' schedules now, for the business-hours durations."""
     from gateway.store import compact
     from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
 
@@ -596,7 +650,8 @@ def rebuild(conn: sqlite3.Connection, *, chunk: int = 20_000,
             event = orjson.loads(event_body(row))
             data = event.get("data") or {}
             if not data.get("erased"):
-                apply_event(conn, event["type"], data, _epoch(event["created_at"]))
+                apply_event(conn, event["type"], data, _epoch(event["created_at"]),
+                            hours=hours)
         conn.execute("COMMIT")
         after = rows[-1]["seq"]
         done += len(rows)

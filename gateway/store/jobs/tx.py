@@ -21,6 +21,7 @@ from gateway.store import compact
 from gateway.store.base import JSON, StoredAttachment
 from gateway.store.engine import CommitEngine
 from gateway.store.feed import EmittedEvents
+from gateway.store.jobs.stats import HoursOf
 from gateway.store.jobs.stats import flush_pending as flush_stats
 from gateway.store.jobs.stats import observe as observe_stats
 
@@ -46,6 +47,7 @@ class Tx:
     cache: WriterCache
     rows: BatchRows | None = None  # set: inserts are deferred to the batch's flush
     emitted: EmittedEvents | None = None  # the batch's events, for the feed's tail
+    hours: HoursOf | None = None  # each account's schedule, for the metrics' business clock
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """Run a query and return its first row."""
@@ -219,11 +221,11 @@ class WriterCache:
 class JobBatch:
     """One batch of the writer: one clock reading, the deferred rows, the emitted events."""
 
-    __slots__ = ("cache", "conn", "emitted", "engine", "now", "now_iso", "rows")
+    __slots__ = ("cache", "conn", "emitted", "engine", "hours", "now", "now_iso", "rows")
 
     def __init__(self, conn: sqlite3.Connection, engine: CommitEngine, cache: WriterCache,
                  rows: BatchRows | None, emitted: EmittedEvents, now: datetime,
-                 now_iso: str) -> None:
+                 now_iso: str, hours: HoursOf | None = None) -> None:
         self.conn = conn
         self.engine = engine
         self.cache = cache
@@ -231,11 +233,12 @@ class JobBatch:
         self.emitted = emitted
         self.now = now
         self.now_iso = now_iso
+        self.hours = hours
 
     def context(self, deferred: bool) -> Tx:
         """The next job's Tx (``deferred``: its inserts go to the batch's rows)."""
         return Tx(self.conn, self.engine, self.now, self.now_iso, self.cache,
-                  self.rows if deferred else None, self.emitted)
+                  self.rows if deferred else None, self.emitted, self.hours)
 
     def flush(self) -> None:
         """Insert the deferred rows."""

@@ -45,7 +45,7 @@ from gateway.store.jobs.ingest import _ingest, _ingest_all, prefetch_senders
 from gateway.store.jobs.media import _fetch_retry
 from gateway.store.jobs.outbound import _outbox_retry
 from gateway.store.jobs.retention import _erase_customer, _purge
-from gateway.store.jobs.stats import Sample
+from gateway.store.jobs.stats import HoursOf, Sample
 from gateway.store.jobs.tx import BatchRows, WriterCache
 from gateway.store.jobs.webhooks import _delivery_done, _delivery_retry, _replay
 from gateway.store.postgres import blobs
@@ -143,6 +143,15 @@ class PostgresStore(SQLiteStore):
         # noted when it was (cleared when no fetch is under way).
         self._deleted: dict[str, int] = {}
         self._deletions = 0
+
+    @property
+    def business_hours(self) -> HoursOf | None:
+        """Each account's business hours for the metrics (as on SQLite)."""
+        return self.pg.hours
+
+    @business_hours.setter
+    def business_hours(self, hours: HoursOf | None) -> None:
+        self.pg.hours = hours
 
     @property
     def tail(self) -> FeedTail:

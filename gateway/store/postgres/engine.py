@@ -53,7 +53,13 @@ from gateway.store.engine import (
     _take_queued,
 )
 from gateway.store.feed import EmittedEvents
-from gateway.store.jobs.stats import Sample, drop_samples, forget_cached_rows, take_samples
+from gateway.store.jobs.stats import (
+    HoursOf,
+    Sample,
+    drop_samples,
+    forget_cached_rows,
+    take_samples,
+)
 from gateway.store.jobs.tx import BatchRows, Tx, WriterCache
 from gateway.store.postgres.conn import Connection
 from gateway.store.postgres.migrate import apply_migrations
@@ -108,6 +114,8 @@ class PgEngine(WriteQueue):
         self._commit_sent = False  # the writer's batch sent COMMIT (its outcome is unknown)
         self._samples: list[Sample] = []  # the open batch's, of jobs that went through
         self.cache = WriterCache()
+        # Each account's business hours for the metrics (jobs/stats.py), set by the store.
+        self.hours: HoursOf | None = None
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="pg-read")
@@ -301,7 +309,7 @@ class PgEngine(WriteQueue):
         for fn, args, _future, _loop in batch:
             if rows is not None and fn in self.deferred:
                 tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
-                        rows, emitted)
+                        rows, emitted, self.hours)
                 self._provisional_ok = True
                 try:
                     outcomes.append((True, _guard(fn, tx, *args)))
@@ -334,7 +342,7 @@ class PgEngine(WriteQueue):
             # The batch's one clock reading, as on SQLite: the metrics fold an event in at
             # its created_at (``now_iso``), so that a rebuild from the events agrees.
             tx = Tx(cast(Any, conn), cast(CommitEngine, self), now, now_iso, self.cache,
-                    None, emitted)
+                    None, emitted, self.hours)
             self._samples += take_samples()  # the jobs before this one keep theirs
             conn.execute("SAVEPOINT job")
             try:

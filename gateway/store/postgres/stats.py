@@ -17,14 +17,16 @@ import orjson
 
 from gateway.store import compact
 from gateway.store.feed import EVENT_BODY_COLUMNS, EVENT_BODY_JOIN, event_body
-from gateway.store.jobs.stats import _WANTED, _epoch, apply_event, clear
+from gateway.store.jobs.stats import _WANTED, HoursOf, _epoch, apply_event, clear
 from gateway.store.postgres.conn import Connection
 
 
 def rebuild(conn: Connection, *, chunk: int = 20_000,
-            progress: Callable[[int, int], None] | None = None) -> int:
+            progress: Callable[[int, int], None] | None = None,
+            hours: HoursOf | None = None) -> int:
     """Recompute the aggregates from the stored events, oldest first, in one transaction;
-    ``progress(seq, head)`` after each chunk. Returns how many events were read."""
+    ``progress(seq, head)`` after each chunk. Returns how many events were read.
+    ``hours``: the accounts' schedules now, for the business-hours durations."""
     for dictionary_id, data in conn.execute("SELECT id, data FROM codec_dictionaries"):
         compact.register(dictionary_id, bytes(data))  # the stored JSON is compressed
     wanted = tuple(sorted(_WANTED))
@@ -48,7 +50,7 @@ def rebuild(conn: Connection, *, chunk: int = 20_000,
                 data = event.get("data") or {}
                 if not data.get("erased"):
                     apply_event(sqlite_surface, event["type"], data,
-                                _epoch(event["created_at"]))
+                                _epoch(event["created_at"]), hours=hours)
             after = int(rows[-1]["seq"])
             done += len(rows)
             if progress is not None:
