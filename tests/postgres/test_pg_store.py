@@ -397,7 +397,8 @@ async def test_a_subscriber_hears_that_it_missed_pushes_once_its_listener_is_bac
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'omnirelay-listen'").fetchone()
+            "WHERE application_name = 'omnirelay-listen' AND datname = %s",
+            (b.url.rsplit("/", 1)[1],)).fetchone()
     assert killed is not None and killed[0] == 2
     await asyncio.wait_for(missed.wait(), 10)
     await topic.publish("after")
