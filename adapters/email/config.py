@@ -168,7 +168,7 @@ class EmailConfig(AdapterConfig):
             section.error("max_mime_depth", "must be at least 1")
         trusted = tuple(t.strip().lower() for t in section.str_list("trusted_authserv_ids"))
         for entry in trusted:
-            if not entry or " " in entry or ";" in entry or "=" in entry:
+            if len(entry.split()) != 1 or ";" in entry or "=" in entry:
                 section.error("trusted_authserv_ids", f"{entry!r} is not an authserv-id",
                               'the receiving server\'s name, e.g. "mx.google.com"')
         smtp_section = section.sub("smtp")

@@ -457,6 +457,8 @@ def test_config_trusted_authserv_ids_default_off() -> None:
     ("max_message_bytes = 10", "max_message_bytes"),
     ('trusted_authserv_ids = "mx.google.com"', "trusted_authserv_ids"),
     ('trusted_authserv_ids = ["mx.google.com; dmarc=pass"]', "trusted_authserv_ids"),
+    ('trusted_authserv_ids = ["mx\\tgoogle.com"]', "trusted_authserv_ids"),
+    ('trusted_authserv_ids = [" "]', "trusted_authserv_ids"),
 ])
 def test_config_errors_name_the_key(table: str, complaint: str) -> None:
     with pytest.raises(ConfigErrors) as errors:

@@ -48,6 +48,9 @@ def auth(*headers: str, from_domain: str = "customer.example",
                   "spf=pass smtp.mailfrom=customer.example"],
                  ("none", "temperror", "pass", None, "mx.shop.example"),
                  id="dmarc-could-not-decide"),
+    pytest.param(["mx.shop.example; dmarc=none header.from=customer.example; "
+                  "spf=fail smtp.mailfrom=customer.example"],
+                 ("fail", "none", "fail", None, "mx.shop.example"), id="no-policy-spf-fail"),
     pytest.param(["mx.shop.example 1; none"], ("none", None, None, None, "mx.shop.example"),
                  id="nothing-checked"),
 ])
