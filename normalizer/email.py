@@ -36,6 +36,7 @@ from email.policy import Compat32
 from html.parser import HTMLParser
 from typing import Any
 
+from normalizer.authresults import check_sender
 from normalizer.model import AttachmentData, InboundMessage, Party
 
 # ---------------------------------------------------------------- parsing
@@ -1506,12 +1507,15 @@ def _parse_single_part(raw: bytes) -> Message | None:
 
 
 def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
-                limits: ParseLimits = DEFAULT_PARSE_LIMITS) -> InboundMessage:
+                limits: ParseLimits = DEFAULT_PARSE_LIMITS,
+                trusted_authserv_ids: tuple[str, ...] = ()) -> InboundMessage:
     """Parse raw mail into a normalized inbound message (never raises on bad MIME).
 
     ``recipient`` is the envelope recipient when known (SMTP ``RCPT TO``); it carries the
     plus-address reply token and becomes the message's ``to``. Linear in the size of
-    ``raw``; a structure beyond ``limits`` raises :class:`MessageTooComplex`.
+    ``raw``; a structure beyond ``limits`` raises :class:`MessageTooComplex`. With
+    ``trusted_authserv_ids``, the message carries what those servers' Authentication-Results
+    say of its sender (normalizer/authresults.py).
     """
     budget = _Budget(limits)
     try:
@@ -1609,6 +1613,9 @@ def parse_email(raw: bytes, account: str, *, recipient: str | None = None,
         raw=raw, raw_content_type="message/rfc822",
         reply_token=_reply_token(envelope_to, h, to + cc),
         content=content if len(content) > 1 else None,
+        authentication=check_sender(msg.get_all("authentication-results") or (),
+                                    address.rpartition("@")[2], trusted_authserv_ids)
+        if trusted_authserv_ids else None,
     )
 
 

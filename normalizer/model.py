@@ -62,6 +62,26 @@ class MessageChange:
 
 
 @dataclass(frozen=True, slots=True)
+class SenderAuthentication:
+    """What a trusted receiving server said about an e-mail's sender (docs/email.md,
+    "Spoofed senders"): the ``verdict`` omnirelay draws from it, the ``dmarc``, ``spf`` and
+    ``dkim`` results as the header gave them, and ``by``, the server (authserv-id) whose
+    header was read; all None but the verdict (``none``) when no trusted header was there.
+    """
+
+    verdict: Literal["pass", "fail", "none"]
+    dmarc: str | None = None
+    spf: str | None = None
+    dkim: str | None = None
+    by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the message's ``provider.authentication`` object."""
+        return {"verdict": self.verdict, "dmarc": self.dmarc, "spf": self.spf,
+                "dkim": self.dkim, "by": self.by}
+
+
+@dataclass(frozen=True, slots=True)
 class AttachmentData:
     """An attachment's bytes as received, before the gateway stores them."""
 
@@ -106,7 +126,9 @@ class InboundMessage:
     is stored as an outbound message without an agent. ``group`` is set for a post in a
     group chat (stored only where the account sets ``groups = true``). ``error`` flags a
     message the channel received but could not read (``{"code": "unparsable", "message":
-    …}``): it becomes the stored message's top-level ``error``.
+    …}``): it becomes the stored message's top-level ``error``. ``authentication`` is set
+    for e-mail of an account with ``trusted_authserv_ids`` and becomes
+    ``provider.authentication``.
     """
 
     channel: str
@@ -133,3 +155,4 @@ class InboundMessage:
     match_window: float | None = None
     group: Group | None = None
     error: dict[str, str] | None = None
+    authentication: SenderAuthentication | None = None

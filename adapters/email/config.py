@@ -74,6 +74,10 @@ class EmailConfig(AdapterConfig):
     one-minute idle timeout: a relaying MTA stays well inside them, a flood from one
     address does not take every session. ``max_mime_parts``/``max_mime_depth`` bound the
     parse of every inbound message; a message beyond them is stored raw, flagged.
+
+    ``trusted_authserv_ids``: the receiving servers (``mx.google.com``) whose
+    Authentication-Results header is believed; each message then carries
+    ``provider.authentication`` (docs/email.md, "Spoofed senders"). Empty: off.
     """
 
     address: str
@@ -93,6 +97,7 @@ class EmailConfig(AdapterConfig):
     smtp_require_starttls: bool = False
     max_mime_parts: int = 200
     max_mime_depth: int = 20
+    trusted_authserv_ids: tuple[str, ...] = ()
 
     example: ClassVar[Mapping[str, object]] = {"address": "support@shop.example"}
 
@@ -161,6 +166,11 @@ class EmailConfig(AdapterConfig):
         depth = section.get("max_mime_depth", int, 20)
         if depth < 1:
             section.error("max_mime_depth", "must be at least 1")
+        trusted = tuple(t.strip().lower() for t in section.str_list("trusted_authserv_ids"))
+        for entry in trusted:
+            if len(entry.split()) != 1 or ";" in entry or "=" in entry:
+                section.error("trusted_authserv_ids", f"{entry!r} is not an authserv-id",
+                              'the receiving server\'s name, e.g. "mx.google.com"')
         smtp_section = section.sub("smtp")
         smtp = None
         if smtp_section is not None:
@@ -183,6 +193,7 @@ class EmailConfig(AdapterConfig):
             smtp_require_starttls=require_starttls,
             max_mime_parts=parts,
             max_mime_depth=depth,
+            trusted_authserv_ids=trusted,
         )
 
 

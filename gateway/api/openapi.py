@@ -261,7 +261,17 @@ def _document(routes: tuple[tuple[str, str], ...], kinds: tuple[str, ...],
         "subject": _nullable(_STR), "text": _STR, "html": _nullable(_STR),
         "attachments": {"type": "array", "items": _ref("Attachment")},
         "in_reply_to": _nullable(_STR),
-        "provider": _obj({"message_id": _nullable(_STR), "thread_id": _nullable(_STR)}),
+        "provider": _obj({
+            "message_id": _nullable(_STR), "thread_id": _nullable(_STR),
+            # E-mail of an account with trusted_authserv_ids only (docs/email.md,
+            # "Spoofed senders"): what that receiving server said of the sender.
+            "authentication": {**_obj({
+                "verdict": {"enum": ["pass", "fail", "none"]},
+                "dmarc": _nullable(_STR), "spf": _nullable(_STR), "dkim": _nullable(_STR),
+                "by": _nullable(_STR)}, ["verdict", "dmarc", "spf", "dkim", "by"]),
+                "description": "e-mail only, when the account trusts a receiving server: "
+                               "fail = the sender may be spoofed (docs/email.md)"},
+        }),
         "status": {"enum": ["received", "queued", "sent", "delivered", "read", "failed"]},
         "error": _nullable(_obj({"code": _STR, "message": _STR}, ["code", "message"])),
         "agent": _nullable(_ref("Agent")), "automatic": _nullable(_STR),

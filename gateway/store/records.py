@@ -85,7 +85,8 @@ def _message_json(*, message_id: str, conversation_id: str, customer_id: str, ch
                   in_reply_to: str | None, provider_message_id: str | None,
                   thread_id: str | None, status: str, agent: JSON | None,
                   automatic: str | None, sent_at: str | None, received_at: str,
-                  content: JSON | None = None, error: JSON | None = None) -> JSON:
+                  content: JSON | None = None, error: JSON | None = None,
+                  authentication: JSON | None = None) -> JSON:
     def party(p: Party | JSON | None) -> JSON | None:
         return p.to_json() if isinstance(p, Party) else p
 
@@ -101,4 +102,6 @@ def _message_json(*, message_id: str, conversation_id: str, customer_id: str, ch
     }
     if content is not None:
         message["content"] = content
+    if authentication is not None:  # e-mail of an account with trusted_authserv_ids only
+        message["provider"]["authentication"] = authentication
     return message

@@ -440,6 +440,13 @@ def test_config_accepts_one_or_many_mailboxes() -> None:
     assert many.imap[1].processed_folder == "Done" and many.imap[1].first_sync == "all"
 
 
+def test_config_trusted_authserv_ids_default_off() -> None:
+    off = parse('address = "s@shop.example"\n').channels[0].options
+    assert off.trusted_authserv_ids == ()
+    on = parse('address = "s@shop.example"\ntrusted_authserv_ids = ["MX.Google.com"]\n')
+    assert on.channels[0].options.trusted_authserv_ids == ("mx.google.com",)
+
+
 @pytest.mark.parametrize(("table", "complaint"), [
     ('imap = { host = "i", first_sync = "sometimes" }', "first_sync"),
     ('imap = { host = "i", idle_timeout = 3600 }', "idle_timeout"),
@@ -448,6 +455,10 @@ def test_config_accepts_one_or_many_mailboxes() -> None:
     ('smtp = { host = "s", folder = "INBOX" }', "folder"),
     ('imap = { host = "i", username = "u" }', "password_file"),
     ("max_message_bytes = 10", "max_message_bytes"),
+    ('trusted_authserv_ids = "mx.google.com"', "trusted_authserv_ids"),
+    ('trusted_authserv_ids = ["mx.google.com; dmarc=pass"]', "trusted_authserv_ids"),
+    ('trusted_authserv_ids = ["mx\\tgoogle.com"]', "trusted_authserv_ids"),
+    ('trusted_authserv_ids = [" "]', "trusted_authserv_ids"),
 ])
 def test_config_errors_name_the_key(table: str, complaint: str) -> None:
     with pytest.raises(ConfigErrors) as errors:

@@ -364,7 +364,9 @@ def _add_message(tx: Tx, inbound: InboundMessage, key: DedupeKey,
         provider_message_id=inbound.provider_message_id,
         thread_id=inbound.provider_thread_id, status=status, agent=None,
         automatic=inbound.automatic, sent_at=sent_at, received_at=tx.now_iso,
-        content=inbound.content, error=inbound.error)
+        content=inbound.content, error=inbound.error,
+        authentication=None if inbound.authentication is None
+        else inbound.authentication.to_json())
     encoded = orjson.dumps(message)  # once: the row, the event and the caller's answer
     # The event shares the row's copy of the message (compact storage, migration 0007).
     event_seq = tx.emit("message.received", {"message": orjson.Fragment(encoded),
