@@ -27,7 +27,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
-from adapters.base import AdapterContext, AdapterState, ChannelAdapter, Hook, SendLimits
+from adapters.base import (
+    AdapterContext,
+    AdapterHealth,
+    AdapterState,
+    ChannelAdapter,
+    Hook,
+    SendLimits,
+)
 from adapters.registry import ADAPTERS
 from gateway.api.app import create_app
 from gateway.api.auth import check_token
@@ -457,35 +464,35 @@ class Gateway:
 
     # ------------------------------------------------------------------ status
 
-    def channel_states(self) -> list[tuple[str, str, str, list[LoopHealth]]]:
-        """Each configured account's type, name, state and loops (for the metrics)."""
-        states = []
+    def _account_health(self) -> list[tuple[ChannelConfig, ChannelAdapter | None,
+                                            AdapterHealth | None]]:
+        """Each configured account with its adapter and that adapter's health (None: not
+        running)."""
+        found = []
         for account in self.config.channels:
             adapter = self.adapters.get(account.key)
-            health = adapter.health() if adapter is not None else None
-            states.append((account.type, account.name,
-                           health.state.value if health else "stopped",
-                           health.loops if health else []))
-        return states
+            found.append((account, adapter, adapter.health() if adapter is not None else None))
+        return found
+
+    def channel_states(self) -> list[tuple[str, str, str, list[LoopHealth]]]:
+        """Each configured account's type, name, state and loops (for the metrics)."""
+        return [(account.type, account.name, health.state.value if health else "stopped",
+                 health.loops if health else [])
+                for account, _adapter, health in self._account_health()]
 
     def channel_report(self) -> list[dict[str, Any]]:
         """Each configured account: type, state, last error, counters."""
-        report = []
-        for account in self.config.channels:
-            adapter = self.adapters.get(account.key)
-            health = adapter.health() if adapter is not None else None
-            report.append({
-                "name": account.name, "type": account.type,
-                "channels": sorted(adapter.channels) if adapter else [],
-                "required": account.required,
-                "state": health.state.value if health else "stopped",
-                "last_error": self.adapter_errors.get(account.key)
-                or (health.last_error if health else None),
-                "counters": health.counters if health else {},
-                "loops": [loop.to_json() for loop in health.loops] if health else [],
-                "media": self.fetcher.health(source_name(account.type, account.name)),
-            })
-        return report
+        return [{
+            "name": account.name, "type": account.type,
+            "channels": sorted(adapter.channels) if adapter else [],
+            "required": account.required,
+            "state": health.state.value if health else "stopped",
+            "last_error": self.adapter_errors.get(account.key)
+            or (health.last_error if health else None),
+            "counters": health.counters if health else {},
+            "loops": [loop.to_json() for loop in health.loops] if health else [],
+            "media": self.fetcher.health(source_name(account.type, account.name)),
+        } for account, adapter, health in self._account_health()]
 
     async def readiness_problems(self) -> list[str]:
         """Why the daemon is not ready (empty when it is): what, never an error text, as

@@ -117,8 +117,11 @@ class Receiver:
         return self.requests
 
 
-def base_config(data_dir: Path, http_port: int, smtp_port: int, *, extra: str = "") -> str:
-    """A config with tokens of each scope, two API accounts and an e-mail account."""
+def base_config(data_dir: Path, http_port: int, smtp_port: int, *, extra: str = "",
+                store_url: str | None = None) -> str:
+    """A config with tokens of each scope, two API accounts and an e-mail account; its
+    store is SQLite in ``data_dir``, or ``store_url`` (PostgreSQL, with ``data_dir`` as
+    the instance's own directory)."""
     return textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:{http_port}"
@@ -126,7 +129,7 @@ def base_config(data_dir: Path, http_port: int, smtp_port: int, *, extra: str = 
         max_body_bytes = 1048576
         shutdown_timeout = 5
         [store]
-        url = "sqlite:///{data_dir}/omnirelay.db"
+        url = "{store_url or f'sqlite:///{data_dir}/omnirelay.db'}"
         data_dir = "{data_dir}"
         default_region = "KR"
         [outbox]

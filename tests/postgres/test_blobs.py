@@ -314,9 +314,8 @@ async def test_two_daemons_with_their_own_data_dirs_serve_each_other_s_attachmen
         home = tmp_path / name
         home.mkdir()
         port = free_port()
-        text = base_config(home / "data", port, free_port(), extra=extra)
-        text = text.replace(f'url = "sqlite:///{home / "data"}/omnirelay.db"', f'url = "{dsn}"')
-        daemon = Daemon(home, text, port)
+        daemon = Daemon(home, base_config(home / "data", port, free_port(), extra=extra,
+                                          store_url=dsn), port)
         daemon.start()
         daemons.append(daemon)
     a, b = daemons

@@ -63,9 +63,8 @@ class Cluster:
             secret = "{WEBHOOK_SECRET}"
             events = ["message.*"]
             """  # noqa: E501
-        text = base_config(self.root / "data", http_port, smtp_port, extra=extra)
-        return text.replace(f'url = "sqlite:///{self.root / "data"}/omnirelay.db"',
-                            f'url = "{self.dsn}"')
+        return base_config(self.root / "data", http_port, smtp_port, extra=extra,
+                           store_url=self.dsn)
 
     async def start_one(self) -> Daemon:
         home = self.root / f"instance{len(self.daemons)}"

@@ -23,8 +23,7 @@ def pg_config(tmp_path: Path, dsn: str, receiver: Receiver, http_port: int) -> s
         secret = "crm-secret-0123456789"
         callback_url = "{receiver.url}/callback"
         """
-    text = base_config(tmp_path / "data", http_port, free_port(), extra=extra)
-    return text.replace(f'url = "sqlite:///{tmp_path / "data"}/omnirelay.db"', f'url = "{dsn}"')
+    return base_config(tmp_path / "data", http_port, free_port(), extra=extra, store_url=dsn)
 
 
 async def test_inbound_feed_reply_and_callback_on_postgres(pg_server: PgServer,

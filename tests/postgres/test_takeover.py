@@ -55,8 +55,7 @@ def instance(root: Path, name: str, dsn: str, callback: StallingCallback) -> Dae
         secret = "crm-secret-0123456789"
         callback_url = "http://127.0.0.1:{callback.port}/callback"
         """
-    text = base_config(root / "data", http_port, free_port(), extra=extra)
-    text = text.replace(f'url = "sqlite:///{root / "data"}/omnirelay.db"', f'url = "{dsn}"')
+    text = base_config(root / "data", http_port, free_port(), extra=extra, store_url=dsn)
     text = text.replace('default_region = "KR"', 'default_region = "KR"\nclaim_lease_seconds = 3')
     return Daemon(home, text, http_port)
 

@@ -53,9 +53,8 @@ async def start_pair(root: Path, dsn: str, dsn_of_b: str | None = None) -> Pair:
         home = root / f"instance{n}"
         home.mkdir()
         port = free_port()
-        text = base_config(root / "data", port, free_port(), extra=extra)
-        text = text.replace(f'url = "sqlite:///{root / "data"}/omnirelay.db"', f'url = "{url}"')
-        daemon = Daemon(home, text, port)
+        daemon = Daemon(home, base_config(root / "data", port, free_port(), extra=extra,
+                                          store_url=url), port)
         daemon.start()
         daemons.append(daemon)
     await asyncio.gather(*(d.wait_ready(timeout=60) for d in daemons))

@@ -4,6 +4,7 @@ client speaking the widget's frames, and (for the browser tests) one headless Ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import time
 from collections.abc import AsyncIterator
@@ -112,22 +113,31 @@ async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     assert code == 0, daemon.logs()
 
 
+@contextlib.asynccontextmanager
+async def serving(daemon: Daemon, account: str, allowed: bool = True) -> AsyncIterator[Site]:
+    """A site embedding ``account``'s widget, on the port whose origin the account allows
+    (``allowed``) or on another one."""
+    site = (Site(daemon.url, account, daemon.ports[account])  # type: ignore[attr-defined]
+            if allowed else Site(daemon.url, account))
+    await site.start()
+    try:
+        yield site
+    finally:
+        await site.stop()
+
+
 @pytest.fixture(scope="session")
 async def shop(chat_daemon: Daemon) -> AsyncIterator[Site]:
     """The shop's site, whose origin the ``shop`` account allows."""
-    site = Site(chat_daemon.url, "shop", chat_daemon.ports["shop"])  # type: ignore[attr-defined]
-    await site.start()
-    yield site
-    await site.stop()
+    async with serving(chat_daemon, "shop") as site:
+        yield site
 
 
 @pytest.fixture(scope="session")
 async def foreign(chat_daemon: Daemon) -> AsyncIterator[Site]:
     """Another site embedding the shop's widget: its origin is not allowed."""
-    site = Site(chat_daemon.url, "shop")
-    await site.start()
-    yield site
-    await site.stop()
+    async with serving(chat_daemon, "shop", allowed=False) as site:
+        yield site
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Daemon
-from tests.webchat.conftest import ARTIFACTS, AUTH, Site, get_json, reply, wait_until
+from tests.webchat.conftest import ARTIFACTS, AUTH, Site, get_json, reply, serving, wait_until
 from tests.webchat.test_protocol import PNG
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -243,10 +243,8 @@ async def test_messages_typed_offline_are_sent_when_the_connection_returns(
 @pytest.fixture(scope="session")
 async def form_site(chat_daemon: Daemon) -> AsyncIterator[Site]:
     """A site embedding the ``form`` account (pre-chat form on)."""
-    site = Site(chat_daemon.url, "form", chat_daemon.ports["form"])  # type: ignore[attr-defined]
-    await site.start()
-    yield site
-    await site.stop()
+    async with serving(chat_daemon, "form") as site:
+        yield site
 
 
 async def test_the_pre_chat_form_names_the_visitor_and_links_their_email(
@@ -350,10 +348,8 @@ async def test_a_korean_browser_gets_the_widget_in_korean_unless_the_page_says_o
 @pytest.fixture(scope="session")
 async def ja_site(chat_daemon: Daemon) -> AsyncIterator[Site]:
     """A site embedding the ``ja`` account (``language = "ja"``, no title)."""
-    site = Site(chat_daemon.url, "ja", chat_daemon.ports["ja"])  # type: ignore[attr-defined]
-    await site.start()
-    yield site
-    await site.stop()
+    async with serving(chat_daemon, "ja") as site:
+        yield site
 
 
 async def test_an_account_in_japanese_overrides_an_english_browser(

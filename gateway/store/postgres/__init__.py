@@ -352,13 +352,12 @@ class PostgresStore(SQLiteStore):
         purge on another instance while this one did not hear). Only files the cache
         counts as copies: a file it does not count may hold the only copy of its bytes."""
         try:
-            cached = [f.sha256 for f in await asyncio.to_thread(blobs.cached_files,
-                                                                 self.blob_dir)]
+            copies = self.blob_cache.copies()
             deleted: list[str] = []
-            for start in range(0, len(cached), blobs.SWEEP_CHUNK):
-                chunk = cached[start:start + blobs.SWEEP_CHUNK]
+            for start in range(0, len(copies), blobs.SWEEP_CHUNK):
+                chunk = copies[start:start + blobs.SWEEP_CHUNK]
                 held = await self.pg.read(blobs.present, chunk)
-                deleted += [d for d in chunk if d not in held and d in self.blob_cache]
+                deleted += [d for d in chunk if d not in held]
         except StoreError as exc:  # still unreachable: the next start's sweep does it
             log.warning("store.blob_sweep_failed", error=exc.message)
             return

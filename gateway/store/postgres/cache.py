@@ -64,6 +64,10 @@ class BlobCache:
     def __len__(self) -> int:
         return len(self._sizes)
 
+    def copies(self) -> list[str]:
+        """The digests of the files counted (copies of rows), least recently used first."""
+        return list(self._sizes)
+
     @contextlib.asynccontextmanager
     async def held(self, digests: Iterable[str]) -> AsyncIterator[None]:
         """Hold the files of ``digests`` while the caller looks them up or writes them: a
