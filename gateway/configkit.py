@@ -258,6 +258,12 @@ class Section:
                     f"prefer {name}_credential")
             self.error(source, f"cannot read secret file {path}: {exc.strerror}", hint)
             return None
+        except UnicodeDecodeError:
+            # Binary (a DER key, a .pfx): never echo a byte of it.
+            self.error(source, f"secret file {path} is not UTF-8 text",
+                       "secrets are text files; convert a binary key or certificate to PEM "
+                       "(openssl pkey / openssl pkcs12 -nodes)")
+            return None
 
     def finish(self, extra_known: Iterable[str] = ()) -> None:
         """Record an error for each key nobody read: unknown keys are errors."""

@@ -6,6 +6,11 @@ Microsoft 365 or Gmail, and the refresh token stands for them) and ``client_cred
 cached and fetched again a while before it expires; callers that need one at the same
 moment share one request.
 
+The client authenticates with a client secret, or with a certificate (RFC 7523
+``private_key_jwt``, what Entra ID asks of app-only access where secrets are forbidden):
+each token request carries a fresh JWT signed with the certificate's private key, whose
+header names the certificate by its SHA-256 thumbprint (``x5t#S256``).
+
 Microsoft rotates refresh tokens: every answer may carry a new one. The newest is kept in
 memory and in the store (an adapter checkpoint, so it survives a restart, follows the data
 to PostgreSQL, and several instances share it), keyed by a hash of the configured token it
@@ -23,19 +28,28 @@ does not hammer the endpoint); a network error, a timeout or a 5xx is
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import jwt
 import orjson
 import structlog
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterNotReady, StoreError
@@ -54,17 +68,60 @@ DEFAULT_LIFETIME = 3600.0
 REJECTED_BACKOFF = Backoff(base=30.0, cap=900.0)
 """After an OAuth error answer: how long the same error is repeated without a request."""
 _LOOPBACK_NAMES = ("localhost",)
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+"""RFC 7523 §2.2: the client authenticates with a signed JWT (``client_assertion``)."""
+ASSERTION_LIFETIME = 300
+"""Seconds a client assertion is valid: Microsoft asks for 5 to 10 minutes at most."""
+ASSERTION_ALGORITHMS = ("PS256", "RS256")
+"""PS256 is what Entra ID documents now; RS256 for token endpoints that lack PSS."""
+MIN_RSA_BITS = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """A certificate credential: the private key signs one client assertion per request.
+
+    The key stays a :class:`Secret` (its PEM) like every other credential; the rest is
+    public and names the certificate as the app registration lists it.
+    """
+
+    private_key: Secret
+    x5t_s256: str  # base64url SHA-256 of the certificate's DER: the assertion's header
+    sha1_thumbprint: str  # hex, what the Entra portal shows under Certificates & secrets
+    not_after: datetime
+    algorithm: str = "PS256"
+
+    def assertion(self, *, client_id: str, audience: str, now: float,
+                  key: rsa.RSAPrivateKey | None = None) -> str:
+        """A signed JWT for one token request (RFC 7523 §3; Microsoft's claims)."""
+        issued = int(now)
+        claims = {"aud": audience, "iss": client_id, "sub": client_id,
+                  "jti": str(uuid.uuid4()), "nbf": issued, "iat": issued,
+                  "exp": issued + ASSERTION_LIFETIME}
+        return jwt.encode(claims, key or self.load_key(), algorithm=self.algorithm,
+                          headers={"typ": "JWT", "x5t#S256": self.x5t_s256})
+
+    def load_key(self) -> rsa.RSAPrivateKey:
+        """The private key object (checked when the config was read)."""
+        key = serialization.load_pem_private_key(self.private_key.reveal().encode(), None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        return key
 
 
 @dataclass(frozen=True, slots=True)
 class OAuth2Settings:
-    """Where and how to get an access token; ``refresh_token`` None: client credentials."""
+    """Where and how to get an access token; ``refresh_token`` None: client credentials.
+
+    The client authenticates with ``client_secret``, ``certificate`` or (a public client)
+    neither.
+    """
 
     token_url: str
     client_id: str
     client_secret: Secret | None = None
     refresh_token: Secret | None = None
     scope: str | None = None
+    certificate: ClientCertificate | None = None
 
     @property
     def grant(self) -> str:
@@ -85,18 +142,130 @@ def parse_oauth2(section: Section) -> OAuth2Settings:
                             hint="the application (client) id of the app registration")
     client_secret = section.secret("client_secret")
     refresh_token = section.secret("refresh_token")
-    if refresh_token is None and client_secret is None and not _has_any(section, "client_secret"):
+    private_key = section.secret("private_key")
+    certificate_file = section.get("certificate_file", str, None)
+    algorithm = section.get("assertion_algorithm", str, "PS256")
+    if algorithm not in ASSERTION_ALGORITHMS:
+        section.error("assertion_algorithm", f"must be {' or '.join(ASSERTION_ALGORITHMS)}",
+                      "PS256 (Microsoft's current advice) unless the token endpoint "
+                      "knows only RS256")
+    certificate = None
+    gave_secret = _source(section, "client_secret")
+    gave_key = _source(section, "private_key")
+    if gave_key is not None or certificate_file is not None:
+        if gave_secret is not None:
+            section.error(gave_key or "certificate_file",
+                          "give either a client secret or a certificate, not both",
+                          f"the app signs in with one credential: delete {gave_secret} to "
+                          "use the certificate, or private_key_* and certificate_file to "
+                          "keep the secret")
+        elif gave_key is None:
+            section.error("private_key_file", "is required with certificate_file",
+                          "the PEM private key the certificate was made with, e.g. "
+                          'private_key_credential = "m365-app-key"')
+        elif private_key is not None and private_key.reveal():
+            certificate = _client_certificate(section, gave_key, private_key,
+                                              certificate_file, algorithm)
+    elif refresh_token is None and gave_secret is None:
         section.error("client_secret_file", "is required without refresh_token "
                       "(client credentials: the app signs in as itself)",
                       "give refresh_token_file for a delegated sign-in, or the app's "
-                      "client_secret_file for app-only access")
+                      "client_secret_file or private_key_file and certificate_file for "
+                      "app-only access")
     scope = section.get("scope", str, None) or None
-    return OAuth2Settings(token_url, client_id, client_secret, refresh_token, scope)
+    return OAuth2Settings(token_url, client_id, client_secret, refresh_token, scope,
+                          certificate)
 
 
-def _has_any(section: Section, name: str) -> bool:
-    return any(k in section.data for k in (name, f"{name}_file", f"{name}_env",
-                                           f"{name}_credential"))
+def _source(section: Section, name: str) -> str | None:
+    """The key a secret ``name`` is given with (``name_file``…), if any."""
+    return next((k for k in (name, f"{name}_file", f"{name}_env", f"{name}_credential")
+                 if k in section.data), None)
+
+
+def _client_certificate(section: Section, key_source: str, private_key: Secret,
+                        certificate_file: str | None,
+                        algorithm: str) -> ClientCertificate | None:
+    """Check the key and its certificate now, so a mismatch is a config error, not a 401.
+
+    Messages never quote the key file's content. The certificate may sit in the key's own
+    file (a combined PEM, as Azure Key Vault exports it) or in ``certificate_file``, alone
+    or with its chain (the one matching the key is used).
+    """
+    pem = private_key.reveal().encode()
+    try:
+        key = serialization.load_pem_private_key(pem, None)
+    except TypeError:
+        section.error(key_source, "is encrypted with a passphrase",
+                      "store it without one and protect the file instead (mode 0400, a "
+                      "systemd credential): openssl pkey -in key.pem -out plain-key.pem")
+        return None
+    except (ValueError, UnsupportedAlgorithm):
+        section.error(key_source, "is not a PEM private key",
+                      'expected a "-----BEGIN PRIVATE KEY-----" block (or BEGIN RSA '
+                      "PRIVATE KEY); convert a .pfx with openssl pkcs12 -nodes")
+        return None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        section.error(key_source, "must be an RSA key",
+                      "Entra ID's certificate credentials are RSA (signed with PS256 or "
+                      "RS256): make the certificate with an RSA key of 2048 bits or more")
+        return None
+    if key.key_size < MIN_RSA_BITS:
+        section.error(key_source, f"is a {key.key_size}-bit RSA key, too short",
+                      f"Entra ID takes {MIN_RSA_BITS} bits or more: make a new certificate")
+        return None
+    if certificate_file is not None:
+        try:
+            cert_pem = Path(certificate_file).read_bytes()
+        except OSError as exc:
+            section.error("certificate_file",
+                          f"cannot read certificate file {certificate_file}: {exc.strerror}",
+                          "check the path and that the service user can read it")
+            return None
+        where = "certificate_file"
+    else:
+        cert_pem, where = pem, key_source
+    try:
+        certificates = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        if certificate_file is None:
+            section.error("certificate_file", f"is required with {key_source}",
+                          "the certificate uploaded to the app registration (PEM), unless "
+                          "the key's file holds it too")
+        else:
+            section.error("certificate_file", "is not a PEM certificate",
+                          'expected a "-----BEGIN CERTIFICATE-----" block (a .cer in DER: '
+                          "openssl x509 -inform der -in app.cer -out app.pem)")
+        return None
+    public = _spki(key.public_key())
+    certificate = next((c for c in certificates if _spki(c.public_key()) == public), None)
+    if certificate is None:
+        first = _portal_thumbprint(certificates[0])
+        section.error(where, f"does not match {key_source}: the certificate (SHA-1 "
+                      f"thumbprint {first}) was made for another key",
+                      "give the private key this certificate was issued for, or the "
+                      "certificate of this key")
+        return None
+    not_after = certificate.not_valid_after_utc
+    sha1 = _portal_thumbprint(certificate)
+    if not_after <= datetime.now(UTC):
+        section.ctx.warn(section.key(where), f"the certificate (SHA-1 thumbprint {sha1}) "
+                         f"expired on {not_after:%Y-%m-%d}: the token endpoint refuses it; "
+                         "upload a new one to the app registration")
+    digest = certificate.fingerprint(hashes.SHA256())
+    x5t = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return ClientCertificate(private_key, x5t, sha1, not_after, algorithm)
+
+
+def _portal_thumbprint(certificate: x509.Certificate) -> str:
+    """The SHA-1 thumbprint in hex, as the Entra portal lists a certificate: a name only."""
+    return certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+
+
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    """A public key's SubjectPublicKeyInfo (DER), to compare a key with a certificate's."""
+    return key.public_bytes(serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _acceptable_url(url: str) -> bool:
@@ -162,9 +331,11 @@ class AccessTokens:
     def __init__(self, settings: OAuth2Settings, *, http: aiohttp.ClientSession,
                  store: CheckpointStore | None = None, timeout: float = 30.0,
                  logger: structlog.typing.FilteringBoundLogger | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock  # tests pass a fake one
+        self.wall_clock = wall_clock  # a client assertion's iat/nbf/exp
         self.http = http
         self.store = store
         self.timeout = timeout
@@ -172,6 +343,10 @@ class AccessTokens:
         self.log = (logger or log).bind(endpoint=redact_url(settings.token_url),
                                         client_id=settings.client_id,
                                         grant=settings.grant)
+        if settings.certificate is not None:
+            # The thumbprint the Entra portal lists, to tell which certificate was used.
+            self.log = self.log.bind(certificate=settings.certificate.sha1_thumbprint)
+        self._key: rsa.RSAPrivateKey | None = None  # the certificate's, loaded once
         self.refreshes = 0  # requests that got a token
         self._token: _Token | None = None
         self._rotated: str | None = None  # the newest refresh token, when it was rotated
@@ -286,6 +461,14 @@ class AccessTokens:
             form["refresh_token"] = used_refresh
         if s.client_secret is not None:
             form["client_secret"] = s.client_secret.reveal()
+        if s.certificate is not None:
+            # A fresh assertion each time: its jti may be used once, its exp is minutes away.
+            if self._key is None:
+                self._key = s.certificate.load_key()
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = s.certificate.assertion(
+                client_id=s.client_id, audience=s.token_url, now=self.wall_clock(),
+                key=self._key)
         if s.scope:
             form["scope"] = s.scope
         started = self.clock()
@@ -346,7 +529,15 @@ class AccessTokens:
         if error == "invalid_grant" and self.settings.refresh_token is not None:
             message += "; the refresh token no longer works, sign in again for a new one"
         elif error in ("invalid_client", "unauthorized_client"):
-            message += "; check client_id and the client secret"
+            certificate = self.settings.certificate
+            if certificate is None:
+                message += "; check client_id and the client secret"
+            else:
+                message += (f"; check client_id, that the certificate (SHA-1 thumbprint "
+                            f"{certificate.sha1_thumbprint}) is uploaded to the app "
+                            "registration, and this machine's clock")
+                if certificate.not_after <= datetime.now(UTC):
+                    message += f"; the certificate expired on {certificate.not_after:%Y-%m-%d}"
         return OAuth2Rejected(message, error=error, description=text)
 
     def _unavailable(self, reason: str, *,

@@ -29,6 +29,26 @@ async def oauth2_server() -> AsyncIterator[OAuth2Server]:
     await server.stop()
 
 
+@pytest.fixture
+def oauth(oauth2_server: OAuth2Server) -> OAuth2Server:
+    """The session's authorization server, knobs back to their defaults."""
+    server = oauth2_server
+    server.expires_in, server.rotate, server.revoke_used = 3600, False, False
+    server.clock_skew = 0.0
+    server.failures.clear()
+    server.requests.clear()
+    server.introspections.clear()
+    server.assertions.clear()
+    return server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The daemon's kind of HTTP client session (for an AccessTokens)."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def dovecot(oauth2_server: OAuth2Server) -> Iterator[Dovecot]:
     """One real Dovecot for the whole session (stopping one takes about a second).

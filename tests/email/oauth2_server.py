@@ -6,16 +6,36 @@ refresh tokens the way Microsoft does (and can revoke the used one, to prove the
 used), and answers Dovecot's token introspection (RFC 7662: ``active`` and ``username``)
 for the access tokens it issued, refusing expired and revoked ones. Knobs: ``expires_in``,
 ``fail_next(status)``, ``hang_next()``, ``revoke(token)``, ``expire_access_tokens()``.
+
+Certificate credentials (RFC 7523 ``private_key_jwt``) are checked as Entra ID checks them:
+the assertion's ``x5t#S256`` header must name a certificate registered for the client, its
+signature must verify with that certificate's public key, ``aud`` must be this endpoint,
+``iss`` and ``sub`` the client, ``nbf``..``exp`` must hold the server's time (``clock_skew``
+moves that), the certificate must not have expired, and a ``jti`` is taken once. Only then
+is a token issued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import jwt
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def x5t_s256(certificate: x509.Certificate) -> str:
+    """The ``x5t#S256`` of a certificate: base64url SHA-256 of its DER, unpadded."""
+    digest = certificate.fingerprint(hashes.SHA256())
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass
@@ -49,6 +69,10 @@ class OAuth2Server:
     introspections: list[tuple[str, bool]] = field(default_factory=list)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # token -> user
     app_mailboxes: dict[str, str] = field(default_factory=dict)  # client id -> mailbox
+    certificates: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+    assertions: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    used_jtis: set[str] = field(default_factory=set)
+    clock_skew: float = 0.0  # seconds the server's clock is ahead of this machine's
     access_tokens: dict[str, Issued] = field(default_factory=dict)
     failures: list[int] = field(default_factory=list)  # statuses to answer; 0: hang
     requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,6 +100,17 @@ class OAuth2Server:
         client_id = "app-" + secrets.token_hex(4)
         self.app_mailboxes[client_id] = mailbox
         return client_id, self.client_secret
+
+    def register_certificate(self, client_id: str, certificate: x509.Certificate) -> None:
+        """Upload a certificate to an app registration (Certificates & secrets)."""
+        self.certificates.setdefault(client_id, []).append(certificate)
+
+    def grant_app_certificate(self, mailbox: str, certificate: x509.Certificate) -> str:
+        """An app registration with access to ``mailbox`` and only a certificate: its id."""
+        client_id = "app-" + secrets.token_hex(4)
+        self.app_mailboxes[client_id] = mailbox
+        self.register_certificate(client_id, certificate)
+        return client_id
 
     def revoke(self, token: str) -> None:
         """A refresh or access token stops working (a password change, an admin)."""
@@ -136,7 +171,11 @@ class OAuth2Server:
         grant = form.get("grant_type")
         client = form.get("client_id", "")
         known = client == self.client_id or client in self.app_mailboxes
-        if not known or form.get("client_secret") != self.client_secret:
+        if "client_assertion" in form or "client_assertion_type" in form:
+            refused = self._check_assertion(form, client)
+            if refused is not None:
+                return refused
+        elif not known or form.get("client_secret") != self.client_secret:
             return {"error": "invalid_client",
                     "error_description": "AADSTS7000215: Invalid client secret provided."}, 401
         if grant == "refresh_token":
@@ -155,6 +194,58 @@ class OAuth2Server:
         if grant == "client_credentials" and client in self.app_mailboxes:
             return self._issue(self.app_mailboxes[client], form.get("scope")), 200
         return {"error": "unsupported_grant_type"}, 400
+
+    def _check_assertion(self, form: dict[str, str],
+                         client: str) -> tuple[dict[str, object], int] | None:
+        """None when the client assertion is good (and its jti now used); else the answer."""
+        def refuse(description: str, status: int = 401,
+                   error: str = "invalid_client") -> tuple[dict[str, object], int]:
+            return {"error": error, "error_description": description}, status
+
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            return refuse("client_assertion_type must be " + ASSERTION_TYPE, 400,
+                          "invalid_request")
+        if "client_secret" in form:
+            return refuse("Only one client credential may be presented.", 400,
+                          "invalid_request")
+        assertion = form.get("client_assertion", "")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.InvalidTokenError:
+            return refuse("AADSTS50027: JWT token is invalid or malformed.")
+        thumbprint = header.get("x5t#S256")
+        certificate = next((c for c in self.certificates.get(client, [])
+                            if x5t_s256(c) == thumbprint), None)
+        if certificate is None:
+            return refuse("AADSTS700027: Client assertion contains an invalid signature. "
+                          "[Reason - The key was not found., Thumbprint of key used by "
+                          f"client: '{thumbprint}']")
+        if certificate.not_valid_after_utc.timestamp() <= time.time() + self.clock_skew:
+            return refuse("The certificate of the client assertion has expired.")
+        try:
+            claims = jwt.decode(
+                assertion, certificate.public_key(), algorithms=["PS256", "RS256"],
+                audience=self.url, issuer=client,
+                options={"require": ["aud", "iss", "sub", "jti", "nbf", "exp"],
+                         "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+        except jwt.InvalidSignatureError:
+            return refuse("AADSTS700027: Client assertion contains an invalid signature. "
+                          "[Reason - The provided signature value did not match the "
+                          "expected signature value.]")
+        except jwt.InvalidTokenError as exc:
+            return refuse(f"Client assertion is invalid: {exc}")
+        if claims["sub"] != client:
+            return refuse("Client assertion subject is not the client.")
+        now = time.time() + self.clock_skew
+        if not (claims["nbf"] - 60 <= now < claims["exp"]) or claims["exp"] - now > 600:
+            return refuse("AADSTS700024: Client assertion is not within its valid time "
+                          f"range. Current time: {now:.0f}, assertion valid from "
+                          f"{claims['nbf']}, expiry time of assertion {claims['exp']}.")
+        if claims["jti"] in self.used_jtis:
+            return refuse("The client assertion was already used (its jti was seen before).")
+        self.used_jtis.add(claims["jti"])
+        self.assertions.append((header, claims))
+        return None
 
     def _issue(self, user: str, scope: str | None) -> dict[str, object]:
         token = "at-" + secrets.token_hex(16)

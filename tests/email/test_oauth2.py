@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +56,6 @@ class DictStore:
 
     async def init_checkpoint(self, key: str, value: str) -> str:
         return self.checkpoints.setdefault(key, value)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The daemon's kind of HTTP client session."""
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-def oauth(oauth2_server: OAuth2Server) -> OAuth2Server:
-    """The session's authorization server, knobs back to their defaults."""
-    server = oauth2_server
-    server.expires_in, server.rotate, server.revoke_used = 3600, False, False
-    server.failures.clear()
-    server.requests.clear()
-    server.introspections.clear()
-    return server
 
 
 def delegated(oauth: OAuth2Server, refresh_token: str, **overrides: Any) -> OAuth2Settings:
