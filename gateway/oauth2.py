@@ -75,6 +75,8 @@ ASSERTION_LIFETIME = 300
 ASSERTION_ALGORITHMS = ("PS256", "RS256")
 """PS256 is what Entra ID documents now; RS256 for token endpoints that lack PSS."""
 MIN_RSA_BITS = 2048
+CERTIFICATE_WARNING_DAYS = 30
+"""A certificate credential this close to its end is warned about (check-config, start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +250,15 @@ def _client_certificate(section: Section, key_source: str, private_key: Secret,
         return None
     not_after = certificate.not_valid_after_utc
     sha1 = _portal_thumbprint(certificate)
-    if not_after <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    if not_after <= now:
         section.ctx.warn(section.key(where), f"the certificate (SHA-1 thumbprint {sha1}) "
                          f"expired on {not_after:%Y-%m-%d}: the token endpoint refuses it; "
                          "upload a new one to the app registration")
+    elif (not_after - now).days < CERTIFICATE_WARNING_DAYS:
+        section.ctx.warn(section.key(where), f"the certificate (SHA-1 thumbprint {sha1}) "
+                         f"expires on {not_after:%Y-%m-%d}: upload a new one to the app "
+                         "registration and put it in place before then")
     digest = certificate.fingerprint(hashes.SHA256())
     x5t = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     return ClientCertificate(private_key, x5t, sha1, not_after, algorithm)
@@ -346,6 +353,11 @@ class AccessTokens:
         if settings.certificate is not None:
             # The thumbprint the Entra portal lists, to tell which certificate was used.
             self.log = self.log.bind(certificate=settings.certificate.sha1_thumbprint)
+            left = settings.certificate.not_after - datetime.now(UTC)
+            if left.days < CERTIFICATE_WARNING_DAYS:
+                # Said at each start and reload: sign-in stops the day it runs out.
+                self.log.warning("oauth2.certificate_expiring", days_left=max(left.days, 0),
+                                 not_after=settings.certificate.not_after.isoformat())
         self._key: rsa.RSAPrivateKey | None = None  # the certificate's, loaded once
         self.refreshes = 0  # requests that got a token
         self._token: _Token | None = None

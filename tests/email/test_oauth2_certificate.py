@@ -20,6 +20,7 @@ import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
 
 from gateway.config import parse_config
 from gateway.errors import ConfigErrors
@@ -121,16 +122,23 @@ def test_the_certificate_may_sit_in_the_key_file_or_with_its_chain(
     assert oauth2.certificate.sha1_thumbprint == app.sha1_thumbprint
 
 
-def test_an_expired_certificate_is_a_warning_of_check_config(tmp_path: Path) -> None:
-    expired = make_certificate(days=-1)
-    key_file, cert_file = expired.write(tmp_path)
+@pytest.mark.parametrize(("days", "said"), [(-1, "expired on"), (10, "expires on")])
+def test_an_expired_or_expiring_certificate_is_a_warning(
+        days: int, said: str, tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    ending = make_certificate(days=days)
+    key_file, cert_file = ending.write(tmp_path)
     config = parse(f'''
         address = "s@shop.example"
         smtp = {{ host = "s", username = "u", oauth2 = {oauth2_table(TOKEN_URL, "app", files(key_file, cert_file))} }}
         ''')  # noqa: E501
-    assert config.channels[0].options.smtp.oauth2.certificate is not None  # still starts
+    oauth2 = config.channels[0].options.smtp.oauth2
+    assert oauth2.certificate is not None  # the daemon still starts
     (warning,) = [w for w in config.warnings if "certificate_file" in w]
-    assert f"(SHA-1 thumbprint {expired.sha1_thumbprint}) expired on" in warning
+    assert f"(SHA-1 thumbprint {ending.sha1_thumbprint}) {said}" in warning
+    with capture_logs() as logs:
+        AccessTokens(oauth2, http=session)  # at each start and reload
+    (logged,) = [e for e in logs if e["event"] == "oauth2.certificate_expiring"]
+    assert logged["days_left"] == max(days - 1, 0) and logged["log_level"] == "warning"
 
 
 def test_store_commands_do_not_read_the_key(app_files: tuple[Path, Path]) -> None:
