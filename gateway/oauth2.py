@@ -165,7 +165,7 @@ def parse_oauth2(section: Section) -> OAuth2Settings:
             section.error("private_key_file", "is required with certificate_file",
                           "the PEM private key the certificate was made with, e.g. "
                           'private_key_credential = "m365-app-key"')
-        elif private_key is not None and private_key.reveal():
+        elif private_key is not None and section.ctx.resolve_secrets:
             certificate = _client_certificate(section, gave_key, private_key,
                                               certificate_file, algorithm)
     elif refresh_token is None and gave_secret is None:
@@ -243,8 +243,9 @@ def _client_certificate(section: Section, key_source: str, private_key: Secret,
     certificate = next((c for c in certificates if _spki(c.public_key()) == public), None)
     if certificate is None:
         first = _portal_thumbprint(certificates[0])
-        section.error(where, f"does not match {key_source}: the certificate (SHA-1 "
-                      f"thumbprint {first}) was made for another key",
+        what = f"does not match {key_source}: the certificate" if certificate_file else \
+            "holds a certificate"
+        section.error(where, f"{what} (SHA-1 thumbprint {first}) made for another key",
                       "give the private key this certificate was issued for, or the "
                       "certificate of this key")
         return None

@@ -165,6 +165,7 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
      "give either a client secret or a certificate, not both"),
     ("key unreadable", "private_key_file", "cannot read secret file"),
     ("key not PEM", "private_key_file", "is not a PEM private key"),
+    ("key empty", "private_key_file", "is not a PEM private key"),
     ("key in DER", "private_key_file", "is not UTF-8 text"),
     ("certificate instead of key", "private_key_file", "is not a PEM private key"),
     ("key encrypted", "private_key_file", "is encrypted with a passphrase"),
@@ -174,6 +175,8 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
     ("certificate not PEM", "certificate_file", "is not a PEM certificate"),
     ("certificate of another key", "certificate_file",
      "does not match private_key_file: the certificate (SHA-1 thumbprint"),
+    ("key file with another key's certificate", "private_key_file",
+     "holds a certificate (SHA-1 thumbprint"),
     ("no certificate", "certificate_file", "is required with private_key_file"),
     ("certificate without key", "private_key_file", "is required with certificate_file"),
     ("unknown algorithm", "assertion_algorithm", "must be PS256 or RS256"),
@@ -187,6 +190,9 @@ def test_certificate_config_errors_are_clear_and_quote_no_key(
         "key unreadable": files(tmp_path / "missing.key", cert_file),
         "key not PEM": files(_write(tmp_path, "k", "-----BEGIN PRIVATE KEY-----\nx\n"),
                              cert_file),
+        "key empty": files(_write(tmp_path, "empty.key", "\n"), cert_file),
+        "key file with another key's certificate": files(_write(
+            tmp_path, "mixed.pem", make_certificate(key=rsa_key()).cert_pem + app.key_pem)),
         "key in DER": files(_write(tmp_path, "k.der", app.key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())), cert_file),
