@@ -129,7 +129,9 @@ class _Channels(Collector):
     """The accounts as ``/v1/channels`` shows them: one 0/1 series per state (the one
     the account is in is 1), and each supervised loop's liveness, restarts and last
     success. An alert on ``omnirelay_channel_state{state="running"} == 0`` or on
-    ``time() - omnirelay_channel_loop_last_success_timestamp_seconds`` needs no token."""
+    ``time() - omnirelay_channel_loop_last_success_timestamp_seconds`` needs no token, so
+    a loop is labelled by its ``label`` (``imap:support:0:INBOX``), not by its name, which
+    names the mailbox's user and host (gateway/supervisor.py)."""
 
     def __init__(self, states: ChannelStates) -> None:
         self.states = states
@@ -154,7 +156,7 @@ class _Channels(Collector):
             for name in CHANNEL_STATES:
                 state.add_metric([*labels, name], 1.0 if name == current else 0.0)
             for loop in loops:
-                keys = [*labels, loop.name]
+                keys = [*labels, loop.label]  # not its name: no mailbox user or host here
                 up.add_metric(keys, 1.0 if loop.alive else 0.0)
                 restarts.add_metric(keys, loop.restarts)
                 if loop.last_success is not None:
