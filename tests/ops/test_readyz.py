@@ -180,11 +180,11 @@ async def test_a_mailbox_that_cannot_connect_shows_in_the_loop_metrics(
     alert on /metrics needs no API token and sees no error text, no mailbox user and no
     host, while each mailbox keeps a series of its own: two on INBOX (different users), one
     on another folder. ``/v1/channels`` (token) names each mailbox in full."""
-    http_port = free_port()
     closed = socket.socket()  # a port nobody listens on: bound, never listening
     closed.bind(("127.0.0.1", 0))
     taken_ports.append(closed)
     port = closed.getsockname()[1]
+    http_port = free_port()  # after: bind(0) could hand out the port free_port just let go
     server = f'host = "localhost", port = {port}, security = "none", password = "secret-pw"'
     extra = f"""
         [[channels]]
