@@ -195,14 +195,15 @@ class AdapterContext:
     # this instance is the only one.
     broadcast: Broadcast | None = None
 
-    def supervise(self, name: str, body: LoopBody, *,
-                  backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:
+    def supervise(self, name: str, body: LoopBody, *, backoff: Backoff = DEFAULT_BACKOFF,
+                  label: str | None = None) -> SupervisedLoop:
         """Run ``body`` as a supervised loop of this adapter (see ``gateway/supervisor.py``).
 
         Restarted with capped backoff and jitter when it raises, shown in ``/v1/channels``,
-        cancelled when the adapter stops.
+        cancelled when the adapter stops. ``label``: its name on /metrics, needed when
+        ``name`` holds personal data (a mailbox's user or host).
         """
-        return self.loops.supervise(name, body, backoff=backoff)
+        return self.loops.supervise(name, body, backoff=backoff, label=label)
 
     @contextlib.asynccontextmanager
     async def closing_on_stop(self, ws: web.WebSocketResponse) -> AsyncIterator[None]:

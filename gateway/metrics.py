@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from gateway.logging import lines_dropped
 from gateway.store.base import BlobCacheStats
+from gateway.store.jobs.stats import BUSINESS, Sample
 
 if TYPE_CHECKING:
     from gateway.supervisor import LoopHealth
@@ -61,15 +62,24 @@ class Metrics:
                                      "Write jobs committed together (group commit)",
                                      registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         # The support metrics' durations (docs/stats.md), as they are committed. Unlike
-        # /v1/stats, a conversation closed twice observes a resolution at each close.
+        # /v1/stats, a conversation closed twice observes a resolution at each close. The
+        # business clock's (accounts with business hours only) are histograms of their own,
+        # not a ``clock`` label on these: a query summing over the labels would mix both
+        # clocks' seconds, and these series stay as they were.
         support_buckets = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800,
                            604800)
-        self.support = {name: Histogram(
-            f"omnirelay_{name}_seconds", text, ["channel", "account"], registry=r,
-            buckets=support_buckets) for name, text in (
-                ("first_response", "Customer's first message to the first human reply"),
-                ("response", "A run of customer messages to the next human reply"),
-                ("resolution", "Customer's first message to a close"))}
+        self.support: dict[str, Histogram] = {}  # by sample name (frt, frt_business …)
+        for sample, name, text in (
+                ("frt", "first_response", "Customer's first message to the first human reply"),
+                ("response", "response", "A run of customer messages to the next human reply"),
+                ("resolution", "resolution", "Customer's first message to a close")):
+            self.support[sample] = Histogram(
+                f"omnirelay_{name}_seconds", text, ["channel", "account"], registry=r,
+                buckets=support_buckets)
+            self.support[BUSINESS[sample]] = Histogram(
+                f"omnirelay_{name}_business_seconds",
+                f"{text}, counting only the account's business hours", ["channel", "account"],
+                registry=r, buckets=support_buckets)
         r.register(_LogLinesDropped())
 
     def watch_channels(self, states: ChannelStates) -> None:
@@ -81,12 +91,11 @@ class Metrics:
         """Export the local attachment cache's size and evictions (PostgreSQL's store)."""
         self.registry.register(_BlobCache(cache))
 
-    def observe_support(self, samples: list[tuple[str, str, str, float]]) -> None:
-        """Durations a committed batch measured: (frt | response | resolution, channel,
-        account, seconds). Called on the store's writer thread."""
-        names = {"frt": "first_response", "response": "response", "resolution": "resolution"}
+    def observe_support(self, samples: list[Sample]) -> None:
+        """Durations a committed batch measured: (frt | response | resolution, or its
+        business twin, channel, account, seconds). Called on the store's writer thread."""
         for name, channel, account, seconds in samples:
-            self.support[names[name]].labels(channel, account).observe(seconds)
+            self.support[name].labels(channel, account).observe(seconds)
 
 
 class _LogLinesDropped(Collector):
@@ -120,7 +129,9 @@ class _Channels(Collector):
     """The accounts as ``/v1/channels`` shows them: one 0/1 series per state (the one
     the account is in is 1), and each supervised loop's liveness, restarts and last
     success. An alert on ``omnirelay_channel_state{state="running"} == 0`` or on
-    ``time() - omnirelay_channel_loop_last_success_timestamp_seconds`` needs no token."""
+    ``time() - omnirelay_channel_loop_last_success_timestamp_seconds`` needs no token, so
+    a loop is labelled by its ``label`` (``imap:support:0:INBOX``), not by its name, which
+    names the mailbox's user and host (gateway/supervisor.py)."""
 
     def __init__(self, states: ChannelStates) -> None:
         self.states = states
@@ -145,7 +156,7 @@ class _Channels(Collector):
             for name in CHANNEL_STATES:
                 state.add_metric([*labels, name], 1.0 if name == current else 0.0)
             for loop in loops:
-                keys = [*labels, loop.name]
+                keys = [*labels, loop.label]  # not its name: no mailbox user or host here
                 up.add_metric(keys, 1.0 if loop.alive else 0.0)
                 restarts.add_metric(keys, loop.restarts)
                 if loop.last_success is not None:

@@ -16,6 +16,11 @@ Example, from an adapter's ``on_start``::
                 loop.ok()                   # progress: the next failure starts afresh
 
     self.ctx.supervise("telegram:getUpdates", poll)
+
+A loop's ``name`` may say what it connects to (an IMAP mailbox's user, host and folder:
+``/v1/channels``, behind a token, and the logs show it). Its ``label`` names it on
+unauthenticated ``/metrics``, so it is made of configuration that carries no personal data
+(``imap:<account>:<n>:<folder>``); it is the name unless the adapter gives one.
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ class LoopHealth:
     last_success: float | None
     last_error: str | None
     restarts: int
+    label: str  # its ``loop`` label on /metrics (no personal data; module docstring)
 
     def to_json(self) -> dict[str, str | bool | int | None]:
         """The ``loops[]`` entry of an account in ``/v1/channels`` (times in ISO 8601)."""
-        return {"name": self.name, "alive": self.alive,
+        return {"name": self.name, "label": self.label, "alive": self.alive,
                 "last_success": _iso(self.last_success), "last_error": self.last_error,
                 "restarts": self.restarts}
 
@@ -67,8 +73,9 @@ class SupervisedLoop:
     """Runs one body again and again until stopped; see the module docstring."""
 
     def __init__(self, name: str, body: LoopBody, *, backoff: Backoff = DEFAULT_BACKOFF,
-                 owner: Ownership | None = None) -> None:
+                 owner: Ownership | None = None, label: str | None = None) -> None:
         self.name = name
+        self.label = label or name
         self.body = body
         self.backoff = backoff
         self.owner = owner
@@ -107,7 +114,7 @@ class SupervisedLoop:
     def health(self) -> LoopHealth:
         """A cheap snapshot."""
         return LoopHealth(self.name, self.alive, self.last_success, self.last_error,
-                          self.restarts)
+                          self.restarts, self.label)
 
     async def _run(self) -> None:
         while True:
@@ -145,10 +152,11 @@ class LoopGroup:
         self.loops: list[SupervisedLoop] = []
         self.owner = owner  # set: each loop runs only while this instance owns its name
 
-    def supervise(self, name: str, body: LoopBody, *,
-                  backoff: Backoff = DEFAULT_BACKOFF) -> SupervisedLoop:
-        """Start ``body`` under supervision and return its loop (for ``ok()`` and health)."""
-        loop = SupervisedLoop(name, body, backoff=backoff, owner=self.owner)
+    def supervise(self, name: str, body: LoopBody, *, backoff: Backoff = DEFAULT_BACKOFF,
+                  label: str | None = None) -> SupervisedLoop:
+        """Start ``body`` under supervision and return its loop (for ``ok()`` and health);
+        ``label`` names it on /metrics when ``name`` holds personal data."""
+        loop = SupervisedLoop(name, body, backoff=backoff, owner=self.owner, label=label)
         self.loops.append(loop)
         loop.start()
         return loop

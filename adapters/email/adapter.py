@@ -120,11 +120,11 @@ class EmailAdapter(ChannelAdapter):
         """
         if self.config.smtp_listen is not None:
             await self._listen()
-        for settings in self.config.imap:
+        for index, settings in enumerate(self.config.imap):
             mailbox = Mailbox(settings, account=self.name, ingest=self._ingest_fetched,
                               store=self.ctx.store,
                               max_message_bytes=self.config.max_message_bytes,
-                              tokens=self.tokens_for(settings))
+                              tokens=self.tokens_for(settings), index=index)
             self.mailboxes.append(mailbox)
             mailbox.start(self.ctx.loops)
 

@@ -518,8 +518,9 @@ class Mailbox:
 
     def __init__(self, settings: ImapSettings, *, account: str, ingest: IngestMail,
                  store: CheckpointStore, max_message_bytes: int,
-                 tokens: AccessTokens | None = None) -> None:
+                 tokens: AccessTokens | None = None, index: int = 0) -> None:
         self.settings = settings
+        self.index = index  # its place in the account's ``imap`` list (0 first)
         self.tokens = tokens
         self.account = account
         self.ingest = ingest
@@ -541,6 +542,13 @@ class Mailbox:
         return f"imap:{self.account}:{self.settings.label}"
 
     @property
+    def metric_label(self) -> str:
+        """The loop's ``loop`` label on unauthenticated /metrics: the account, the mailbox's
+        place in its ``imap`` list and the folder, never the user or host. The place keeps
+        two mailboxes on the same folder (of different users or servers) apart."""
+        return f"imap:{self.account}:{self.index}:{self.settings.folder}"
+
+    @property
     def last_error(self) -> str | None:
         """Why the mailbox is not connected, if it is not."""
         if self.connected or self.loop is None or self.loop.last_error is None:
@@ -555,8 +563,8 @@ class Mailbox:
     def start(self, loops: LoopGroup | None = None) -> None:
         """Run the mailbox as a loop of ``loops`` (the adapter's), or of its own group."""
         if self.loop is None:
-            self.loop = (loops or LoopGroup()).supervise(self.name, self.run_session,
-                                                         backoff=RECONNECT_BACKOFF)
+            self.loop = (loops or LoopGroup()).supervise(
+                self.name, self.run_session, backoff=RECONNECT_BACKOFF, label=self.metric_label)
 
     async def stop(self) -> None:
         """Cancel the loop; an in-flight commit finishes inside the store regardless."""

@@ -42,6 +42,7 @@ imap = {{ host = "127.0.0.1", port = {port}, security = "none", timeout = 5 }}
         assert health.state is AdapterState.DEGRADED
         [loop] = health.loops
         assert loop.name == f"imap:support:-@127.0.0.1:{port}/INBOX"
+        assert loop.label == "imap:support:0:INBOX"  # /metrics: no host, no user
         assert loop.restarts >= 2 and loop.last_success is None
         assert "cannot reach IMAP server" in (loop.last_error or "")
         assert health.last_error and health.last_error.startswith("imap -@127.0.0.1")

@@ -49,6 +49,7 @@ async def test_a_loop_that_crashes_twice_is_restarted_and_health_shows_it() -> N
     assert health.last_success is not None
     entry = health.to_json()
     assert entry["alive"] is True and entry["restarts"] == 2
+    assert entry["label"] == health.label == "imap:support:INBOX"  # none given: the name
     assert isinstance(entry["last_success"], str) and entry["last_success"].endswith("Z")
 
     await group.stop()

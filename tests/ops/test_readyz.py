@@ -175,20 +175,28 @@ async def test_a_store_that_cannot_write_fails_readyz_and_recovers_by_itself(
 
 async def test_a_mailbox_that_cannot_connect_shows_in_the_loop_metrics(
         tmp_path: Path, daemons: list[OpsDaemon], taken_ports: list[socket.socket]) -> None:
-    """An IMAP mailbox whose server refuses connections: the account runs (its SMTP
-    listener works), its supervised loop is down and restarting, with no success yet; an
-    alert on /metrics needs no API token and sees no error text."""
-    http_port = free_port()
+    """IMAP mailboxes whose server refuses connections: the account runs (its SMTP
+    listener works), its supervised loops are down and restarting, with no success yet; an
+    alert on /metrics needs no API token and sees no error text, no mailbox user and no
+    host, while each mailbox keeps a series of its own: two on INBOX (different users), one
+    on another folder. ``/v1/channels`` (token) names each mailbox in full."""
     closed = socket.socket()  # a port nobody listens on: bound, never listening
     closed.bind(("127.0.0.1", 0))
     taken_ports.append(closed)
+    port = closed.getsockname()[1]
+    http_port = free_port()  # after: bind(0) could hand out the port free_port just let go
+    server = f'host = "localhost", port = {port}, security = "none", password = "secret-pw"'
     extra = f"""
         [[channels]]
         type = "email"
         name = "inbox"
         address = "inbox@shop.example"
-        imap = {{ host = "127.0.0.1", port = {closed.getsockname()[1]}, security = "none", username = "inbox", password = "secret-pw" }}
-        """  # noqa: E501
+        imap = [
+            {{ {server}, username = "ji-woo.park" }},
+            {{ {server}, username = "ji-woo.park", folder = "Support" }},
+            {{ {server}, username = "sam.lee" }},
+        ]
+        """
     daemon = OpsDaemon(tmp_path, base_config(tmp_path / "data", http_port, free_port(),
                                              extra=extra), http_port)
     daemons.append(daemon)
@@ -198,21 +206,29 @@ async def test_a_mailbox_that_cannot_connect_shows_in_the_loop_metrics(
         deadline = time.monotonic() + 20
         while True:
             metrics = await channel_metrics(http, daemon.url)
-            loops = {labels: value for (name, labels), value in metrics.items()
+            loops = {labels[2]: value for (name, labels), value in metrics.items()
                      if name == "omnirelay_channel_loop_restarts_total"
                      and labels[:2] == ("email", "inbox")}
-            if loops and min(loops.values()) >= 1:
+            if len(loops) == 3 and min(loops.values()) >= 1:
                 break
             assert time.monotonic() < deadline, metrics
             await asyncio.sleep(0.1)
-        [loop] = [labels[2] for labels in loops]
-        assert metrics[("omnirelay_channel_loop_up", ("email", "inbox", loop))] == 0
-        assert ("omnirelay_channel_loop_last_success_timestamp_seconds",
-                ("email", "inbox", loop)) not in metrics
+        # The account, the mailbox's place in its imap list, the folder.
+        assert sorted(loops) == ["imap:inbox:0:INBOX", "imap:inbox:1:Support",
+                                 "imap:inbox:2:INBOX"]
+        for loop in loops:
+            assert metrics[("omnirelay_channel_loop_up", ("email", "inbox", loop))] == 0
+            assert ("omnirelay_channel_loop_last_success_timestamp_seconds",
+                    ("email", "inbox", loop)) not in metrics
+        async with http.get(f"{daemon.url}/metrics") as resp:
+            exposition = await resp.text()
+        for private in ("secret-pw", "ji-woo.park", "sam.lee", "localhost", f":{port}"):
+            assert private not in exposition, private
         _, report = await get_json(http, f"{daemon.url}/v1/channels")
         [inbox] = [c for c in report["channels"] if c["name"] == "inbox"]
         assert states(metrics, "inbox") == [inbox["state"]]
-        assert [entry["name"] for entry in inbox["loops"]] == [loop]
-        async with http.get(f"{daemon.url}/metrics") as resp:
-            assert "secret-pw" not in await resp.text()
+        assert [(entry["label"], entry["name"]) for entry in inbox["loops"]] == [
+            ("imap:inbox:0:INBOX", f"imap:inbox:ji-woo.park@localhost:{port}/INBOX"),
+            ("imap:inbox:1:Support", f"imap:inbox:ji-woo.park@localhost:{port}/Support"),
+            ("imap:inbox:2:INBOX", f"imap:inbox:sam.lee@localhost:{port}/INBOX")]
     assert await daemon.stop() == 0

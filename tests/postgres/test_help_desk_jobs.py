@@ -257,7 +257,9 @@ ALWAYS = BusinessHours.build("UTC", {day: "00:00-24:00" for day in (
 async def test_the_store_writes_business_durations_for_accounts_with_hours(
         store: SQLiteStore) -> None:
     """Open around the clock, the business durations are the wall ones, whenever this
-    runs; a reopen takes both resolutions back."""
+    runs; a reopen takes both resolutions back. The samples for /metrics have both clocks
+    (a resolution at each close: histograms take nothing back)."""
+    samples: list[Sample] = store.samples  # type: ignore[attr-defined]
     store.business_hours = lambda channel, account: ALWAYS if account == "a" else None
     cid = (await store.ingest(inbound("m1"), [])).message["conversation_id"]
     _status, reply = await store.enqueue_outbound(
@@ -275,6 +277,12 @@ async def test_the_store_writes_business_durations_for_accounts_with_hours(
         assert wall[name]["count"] == 1, name
         # To the millisecond: one is a difference of floats, the other of datetimes.
         assert business[name] == pytest.approx(wall[name], abs=0.002), name
+    assert sorted(s[0] for s in samples) == [
+        "frt", "frt_business", "resolution", "resolution", "resolution_business",
+        "resolution_business", "response", "response_business"]
+    by_name = {s[0]: s[3] for s in samples}
+    for name in ("frt", "response", "resolution"):
+        assert by_name[f"{name}_business"] == pytest.approx(by_name[name], abs=0.002), name
 
 
 # ---------------------------------------------------------------- omnirelay report

@@ -155,6 +155,8 @@ async def test_stats_count_a_real_reply_and_close_for_the_agent(
         line = next(line for line in exposition.splitlines() if line.startswith(
             f'omnirelay_{name}_seconds_count{{account="crm",channel="api"}}'))
         assert float(line.split()[-1]) >= 1, line
+        # No business hours for the account: no business-clock series.
+        assert f"omnirelay_{name}_business_seconds_count{{" not in exposition
     status, total = await get_json(http, f"{daemon.url}/v1/stats")
     assert status == 200 and [g["key"] for g in total["groups"]] == [None]
     assert total["groups"][0]["conversations_created"] >= 1

@@ -35,8 +35,9 @@ import pytest
 from gateway.automation.hours import BusinessHours
 from gateway.config import parse_config
 from gateway.daemon import business_hours_for
+from gateway.metrics import Metrics
 from gateway.stats.query import StatsQuery, compute_stats
-from gateway.store.jobs.stats import forget_cached_rows
+from gateway.store.jobs.stats import forget_cached_rows, take_samples
 from gateway.store.migrate import apply_migrations
 from tests.stats.test_metrics import A1, A2, History
 
@@ -159,6 +160,46 @@ def test_an_account_without_business_hours_has_no_business_durations(
         assert business["b"][name] == {"median": None, "p90": None, "count": 0}
     assert business["b"]["conversations_created"] == 1  # the rest is counted as ever
     assert business["a"]["first_response_time"]["count"] == 3
+
+
+def test_prometheus_has_a_business_histogram_beside_the_wall_one(tmp_path: Path) -> None:
+    """A reply partly outside office hours, as the store hands its samples to /metrics after
+    the commit: customer Friday 17:10, reply Monday 09:25 (Seoul). Wall: 2 days 16 h 15 min
+    = 231300 s, past the 2-day bucket, inside 7 days. Business: 50 min on Friday + 25 on
+    Monday = 4500 s, past the hour, inside 2 hours. Account ``b`` (no hours) replies in 5
+    minutes: a wall sample, no business series."""
+    conn = new_db(tmp_path / "prom.db")
+    take_samples()  # what this thread measured before: not this test's
+    h = History(conn, office_hours, START)
+    h.opened(m(4, 17, 10), "P")
+    h.customer(m(4, 17, 10), "P", "K1")
+    h.reply(m(7, 9, 25), "P", A1)
+    h.opened(m(7, 10), "Q", account="b")
+    h.customer(m(7, 10), "Q", "K2", account="b")
+    h.reply(m(7, 10, 5), "Q", A1, account="b")
+    conn.close()
+    metrics = Metrics()
+    metrics.observe_support(take_samples())
+
+    def value(name: str, account: str, suffix: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            f"omnirelay_{name}_seconds{suffix}",
+            {"channel": "api", "account": account, **labels})
+
+    for name in ("first_response", "response"):  # the same run: both measured alike
+        assert value(name, "a", "_count") == 1
+        assert value(name, "a", "_sum") == 231_300
+        assert value(name, "a", "_bucket", le="172800.0") == 0
+        assert value(name, "a", "_bucket", le="604800.0") == 1
+        assert value(f"{name}_business", "a", "_count") == 1
+        assert value(f"{name}_business", "a", "_sum") == 4500
+        assert value(f"{name}_business", "a", "_bucket", le="3600.0") == 0
+        assert value(f"{name}_business", "a", "_bucket", le="7200.0") == 1
+        assert value(name, "b", "_sum") == 300
+        assert value(f"{name}_business", "b", "_count") is None
+    # Nothing closed yet: no resolution on either clock.
+    assert value("resolution", "a", "_count") is None
+    assert value("resolution_business", "a", "_count") is None
 
 
 def test_each_account_measures_with_the_hours_its_acknowledgements_use() -> None:

@@ -69,7 +69,8 @@ _WANTED = frozenset({"conversation.opened", "conversation.closed", "conversation
 # Durations measured by the writer thread's jobs, handed to the Prometheus histograms once
 # their batch committed (take_samples), dropped with a rollback (drop_samples).
 _local = threading.local()
-Sample = tuple[str, str, str, float]  # (frt | response | resolution, channel, account, s)
+# (a DURATION_COLUMNS name: frt … or its BUSINESS twin, channel, account, seconds)
+Sample = tuple[str, str, str, float]
 
 
 def take_samples() -> list[Sample]:
@@ -313,7 +314,7 @@ class _Writer:
         if durations:
             samples: list[Sample] = getattr(_local, "samples", None) or []
             samples += [(name, state["channel"], state["account"], max(0.0, value))
-                        for name, value in durations.items() if name in DURATIONS]
+                        for name, value in durations.items()]
             _local.samples = samples
             blobs = {name: array("d", [max(0.0, value)]).tobytes()
                      for name, value in durations.items()}
