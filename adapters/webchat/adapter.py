@@ -419,17 +419,13 @@ class WebChatAdapter(ChannelAdapter):
         """Note a stored message of the visitor by its client id, while they have a socket
         here (the newest ``REMEMBERED``; an older one sent again is stored as a duplicate,
         and its rate given back)."""
-        stored = self._stored.get(visitor)
-        if stored is None:
-            if visitor not in self._sockets:
-                return
-            stored = self._stored[visitor] = {}
-        provider = message.get("provider") or {}
-        prefix = f"{visitor}:"
+        provider = message.get("provider")
         provider_id = provider.get("message_id") if isinstance(provider, dict) else None
+        prefix = f"{visitor}:"
         if message.get("direction") != "inbound" or not isinstance(provider_id, str) \
-                or not provider_id.startswith(prefix):
+                or not provider_id.startswith(prefix) or visitor not in self._sockets:
             return
+        stored = self._stored.setdefault(visitor, {})
         stored[provider_id.removeprefix(prefix)] = message
         if len(stored) > REMEMBERED:
             del stored[next(iter(stored))]
