@@ -60,6 +60,7 @@ PUSH_TIMEOUT = 5.0  # a browser that does not take a frame within this is droppe
 RECEIPT_RETRIES = 10  # an ack can overtake the outbox recording the send; try again
 RECEIPT_RETRY_DELAY = 0.2
 HEARTBEAT = 25.0  # pings keep proxies from closing a quiet chat
+REMEMBERED = 1000  # a visitor's own messages kept to answer a tab sending one again
 STATIC = resources.files("adapters.webchat") / "static"
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
 
@@ -122,6 +123,11 @@ class WebChatAdapter(ChannelAdapter):
         # Per visitor, the last push from another instance still being handed over: the
         # next one waits for it, so a visitor sees them in the order they were published.
         self._relays: dict[str, asyncio.Task[None]] = {}
+        # Per visitor with a socket here, their messages stored so far by client id (from the
+        # history and the pushes), and those being stored: a tab sending one of them again
+        # (every tab sends what waited offline) gets the stored one, free of the rate limit.
+        self._stored: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -316,6 +322,7 @@ class WebChatAdapter(ChannelAdapter):
         history = await self._history(visitor)
         for message in history:
             conn.known.add(message["id"])
+            self._remember(visitor, message)
             if message["direction"] == "outbound":
                 conn.replies[message["id"]] = message["status"]
         await self._push(conn, {"type": "history",
@@ -358,8 +365,14 @@ class WebChatAdapter(ChannelAdapter):
                                         "client_id": _client_id(data)})
 
     async def _message(self, conn: Connection, data: dict[str, Any]) -> None:
-        """Store a visitor's message, then confirm it to every tab of the visitor."""
+        """Store a visitor's message, then confirm it to every tab of the visitor.
+
+        One already stored, or being stored for another tab, is answered with the stored
+        message and costs no rate: tabs reconnecting together each send what waited offline.
+        """
         client_id = data.get("id") if isinstance(data.get("id"), str) else None
+        if client_id is not None and await self._answered(conn, client_id):
+            return
         wait = max(self._visitor_rate.take(conn.visitor),
                    self._address_rate.take(conn.address))
         if wait > 0:
@@ -374,8 +387,48 @@ class WebChatAdapter(ChannelAdapter):
             max_file_bytes=self.config.max_file_bytes)
         inbound.raw = orjson.dumps({k: v for k, v in data.items() if k != "attachments"})
         inbound.raw_content_type = "application/json"
-        result = await self.ingest(inbound)
+        key = (conn.visitor, client_id or "")
+        storing = self._storing[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await self.ingest(inbound)
+            self._remember(conn.visitor, result.message)
+        finally:
+            if self._storing.get(key) is storing:
+                del self._storing[key]
+            storing.set_result(None)
+        if not result.created:  # stored by another instance a moment ago: not charged
+            self._visitor_rate.give_back(conn.visitor)
+            self._address_rate.give_back(conn.address)
         await self._to_visitor(conn.visitor, result.message, client_id)
+
+    async def _answered(self, conn: Connection, client_id: str) -> bool:
+        """Answer a message the visitor's store already has (after the other tab's send of
+        it, when one is under way) to this socket only: its other tabs had it confirmed."""
+        storing = self._storing.get((conn.visitor, client_id))
+        if storing is not None:
+            await asyncio.wait({storing})
+        message = self._stored.get(conn.visitor, {}).get(client_id)
+        if message is None:
+            return False  # new, or the other send failed: stored (and charged) as new
+        self.counters["duplicates"] += 1
+        await self._push(conn, {"type": "message", "client_id": client_id,
+                                "message": self._for_visitor(message, conn.visitor)})
+        return True
+
+    def _remember(self, visitor: str, message: Mapping[str, Any]) -> None:
+        """Note a stored message of the visitor by its client id, while they have a socket
+        here (the newest ``REMEMBERED``; an older one sent again is stored as a duplicate,
+        and its rate given back)."""
+        provider = message.get("provider")
+        provider_id = provider.get("message_id") if isinstance(provider, dict) else None
+        prefix = f"{visitor}:"
+        if message.get("direction") != "inbound" or not isinstance(provider_id, str) \
+                or not provider_id.startswith(prefix) or visitor not in self._sockets:
+            return
+        stored = self._stored.setdefault(visitor, {})
+        stored[provider_id.removeprefix(prefix)] = message
+        if len(stored) > REMEMBERED:
+            del stored[next(iter(stored))]
 
     def _receipts(self, conn: Connection, ids: Iterable[str], status: DeliveryStatus) -> None:
         """The browser got (``delivered``) or showed (``read``) replies: each moves once,
@@ -434,6 +487,7 @@ class WebChatAdapter(ChannelAdapter):
         conns = self._sockets.get(visitor)
         if not conns:
             return
+        self._remember(visitor, message)
         for conn in list(conns):
             conn.known.add(str(message["id"]))
             if reply:
@@ -562,6 +616,7 @@ class WebChatAdapter(ChannelAdapter):
             conns.discard(conn)
             if not conns:
                 del self._sockets[conn.visitor]
+                self._stored.pop(conn.visitor, None)
 
     # ------------------------------------------------------------------ history
 

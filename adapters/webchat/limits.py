@@ -42,6 +42,12 @@ class RateLimiter:
             return 0.0
         return (1.0 - bucket.tokens) / rate
 
+    def give_back(self, key: str) -> None:
+        """Return a token spent on an event that turned out not to count (a duplicate)."""
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
+
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that have refilled: forgetting them changes nothing."""
         rate = self.per_minute / 60.0

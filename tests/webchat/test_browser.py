@@ -7,6 +7,7 @@ it speaks the browser's language, the account's, or English.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -771,3 +772,124 @@ async def test_a_queue_saved_by_an_earlier_widget_is_kept_and_sent(
     assert await queue_keys(page) == []
     await wait_until(lambda: _nothing_kept(page))
     assert [p for p in visitor_page.problems if p.startswith("pageerror")] == []
+
+
+async def test_a_message_the_server_refuses_is_shown_refused_in_every_tab(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site, browser: Any) -> None:
+    """The account's limits were lowered after one tab was told them: that tab lets the
+    visitor write more than the server takes. The refusal shows in the message's place in
+    both tabs, neither keeps it waiting, and nothing is stored."""
+    context = await browser.new_context(viewport={"width": 900, "height": 640})
+    try:
+        tabs = [Watched(await context.new_page()), Watched(await context.new_page())]
+        sender, other = tabs[0].page, tabs[1].page
+
+        def stale_limits(ws: Any) -> None:
+            server = ws.connect_to_server()
+
+            def to_page(message: str | bytes) -> None:
+                frame = json.loads(message)
+                if frame.get("type") == "welcome":
+                    frame["limits"]["max_text_chars"] = 5000
+                ws.send(json.dumps(frame))
+            server.on_message(to_page)
+        await sender.route_web_socket(shop.daemon_url.replace("http://", "ws://")
+                                      + "/chat/shop/ws", stale_limits)
+        for tab in tabs:
+            await open_shop(tab, shop)
+        marker = uuid.uuid4().hex
+        await sender.fill("#omnirelay-text", f"{marker} " + "x" * 600)
+        await sender.press("#omnirelay-text", "Enter")
+        for page in (sender, other):
+            failed = page.locator("li.msg.failed", has_text=marker)
+            await failed.wait_for()
+            assert await failed.locator(".note").text_content() == \
+                "Not sent: text is longer than 500 characters"
+            assert await page.locator("li.msg.pending:not(.failed)").count() == 0
+        assert await queue_keys(other) == []
+        # The other tab goes on as usual, and the refused text was never stored.
+        await other.fill("#omnirelay-text", f"shorter now {marker}")
+        await other.press("#omnirelay-text", "Enter")
+        for page in (sender, other):
+            await page.locator("li.msg.me:not(.pending)", has_text="shorter now").wait_for()
+        conversation_id = await conversation_of(api, chat_daemon, f"shorter now {marker}")
+        listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                     "/messages")
+        assert [m["text"] for m in listed["messages"]] == [f"shorter now {marker}"]
+        assert [p for tab in tabs for p in tab.problems if p.startswith("pageerror")] == []
+    finally:
+        await context.close()
+
+
+NEVER_KEPT = """() => {
+  // IndexedDB never finishes keeping a file: the tab is closed (or reloaded) first.
+  IDBObjectStore.prototype.put = function () {
+    this.transaction.oncomplete = null;
+    this.transaction.onabort = null;
+    return {};
+  };
+}"""
+
+
+async def test_a_tab_reloaded_before_its_file_was_kept_says_the_file_is_lost(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site, page_in: PageIn) -> None:
+    watched = await page_in("ko-KR")
+    page = await open_shop(watched, shop)
+    await serve_from_cache(page, shop, api)
+    await go_offline(page)
+    await page.evaluate(NEVER_KEPT)
+    await page.set_input_files("#omnirelay-file", files=[
+        {"name": "receipt.png", "mimeType": "image/png", "buffer": PNG}])
+    await page.locator("li.msg.pending .file", has_text="receipt.png").wait_for()
+    assert len(await queue_keys(page)) == 1  # the message's key is written before its file
+
+    await reload_offline(page)
+    failed = page.locator("li.msg.failed", has_text="receipt.png")
+    await failed.wait_for()
+    assert await failed.locator(".note").text_content() == \
+        "보내지 못했습니다: receipt.png 파일을 보관하지 못했습니다. 다시 첨부해 주세요."
+    assert await queue_keys(page) == []
+    assert await kept_entries(page) == []
+
+    # Online again: no empty message is sent in its place.
+    await page.context.set_offline(False)
+    await page.wait_for_selector(f"{WIDGET}[data-state=online]", state="attached",
+                                 timeout=20000)
+    after = f"영수증은 다시 보낼게요 {uuid.uuid4().hex}"
+    await page.fill("#omnirelay-text", after)
+    await page.press("#omnirelay-text", "Enter")
+    await page.locator("li.msg.me:not(.pending)", has_text=after).wait_for()
+    conversation_id = await conversation_of(api, chat_daemon, after)
+    listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                 "/messages")
+    assert [(m["text"], m["attachments"]) for m in listed["messages"]] == [(after, [])]
+    assert await failed.count() == 1  # still said
+    assert [p for p in watched.problems if p.startswith("pageerror")] == []
+
+
+async def test_a_tab_closed_before_its_file_was_kept_leaves_a_note_in_the_other_tab(
+        shop: Site, browser: Any) -> None:
+    """The other tab showed the message waiting: when the tab keeping its file closes before
+    IndexedDB had it, the other tab says the file is lost rather than wait forever."""
+    context = await browser.new_context(viewport={"width": 900, "height": 640})
+    try:
+        tabs = [Watched(await context.new_page()), Watched(await context.new_page())]
+        writer, other = [await open_shop(tab, shop) for tab in tabs]
+        for page in (writer, other):
+            await go_offline(page)
+        await writer.evaluate(NEVER_KEPT)
+        await writer.set_input_files("#omnirelay-file", files=[
+            {"name": "label.png", "mimeType": "image/png", "buffer": PNG}])
+        waiting = other.locator("li.msg.pending", has_text="label.png")
+        await waiting.wait_for()
+        assert await waiting.locator(".note").text_content() == "Not sent yet"
+
+        await writer.close()
+        failed = other.locator("li.msg.failed", has_text="label.png")
+        await failed.wait_for()
+        assert await failed.locator(".note").text_content() == \
+            "Not sent: label.png could not be kept. Please attach it again."
+        assert await queue_keys(other) == []
+        assert [p for tab in tabs for p in tab.problems if p.startswith("pageerror")] == []
+    finally:
+        await context.close()

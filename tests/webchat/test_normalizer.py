@@ -130,3 +130,16 @@ def test_the_rate_limiter_allows_a_burst_then_says_how_long_to_wait() -> None:
     assert bucket.take("v", now=1.0) == 0.0  # one a second comes back
     assert bucket.take("other", now=1.0) == 0.0  # per key
     assert limiter(20).burst == 5 and limiter(600).burst == 150
+
+
+def test_a_token_given_back_can_be_taken_again_up_to_the_burst() -> None:
+    bucket = RateLimiter(per_minute=60, burst=2)
+    assert [bucket.take("v", now=0.0) for _ in range(2)] == [0.0, 0.0]
+    bucket.give_back("v")  # the second was a duplicate: it does not count
+    assert bucket.take("v", now=0.0) == 0.0
+    assert bucket.take("v", now=0.0) > 0
+    for _ in range(5):
+        bucket.give_back("v")
+    assert [bucket.take("v", now=0.0) == 0.0 for _ in range(3)] == [True, True, False]
+    bucket.give_back("unknown")  # nothing taken: nothing to give back
+    assert "unknown" not in bucket.buckets

@@ -4,8 +4,10 @@ frames, history, receipts, limits and files, as docs/webchat.md describes them."
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Daemon
-from tests.webchat.conftest import AUTH, Site, connect, get_json, reply, wait_until
+from tests.webchat.conftest import AUTH, Site, Visitor, connect, get_json, reply, wait_until
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
                        "hKmMIQAAAABJRU5ErkJggg==")
@@ -242,6 +244,65 @@ async def test_a_visitor_over_the_rate_is_told_when_to_send_again(
     assert len(stored) == 5  # the burst: a quarter minute of 20/min, at least 5
     assert all(a["code"] == "rate_limited" and a["retry_after"] > 0 for a in limited)
     await visitor.ws.close()
+
+
+@contextlib.asynccontextmanager
+async def two_tabs(api: aiohttp.ClientSession, daemon: Daemon, account: str,
+                   origin: str) -> AsyncIterator[tuple[Visitor, Visitor]]:
+    """Two sockets of one visitor (two tabs), closed afterwards whatever happened."""
+    first = await connect(api, daemon, account, origin)
+    try:
+        second = await connect(api, daemon, account, origin, token=first.welcome["token"])
+        try:
+            yield first, second
+        finally:
+            await second.ws.close()
+    finally:
+        await first.ws.close()
+
+
+async def test_a_message_sent_again_from_another_tab_is_not_charged_to_the_rate(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """Two tabs reconnecting both send what waited offline: a visitor with as many queued
+    messages as the rate allows has each stored once, and no copy is refused for the rate."""
+    async with two_tabs(api, chat_daemon, "tight", shop.origin) as (first, second):
+        # As many as the rate allows at once: a quarter minute of 20/min, at least 5.
+        batch = [(f"waited offline {n} {uuid.uuid4().hex}", cid()) for n in range(5)]
+        texts = [text for text, _ in batch]
+        stored = [await first.say(text, client_id) for text, client_id in batch]
+        assert [frame["type"] for frame in stored] == ["message"] * 5
+        for _ in batch:  # the confirmations every tab gets
+            await second.next("message")
+        again = [await second.say(text, client_id) for text, client_id in batch]
+        assert [a["type"] for a in again] == ["message"] * 5, again  # none refused
+        assert [a["message"]["id"] for a in again] == [s["message"]["id"] for s in stored]
+        conversation = stored[0]["message"]["conversation_id"]
+        listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation}"
+                                     "/messages")
+        assert [m["text"] for m in listed["messages"]] == texts  # each once
+
+
+async def test_the_same_message_from_two_tabs_at_once_is_stored_once_and_charged_once(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """Both tabs send their queue at the same moment: a copy arriving while the other tab's
+    send is being stored waits for it and gets the stored message."""
+    async with two_tabs(api, chat_daemon, "tight", shop.origin) as (first, second):
+        batch = [(f"sent by both tabs {n} {uuid.uuid4().hex}", cid()) for n in range(5)]
+        texts, ids = [text for text, _ in batch], [client_id for _, client_id in batch]
+        for tab in (first, second):
+            for text, client_id in batch:
+                await tab.send({"type": "message", "id": client_id, "text": text})
+        for tab in (first, second):
+            answers: dict[str, str] = {}
+            while len(answers) < len(ids):
+                frame = await tab.next_any(("message", "error"))
+                assert frame["type"] == "message", frame  # never refused
+                answers[frame["client_id"]] = frame["message"]["id"]
+            assert sorted(answers) == sorted(ids)
+        first_stored = await get_json(api, f"{chat_daemon.url}/v1/messages/{answers[ids[0]]}")
+        listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
+                                     f"{first_stored['conversation_id']}/messages")
+        assert [m["text"] for m in listed["messages"]] == texts  # each once, in order
 
 
 async def test_a_file_is_stored_and_only_its_signed_link_serves_it(

@@ -39,6 +39,9 @@
   // The queue of messages not yet confirmed is shared by the visitor's tabs: one key per
   // message ("...:q:<client id>", the item with its creation time), so a tab adds and removes
   // only its own and never writes over another's; the order is the items' "at", then id.
+  // An item may say "filing": true (its tab is keeping its file in IndexedDB, see keep) or,
+  // a moment before its key goes, "failed": {code, message} (refused, or its file lost), so
+  // that every tab shows why in the message's place.
   var itemKey = storeKey + ":q:";
   function readQueue() {  // every tab's queued items, in order
     var items = [];
@@ -47,7 +50,7 @@
         var key = window.localStorage.key(i);
         if (key && key.indexOf(itemKey) === 0) {
           var item = parseItem(window.localStorage.getItem(key));
-          if (item) { items.push(item); }
+          if (item && !item.failed) { items.push(item); }
         }
       }
     } catch (e) { /* private mode */ }
@@ -471,10 +474,8 @@
       }
     } else if (frame.type === "error") {
       if (frame.client_id && frame.code === "invalid") {
-        // the server refused it for good (too long, bad file): drop it and say why
-        settle(frame.client_id);
-        // The server's reason is English: shown as it is only to English visitors.
-        noteOn(shown[frame.client_id], fill(t.refused, {reason: frame.message || "refused"}), true);
+        // the server refused it for good (too long, bad file): drop it and say why, in every tab
+        fail(frame.client_id, {code: "invalid", message: frame.message});
       } else if (frame.client_id && !retryTimer) {
         // rate limited or the store is busy: the message stays queued and goes again
         retryTimer = setTimeout(function () { retryTimer = null; flushQueue(); },
@@ -504,15 +505,19 @@
   // ------------------------------------------------------------ files kept offline (IndexedDB)
   // A file waiting to be sent is kept in this origin's IndexedDB (binary, and more than
   // localStorage holds) under [widget, visitor, client id]; its place in the order is its
-  // item's in the shared queue (localStorage), written once the file is kept, so a tab that
-  // sees the item can read its bytes. So a reload while offline shows it pending again and
-  // sends it in its place when the connection returns; the server stores a client id once,
-  // so sending again after a failure that may have reached it, or from two tabs, is harmless.
+  // item's in the shared queue (localStorage). The item is written first, saying this tab is
+  // keeping its file ("filing"), and again once the file is kept, so a tab that sees it then
+  // can read its bytes; a tab closed in between leaves a message whose file is lost, which
+  // every tab says (awaitFile), never one that vanishes. So a reload while offline shows it
+  // pending again and sends it in its place when the connection returns; the server stores a
+  // client id once, so sending again after a failure that may have reached it, or from two
+  // tabs, is harmless.
   // At most KEEP_FILES files and KEEP_BYTES bytes wait per visitor (all tabs together); an
   // entry goes once the server confirmed its message (in any tab), and at start an entry
   // older than KEEP_DAYS, of another visitor, or that no tab's queued item names (once older
-  // than GRACE_MS: a tab may have kept it and be about to queue it). Without IndexedDB (some
-  // private modes) a file waits in memory only, and its note says a reload loses it.
+  // than GRACE_MS: an earlier version's tab may have kept it and be about to queue it).
+  // Without IndexedDB (some private modes) a file waits in memory only, and its note says a
+  // reload loses it.
   var KEEP_FILES = 10, KEEP_BYTES = 25 * 1048576, KEEP_DAYS = 7, GRACE_MS = 60000;
   var HANDOVER_MS = 2000; // another tab's new message is sent from here too if still queued by then
   var DB_NAME = "omnirelay-chat", DB_STORE = "files";
@@ -522,6 +527,9 @@
   var restoring = true;   // reading entries back: the queue waits
   var reading = {files: 0, bytes: 0};  // files being read from the visitor's disk
   var opening = null;
+  var locks = window.navigator.locks || null;  // Web Locks (https pages): see awaitFile
+  function fileLock(id) { return storeKey + ":file:" + id; }
+  function ignore() { /* refused (an opaque origin): other tabs wait GRACE_MS instead */ }
   function database() {   // Promise of the database, or of null when this browser has none
     if (!opening) {
       opening = new Promise(function (resolve) {
@@ -558,11 +566,16 @@
                  files: [{filename: file.filename, content_type: file.content_type, data: file.data}]});
     });
     kept[item.id] = {visitor: visitor, saving: saving};
-    saving.then(function (saved) {
+    var written = saving.then(function (saved) {
       if (!queued(item.id)) { return; }  // confirmed meanwhile
       if (!saved) { unkept[item.id] = true; noteOn(shown[item.id], t.unsaved, false); }
-      putItem(item);  // now other tabs may see it: its bytes are there to read
+      putItem(item);  // the file is kept (or only here): other tabs read it or leave it to this one
     });
+    // The file's lock, held until the key is written again (asked before the key is written:
+    // a tab that sees the key asks after this one), then the key, saying the file is being
+    // kept: a tab closed before IndexedDB has the file leaves a message shown as lost.
+    if (locks) { locks.request(fileLock(item.id), function () { return written; }).then(null, ignore); }
+    putItem({id: item.id, text: item.text, at: item.at, files: item.files, filing: true});
   }
   function forget(id) {  // the server has it (or refused it for good): its entry goes, whichever tab kept it
     var entry = kept[id] || {visitor: visitorId(), saving: Promise.resolve(true)};
@@ -582,6 +595,40 @@
     delete files[id]; delete unkept[id];
     removeItem(id);
     if (kept[id] || (item && item.files)) { forget(id); }
+  }
+  function failureText(item, failure) {
+    if (failure.code === "file_lost") {
+      return fill(t.fileLost, {name: (item && item.files || []).map(function (f) { return f.filename; }).join(", ")});
+    }
+    // The server's reason is English: shown as it is only to English visitors.
+    return fill(t.refused, {reason: failure.message || "refused"});
+  }
+  function fail(id, failure) {  // not sent, for good (refused, or its file lost): say why in every tab
+    var item = queued(id);
+    // The key says why before it goes: every other tab's storage event shows it in its place.
+    if (item && isQueued(id)) {
+      putItem({id: id, text: item.text, at: item.at, files: item.files, failed: failure});
+    }
+    var li = shown[id] || (item ? renderPending(item) : null);
+    settle(id);
+    noteOn(li, failureText(item, failure), true);
+  }
+  // Another tab is keeping this message's file (its key says "filing"): it stays waiting here
+  // until that tab writes the key again, the file kept. If that tab goes first (closed or
+  // reloaded before IndexedDB had the file), the file is lost and every tab says so. Web Locks
+  // tell: the keeping tab holds the file's lock until it wrote the key again, so asking for
+  // that lock is granted once it did or once that tab is gone. Without them (a page not on
+  // https, or the lock refused), GRACE_MS after the message was written.
+  function awaitFile(item) {
+    function gone() {
+      var now = null;
+      try { now = parseItem(window.localStorage.getItem(itemKey + item.id)); } catch (e) { /* private mode */ }
+      if (queued(item.id) && !files[item.id] && now && now.filing && !now.failed) {
+        fail(item.id, {code: "file_lost"});
+      }
+    }
+    function later() { setTimeout(gone, Math.max(0, item.at + GRACE_MS - Date.now())); }
+    if (locks) { locks.request(fileLock(item.id), gone).then(null, later); } else { later(); }
   }
   function filesOf(entry) {
     return entry.files.map(function (f) {
@@ -622,7 +669,21 @@
       return;
     }
     var added = parseItem(event.newValue);
-    if (!added || added.id !== id || item || settled[id]) { return; }
+    if (!added || added.id !== id) { return; }
+    if (added.failed) {  // refused, or its file lost, in another tab: said here too
+      if (!item && !shown[id]) { return; }
+      var li = shown[id] || renderPending(item);
+      settled[id] = true;
+      queue = queue.filter(function (q) { return q.id !== id; });
+      delete files[id]; delete kept[id]; delete unkept[id];
+      noteOn(li, failureText(item || added, added.failed), true);
+      return;
+    }
+    if (item) {  // written again by its tab, the file now kept: read it from there
+      if (item.filing && !added.filing) { delete item.filing; readBack(item); }
+      return;
+    }
+    if (settled[id]) { return; }
     queue.push(added); ordered(queue);
     renderPending(added);
     if (queue[queue.length - 1] !== added) {  // written earlier than this tab's last: in its place
@@ -630,7 +691,7 @@
         if (shown[q.id] && shown[q.id].classList.contains("pending")) { log.appendChild(shown[q.id]); }
       });
     }
-    if (added.files) { readBack(added); }
+    if (added.files) { if (added.filing) { awaitFile(added); } else { readBack(added); } }
     // Its tab sends it when it can; if that tab is offline or closed and this one is online,
     // this one does (the server confirms it to every tab once, and stores it once).
     setTimeout(function () {
@@ -662,11 +723,13 @@
       // A queued file whose bytes are not here (no IndexedDB then, or cleared): say so, never
       // drop it silently; unless another tab had it confirmed meanwhile (its entry went).
       queue.filter(function (item) { return item.files && !files[item.id]; }).forEach(function (item) {
-        queue = queue.filter(function (q) { return q.id !== item.id; });
-        if (!unwritten[item.id] && !isQueued(item.id)) { settled[item.id] = true; dropPending(item.id); return; }
-        removeItem(item.id);
-        var names = item.files.map(function (f) { return f.filename; }).join(", ");
-        noteOn(renderPending(item), fill(t.fileLost, {name: names}), true);
+        if (!unwritten[item.id] && !isQueued(item.id)) {
+          queue = queue.filter(function (q) { return q.id !== item.id; });
+          settled[item.id] = true; dropPending(item.id);
+          return;
+        }
+        if (item.filing) { awaitFile(item); return; }  // its tab may still be keeping the file
+        fail(item.id, {code: "file_lost"});
       });
       restoring = false;
       flushQueue();
@@ -695,7 +758,7 @@
       item.files = [{filename: file.filename, size: file.data.byteLength}];
       files[item.id] = [{filename: file.filename, content_type: file.content_type,
                          content_base64: base64(file.data)}];
-      keep(item, file);  // its key once the file is kept
+      keep(item, file);  // its key, then the file
     } else {
       putItem(item);
     }
