@@ -566,16 +566,27 @@
                  files: [{filename: file.filename, content_type: file.content_type, data: file.data}]});
     });
     kept[item.id] = {visitor: visitor, saving: saving};
-    var written = saving.then(function (saved) {
+    function finish(saved) {
       if (!queued(item.id)) { return; }  // confirmed meanwhile
       if (!saved) { unkept[item.id] = true; noteOn(shown[item.id], t.unsaved, false); }
       putItem(item);  // the file is kept (or only here): other tabs read it or leave it to this one
-    });
-    // The file's lock, held until the key is written again (asked before the key is written:
-    // a tab that sees the key asks after this one), then the key, saying the file is being
-    // kept: a tab closed before IndexedDB has the file leaves a message shown as lost.
-    if (locks) { locks.request(fileLock(item.id), function () { return written; }).then(null, ignore); }
+    }
+    // The key first, saying the file is being kept: a tab closed before IndexedDB has the file
+    // leaves a message every tab shows as lost, never one that vanishes. Then the file's lock,
+    // held until the key is written again; once granted, the key says so ("locked"), and only
+    // then may another tab take the lock as a sign that this one is gone (a lock request is
+    // granted asynchronously: asked for before this tab's request is registered, it would be
+    // granted at once while this tab is still keeping the file).
     putItem({id: item.id, text: item.text, at: item.at, files: item.files, filing: true});
+    if (!locks) { saving.then(finish); return; }
+    var granted = false;
+    locks.request(fileLock(item.id), function () {
+      granted = true;
+      if (queued(item.id)) {
+        putItem({id: item.id, text: item.text, at: item.at, files: item.files, filing: true, locked: true});
+      }
+      return saving.then(finish);
+    }).then(null, function () { if (!granted) { saving.then(finish); } });
   }
   function forget(id) {  // the server has it (or refused it for good): its entry goes, whichever tab kept it
     var entry = kept[id] || {visitor: visitorId(), saving: Promise.resolve(true)};
@@ -620,15 +631,17 @@
   // that lock is granted once it did or once that tab is gone. Without them (a page not on
   // https, or the lock refused), GRACE_MS after the message was written.
   function awaitFile(item) {
-    function gone() {
+    function gone(byClock) {
       var now = null;
       try { now = parseItem(window.localStorage.getItem(itemKey + item.id)); } catch (e) { /* private mode */ }
+      if (byClock === true && locks && now && now.locked) { return; }  // its lock decides
       if (queued(item.id) && !files[item.id] && now && now.filing && !now.failed) {
         fail(item.id, {code: "file_lost"});
       }
     }
-    function later() { setTimeout(gone, Math.max(0, item.at + GRACE_MS - Date.now())); }
-    if (locks) { locks.request(fileLock(item.id), gone).then(null, later); } else { later(); }
+    function later() { setTimeout(function () { gone(true); }, Math.max(0, item.at + GRACE_MS - Date.now())); }
+    // Not locked yet: that tab may still be asking for the lock, or closed before it had it.
+    if (locks && item.locked) { locks.request(fileLock(item.id), gone).then(null, later); } else { later(); }
   }
   function filesOf(entry) {
     return entry.files.map(function (f) {
@@ -681,6 +694,7 @@
     }
     if (item) {  // written again by its tab, the file now kept: read it from there
       if (item.filing && !added.filing) { delete item.filing; readBack(item); }
+      else if (item.filing && added.locked && !item.locked) { item.locked = true; awaitFile(item); }
       return;
     }
     if (settled[id]) { return; }
