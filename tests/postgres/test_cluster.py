@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -162,9 +163,20 @@ async def test_a_new_customer_writing_to_three_instances_at_once_has_one_convers
 async def test_every_instance_serves_the_same_feed_with_the_same_cursors(
         cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
-        await asyncio.gather(*(post_inbound(http, d.url, api_body(unique("u"), unique("ext")))
-                               for d in cluster.daemons))
-        feeds = [await all_events(http, d.url) for d in cluster.daemons]
+        posted = await asyncio.gather(*(post_inbound(http, d.url, api_body(unique("u"),
+                                                                           unique("ext")))
+                                        for d in cluster.daemons))
+        assert [status for status, _body in posted] == [201] * 3, posted
+        ids = {body["message"]["id"] for _status, body in posted}
+        feeds: list[list[dict[str, Any]]] = []
+
+        async def everywhere() -> bool:
+            # An instance hears of another's commit by NOTIFY, a few ms after that answered.
+            feeds[:] = [await all_events(http, d.url) for d in cluster.daemons]
+            return all(ids <= {e["data"]["message"]["id"] for e in feed
+                               if e["type"] == "message.received"} for feed in feeds)
+
+        await wait_until(everywhere, timeout=15)
     seen = [[(e["seq"], e["id"]) for e in feed] for feed in feeds]
     assert seen[0] == seen[1] == seen[2]
     seqs = [int(s) for s, _ in seen[0]]
