@@ -28,34 +28,28 @@ does not hammer the endpoint); a network error, a timeout or a 5xx is
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import ipaddress
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
 import orjson
 import structlog
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterNotReady, StoreError
 from gateway.http import redact_url, redact_urls_in, remote_error_excerpt
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.client_certificate import ClientCertificate
     from gateway.configkit import Secret, Section
     from gateway.store.base import CheckpointStore
 
@@ -68,48 +62,12 @@ DEFAULT_LIFETIME = 3600.0
 REJECTED_BACKOFF = Backoff(base=30.0, cap=900.0)
 """After an OAuth error answer: how long the same error is repeated without a request."""
 _LOOPBACK_NAMES = ("localhost",)
-CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-"""RFC 7523 §2.2: the client authenticates with a signed JWT (``client_assertion``)."""
-ASSERTION_LIFETIME = 300
-"""Seconds a client assertion is valid: Microsoft asks for 5 to 10 minutes at most."""
 ASSERTION_ALGORITHMS = ("PS256", "RS256")
 """PS256 is what Entra ID documents now; RS256 for token endpoints that lack PSS."""
-MIN_RSA_BITS = 2048
 CERTIFICATE_WARNING_DAYS = 30
 """A certificate credential this close to its end is warned about (check-config, start)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """A certificate credential: the private key signs one client assertion per request.
-
-    The key stays a :class:`Secret` (its PEM) like every other credential; the rest is
-    public and names the certificate as the app registration lists it.
-    """
-
-    private_key: Secret
-    x5t_s256: str  # base64url SHA-256 of the certificate's DER: the assertion's header
-    sha1_thumbprint: str  # hex, what the Entra portal shows under Certificates & secrets
-    not_after: datetime
-    algorithm: str = "PS256"
-
-    def assertion(self, *, client_id: str, audience: str, now: float,
-                  key: rsa.RSAPrivateKey | None = None) -> str:
-        """A signed JWT for one token request (RFC 7523 §3; Microsoft's claims)."""
-        issued = int(now)
-        claims = {"aud": audience, "iss": client_id, "sub": client_id,
-                  "jti": str(uuid.uuid4()), "nbf": issued, "iat": issued,
-                  "exp": issued + ASSERTION_LIFETIME}
-        return jwt.encode(claims, key or self.load_key(), algorithm=self.algorithm,
-                          headers={"typ": "JWT", "x5t#S256": self.x5t_s256})
-
-    def load_key(self) -> rsa.RSAPrivateKey:
-        """The private key object (checked when the config was read)."""
-        key = serialization.load_pem_private_key(self.private_key.reveal().encode(), None)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        return key
-
-
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+"""RFC 7523 §2.2: the client authenticates with a signed JWT (``client_assertion``)."""
 @dataclass(frozen=True, slots=True)
 class OAuth2Settings:
     """Where and how to get an access token; ``refresh_token`` None: client credentials.
@@ -166,8 +124,10 @@ def parse_oauth2(section: Section) -> OAuth2Settings:
                           "the PEM private key the certificate was made with, e.g. "
                           'private_key_credential = "m365-app-key"')
         elif private_key is not None and section.ctx.resolve_secrets:
-            certificate = _client_certificate(section, gave_key, private_key,
-                                              certificate_file, algorithm)
+            # Imported here: only a certificate credential needs PyJWT and cryptography.
+            from gateway.client_certificate import read_client_certificate
+            certificate = read_client_certificate(section, gave_key, private_key,
+                                                  certificate_file, algorithm)
     elif refresh_token is None and gave_secret is None:
         section.error("client_secret_file", "is required without refresh_token "
                       "(client credentials: the app signs in as itself)",
@@ -183,97 +143,6 @@ def _source(section: Section, name: str) -> str | None:
     """The key a secret ``name`` is given with (``name_file``…), if any."""
     return next((k for k in (name, f"{name}_file", f"{name}_env", f"{name}_credential")
                  if k in section.data), None)
-
-
-def _client_certificate(section: Section, key_source: str, private_key: Secret,
-                        certificate_file: str | None,
-                        algorithm: str) -> ClientCertificate | None:
-    """Check the key and its certificate now, so a mismatch is a config error, not a 401.
-
-    Messages never quote the key file's content. The certificate may sit in the key's own
-    file (a combined PEM, as Azure Key Vault exports it) or in ``certificate_file``, alone
-    or with its chain (the one matching the key is used).
-    """
-    pem = private_key.reveal().encode()
-    try:
-        key = serialization.load_pem_private_key(pem, None)
-    except TypeError:
-        section.error(key_source, "is encrypted with a passphrase",
-                      "store it without one and protect the file instead (mode 0400, a "
-                      "systemd credential): openssl pkey -in key.pem -out plain-key.pem")
-        return None
-    except (ValueError, UnsupportedAlgorithm):
-        section.error(key_source, "is not a PEM private key",
-                      'expected a "-----BEGIN PRIVATE KEY-----" block (or BEGIN RSA '
-                      "PRIVATE KEY); convert a .pfx with openssl pkcs12 -nodes")
-        return None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        section.error(key_source, "must be an RSA key",
-                      "Entra ID's certificate credentials are RSA (signed with PS256 or "
-                      "RS256): make the certificate with an RSA key of 2048 bits or more")
-        return None
-    if key.key_size < MIN_RSA_BITS:
-        section.error(key_source, f"is a {key.key_size}-bit RSA key, too short",
-                      f"Entra ID takes {MIN_RSA_BITS} bits or more: make a new certificate")
-        return None
-    if certificate_file is not None:
-        try:
-            cert_pem = Path(certificate_file).read_bytes()
-        except OSError as exc:
-            section.error("certificate_file",
-                          f"cannot read certificate file {certificate_file}: {exc.strerror}",
-                          "check the path and that the service user can read it")
-            return None
-        where = "certificate_file"
-    else:
-        cert_pem, where = pem, key_source
-    try:
-        certificates = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError:
-        if certificate_file is None:
-            section.error("certificate_file", f"is required with {key_source}",
-                          "the certificate uploaded to the app registration (PEM), unless "
-                          "the key's file holds it too")
-        else:
-            section.error("certificate_file", "is not a PEM certificate",
-                          'expected a "-----BEGIN CERTIFICATE-----" block (a .cer in DER: '
-                          "openssl x509 -inform der -in app.cer -out app.pem)")
-        return None
-    public = _spki(key.public_key())
-    certificate = next((c for c in certificates if _spki(c.public_key()) == public), None)
-    if certificate is None:
-        first = _portal_thumbprint(certificates[0])
-        what = f"does not match {key_source}: the certificate" if certificate_file else \
-            "holds a certificate"
-        section.error(where, f"{what} (SHA-1 thumbprint {first}) made for another key",
-                      "give the private key this certificate was issued for, or the "
-                      "certificate of this key")
-        return None
-    not_after = certificate.not_valid_after_utc
-    sha1 = _portal_thumbprint(certificate)
-    now = datetime.now(UTC)
-    if not_after <= now:
-        section.ctx.warn(section.key(where), f"the certificate (SHA-1 thumbprint {sha1}) "
-                         f"expired on {not_after:%Y-%m-%d}: the token endpoint refuses it; "
-                         "upload a new one to the app registration")
-    elif (not_after - now).days < CERTIFICATE_WARNING_DAYS:
-        section.ctx.warn(section.key(where), f"the certificate (SHA-1 thumbprint {sha1}) "
-                         f"expires on {not_after:%Y-%m-%d}: upload a new one to the app "
-                         "registration and put it in place before then")
-    digest = certificate.fingerprint(hashes.SHA256())
-    x5t = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    return ClientCertificate(private_key, x5t, sha1, not_after, algorithm)
-
-
-def _portal_thumbprint(certificate: x509.Certificate) -> str:
-    """The SHA-1 thumbprint in hex, as the Entra portal lists a certificate: a name only."""
-    return certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
-
-
-def _spki(key: CertificatePublicKeyTypes) -> bytes:
-    """A public key's SubjectPublicKeyInfo (DER), to compare a key with a certificate's."""
-    return key.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _acceptable_url(url: str) -> bool:
