@@ -24,6 +24,9 @@ SECRETS = {
                       'address = "support@shop.example"\n'
                       'smtp = {{ host = "127.0.0.1", username = "support", {keys} }}\n',
                       "channels[0].smtp.password"),
+    "api callback secret": ('[[channels]]\ntype = "api"\nname = "crm"\n'
+                            'callback_url = "https://crm.example/omnirelay"\n{keys}\n',
+                            "channels[0].secret"),
     "oauth2 client secret": (
         '[[channels]]\ntype = "email"\nname = "support"\naddress = "support@shop.example"\n'
         'smtp = {{ host = "smtp.office365.com", username = "support@shop.example", '
@@ -85,6 +88,8 @@ def test_a_secret_with_blanks_around_it_is_read_without_them(
     config = parse(text, environ)
     if secret == "api token":
         found = config.tokens[0].token
+    elif secret == "api callback secret":
+        found = config.channels[0].options.secret  # type: ignore[attr-defined]
     else:
         smtp = config.channels[0].options.smtp  # type: ignore[attr-defined]
         found = smtp.password if secret == "smtp password" else smtp.oauth2.client_secret
