@@ -77,8 +77,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for warning in config.warnings:
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    for warning in _privileged_ports(config):
-        print(f"{args.file}: note: {warning}", file=sys.stderr)
+    for note in _privileged_ports(config):
+        print(f"{args.file}: note: {note}", file=sys.stderr)
     for channel in config.channels:  # what an account's type wants ops to see (allowed_ips)
         check_notes = getattr(channel.options, "check_notes", None)
         for note in check_notes() if callable(check_notes) else ():

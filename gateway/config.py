@@ -184,7 +184,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     source: str = "<embedded default>"
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[ConfigError, ...] = ()  # key, line, message: check-config and the log
     stats: StatsConfig = field(default_factory=StatsConfig)
     automation: AutomationConfig = field(default_factory=AutomationConfig)  # + [templates]
 
@@ -460,7 +460,7 @@ def parse_config(text: str, *, source: str = "<string>",
     if ctx.errors:
         raise ConfigErrors(ctx.errors)
     return Config(server, store, outbox, logging_cfg, tokens, webhooks, channels, source,
-                  tuple(str(w) for w in ctx.warnings), stats=stats, automation=automation)
+                  tuple(ctx.warnings), stats=stats, automation=automation)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None, *,

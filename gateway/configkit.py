@@ -235,7 +235,9 @@ class Section:
                            "set it in the unit (Environment=/EnvironmentFile=) or use "
                            f"{name}_credential / {name}_file")
                 return None
-            return Secret(env.strip())
+            return self._filled(source, env, f"environment variable {value} is empty",
+                                "set it to the secret in the unit (Environment=/"
+                                "EnvironmentFile=); an empty variable is never a secret")
         if source.endswith("_credential"):
             directory = self.ctx.environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
@@ -250,7 +252,7 @@ class Section:
         else:
             path = Path(value)
         try:
-            return Secret(path.read_text(encoding="utf-8").strip())
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             hint = ("put the file in /etc/omnirelay/credentials/ (the unit's LoadCredential=)"
                     if source.endswith("_credential") else
@@ -264,6 +266,29 @@ class Section:
                        "secrets are text files; convert a binary key or certificate to PEM "
                        "(openssl pkey / openssl pkcs12 -nodes)")
             return None
+        if source.endswith("_credential"):
+            empty = (f"credential {path} is empty", "put the secret in the file in "
+                     "/etc/omnirelay/credentials/; LoadCredential= copies it when the "
+                     "service starts, so restart after filling it")
+        else:
+            empty = (f"secret file {path} is empty",
+                     "write the secret into it (spaces and line breaks around it are "
+                     "stripped, so a file of only those is empty too)")
+        return self._filled(source, text, *empty)
+
+    def _filled(self, source: str, text: str, message: str, hint: str) -> Secret | None:
+        """``text`` stripped as a :class:`Secret`, or an error when nothing is left.
+
+        No secret is legitimately empty: an optional one is left out by giving none of
+        its keys, while an empty file or variable is a credential not yet filled in (a
+        ``touch``-ed placeholder, a failed copy). Accepted, it would fail only later, as
+        a provider's puzzling sign-in refusal or, for a signing key, a key anyone knows.
+        """
+        value = text.strip()
+        if not value:
+            self.error(source, message, hint)
+            return None
+        return Secret(value)
 
     def finish(self, extra_known: Iterable[str] = ()) -> None:
         """Record an error for each key nobody read: unknown keys are errors."""

@@ -257,6 +257,7 @@ class Gateway:
         run on the writer thread, so a long migration does not stall the loop.
         """
         self._loop = asyncio.get_running_loop()
+        log_config_warnings(self.config)
         self._spawn(self.notifier.watchdog(), "systemd-watchdog")
         self.lock.acquire()
         await self.store.open()
@@ -453,6 +454,7 @@ class Gateway:
                 return False
             await self.reload(new)
             configure_logging(new.logging.level, new.logging.format)
+            log_config_warnings(new)
             self.reload_note = ""
             return True
         except Exception:
@@ -544,6 +546,16 @@ class Gateway:
             except StoreError as exc:
                 log.warning("retention.failed", error=exc.message)
             await asyncio.sleep(3600)
+
+
+def log_config_warnings(config: Config) -> None:
+    """One ``config.warning`` line per warning of the file (those ``check-config`` prints),
+    at each start and reload: under systemd nobody runs ``check-config``, and a certificate
+    about to end or a secret written into the file must reach the journal. Key, line and
+    message only; warnings never hold a secret's value."""
+    for warning in config.warnings:
+        log.warning("config.warning", key=warning.key, line=warning.line,
+                    message=warning.message, config=config.source)
 
 
 def automation_for(config: Config) -> Automation | None:

@@ -30,7 +30,9 @@ class ApiConfig(AdapterConfig):
         callback = section.get("callback_url", str, None)
         if callback is not None and not re.match(r"https?://", callback):
             section.error("callback_url", "must be an http(s) URL")
-        if callback and secret is None:
+        given = any(k in section.data for k in ("secret", "secret_file", "secret_env",
+                                                "secret_credential"))
+        if callback and secret is None and not given:  # else its own error says what is wrong
             section.error("secret_file", "is required with callback_url",
                           "the receiver verifies callbacks with it")
         timeout = float(section.get("timeout", (int, float), 10.0))

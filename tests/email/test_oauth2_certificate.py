@@ -133,8 +133,8 @@ def test_an_expired_or_expiring_certificate_is_a_warning(
         ''')  # noqa: E501
     oauth2 = config.channels[0].options.smtp.oauth2
     assert oauth2.certificate is not None  # the daemon still starts
-    (warning,) = [w for w in config.warnings if "certificate_file" in w]
-    assert f"(SHA-1 thumbprint {ending.sha1_thumbprint}) {said}" in warning
+    (warning,) = [w for w in config.warnings if w.key and "certificate_file" in w.key]
+    assert f"(SHA-1 thumbprint {ending.sha1_thumbprint}) {said}" in warning.message
     with capture_logs() as logs:
         AccessTokens(oauth2, http=session)  # at each start and reload
     (logged,) = [e for e in logs if e["event"] == "oauth2.certificate_expiring"]
@@ -165,7 +165,7 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
      "give either a client secret or a certificate, not both"),
     ("key unreadable", "private_key_file", "cannot read secret file"),
     ("key not PEM", "private_key_file", "is not a PEM private key"),
-    ("key empty", "private_key_file", "is not a PEM private key"),
+    ("key empty", "private_key_file", "is empty"),
     ("key in DER", "private_key_file", "is not UTF-8 text"),
     ("certificate instead of key", "private_key_file", "is not a PEM private key"),
     ("key encrypted", "private_key_file", "is encrypted with a passphrase"),
