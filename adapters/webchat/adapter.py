@@ -27,6 +27,7 @@ import html
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,7 +40,7 @@ from aiohttp import WSMsgType, web
 from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendResult
 from adapters.webchat import tokens
 from adapters.webchat.config import DEFAULT_TITLE, WebChatConfig
-from adapters.webchat.limits import RateLimiter, limiter
+from adapters.webchat.limits import RateLimiter, limiter, take_all
 from gateway.broadcast import Broadcast
 from gateway.errors import Forbidden, NotFound, OmnirelayError
 from gateway.http import client_address, json_response
@@ -113,7 +114,7 @@ class WebChatAdapter(ChannelAdapter):
         super().__init__(*args, **kwargs)
         self.counters.update({"connections": 0, "visitors_online": 0, "refused_origin": 0,
                               "rate_limited": 0, "invalid_frames": 0, "relayed": 0,
-                              "relay_failed": 0, "caught_up": 0})
+                              "relay_failed": 0, "caught_up": 0, "forgotten": 0})
         self._secret = b""
         self._sockets: dict[str, set[Connection]] = {}
         self._per_address: dict[str, int] = {}
@@ -128,6 +129,9 @@ class WebChatAdapter(ChannelAdapter):
         # (every tab sends what waited offline) gets the stored one, free of the rate limit.
         self._stored: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Erasures heard so far: a message read or stored while one happened is not
+        # remembered (it may be of the erased customer, read just before the erasure).
+        self._erasures = 0
         self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -319,10 +323,12 @@ class WebChatAdapter(ChannelAdapter):
             "pre_chat_form": self.config.pre_chat_form,
             "limits": {"max_text_chars": self.config.max_text_chars,
                        "max_file_bytes": self.config.max_file_bytes}})
+        erasures = self._erasures
         history = await self._history(visitor)
         for message in history:
             conn.known.add(message["id"])
-            self._remember(visitor, message)
+            if erasures == self._erasures:
+                self._remember(visitor, message)
             if message["direction"] == "outbound":
                 conn.replies[message["id"]] = message["status"]
         await self._push(conn, {"type": "history",
@@ -373,8 +379,10 @@ class WebChatAdapter(ChannelAdapter):
         client_id = data.get("id") if isinstance(data.get("id"), str) else None
         if client_id is not None and await self._answered(conn, client_id):
             return
-        wait = max(self._visitor_rate.take(conn.visitor),
-                   self._address_rate.take(conn.address))
+        # Both limits or neither: a message one refuses is sent again, and must not have
+        # spent the other's token meanwhile.
+        wait = take_all(((self._visitor_rate, conn.visitor),
+                         (self._address_rate, conn.address)))
         if wait > 0:
             self.counters["rate_limited"] += 1
             await self._push(conn, {"type": "error", "code": "rate_limited",
@@ -389,9 +397,11 @@ class WebChatAdapter(ChannelAdapter):
         inbound.raw_content_type = "application/json"
         key = (conn.visitor, client_id or "")
         storing = self._storing[key] = asyncio.get_running_loop().create_future()
+        erasures = self._erasures
         try:
             result = await self.ingest(inbound)
-            self._remember(conn.visitor, result.message)
+            if erasures == self._erasures:
+                self._remember(conn.visitor, result.message)
         finally:
             if self._storing.get(key) is storing:
                 del self._storing[key]
@@ -429,6 +439,16 @@ class WebChatAdapter(ChannelAdapter):
         stored[provider_id.removeprefix(prefix)] = message
         if len(stored) > REMEMBERED:
             del stored[next(iter(stored))]
+
+    def customers_erased(self, customer_ids: AbstractSet[str]) -> None:
+        """Forget the remembered messages of the erased customers' visitors: a tab sending
+        one again is then stored as new (the store has no record of it any more), never
+        answered with the erased message."""
+        self._erasures += 1
+        for visitor, stored in list(self._stored.items()):
+            if any(m.get("customer_id") in customer_ids for m in stored.values()):
+                del self._stored[visitor]
+                self.counters["forgotten"] += 1
 
     def _receipts(self, conn: Connection, ids: Iterable[str], status: DeliveryStatus) -> None:
         """The browser got (``delivered``) or showed (``read``) replies: each moves once,
@@ -487,7 +507,6 @@ class WebChatAdapter(ChannelAdapter):
         conns = self._sockets.get(visitor)
         if not conns:
             return
-        self._remember(visitor, message)
         for conn in list(conns):
             conn.known.add(str(message["id"]))
             if reply:
@@ -531,7 +550,10 @@ class WebChatAdapter(ChannelAdapter):
         """Pushes from the other instances may have been lost (this instance's database
         connection broke for a while): give every visitor with a socket here what their
         history has and their sockets were not given, after the pushes already on their
-        way."""
+        way. An erasure may have been missed too: every remembered message is forgotten (a
+        tab's copy sent again is then found a duplicate by the store, or stored if erased)."""
+        self._erasures += 1
+        self._stored.clear()
         for visitor in list(self._sockets):
             self._chain(visitor, self._catch_up(self._relays.get(visitor), visitor))
 
@@ -566,6 +588,7 @@ class WebChatAdapter(ChannelAdapter):
 
     async def _relay(self, previous: asyncio.Task[None] | None, visitor: str,
                      note: dict[str, Any]) -> None:
+        erasures = self._erasures
         message = note.get("m")
         if not isinstance(message, dict):
             try:
@@ -579,6 +602,8 @@ class WebChatAdapter(ChannelAdapter):
         client_id = note.get("c")
         if visitor in self._sockets:
             self.counters["relayed"] += 1
+        if erasures == self._erasures:  # their message from another tab: see _answered
+            self._remember(visitor, message)
         await self._deliver(visitor, message,
                             client_id if isinstance(client_id, str) else None,
                             note.get("r") is True)
