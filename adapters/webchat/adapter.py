@@ -62,6 +62,7 @@ RECEIPT_RETRIES = 10  # an ack can overtake the outbox recording the send; try a
 RECEIPT_RETRY_DELAY = 0.2
 HEARTBEAT = 25.0  # pings keep proxies from closing a quiet chat
 REMEMBERED = 1000  # a visitor's own messages kept to answer a tab sending one again
+ERASED_KEPT = 10_000  # erased customers' ids kept, so none of their messages is remembered
 STATIC = resources.files("adapters.webchat") / "static"
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
 
@@ -129,9 +130,9 @@ class WebChatAdapter(ChannelAdapter):
         # (every tab sends what waited offline) gets the stored one, free of the rate limit.
         self._stored: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
-        # Erasures heard so far: a message read or stored while one happened is not
-        # remembered (it may be of the erased customer, read just before the erasure).
-        self._erasures = 0
+        # Customers erased since start (the newest ``ERASED_KEPT``): a message of theirs
+        # read or pushed just before the erasure and arriving after it is not remembered.
+        self._erased: dict[str, None] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -323,12 +324,10 @@ class WebChatAdapter(ChannelAdapter):
             "pre_chat_form": self.config.pre_chat_form,
             "limits": {"max_text_chars": self.config.max_text_chars,
                        "max_file_bytes": self.config.max_file_bytes}})
-        erasures = self._erasures
         history = await self._history(visitor)
         for message in history:
             conn.known.add(message["id"])
-            if erasures == self._erasures:
-                self._remember(visitor, message)
+            self._remember(visitor, message)
             if message["direction"] == "outbound":
                 conn.replies[message["id"]] = message["status"]
         await self._push(conn, {"type": "history",
@@ -397,11 +396,9 @@ class WebChatAdapter(ChannelAdapter):
         inbound.raw_content_type = "application/json"
         key = (conn.visitor, client_id or "")
         storing = self._storing[key] = asyncio.get_running_loop().create_future()
-        erasures = self._erasures
         try:
             result = await self.ingest(inbound)
-            if erasures == self._erasures:
-                self._remember(conn.visitor, result.message)
+            self._remember(conn.visitor, result.message)
         finally:
             if self._storing.get(key) is storing:
                 del self._storing[key]
@@ -428,12 +425,14 @@ class WebChatAdapter(ChannelAdapter):
     def _remember(self, visitor: str, message: Mapping[str, Any]) -> None:
         """Note a stored message of the visitor by its client id, while they have a socket
         here (the newest ``REMEMBERED``; an older one sent again is stored as a duplicate,
-        and its rate given back)."""
+        and its rate given back). Never one of an erased customer: read or pushed before the
+        erasure, it may arrive after it (a push from another instance, a history read)."""
         provider = message.get("provider")
         provider_id = provider.get("message_id") if isinstance(provider, dict) else None
         prefix = f"{visitor}:"
         if message.get("direction") != "inbound" or not isinstance(provider_id, str) \
-                or not provider_id.startswith(prefix) or visitor not in self._sockets:
+                or not provider_id.startswith(prefix) or visitor not in self._sockets \
+                or message.get("customer_id") in self._erased:
             return
         stored = self._stored.setdefault(visitor, {})
         stored[provider_id.removeprefix(prefix)] = message
@@ -444,7 +443,10 @@ class WebChatAdapter(ChannelAdapter):
         """Forget the remembered messages of the erased customers' visitors: a tab sending
         one again is then stored as new (the store has no record of it any more), never
         answered with the erased message."""
-        self._erasures += 1
+        for customer_id in customer_ids:
+            self._erased[customer_id] = None
+        while len(self._erased) > ERASED_KEPT:
+            del self._erased[next(iter(self._erased))]
         for visitor, stored in list(self._stored.items()):
             if any(m.get("customer_id") in customer_ids for m in stored.values()):
                 del self._stored[visitor]
@@ -552,7 +554,6 @@ class WebChatAdapter(ChannelAdapter):
         history has and their sockets were not given, after the pushes already on their
         way. An erasure may have been missed too: every remembered message is forgotten (a
         tab's copy sent again is then found a duplicate by the store, or stored if erased)."""
-        self._erasures += 1
         self._stored.clear()
         for visitor in list(self._sockets):
             self._chain(visitor, self._catch_up(self._relays.get(visitor), visitor))
@@ -588,7 +589,6 @@ class WebChatAdapter(ChannelAdapter):
 
     async def _relay(self, previous: asyncio.Task[None] | None, visitor: str,
                      note: dict[str, Any]) -> None:
-        erasures = self._erasures
         message = note.get("m")
         if not isinstance(message, dict):
             try:
@@ -602,8 +602,7 @@ class WebChatAdapter(ChannelAdapter):
         client_id = note.get("c")
         if visitor in self._sockets:
             self.counters["relayed"] += 1
-        if erasures == self._erasures:  # their message from another tab: see _answered
-            self._remember(visitor, message)
+        self._remember(visitor, message)  # their message from another tab: see _answered
         await self._deliver(visitor, message,
                             client_id if isinstance(client_id, str) else None,
                             note.get("r") is True)
