@@ -32,6 +32,7 @@ import re
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -289,6 +290,10 @@ class ChannelAdapter(ABC):
 
     async def on_stop(self) -> None:  # noqa: B027 - optional hook
         """Adapter-specific stop (the supervised loops are already cancelled)."""
+
+    def customers_erased(self, customer_ids: AbstractSet[str]) -> None:  # noqa: B027
+        """These customers (merged ones included) were erased, on this instance or another:
+        drop whatever of their messages the adapter holds in memory (optional hook)."""
 
     def routes(self) -> Sequence[web.RouteDef]:
         """HTTP routes, relative to ``/hooks/{type}/{account}``."""

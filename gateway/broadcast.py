@@ -15,8 +15,13 @@ happened (``missed``, called once the instance listens again) and catches up fro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
+
+# Customers erased (their ids, merged ones included), for every instance to drop what it
+# holds of them in memory (a web chat visitor's remembered messages): published by the
+# PostgreSQL store after each erasure, whoever ran it (an instance's API, the command line).
+ERASED_TOPIC = "customers.erased"  # comma-separated customer ids
 
 
 class Broadcast(Protocol):
@@ -53,3 +58,15 @@ class Broadcasting(Protocol):
     def broadcast(self, topic: str) -> Broadcast:
         """The pushes of ``topic`` (an adapter account: ``webchat:site``)."""
         ...
+
+
+def erased_payloads(customer_ids: list[str], limit: int) -> Iterator[str]:
+    """Erased customer ids as :data:`ERASED_TOPIC` payloads of at most ``limit`` bytes."""
+    per = max(1, limit // 64)  # an id is far shorter than 64 bytes
+    for start in range(0, len(customer_ids), per):
+        yield ",".join(customer_ids[start:start + per])
+
+
+def erased_ids(payload: str) -> list[str]:
+    """The customer ids of an :data:`ERASED_TOPIC` payload."""
+    return [part for part in payload.split(",") if part]

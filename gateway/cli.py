@@ -252,8 +252,10 @@ async def _with_store(config: Config, action: str, arg: str) -> object:
     store: AdminStore = make_store(config.store)
     await store.open()
     try:
-        if action == "erase":
-            return await store.erase_customer(arg)
+        if action == "erase":  # PostgreSQL tells the running instances (ERASED_TOPIC)
+            result = await store.erase_customer(arg)
+            result.pop("_erased_ids", None)
+            return result
         if action == "purge":
             return await store.purge_older_than(int(arg))
         raise ValueError(action)

@@ -18,7 +18,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from gateway.api.auth import check_token
 from gateway.automation.hours import BusinessHours
 from gateway.automation.jobs import Automation
 from gateway.automation.worker import AutomationWorker
-from gateway.broadcast import Broadcasting
+from gateway.broadcast import ERASED_TOPIC, Broadcasting, erased_ids
 from gateway.config import ChannelConfig, Config
 from gateway.errors import (
     AdapterConfigError,
@@ -183,6 +183,21 @@ class Gateway:
                 return None
         return None
 
+    def customers_erased(self, customer_ids: Iterable[str]) -> None:
+        """Customers were erased (here, or on another instance: ``ERASED_TOPIC``): every
+        adapter drops what it holds of them in memory."""
+        ids = frozenset(customer_ids)
+        if not ids:
+            return
+        for adapter in list(self.adapters.values()):
+            try:
+                adapter.customers_erased(ids)
+            except Exception:
+                log.exception("daemon.erasure_failed", account=adapter.name)
+
+    def _heard_erasure(self, payload: str) -> None:
+        self.customers_erased(erased_ids(payload))
+
     def adapter_for_hook(self, channel_type: str, account: str) -> ChannelAdapter | None:
         """The adapter serving ``/hooks/{type}/{account}``."""
         return self.adapters.get((channel_type, account))
@@ -262,6 +277,8 @@ class Gateway:
         self.lock.acquire()
         await self.store.open()
         self.feed.notify(await self.store.head_seq())
+        if isinstance(self.store, Broadcasting):  # customers erased through other instances
+            self.store.broadcast(ERASED_TOPIC).subscribe(self._heard_erasure)
         self.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "omnirelay"})
         await self.outbox.start()

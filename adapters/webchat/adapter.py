@@ -27,6 +27,7 @@ import html
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,7 +40,7 @@ from aiohttp import WSMsgType, web
 from adapters.base import AdapterHealth, ChannelAdapter, OutboundMessage, SendResult
 from adapters.webchat import tokens
 from adapters.webchat.config import DEFAULT_TITLE, WebChatConfig
-from adapters.webchat.limits import RateLimiter, limiter
+from adapters.webchat.limits import RateLimiter, limiter, take_all
 from gateway.broadcast import Broadcast
 from gateway.errors import Forbidden, NotFound, OmnirelayError
 from gateway.http import client_address, json_response
@@ -61,6 +62,7 @@ RECEIPT_RETRIES = 10  # an ack can overtake the outbox recording the send; try a
 RECEIPT_RETRY_DELAY = 0.2
 HEARTBEAT = 25.0  # pings keep proxies from closing a quiet chat
 REMEMBERED = 1000  # a visitor's own messages kept to answer a tab sending one again
+ERASED_KEPT = 10_000  # erased customers' ids kept, so none of their messages is remembered
 STATIC = resources.files("adapters.webchat") / "static"
 _STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
 
@@ -113,7 +115,7 @@ class WebChatAdapter(ChannelAdapter):
         super().__init__(*args, **kwargs)
         self.counters.update({"connections": 0, "visitors_online": 0, "refused_origin": 0,
                               "rate_limited": 0, "invalid_frames": 0, "relayed": 0,
-                              "relay_failed": 0, "caught_up": 0})
+                              "relay_failed": 0, "caught_up": 0, "forgotten": 0})
         self._secret = b""
         self._sockets: dict[str, set[Connection]] = {}
         self._per_address: dict[str, int] = {}
@@ -128,6 +130,9 @@ class WebChatAdapter(ChannelAdapter):
         # (every tab sends what waited offline) gets the stored one, free of the rate limit.
         self._stored: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Customers erased since start (the newest ``ERASED_KEPT``): a message of theirs
+        # read or pushed just before the erasure and arriving after it is not remembered.
+        self._erased: dict[str, None] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -373,8 +378,10 @@ class WebChatAdapter(ChannelAdapter):
         client_id = data.get("id") if isinstance(data.get("id"), str) else None
         if client_id is not None and await self._answered(conn, client_id):
             return
-        wait = max(self._visitor_rate.take(conn.visitor),
-                   self._address_rate.take(conn.address))
+        # Both limits or neither: a message one refuses is sent again, and must not have
+        # spent the other's token meanwhile.
+        wait = take_all(((self._visitor_rate, conn.visitor),
+                         (self._address_rate, conn.address)))
         if wait > 0:
             self.counters["rate_limited"] += 1
             await self._push(conn, {"type": "error", "code": "rate_limited",
@@ -418,17 +425,32 @@ class WebChatAdapter(ChannelAdapter):
     def _remember(self, visitor: str, message: Mapping[str, Any]) -> None:
         """Note a stored message of the visitor by its client id, while they have a socket
         here (the newest ``REMEMBERED``; an older one sent again is stored as a duplicate,
-        and its rate given back)."""
+        and its rate given back). Never one of an erased customer: read or pushed before the
+        erasure, it may arrive after it (a push from another instance, a history read)."""
         provider = message.get("provider")
         provider_id = provider.get("message_id") if isinstance(provider, dict) else None
         prefix = f"{visitor}:"
         if message.get("direction") != "inbound" or not isinstance(provider_id, str) \
-                or not provider_id.startswith(prefix) or visitor not in self._sockets:
+                or not provider_id.startswith(prefix) or visitor not in self._sockets \
+                or message.get("customer_id") in self._erased:
             return
         stored = self._stored.setdefault(visitor, {})
         stored[provider_id.removeprefix(prefix)] = message
         if len(stored) > REMEMBERED:
             del stored[next(iter(stored))]
+
+    def customers_erased(self, customer_ids: AbstractSet[str]) -> None:
+        """Forget the remembered messages of the erased customers' visitors: a tab sending
+        one again is then stored as new (the store has no record of it any more), never
+        answered with the erased message."""
+        for customer_id in customer_ids:
+            self._erased[customer_id] = None
+        while len(self._erased) > ERASED_KEPT:
+            del self._erased[next(iter(self._erased))]
+        for visitor, stored in list(self._stored.items()):
+            if any(m.get("customer_id") in customer_ids for m in stored.values()):
+                del self._stored[visitor]
+                self.counters["forgotten"] += 1
 
     def _receipts(self, conn: Connection, ids: Iterable[str], status: DeliveryStatus) -> None:
         """The browser got (``delivered``) or showed (``read``) replies: each moves once,
@@ -487,7 +509,6 @@ class WebChatAdapter(ChannelAdapter):
         conns = self._sockets.get(visitor)
         if not conns:
             return
-        self._remember(visitor, message)
         for conn in list(conns):
             conn.known.add(str(message["id"]))
             if reply:
@@ -531,7 +552,9 @@ class WebChatAdapter(ChannelAdapter):
         """Pushes from the other instances may have been lost (this instance's database
         connection broke for a while): give every visitor with a socket here what their
         history has and their sockets were not given, after the pushes already on their
-        way."""
+        way. An erasure may have been missed too: every remembered message is forgotten (a
+        tab's copy sent again is then found a duplicate by the store, or stored if erased)."""
+        self._stored.clear()
         for visitor in list(self._sockets):
             self._chain(visitor, self._catch_up(self._relays.get(visitor), visitor))
 
@@ -579,6 +602,7 @@ class WebChatAdapter(ChannelAdapter):
         client_id = note.get("c")
         if visitor in self._sockets:
             self.counters["relayed"] += 1
+        self._remember(visitor, message)  # their message from another tab: see _answered
         await self._deliver(visitor, message,
                             client_id if isinstance(client_id, str) else None,
                             note.get("r") is True)

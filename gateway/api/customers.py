@@ -84,6 +84,7 @@ async def erase_customer(request: web.Request) -> web.Response:
     """``DELETE /v1/customers/{id}``: erase everything of the customer (admin)."""
     require(request, "admin")
     result = await gw(request).store.erase_customer(request.match_info["id"])
+    gw(request).customers_erased(result.pop("_erased_ids", []))
     log.info("api.customer_erased", customer_id=result["customer_id"],
              messages=result["messages"])
     return json_response(result)

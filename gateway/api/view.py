@@ -8,7 +8,7 @@ test can serve the API over a small fake that has only these members.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -65,6 +65,9 @@ class GatewayView(Protocol):
 
     def family_hook(self, path: str, method: str) -> Hook:
         """The handler of an adapter's route outside ``/hooks`` (404 / 405 otherwise)."""
+
+    def customers_erased(self, customer_ids: Iterable[str]) -> None:
+        """Tell the adapters here that these customers were erased."""
 
     def channel_report(self) -> list[dict[str, Any]]:
         """Each configured account: type, state, last error, counters."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pytest
 from tests.conftest import Daemon, base_config, free_port
 from tests.helpers import TcpProxy, all_events, wait_until
 from tests.postgres.server import PgServer
-from tests.webchat.conftest import Visitor, connect, get_json, reply
+from tests.webchat.conftest import AUTH, Visitor, connect, get_json, reply
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -193,6 +194,44 @@ async def test_tabs_on_both_instances_get_the_visitors_messages_and_the_replies(
             await exchange(http, pair, [tab_b, tab_a], via, conversation,
                            f"Yes, through {pair.name(via)}")
         await only_once([tab_a, tab_b])
+        for tab in (tab_a, tab_b):
+            await tab.ws.close()
+
+
+@pytest.mark.parametrize("how", ["api", "cli"])
+async def test_an_erasure_makes_both_instances_forget_the_visitors_messages(
+        pair: Pair, how: str) -> None:
+    """A visitor's tabs on A and B each remember the visitor's message; the customer is
+    erased through A's API (B hears it from A), or by ``omnirelay erase-customer`` from a
+    shell while both run (both hear it). Both instances forget it: a tab sending it again
+    is never answered with the erased message, it is stored anew, once."""
+    async with aiohttp.ClientSession() as http:
+        tab_b = await connect(http, pair.b, "shop", pair.origin)
+        tab_a = await connect(http, pair.a, "shop", pair.origin, token=tab_b.welcome["token"])
+        erased = (await tab_b.say("Call me on 010-0000-0000", client_id := cid()))["message"]
+        assert (await tab_a.next("message"))["message"]["id"] == erased["id"]
+        before = [(await counters(http, d))["forgotten"] for d in (pair.a, pair.b)]
+        if how == "api":
+            async with http.delete(f"{pair.a.url}/v1/customers/{erased['customer_id']}",
+                                   headers=AUTH) as response:
+                assert response.status == 200, await response.text()
+        else:
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "erase-customer", erased["customer_id"],
+                "--config", str(pair.a.config_path), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            output, _ = await command.communicate()
+            assert command.returncode == 0, output.decode()
+
+        async def forgotten() -> bool:
+            now = [(await counters(http, d))["forgotten"] for d in (pair.a, pair.b)]
+            return all(n > b for n, b in zip(now, before, strict=True))
+        await wait_until(forgotten, timeout=20)
+        again = (await tab_b.say("sent again", client_id))["message"]
+        assert again["id"] != erased["id"] and again["text"] == "sent again"
+        from_a = await tab_a.say("sent again from A", client_id)
+        assert from_a["message"]["id"] == again["id"], from_a  # the new one, not the erased
+        assert "010-0000-0000" not in str([tab_a.frames[-1], tab_b.frames[-1]])
         for tab in (tab_a, tab_b):
             await tab.ws.close()
 

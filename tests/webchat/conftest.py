@@ -72,7 +72,8 @@ class Site:
 @pytest.fixture(scope="session")
 async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Daemon]:
     """One daemon with web chat accounts: ``shop`` (the shop site's origin allowed, tight
-    limits to test), ``form`` (the pre-chat form), ``ja`` (Japanese for every visitor)."""
+    limits to test), ``form`` (the pre-chat form), ``ja`` (Japanese for every visitor), ``tight``
+    and ``crowded`` (a per-address limit near the per-visitor one)."""
     tmp = tmp_path_factory.mktemp("webchat")
     http_port, smtp_port = free_port(), free_port()
     shop_port, form_port, ja_port = free_port(), free_port(), free_port()
@@ -101,6 +102,12 @@ async def chat_daemon(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         allowed_origins = ["http://127.0.0.1:{shop_port}"]
         visitor_messages_per_minute = 20
         max_connections_per_ip = 3
+        [[channels]]
+        type = "webchat"
+        name = "crowded"
+        allowed_origins = ["http://127.0.0.1:{shop_port}"]
+        visitor_messages_per_minute = 20
+        ip_messages_per_minute = 40
         """
     daemon = Daemon(tmp, base_config(tmp / "data", http_port, smtp_port, extra=extra),
                     http_port)

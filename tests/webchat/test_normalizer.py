@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.webchat import tokens
-from adapters.webchat.limits import RateLimiter, limiter
+from adapters.webchat.limits import RateLimiter, limiter, take_all
 from normalizer.errors import InvalidInput, MalformedInput
 from normalizer.model import InboundMessage, Party
 from normalizer.webchat import (
@@ -143,3 +143,21 @@ def test_a_token_given_back_can_be_taken_again_up_to_the_burst() -> None:
     assert [bucket.take("v", now=0.0) == 0.0 for _ in range(3)] == [True, True, False]
     bucket.give_back("unknown")  # nothing taken: nothing to give back
     assert "unknown" not in bucket.buckets
+
+
+def test_a_message_one_limit_refuses_charges_neither_limit() -> None:
+    """The address's limit refuses while the visitor's has room: the visitor's token stays,
+    and once the retry goes through the visitor has spent one token per stored message."""
+    visitor, address = RateLimiter(per_minute=60, burst=5), RateLimiter(per_minute=60, burst=2)
+    charges = ((visitor, "v"), (address, "127.0.0.1"))
+    assert [take_all(charges, now=0.0) for _ in range(2)] == [0.0, 0.0]  # two stored
+    refusals = [take_all(charges, now=0.0) for _ in range(4)]  # the address is spent
+    assert all(wait == pytest.approx(1.0) for wait in refusals)
+    assert visitor.buckets["v"].tokens == 3.0  # the refusals cost the visitor nothing
+    assert take_all(charges, now=1.0) == 0.0  # the retry, once the address refilled
+    assert visitor.wait("v", now=1.0) == 0.0
+    assert visitor.buckets["v"].tokens == pytest.approx(3.0)  # 5 - 3 stored + 1 s refill
+    # The other way round: the visitor's limit refuses, the address's keeps its tokens.
+    visitor.buckets["v"].tokens, address.buckets["127.0.0.1"].tokens = 0.0, 2.0
+    assert take_all(charges, now=1.0) == pytest.approx(1.0)
+    assert address.buckets["127.0.0.1"].tokens == 2.0

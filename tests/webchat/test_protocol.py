@@ -3,6 +3,7 @@ frames, history, receipts, limits and files, as docs/webchat.md describes them."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -246,6 +247,38 @@ async def test_a_visitor_over_the_rate_is_told_when_to_send_again(
     await visitor.ws.close()
 
 
+async def test_a_message_one_rate_refuses_is_not_charged_to_the_other(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """Three visitors on one address (``crowded``: 20/min each, burst 5; 40/min for the
+    address, burst 10). Refusals by one limit spend nothing of the other: a visitor retrying
+    over their own limit leaves the address's room to the others, and a visitor refused by
+    the address keeps their own tokens for the retry."""
+    pushy = await connect(api, chat_daemon, "crowded", shop.origin)
+    other = await connect(api, chat_daemon, "crowded", shop.origin)
+    late = await connect(api, chat_daemon, "crowded", shop.origin)
+    try:
+        answers = [await pushy.say(f"pushy {n}", cid()) for n in range(10)]
+        assert [a["type"] for a in answers] == ["message"] * 5 + ["error"] * 5
+        # The address has 5 of its 10 left: the 5 refusals of pushy's own limit cost none.
+        assert (await other.say("not crowded out", cid()))["type"] == "message"
+        answers = [await late.say(f"late {n}", cid()) for n in range(4)]
+        assert [a["type"] for a in answers] == ["message"] * 4  # the address is spent now
+        client_id = cid()
+        refused = await late.say("refused by the address", client_id)
+        assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
+        for _ in range(3):  # retried at once: still the address; late's last token stays
+            assert (await late.say("refused by the address", client_id))["type"] == "error"
+        # No event says a token came back: wait as the widget does (the address refills
+        # one in 1.5 s; late's own limit would take 3 s to refill one it had spent).
+        await asyncio.sleep(refused["retry_after"] + 0.2)
+        stored = await late.say("refused by the address", client_id)
+        assert stored["type"] == "message", stored
+        assert stored["message"]["text"] == "refused by the address"
+    finally:
+        for visitor in (pushy, other, late):
+            await visitor.ws.close()
+
+
 @contextlib.asynccontextmanager
 async def two_tabs(api: aiohttp.ClientSession, daemon: Daemon, account: str,
                    origin: str) -> AsyncIterator[tuple[Visitor, Visitor]]:
@@ -303,6 +336,32 @@ async def test_the_same_message_from_two_tabs_at_once_is_stored_once_and_charged
         listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/"
                                      f"{first_stored['conversation_id']}/messages")
         assert [m["text"] for m in listed["messages"]] == texts  # each once, in order
+
+
+async def test_after_an_erasure_a_message_sent_again_is_stored_as_new_not_answered_erased(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site) -> None:
+    """The customer behind a visitor is erased while their tab stays open; the tab then
+    sends one of the erased messages again: nothing of the erased message comes back (the
+    server has no record of it any more), the message is stored anew."""
+    async with two_tabs(api, chat_daemon, "shop", shop.origin) as (first, second):
+        client_id = cid()
+        erased = (await first.say("my address is 1 Erased Road", client_id))["message"]
+        await second.next("message")  # the other tab's confirmation: both remember it
+        async with api.delete(f"{chat_daemon.url}/v1/customers/{erased['customer_id']}",
+                              headers=AUTH) as response:
+            assert response.status == 200, await response.text()
+        async with api.get(f"{chat_daemon.url}/v1/messages/{erased['id']}",
+                           headers=AUTH) as response:
+            assert response.status == 404
+        for tab, text in ((first, "sent again"), (second, "sent again from the other tab")):
+            # Another text under the same client id: the answer shows where it came from.
+            answer = await tab.say(text, client_id)
+            assert answer["type"] == "message", answer
+            assert answer["message"]["id"] != erased["id"]
+            assert "Erased Road" not in str(answer)
+        stored = await get_json(api, f"{chat_daemon.url}/v1/messages/{answer['message']['id']}")
+        assert stored["text"] == "sent again"  # the first tab's copy; the second its duplicate
+        assert stored["customer_id"] != erased["customer_id"]
 
 
 async def test_a_file_is_stored_and_only_its_signed_link_serves_it(

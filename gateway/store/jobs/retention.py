@@ -68,8 +68,9 @@ def _erase_customer(tx: Tx, customer_id: str) -> JSON:
     tx.conn.execute(f"DELETE FROM identities WHERE customer_id IN ({marks})", ids)
     tx.conn.execute(f"DELETE FROM customers WHERE id IN ({marks})", ids)
     tx.emit("customer.erased", {"customer_id": cid, "erased_ids": ids})
+    # _erased_ids: for what holds them in memory (Gateway.customers_erased), not answered.
     return {"customer_id": cid, "conversations": len(conversations), "messages": len(messages),
-            "_blobs": sorted(set(blobs))}
+            "_blobs": sorted(set(blobs)), "_erased_ids": ids}
 
 
 def _purge(tx: Tx, cutoff: str) -> JSON:

@@ -27,7 +27,7 @@ from typing import Any, cast
 import structlog
 
 from gateway.automation.jobs import Automation
-from gateway.broadcast import Broadcast
+from gateway.broadcast import ERASED_TOPIC, Broadcast, erased_payloads
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.ids import iso, utcnow
@@ -416,7 +416,18 @@ class PostgresStore(SQLiteStore):
         """Delete everything of a customer (PostgreSQL's VACUUM reclaims the rows)."""
         result: JSON = await self.pg.write(_erase_customer, customer_id)
         await self._unreferenced_blobs(result.pop("_blobs"))
+        await self._announce_erasure(result["_erased_ids"])
         return result
+
+    async def _announce_erasure(self, customer_ids: list[str]) -> None:
+        """Tell every other instance (NOTIFY): they drop what they hold of the customers in
+        memory. Missed by an instance not listening then: its subscribers' ``missed``."""
+        topic = self.broadcasts.topic(ERASED_TOPIC)
+        for payload in erased_payloads(customer_ids, topic.limit):
+            try:
+                await topic.publish(payload)
+            except StoreError as exc:
+                log.warning("store.erasure_notify_failed", error=exc.message)
 
     async def purge_older_than(self, days: int) -> dict[str, int]:
         """Retention: drop raw payloads and attachment bytes older than ``days``."""
