@@ -399,14 +399,23 @@ class WebChatAdapter(ChannelAdapter):
         try:
             result = await self.ingest(inbound)
             self._remember(conn.visitor, result.message)
+        except OmnirelayError as exc:
+            if exc.status >= 500:  # not stored (a full disk): the widget sends it again
+                self._refund(conn)
+            raise
         finally:
             if self._storing.get(key) is storing:
                 del self._storing[key]
             storing.set_result(None)
         if not result.created:  # stored by another instance a moment ago: not charged
-            self._visitor_rate.give_back(conn.visitor)
-            self._address_rate.give_back(conn.address)
+            self._refund(conn)
         await self._to_visitor(conn.visitor, result.message, client_id)
+
+    def _refund(self, conn: Connection) -> None:
+        """Give back what a message was charged: it did not count (a duplicate), or was not
+        stored and will be sent again (charged then)."""
+        self._visitor_rate.give_back(conn.visitor)
+        self._address_rate.give_back(conn.address)
 
     async def _answered(self, conn: Connection, client_id: str) -> bool:
         """Answer a message the visitor's store already has (after the other tab's send of
