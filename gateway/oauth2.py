@@ -225,7 +225,8 @@ class AccessTokens:
             self.log = self.log.bind(certificate=settings.certificate.sha1_thumbprint)
             left = settings.certificate.not_after - datetime.now(UTC)
             if left.days < CERTIFICATE_WARNING_DAYS:
-                # Said at each start and reload: sign-in stops the day it runs out.
+                # Said when the token source is made (a mailbox's at start, a relay's at
+                # its first send); config.warning says it at each start and reload.
                 self.log.warning("oauth2.certificate_expiring", days_left=max(left.days, 0),
                                  not_after=settings.certificate.not_after.isoformat())
         self._key: rsa.RSAPrivateKey | None = None  # the certificate's, loaded once
