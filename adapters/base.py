@@ -291,6 +291,20 @@ class ChannelAdapter(ABC):
     async def on_stop(self) -> None:  # noqa: B027 - optional hook
         """Adapter-specific stop (the supervised loops are already cancelled)."""
 
+    async def probe(self) -> str | None:
+        """Check this account against its provider without receiving, sending or changing
+        anything (``omnirelay check-config --online``): sign in, read who the account is.
+
+        Called on an adapter that was made but not started. Returns what was checked, for
+        the operator ("signed in to imap.example.com:993 as support@, INBOX has 12
+        messages", "bot @shop_bot"), or None when the account has no remote side to check
+        (the API channel). Raises :class:`~gateway.errors.AdapterAuthError` when the
+        provider refuses the credentials, another :class:`~gateway.errors.AdapterError`
+        (e.g. ``AdapterNotReady``) when it cannot be reached or answers unexpectedly; the
+        message says what to fix and holds no secret.
+        """
+        return None
+
     def customers_erased(self, customer_ids: AbstractSet[str]) -> None:  # noqa: B027
         """These customers (merged ones included) were erased, on this instance or another:
         drop whatever of their messages the adapter holds in memory (optional hook)."""
