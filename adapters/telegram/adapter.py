@@ -39,6 +39,7 @@ from adapters.telegram.outbound import (
 from gateway.errors import (
     AdapterAuthError,
     AdapterConfigError,
+    AdapterNotReady,
     Forbidden,
     MalformedPayload,
     NotFound,
@@ -128,6 +129,17 @@ class TelegramAdapter(ChannelAdapter):
 
     async def on_start(self) -> None:
         """Build the bot (no I/O yet), register the file source, start the update loop."""
+        base = self.config.api_base_url
+        app = ApplicationBuilder().bot(self._new_bot()).updater(None).build()
+        app.add_handler(TypeHandler(Update, self._on_update))
+        self._app = app
+        self.ctx.media.register(self.media_source, MediaSource.of(
+            [base], resolve=self._resolve_file))
+        body = self._poll if self.config.mode == "polling" else self._webhook
+        self.ctx.supervise(f"telegram:{self.name}:{self.config.mode}", body)
+
+    def _new_bot(self) -> _Bot:
+        """The account's bot on ``api_base_url`` (no I/O until it is initialized)."""
         # httpx logs every request URL at INFO, and a Bot API URL holds the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         base = self.config.api_base_url
@@ -137,15 +149,60 @@ class TelegramAdapter(ChannelAdapter):
                                 connect_timeout=min(self.config.timeout, 10.0))
         polls = HTTPXRequest(read_timeout=self.config.poll_timeout + 10.0,
                              connect_timeout=min(self.config.timeout, 10.0))
-        bot = _Bot(self._token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
-                   request=requests, get_updates_request=polls)
-        app = ApplicationBuilder().bot(bot).updater(None).build()
-        app.add_handler(TypeHandler(Update, self._on_update))
-        self._app = app
-        self.ctx.media.register(self.media_source, MediaSource.of(
-            [base], resolve=self._resolve_file))
-        body = self._poll if self.config.mode == "polling" else self._webhook
-        self.ctx.supervise(f"telegram:{self.name}:{self.config.mode}", body)
+        return _Bot(self._token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot",
+                    request=requests, get_updates_request=polls)
+
+    @property
+    def webhook_url(self) -> str:
+        """Where Telegram is told to post updates in webhook mode."""
+        return self.config.webhook_url or (
+            f"{self.ctx.public_url.rstrip('/')}/hooks/telegram/{self.name}")
+
+    async def probe(self) -> str | None:
+        """``getMe`` (the token works: "bot @name"), then ``getWebhookInfo``: the webhook
+        Telegram has must be this account's own URL in webhook mode, and none in polling
+        mode. A webhook elsewhere means another installation takes this bot's updates;
+        starting this account would take them over (``setWebhook`` / ``deleteWebhook``)."""
+        bot = self._new_bot()
+        try:
+            try:
+                await bot.initialize()  # getMe
+                me = bot.bot
+                info = await bot.get_webhook_info()
+            except tg_error.InvalidToken:
+                # from None: PTB's own message quotes the token.
+                raise AdapterAuthError("Telegram refused the bot token (getMe): copy it "
+                                       "again from @BotFather", channel_type=self.type,
+                                       account=self.name) from None
+            except tg_error.TelegramError as exc:
+                raise AdapterNotReady(redact(f"Telegram Bot API at {self.config.api_base_url} "
+                                             f"failed: {type(exc).__name__}: {exc}",
+                                             self._token)[:300],
+                                      channel_type=self.type, account=self.name) from None
+        finally:
+            with contextlib.suppress(Exception):  # closing must not hide the answer
+                await bot.shutdown()
+        summary = f"bot @{me.username}"
+        hook = redact(info.url or "", self._token)  # some set the token in a hook's path
+        if self.config.mode == "webhook":
+            if hook and hook != self.webhook_url:
+                raise AdapterConfigError(
+                    f"Telegram posts this bot's updates to {hook}, not to this account's "
+                    f"{self.webhook_url}: another installation may be using the bot (starting "
+                    "this account moves the webhook here), or set webhook_url / public_url",
+                    channel_type=self.type, account=self.name)
+            summary += (f", webhook {hook}" if hook else
+                        ", no webhook set yet (starting the account sets it)")
+            if info.last_error_message:
+                summary += f"; Telegram's last delivery error: {info.last_error_message}"
+            return summary
+        if hook:
+            raise AdapterConfigError(
+                f"Telegram has a webhook for this bot ({hook}) but this account polls: "
+                "another installation may be taking its updates by webhook (starting this "
+                'account deletes that webhook); use mode = "webhook" or remove it '
+                "(deleteWebhook)", channel_type=self.type, account=self.name)
+        return summary + ", polling (no webhook set)"
 
     async def on_stop(self) -> None:
         """Fetches wait until the account runs again; the bot's connections close."""
@@ -241,10 +298,9 @@ class TelegramAdapter(ChannelAdapter):
         """``setWebhook`` with the secret token, then stay up (the hook does the work)."""
         await self._initialize()
         assert self.config.webhook_secret is not None  # the config requires it
-        url = self.config.webhook_url or (
-            f"{self.ctx.public_url.rstrip('/')}/hooks/telegram/{self.name}")
         try:
-            await self.bot.set_webhook(url, secret_token=self.config.webhook_secret.reveal(),
+            await self.bot.set_webhook(self.webhook_url,
+                                       secret_token=self.config.webhook_secret.reveal(),
                                        allowed_updates=ALLOWED_UPDATES)
         except tg_error.InvalidToken as exc:
             raise AdapterAuthError("Telegram refused the bot token (setWebhook)",

@@ -4,7 +4,8 @@ Routes ``/bot<token>/<method>`` (what python-telegram-bot calls with ``base_url`
 ``/file/bot<token>/<file_path>`` (file downloads). Keeps Telegram's semantics where the
 gateway depends on them: ``getUpdates`` confirms every update below ``offset`` and holds
 the long poll (briefly) when nothing is queued; a set webhook makes ``getUpdates`` a 409;
-texts over 4,096 UTF-16 units are refused; ``getFile`` refuses files over 20 MB. Errors
+texts over 4,096 UTF-16 units are refused; ``getFile`` refuses files over 20 MB;
+``getWebhookInfo`` tells the webhook set (``last_error_message``: ``webhook_error``). Errors
 are injected per method (``fail``): 429 with ``retry_after``, 403 (blocked), 5xx, or a
 hang longer than the client's timeout.
 """
@@ -64,6 +65,7 @@ class FakeBotApi:
     fail: dict[str, list[Failure]] = field(default_factory=lambda: defaultdict(list))
     blocked_chats: set[str] = field(default_factory=set)
     webhook: dict[str, Any] | None = None
+    webhook_error: str | None = None  # getWebhookInfo's last_error_message
     batch: int = 100  # most updates one getUpdates answers (the client's limit also applies)
     max_hold: float = MAX_HOLD  # longest a long poll is held (Telegram: the whole timeout)
     next_update_id: int = 1000
@@ -190,6 +192,19 @@ class FakeBotApi:
     async def _setWebhook(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
         self.webhook = params
         return _ok(True)
+
+    async def _getWebhookInfo(self, params: dict[str, Any],
+                              files: dict[str, bytes]) -> web.Response:
+        info: dict[str, Any] = {"url": "", "has_custom_certificate": False,
+                                "pending_update_count": len(self.updates)}
+        if self.webhook is not None:
+            info["url"] = self.webhook.get("url", "")
+            info["allowed_updates"] = self.webhook.get("allowed_updates", [])
+            info["max_connections"] = 40
+            if self.webhook_error:
+                info["last_error_date"] = int(time.time()) - 60
+                info["last_error_message"] = self.webhook_error
+        return _ok(info)
 
     async def _deleteWebhook(self, params: dict[str, Any],
                              files: dict[str, bytes]) -> web.Response:
