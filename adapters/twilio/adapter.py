@@ -23,10 +23,14 @@ from adapters.base import (
     SendLimits,
     SendResult,
 )
-from adapters.twilio.config import TwilioConfig
-from adapters.twilio.outbound import SenderPacer, TwilioHttpClient, send_error
+from adapters.twilio.config import API_BASE_URL, TwilioConfig
+from adapters.twilio.outbound import AUTH_CODES, SenderPacer, TwilioHttpClient, send_error
 from adapters.twilio.signature import TwilioSignature, form_fields
 from gateway.errors import (
+    AdapterAuthError,
+    AdapterConfigError,
+    AdapterError,
+    AdapterNotReady,
     OmnirelayError,
     PermanentSendError,
     RetryableSendError,
@@ -89,12 +93,7 @@ class TwilioAdapter(ChannelAdapter):
     async def on_start(self) -> None:
         """Make the SDK client (its aiohttp session needs the running loop) and register
         Twilio's media host, with the account's credentials for it alone."""
-        self._http = TwilioHttpClient(timeout=self.config.timeout)
-        # A non-empty environment: the SDK would read TWILIO_EDGE / TWILIO_REGION from
-        # os.environ, and either one rewrites api_base_url's host.
-        self._client = Client(self.config.account_sid, self.config.auth_token.reveal(),
-                              http_client=self._http, environment={"OMNIRELAY": "1"})
-        self._client.api.base_url = self.config.api_base_url
+        self._http, self._client = self._new_client()
         basic = base64.b64encode(
             f"{self.config.account_sid}:{self.config.auth_token.reveal()}".encode()).decode()
 
@@ -104,6 +103,80 @@ class TwilioAdapter(ChannelAdapter):
         self.ctx.media.register(self.media_source, MediaSource(
             frozenset({self.config.api_base_url}), self.config.media_redirect_hosts,
             credentials))
+
+    def _new_client(self) -> tuple[TwilioHttpClient, Client]:
+        """The SDK client on ``api_base_url`` (its aiohttp session needs the running loop)."""
+        http = TwilioHttpClient(timeout=self.config.timeout)
+        # A non-empty environment: the SDK would read TWILIO_EDGE / TWILIO_REGION from
+        # os.environ, and either one rewrites api_base_url's host.
+        client = Client(self.config.account_sid, self.config.auth_token.reveal(),
+                        http_client=http, environment={"OMNIRELAY": "1"})
+        client.api.base_url = self.config.api_base_url
+        if self.config.api_base_url != API_BASE_URL:  # a proxy or a test's fake serves both
+            client.messaging.base_url = self.config.api_base_url
+        return http, client
+
+    async def probe(self) -> str | None:
+        """Fetch the account (its name; ``suspended`` or ``closed`` fails), then the sender:
+        ``from`` must be one of the account's numbers (IncomingPhoneNumbers filtered by
+        PhoneNumber), a ``messaging_service_sid`` a service of the account. Reads only."""
+        http, client = self._new_client()
+        sid = self.config.account_sid
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                account = await client.api.v2010.accounts(sid).fetch_async()
+                status = str(account.status or "")
+                if status in ("suspended", "closed"):
+                    raise AdapterConfigError(
+                        f"Twilio account {sid} ({account.friendly_name}) is {status}: it "
+                        "cannot send; reactivate it in the Twilio console or use another "
+                        "account", channel_type=self.type, account=self.name)
+                summary = f"Twilio account {account.friendly_name} ({status or 'active'})"
+                if self.config.from_number:
+                    numbers = await client.api.v2010.accounts(sid).incoming_phone_numbers \
+                        .list_async(phone_number=self.config.from_number, limit=1)
+                    if not numbers:
+                        raise AdapterConfigError(
+                            f"from = {self.config.from_number} is not a phone number of "
+                            f"Twilio account {sid}: replies from it would be refused (21606);"
+                            " buy or port the number into this account, or fix from",
+                            channel_type=self.type, account=self.name)
+                    summary += f", sends from {self.config.from_number}"
+                elif self.config.messaging_service_sid:
+                    service = await client.messaging.v1.services(
+                        self.config.messaging_service_sid).fetch_async()
+                    summary += (f", sends through messaging service "
+                                f"{service.friendly_name} ({service.sid})")
+                return summary
+        except TwilioRestException as exc:
+            raise self._probe_error(exc) from None
+        except (TimeoutError, aiohttp.ClientError, TwilioException) as exc:
+            raise AdapterNotReady(f"Twilio at {self.config.api_base_url} did not answer: "
+                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  account=self.name) from None
+        finally:
+            await http.close()
+
+    def _probe_error(self, exc: TwilioRestException) -> AdapterError:
+        """What a probe's refused read means; the SDK's message (it quotes the URI) is
+        left out."""
+        status: int = exc.status
+        code = f"{status}/{exc.code}" if exc.code else str(status)
+        if status in (401, 403) or exc.code in AUTH_CODES:
+            return AdapterAuthError(f"Twilio refused the credentials ({code}): check "
+                                    "account_sid and auth_token (the Auth Token, not an API "
+                                    "key secret)", channel_type=self.type, account=self.name)
+        if status == 404 and "/Services/" in str(exc.uri):
+            return AdapterConfigError(
+                f"messaging_service_sid = {self.config.messaging_service_sid} is not a "
+                f"messaging service of Twilio account {self.config.account_sid} ({code})",
+                channel_type=self.type, account=self.name)
+        if status == 404:
+            return AdapterConfigError(f"Twilio has no account {self.config.account_sid} "
+                                      f"({code}): check account_sid", channel_type=self.type,
+                                      account=self.name)
+        return AdapterNotReady(f"Twilio answered {code} to a read", channel_type=self.type,
+                               account=self.name)
 
     async def on_stop(self) -> None:
         """Pending fetches wait for the next start; late receipts are dropped."""

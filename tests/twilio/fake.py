@@ -1,4 +1,5 @@
-"""A local fake of Twilio: the Messages REST API, its media host and the storage host the
+"""A local fake of Twilio: the Messages REST API, the account, its numbers and messaging
+services (read-only, as ``probe`` reads them), its media host and the storage host the
 media URLs redirect to, plus a webhook sender signing with the real algorithm.
 
 Speaks Twilio's documented JSON (a Message resource with ``sid``, ``status``, …; errors as
@@ -105,6 +106,13 @@ class FakeTwilio(_App):
         # Called with the new SID before the 201 goes out: a status callback that beats
         # the caller's own record of the send.
         self.before_answer: Callable[[str, MultiDict[str]], Awaitable[None]] | None = None
+        # What the read-only calls (``probe``) find: the account, its numbers, its services.
+        self.account_name = "Shop support"
+        self.account_status = "active"
+        self.numbers: set[str] = {"+15550001111"}
+        self.services: dict[str, str] = {}  # MG… → friendly name
+        self.read_script: list[Scripted] = []  # answers for the next reads, in order
+        self.reads: list[str] = []  # paths read, with their query
 
     def fail_next(self, *answers: Scripted) -> None:
         """Answer the next creates with these, then normally again."""
@@ -122,6 +130,12 @@ class FakeTwilio(_App):
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
         app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msid}/Media/{media}",
                            self._media)
+        app.router.add_get("/2010-04-01/Accounts/{sid}.json", self._account)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json",
+                           self._numbers)
+        # messaging.twilio.com's Services, served here: the adapter points the Messaging
+        # domain at a non-default api_base_url too.
+        app.router.add_get("/v1/Services/{service}", self._service)
         await self._serve(app)
 
     def _authorized(self, request: web.Request) -> bool:
@@ -151,6 +165,69 @@ class FakeTwilio(_App):
         self.created.append(Created(sid, MultiDict((k, str(v)) for k, v in form.items()),
                                     request.headers.get("Authorization", "")))
         return web.json_response(_resource(sid, form), status=201)
+
+    async def _read(self, request: web.Request) -> web.Response | None:
+        """The refusal or scripted failure a read gets, if any."""
+        self.reads.append(request.path_qs)
+        expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
+        if request.headers.get("Authorization") != expected:
+            return _error(401, 20003, "Authenticate")
+        if self.read_script:
+            answer = self.read_script.pop(0)
+            if answer.hang:
+                await asyncio.sleep(30)
+            return _error(answer.status, answer.code, answer.message, answer.headers)
+        return None
+
+    async def _account(self, request: web.Request) -> web.Response:
+        """``GET /2010-04-01/Accounts/{Sid}.json``: the Account resource."""
+        refused = await self._read(request)
+        if refused is not None:
+            return refused
+        if request.match_info["sid"] != SID:  # another account's SID, right credentials
+            return _error(404, 20404, "The requested resource was not found")
+        now = formatdate(usegmt=True)
+        uri = f"/2010-04-01/Accounts/{SID}"
+        return web.json_response({
+            "auth_token": TOKEN, "date_created": now, "date_updated": now,
+            "friendly_name": self.account_name, "owner_account_sid": SID, "sid": SID,
+            "status": self.account_status, "type": "Full", "uri": f"{uri}.json",
+            "subresource_uris": {"incoming_phone_numbers": f"{uri}/IncomingPhoneNumbers.json",
+                                 "messages": f"{uri}/Messages.json"}})
+
+    async def _numbers(self, request: web.Request) -> web.Response:
+        """IncomingPhoneNumbers, filtered by ``PhoneNumber`` as Twilio filters it."""
+        refused = await self._read(request)
+        if refused is not None:
+            return refused
+        wanted = request.query.get("PhoneNumber")
+        found = [n for n in sorted(self.numbers) if wanted is None or n == wanted]
+        uri = f"/2010-04-01/Accounts/{SID}/IncomingPhoneNumbers.json"
+        page_size = int(request.query.get("PageSize", "50"))
+        return web.json_response({
+            "incoming_phone_numbers": [
+                {"account_sid": SID, "sid": "PN" + uuid.uuid5(uuid.NAMESPACE_URL, n).hex,
+                 "phone_number": n, "friendly_name": n, "status": "in-use",
+                 "capabilities": {"sms": True, "mms": True, "voice": True, "fax": False},
+                 "uri": f"/2010-04-01/Accounts/{SID}/IncomingPhoneNumbers/PN.json"}
+                for n in found[:page_size]],
+            "end": max(len(found) - 1, 0), "first_page_uri": uri, "next_page_uri": None,
+            "page": 0, "page_size": page_size, "previous_page_uri": None, "start": 0,
+            "uri": uri})
+
+    async def _service(self, request: web.Request) -> web.Response:
+        """Messaging's ``GET /v1/Services/{Sid}``."""
+        refused = await self._read(request)
+        if refused is not None:
+            return refused
+        sid = request.match_info["service"]
+        if sid not in self.services:
+            return _error(404, 20404, f"The requested resource /Services/{sid} was not found")
+        return web.json_response({
+            "account_sid": SID, "sid": sid, "friendly_name": self.services[sid],
+            "inbound_request_url": None, "status_callback": None, "sticky_sender": True,
+            "use_inbound_webhook_on_number": False,
+            "url": f"https://messaging.twilio.com/v1/Services/{sid}"})
 
     async def _media(self, request: web.Request) -> web.Response:
         self.media_requests.append((request.path, dict(request.headers)))
