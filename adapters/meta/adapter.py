@@ -33,8 +33,17 @@ from adapters.base import (
     SendResult,
 )
 from adapters.meta.config import WHATSAPP_MEDIA_HOSTS, MetaConfig
-from adapters.meta.graph import GraphClient
+from adapters.meta.graph import (
+    AUTH_CODES,
+    RATE_LIMIT_CODES,
+    TEMPORARY_CODES,
+    GraphClient,
+    graph_error,
+)
 from gateway.errors import (
+    AdapterAuthError,
+    AdapterConfigError,
+    AdapterNotReady,
     Forbidden,
     InboundRejected,
     MalformedPayload,
@@ -134,6 +143,70 @@ class MetaAdapter(ChannelAdapter):
                 [origin_of(self.config.graph_url) or self.config.graph_url,
                  *WHATSAPP_MEDIA_HOSTS],
                 credentials=credentials, resolve=self._media_url))
+
+    async def probe(self) -> str | None:
+        """Read who each configured network is, with its own token: the Page (``GET
+        /me?fields=id,name``; its id must be ``page_id``; with Instagram also the Page's
+        ``instagram_business_account``, which must be ``instagram_account_id``) and the
+        WhatsApp number (``GET /{phone-number-id}?fields=display_phone_number,
+        verified_name,quality_rating``)."""
+        parts = []
+        page_token, page_id = self.config.page_access_token, self.config.page_id
+        if page_token is not None and page_id:
+            fields = "id,name,instagram_business_account" \
+                if self.config.instagram_account_id else "id,name"
+            page = await self._probe_read(f"me?fields={fields}", page_token.reveal(), "Page")
+            if str(page.get("id")) != page_id:
+                raise AdapterConfigError(
+                    f"page_access_token belongs to {page.get('name')!r} ({page.get('id')}), "
+                    f"not to page_id {page_id}: use a Page access token of that Page (a user "
+                    "token names the user)", channel_type=self.type, account=self.name)
+            parts.append(f"Page {page.get('name')} ({page_id})")
+            instagram = self.config.instagram_account_id
+            if instagram:
+                linked = page.get("instagram_business_account")
+                linked_id = str(linked.get("id")) if isinstance(linked, dict) else None
+                if linked_id != instagram:
+                    raise AdapterConfigError(
+                        f"instagram_account_id {instagram} is not the Instagram account "
+                        f"linked to Page {page_id} ({linked_id or 'none linked'}): link it "
+                        "in the Page's settings or fix the id", channel_type=self.type,
+                        account=self.name)
+                parts.append(f"Instagram {instagram}")
+        wa_token, phone_id = self.config.whatsapp_access_token, \
+            self.config.whatsapp_phone_number_id
+        if wa_token is not None and phone_id:
+            phone = await self._probe_read(
+                f"{phone_id}?fields=display_phone_number,verified_name,quality_rating",
+                wa_token.reveal(), "WhatsApp phone number")
+            parts.append(f"WhatsApp {phone.get('display_phone_number')} "
+                         f"({phone.get('verified_name')}, quality "
+                         f"{phone.get('quality_rating', 'unknown')})")
+        return ", ".join(parts) or None
+
+    async def _probe_read(self, path: str, token: str, what: str) -> dict[str, object]:
+        """One Graph GET of :meth:`probe`; its errors as adapter errors, without the token."""
+        try:
+            status, answer, _ = await self.graph.get_json(path, token)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise AdapterNotReady(f"Graph API at {self.config.graph_url} did not answer: "
+                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  account=self.name) from None
+        if 200 <= status < 300 and "error" not in answer:
+            return answer
+        error = graph_error(status, answer, {})
+        said = error.message.replace(token, "<token>")
+        codes = f"{error.status}, code {error.code}" if error.code else str(error.status)
+        if error.codes & AUTH_CODES:
+            raise AdapterAuthError(f"Meta refused the {what}'s access token ({codes}): "
+                                   f"{said}; make a new one", channel_type=self.type,
+                                   account=self.name)
+        if error.status >= 500 or error.status == 429 or error.transient or \
+                error.codes & (TEMPORARY_CODES | RATE_LIMIT_CODES):
+            raise AdapterNotReady(f"Graph API failed reading the {what} ({codes}): {said}",
+                                  channel_type=self.type, account=self.name)
+        raise AdapterConfigError(f"Graph API refused reading the {what} ({codes}): {said}",
+                                 channel_type=self.type, account=self.name)
 
     async def on_stop(self) -> None:
         """Pending fetches wait until the account runs again."""

@@ -3,11 +3,13 @@
 It serves what the Meta adapter calls: the Send API (``POST /{version}/{page-id}/messages``,
 ``POST /{version}/{phone-number-id}/messages``), the attachment uploads
 (``/{page-id}/message_attachments``, ``/{phone-number-id}/media``), the WhatsApp media
-lookup (``GET /{version}/{media-id}`` → ``{"url": …}``) and download (``GET /media/{id}``,
-token required, like lookaside.fbsbx.com), and a CDN (``GET /cdn/{name}``) for Messenger
-attachment links. It records every call, checks the bearer token, and answers the next
-calls with any error class queued by :meth:`FakeGraph.fail_next` (a Graph error body with
-code/subcode, a 429 with headers, a 5xx, or a hang past the client's timeout).
+lookup (``GET /{version}/{media-id}`` → ``{"url": …}``), the nodes ``probe`` reads
+(``GET /{version}/me`` with a Page token, ``GET /{version}/{phone-number-id}``) and the
+media download (``GET /media/{id}``, token required, like lookaside.fbsbx.com), and a CDN
+(``GET /cdn/{name}``) for Messenger attachment links. It records every call, checks the
+bearer token, and answers the next calls with any error class queued by
+:meth:`FakeGraph.fail_next` (a Graph error body with code/subcode, a 429 with headers, a
+5xx, or a hang past the client's timeout).
 """
 
 from __future__ import annotations
@@ -66,11 +68,17 @@ class FakeGraph:
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()  # set: hanging answers end (the test is over)
         self.url = ""
+        # What the read-only calls (``probe``) find: the Page the Page token belongs to,
+        # its linked Instagram account, the WhatsApp number.
+        self.page = {"id": PAGE_ID, "name": "Shop Page"}
+        self.linked_instagram: str | None = INSTAGRAM_ID
+        self.phone = {"display_phone_number": "+1 555-010-0100", "verified_name": "Shop",
+                      "quality_rating": "GREEN", "id": PHONE_NUMBER_ID}
 
     # ------------------------------------------------------------------ test controls
 
     def fail_next(self, *failures: Failure) -> None:
-        """Answer the next Send API / upload calls with these, in order."""
+        """Answer the next Send API / upload / ``me`` / phone number calls with these."""
         self.failures.extend(failures)
 
     def sends(self, target: str | None = None) -> list[dict[str, Any]]:
@@ -92,7 +100,7 @@ class FakeGraph:
         app.router.add_post(f"/{VERSION}/{{node}}/messages", self._messages)
         app.router.add_post(f"/{VERSION}/{{node}}/message_attachments", self._attachment)
         app.router.add_post(f"/{VERSION}/{{node}}/media", self._media_upload)
-        app.router.add_get(f"/{VERSION}/{{media_id}}", self._media_lookup)
+        app.router.add_get(f"/{VERSION}/{{media_id}}", self._node)
         app.router.add_get("/media/{media_id}", self._media_download)
         app.router.add_get("/cdn/{name}", self._cdn)
         self._runner = web.AppRunner(app)
@@ -178,6 +186,23 @@ class FakeGraph:
                 call.form.get("messaging_product") != "whatsapp":
             return graph_error(Failure(400, 100, None, "file and messaging_product required"))
         return web.json_response({"id": str(2_000_000 + next(self._ids))})
+
+    async def _node(self, request: web.Request) -> web.Response:
+        """``GET /{version}/{id}``: ``me`` (the token's Page), the WhatsApp phone number, or
+        a WhatsApp media id's lookup; ``fields`` picks what is answered, as Graph does."""
+        node = request.match_info["media_id"]
+        if node not in ("me", PHONE_NUMBER_ID):
+            return await self._media_lookup(request)
+        call = Call("GET", request.path_qs, request.headers.get("Authorization"))
+        self.calls.append(call)
+        refused = await self._gate(request, call, node)
+        if refused is not None:
+            return refused
+        found: dict[str, Any] = dict(self.page) if node == "me" else dict(self.phone)
+        if node == "me" and self.linked_instagram:
+            found["instagram_business_account"] = {"id": self.linked_instagram}
+        wanted = request.query.get("fields", "id").split(",")
+        return web.json_response({k: v for k, v in found.items() if k in wanted or k == "id"})
 
     async def _media_lookup(self, request: web.Request) -> web.Response:
         media_id = request.match_info["media_id"]
