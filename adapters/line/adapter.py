@@ -31,6 +31,9 @@ from aiohttp import web
 from adapters.base import ChannelAdapter, OutboundMessage, SendResult
 from adapters.line.config import LineConfig
 from gateway.errors import (
+    AdapterAuthError,
+    AdapterConfigError,
+    AdapterNotReady,
     MalformedPayload,
     NotFound,
     PermanentSendError,
@@ -111,6 +114,39 @@ class LineAdapter(ChannelAdapter):
 
         self.ctx.media.register(self.media_source, MediaSource.of(
             [self.config.data_api_base_url], credentials=credentials))
+
+    async def probe(self) -> str | None:
+        """``GET /v2/bot/info`` with the channel access token: the account's basic id and
+        display name (a read; nothing is sent)."""
+        from adapters.line import sdk
+
+        token = self.config.channel_access_token.reveal()
+        client = sdk.AsyncApiClient(sdk.Configuration(host=self.config.api_base_url,
+                                                      access_token=token))
+        client.user_agent = "omnirelay"
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                info = await sdk.AsyncMessagingApi(client).get_bot_info(
+                    _request_timeout=self.config.timeout)
+        except sdk.ApiException as exc:
+            status = int(exc.status or 0)
+            text = _body_message(exc).replace(token, "<token>")
+            if status == 401:
+                raise AdapterAuthError(f"LINE refused the channel access token (401: {text}):"
+                                       " issue a new one in the LINE Developers Console "
+                                       "(Messaging API tab)", channel_type=self.type,
+                                       account=self.name) from None
+            error = AdapterNotReady if status >= 500 or status in (0, 408, 429) \
+                else AdapterConfigError
+            raise error(f"LINE answered {status} to GET /v2/bot/info: {text}",
+                        channel_type=self.type, account=self.name) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise AdapterNotReady(f"LINE at {self.config.api_base_url} did not answer: "
+                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  account=self.name) from None
+        finally:
+            await client.close()
+        return f"LINE account {info.display_name} ({info.basic_id})"
 
     async def on_stop(self) -> None:
         """Close the SDK's session; pending media fetches wait for the next start."""

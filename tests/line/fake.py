@@ -1,12 +1,12 @@
 """A local fake of the LINE platform: the Messaging API, the data API and a webhook sender.
 
 It speaks the documented wire format (https://developers.line.biz/en/reference/messaging-api/):
-push with ``X-Line-Retry-Key`` (a key already accepted answers 409 with
-``X-Line-Accepted-Request-Id``), profiles (404 for a user who blocked the account), message
-content; it checks the bearer token and LINE's own limits (5 messages a request, 5,000
-characters a text) and can be told to answer 429 (rate or monthly quota), 5xx, or to hang
-after accepting a push (a send whose answer never arrives). Webhooks are signed the real
-way: base64 HMAC-SHA256 of the raw body with the channel secret.
+bot info (``GET /v2/bot/info``), push with ``X-Line-Retry-Key`` (a key already accepted
+answers 409 with ``X-Line-Accepted-Request-Id``), profiles (404 for a user who blocked the
+account), message content; it checks the bearer token and LINE's own limits (5 messages a
+request, 5,000 characters a text) and can be told to answer 429 (rate or monthly quota),
+5xx, or to hang after accepting a push (a send whose answer never arrives). Webhooks are
+signed the real way: base64 HMAC-SHA256 of the raw body with the channel secret.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class FakeLine:
         self.content: dict[str, tuple[bytes, str]] = {}
         self.content_failures: dict[str, int] = {}
         self.content_calls = 0
+        # GET /v2/bot/info: the account as LINE describes it, and injected answers first.
+        self.bot_info = {"userId": "Ub0t00000000000000000000000000000", "basicId": "@123abcde",
+                         "displayName": "Shop", "chatMode": "chat", "markAsReadMode": "manual"}
+        self.info_plans: list[Planned] = []
+        self.info_calls = 0
         self._ids = itertools.count(500000000000000)
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()  # ends every hang at stop
@@ -74,6 +79,7 @@ class FakeLine:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v2/bot/message/push", self.push)
+        app.router.add_get("/v2/bot/info", self.info)
         app.router.add_get("/v2/bot/profile/{user}", self.profile)
         app.router.add_get("/v2/bot/group/{group}/member/{user}", self.profile)
         app.router.add_get("/v2/bot/message/{id}/content", self.get_content)
@@ -124,6 +130,24 @@ class FakeLine:
             except TimeoutError:
                 pass
         return web.json_response({"sentMessages": sent}, headers={"X-Line-Request-Id": request_id})
+
+    async def info(self, request: web.Request) -> web.Response:
+        """Get bot info: a read, answered 401 for a wrong token."""
+        self.info_calls += 1
+        if not self._authorized(request):
+            return web.json_response({"message": "Authentication failed. Confirm that the "
+                                      "access token in the authorization header is valid."},
+                                     status=401)
+        if self.info_plans:
+            plan = self.info_plans.pop(0)
+            if plan.hang:
+                try:
+                    await asyncio.wait_for(self._release.wait(), plan.hang)
+                except TimeoutError:
+                    pass
+            return web.json_response(plan.body or {"message": "error"}, status=plan.status,
+                                     headers=plan.headers)
+        return web.json_response(self.bot_info)
 
     async def profile(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
