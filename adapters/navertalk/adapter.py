@@ -95,6 +95,16 @@ class NaverTalkAdapter(ChannelAdapter):
         """Customers' images are public URLs on Naver's image hosts: no credentials."""
         self.ctx.media.register(self.media_source, MediaSource(self.config.media_hosts))
 
+    async def probe(self) -> str | None:
+        """Nothing to check without sending: TalkTalk's Chat Bot API has no read-only call.
+
+        Its one endpoint, ``POST /chatbot/v1/event``, delivers events to a user (``send``,
+        ``action`` typing, ``persistentMenu`` changes the menu), ``imageUpload`` stores an
+        image and the Profile API asks a user for consent; none tells who the token belongs
+        to without doing something. The token shows at the first reply
+        (``navertalk_auth_failed``), the hook at TalkTalk's first event."""
+        return None
+
     async def on_stop(self) -> None:
         """Pending image fetches wait for the next start."""
         self.ctx.media.unregister(self.media_source)

@@ -32,6 +32,7 @@ class FakeTalkTalk:
         self.token = token
         self.port = free_port()
         self.sent: list[dict[str, Any]] = []
+        self.requests = 0  # every call of the send API, accepted or not
         self.plans: list[Planned] = []
         self.images: dict[str, bytes] = {}
         self.image_failures: dict[str, int] = {}
@@ -56,6 +57,7 @@ class FakeTalkTalk:
             await self._runner.cleanup()
 
     async def event(self, request: web.Request) -> web.Response:
+        self.requests += 1
         if request.headers.get("Authorization") != self.token:
             return web.json_response({"success": False, "resultCode": "01",
                                       "resultMessage": "Authorization 정보 오류"})
