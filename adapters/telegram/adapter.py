@@ -161,8 +161,9 @@ class TelegramAdapter(ChannelAdapter):
     async def probe(self) -> str | None:
         """``getMe`` (the token works: "bot @name"), then ``getWebhookInfo``: the webhook
         Telegram has must be this account's own URL in webhook mode, and none in polling
-        mode. A webhook elsewhere means another installation takes this bot's updates;
-        starting this account would take them over (``setWebhook`` / ``deleteWebhook``)."""
+        mode (unless it is this account's own, left from its webhook mode). A webhook
+        elsewhere means another installation takes this bot's updates; starting this
+        account would take them over (``setWebhook`` / ``deleteWebhook``)."""
         bot = self._new_bot()
         try:
             try:
@@ -196,6 +197,9 @@ class TelegramAdapter(ChannelAdapter):
             if info.last_error_message:
                 summary += f"; Telegram's last delivery error: {info.last_error_message}"
             return summary
+        if hook == self.webhook_url:  # left by this account's own webhook mode
+            return summary + (f", polling; its old webhook {hook} is still set (starting "
+                              "the account deletes it)")
         if hook:
             raise AdapterConfigError(
                 f"Telegram has a webhook for this bot ({hook}) but this account polls: "

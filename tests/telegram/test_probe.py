@@ -80,10 +80,20 @@ async def test_a_webhook_elsewhere_is_a_failure(fake: FakeBotApi,
 
 async def test_a_webhook_set_while_the_account_polls_is_a_failure(
         fake: FakeBotApi, http: aiohttp.ClientSession) -> None:
-    fake.webhook = {"url": OWN_HOOK}
+    fake.webhook = {"url": "https://other-desk.example/telegram"}
     with pytest.raises(AdapterConfigError) as caught:
         await account(fake, http).probe()
-    assert OWN_HOOK in caught.value.message and "polls" in caught.value.message
+    assert "https://other-desk.example/telegram" in caught.value.message
+    assert "polls" in caught.value.message
+    assert fake.calls_of("deleteWebhook") == [] and fake.webhook is not None
+
+
+async def test_the_accounts_own_webhook_left_from_webhook_mode_is_only_reported(
+        fake: FakeBotApi, http: aiohttp.ClientSession) -> None:
+    fake.webhook = {"url": OWN_HOOK}
+    summary = await account(fake, http).probe()
+    assert summary == (f"bot @shop_test_bot, polling; its old webhook {OWN_HOOK} is still "
+                       "set (starting the account deletes it)")
     assert fake.calls_of("deleteWebhook") == [] and fake.webhook is not None
 
 
