@@ -16,6 +16,8 @@ checkpoints (:class:`ProbeCheckpoints`); the daemon may be running on it meanwhi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -97,6 +99,7 @@ class ProbeCheckpoints:
             if self._sqlite is not None:
                 self._sqlite.close()
                 self._sqlite = None
+                self._give_back()
             if self._pg is not None:
                 self._pg.close()
                 self._pg = None
@@ -135,6 +138,22 @@ class ProbeCheckpoints:
             conn = self._connect_sqlite()
         self._sqlite = conn
         return conn
+
+    def _give_back(self) -> None:
+        """Run as root (to read the unit's credentials), the command may have made the
+        database, its lock or its WAL: they go to the data directory's owner, the service
+        user, who could not open root's files."""
+        if os.geteuid() != 0:
+            return
+        owner = self.config.data_dir.stat()
+        if owner.st_uid == 0:
+            return
+        database = self.config.sqlite_path
+        for path in (database, *(database.with_name(database.name + suffix)
+                                 for suffix in ("-wal", "-shm", ".lock"))):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_uid == 0:
+                    os.chown(path, owner.st_uid, owner.st_gid)
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.config.sqlite_path, isolation_level=None,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -22,6 +23,7 @@ from tests.email.servers import Dovecot, SmtpSink, Xoauth2Sink, mail, ports
 from tests.email.test_imap import ids
 from tests.email.test_oauth2 import oauth_account, secrets_in
 from tests.helpers import unique
+from tests.postgres.server import PgServer
 
 WRONG = "not-the-password-7f3a"
 
@@ -41,13 +43,15 @@ class CheckRun:
         return found[0]
 
 
-async def check_online(tmp_path: Path, channels: str, *extra: str) -> CheckRun:
-    """Write a config with ``channels`` (store in tmp_path/data) and check it online."""
+async def check_online(tmp_path: Path, channels: str, *extra: str,
+                       store_url: str | None = None) -> CheckRun:
+    """Write a config with ``channels`` (store in tmp_path/data, or at ``store_url``) and
+    check it online."""
     data = tmp_path / "data"
     path = tmp_path / f"{unique('omnirelay')}.toml"
     path.write_text(textwrap.dedent(f"""
         [store]
-        url = "sqlite:///{data}/omnirelay.db"
+        url = "{store_url or f'sqlite:///{data}/omnirelay.db'}"
         data_dir = "{data}"
         """) + textwrap.dedent(channels))
     # Awaited, not waited for: the relays and the token endpoint answer from this loop.
@@ -249,6 +253,27 @@ async def test_a_rotated_refresh_token_is_kept_for_the_daemon(
     rerun = await check_online(tmp_path, account)
     assert rerun.code == 0, rerun.out + rerun.err
     assert oauth.grants()[-1].form["refresh_token"] not in (configured, kept)
+
+
+async def test_on_postgresql_the_rotated_token_is_kept_in_the_database(
+        oauth: OAuth2Server, dovecot: Dovecot, pg_server: PgServer, tmp_path: Path) -> None:
+    oauth.rotate = oauth.revoke_used = True
+    url = pg_server.new_database(template=None)  # empty: the check brings the schema
+    user = dovecot.add_user(f"{unique('m365')}@shop.example")
+    secret_file, refresh_file = tmp_path / "client-secret", tmp_path / "refresh-token"
+    secret_file.write_text(oauth.client_secret)
+    configured = oauth.consent(user)
+    refresh_file.write_text(configured)
+    account = oauth_account("m365", user, dovecot, oauth, secret_file=secret_file,
+                            refresh_file=refresh_file)
+    first = await check_online(tmp_path, account, store_url=url)
+    assert first.code == 0, first.out + first.err
+    with psycopg.connect(url) as conn:
+        (record,) = conn.execute("SELECT value FROM checkpoints WHERE key LIKE 'oauth2:%'")
+    kept = orjson.loads(record[0])["refresh_token"]
+    again = await check_online(tmp_path, account, store_url=url)  # the configured one is dead
+    assert again.code == 0, again.out + again.err
+    assert [g.form["refresh_token"] for g in oauth.grants()] == [configured, kept]
 
 
 async def test_an_api_account_has_nothing_to_check(tmp_path: Path) -> None:
