@@ -70,7 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Report every error of a config file with its key, line and a hint."""
+    """Report every error of a config file with its key, line and a hint; ``--online``:
+    then check every account against its provider."""
+    if args.online and not args.timeout > 0:
+        print("omnirelay: --timeout must be a number of seconds above 0", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.file)
     except ConfigErrors as exc:
@@ -513,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action="store_true",
                    help="then check every account against its provider (sign in, read "
                         "who it is; nothing is received, sent or changed)")
-    p.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",  # probe.py's
                    help="each account's online check may take this long (default 15)")
     p = add("migrate", cmd_migrate, "apply schema migrations, or move a store "
             "(--from sqlite:///… --to postgresql://…, and back)")

@@ -30,9 +30,11 @@ async def probe_mailbox(settings: ImapSettings, tokens: AccessTokens | None) -> 
         await session.open()
         count = await session.examine(settings.folder)
     except AdapterAuthError as exc:  # the password, or the token (or its endpoint's answer)
-        raise AdapterAuthError(f"IMAP {where}: {exc.message}", channel_type="email") from exc
+        raise AdapterAuthError(f"IMAP {where}: {exc.message.removeprefix('IMAP ')}",
+                               channel_type="email") from exc
     except AdapterConfigError as exc:  # a rejected certificate, no STARTTLS, no such folder
-        raise AdapterConfigError(f"IMAP {where}: {exc.message}", channel_type="email") from exc
+        raise AdapterConfigError(f"IMAP {where}: {exc.message.removeprefix('IMAP ')}",
+                                 channel_type="email") from exc
     except (ImapFailure, OSError, TimeoutError, aioimaplib.AioImapException) as exc:
         raise AdapterNotReady(f"IMAP {where}: {describe(exc)}", channel_type="email") from exc
     finally:

@@ -285,3 +285,19 @@ async def test_an_api_account_has_nothing_to_check(tmp_path: Path) -> None:
     assert run.code == 0, run.out + run.err
     assert run.line("api/default").split() == ["--", "api/default", "nothing", "to",
                                                 "check"]
+
+
+async def test_tls_settings_are_used_and_an_untrusted_certificate_fails(
+        dovecot: Dovecot, tmp_path: Path) -> None:
+    user = dovecot.add_user(f"{unique('probe')}@shop.example")
+    password = secret(tmp_path, dovecot.PASSWORD)
+    trusted = imap_account("trusted", dovecot.tls_port, user, password).replace(
+        'security = "none"', f'security = "tls"\n        ca_file = "{dovecot.cert}"')
+    untrusted = imap_account("untrusted", dovecot.tls_port, user, password).replace(
+        'security = "none"', 'security = "tls"')
+    run = await check_online(tmp_path, trusted + untrusted)
+    assert run.code == 1, run.out + run.err
+    assert run.line("email/trusted").startswith("ok ") and "(TLS)" in run.line("email/trusted")
+    line = run.line("email/untrusted")
+    assert line.startswith("FAIL ") and f"127.0.0.1:{dovecot.tls_port}" in line
+    assert "server certificate rejected" in line
