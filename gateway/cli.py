@@ -26,6 +26,8 @@ from gateway.permissions import (
 )
 
 EX_CONFIG = 78
+EX_PROBE_FAILED = 1
+"""``check-config --online``: the file is valid, but an account failed its online check."""
 
 
 def _config(args: argparse.Namespace, *, resolve_secrets: bool = True) -> Config:
@@ -68,7 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Report every error of a config file with its key, line and a hint."""
+    """Report every error of a config file with its key, line and a hint; ``--online``:
+    then check every account against its provider."""
+    if args.online and not args.timeout > 0:
+        print("omnirelay: --timeout must be a number of seconds above 0", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.file)
     except ConfigErrors as exc:
@@ -85,7 +91,44 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"{args.file}: note: {channel.type}:{channel.name} {note}", file=sys.stderr)
     print(f"{args.file}: OK — {len(config.channels)} channel(s): "
           + ", ".join(f"{c.name} ({c.type})" for c in config.channels))
+    if args.online:
+        return _check_online(config, args.timeout)
     return 0
+
+
+def _check_online(config: Config, timeout: float) -> int:
+    """``--online``: one line per account on stdout; 0 when every check passed, else
+    EX_PROBE_FAILED. Log lines (a token refreshed, a rotated one kept) go to stderr."""
+    from gateway.probe import probe_accounts
+
+    _log_to_stderr()
+    sys.stdout.flush()  # the OK line before the probes' lines, also through a pipe
+    results = asyncio.run(probe_accounts(config, timeout=timeout))
+    width = max((len(r.channel_type) + 1 + len(r.account) for r in results), default=0)
+    for result in results:
+        print(result.line(width))
+    failed = sum(r.status == "FAIL" for r in results)
+    if failed:
+        print(f"{config.source}: {failed} of {len(results)} account(s) failed the online "
+              "check", file=sys.stderr)
+        return EX_PROBE_FAILED
+    return 0
+
+
+def _log_to_stderr() -> None:
+    """Warnings and errors of the probes, masked as the daemon's are, on stderr."""
+    import logging
+
+    import structlog
+
+    from gateway.logging import _mask_secrets
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, _mask_secrets,
+                    structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False)
 
 
 def _privileged_ports(config: Config) -> list[str]:
@@ -468,8 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run the daemon (embedded default without --config)")
     p.add_argument("--config", "-c")
-    p = add("check-config", cmd_check_config, "validate a config file")
+    p = add("check-config", cmd_check_config, "validate a config file (--online: and sign "
+            "in to every account's provider)")
     p.add_argument("file")
+    p.add_argument("--online", action="store_true",
+                   help="then check every account against its provider (sign in, read "
+                        "who it is; nothing is received, sent or changed)")
+    p.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",  # probe.py's
+                   help="each account's online check may take this long (default 15)")
     p = add("migrate", cmd_migrate, "apply schema migrations, or move a store "
             "(--from sqlite:///… --to postgresql://…, and back)")
     p.add_argument("--config", "-c")

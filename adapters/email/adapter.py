@@ -41,8 +41,11 @@ from adapters.email.config import EmailConfig, ServerSettings
 from adapters.email.imap import Mailbox, append_copy
 from adapters.email.inbound import SessionLimits, SmtpHandler, SmtpSession, SpooledData
 from adapters.email.outbound import render, submit, thread_of
+from adapters.email.probe import probe_mailbox, probe_relay
 from gateway.errors import (
+    AdapterAuthError,
     AdapterConfigError,
+    AdapterError,
     AdapterNotReady,
     Conflict,
     NotFound,
@@ -127,6 +130,43 @@ class EmailAdapter(ChannelAdapter):
                               tokens=self.tokens_for(settings), index=index)
             self.mailboxes.append(mailbox)
             mailbox.start(self.ctx.loops)
+
+    async def probe(self) -> str | None:
+        """Sign in to every IMAP mailbox (EXAMINE, read-only) and to the SMTP relay (AUTH,
+        no MAIL FROM). The SMTP listener has no remote side: an account with only a
+        listener has nothing to check. Every failure is named, the first one's kind (a
+        refused sign-in first) is raised.
+
+        One after the other: servers whose ``oauth2`` tables differ only in their scope
+        share a refresh token (one lineage), and a provider that rotates it would refuse
+        the second of two concurrent refreshes presenting the same one.
+        """
+        checks = [probe_mailbox(settings, self.tokens_for(settings))
+                  for settings in self.config.imap]
+        if self.config.smtp is not None:
+            checks.append(probe_relay(self.config.smtp, self.tokens_for(self.config.smtp)))
+        if not checks:
+            return None
+        results: list[str | Exception] = []
+        for check in checks:
+            try:
+                results.append(await check)
+            except Exception as exc:
+                results.append(exc)
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            auth = [f for f in failures if isinstance(f, AdapterAuthError)]
+            first = (auth or failures)[0]
+            if len(failures) == 1:
+                raise first
+            text = "; ".join(getattr(f, "message", None) or str(f) or type(f).__name__
+                             for f in failures)
+            kind = type(first) if isinstance(first, AdapterError) else AdapterNotReady
+            raise kind(text, channel_type="email", account=self.name) from first
+        summary = [r for r in results if isinstance(r, str)]
+        if self.config.smtp_listen is not None:
+            summary.append("SMTP listener: nothing remote to check")
+        return "; ".join(summary)
 
     def tokens_for(self, settings: ServerSettings) -> AccessTokens | None:
         """The access tokens a server's ``oauth2`` table gives (None: it takes a password)."""

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -182,7 +184,9 @@ class ImapSession:
                 raise AdapterNotReady(f"IMAP login did not complete: {_describe(exc)}",
                                       channel_type="email") from exc
             if response.result != "OK":
-                raise AdapterAuthError(f"IMAP login rejected for {s.username}",
+                answer = _text(response.lines)  # the server's words, e.g. [AUTHENTICATIONFAILED]
+                raise AdapterAuthError(f"IMAP login rejected for {s.username}"
+                                       + (f": {answer}" if answer else ""),
                                        channel_type="email")
 
     async def _sign_in_with_token(self) -> None:
@@ -318,6 +322,17 @@ class ImapSession:
         if validity is None:
             raise ImapFailure("the server sent no UIDVALIDITY")
         return validity, uidnext, exists
+
+    async def examine(self, folder: str) -> int:
+        """EXAMINE (a read-only SELECT: no flag changes, \\Recent left alone): how many
+        messages the folder holds."""
+        assert self.client is not None
+        response = await self._call(self.client.examine(quote_mailbox(folder)), "EXAMINE")
+        if response.result != "OK":
+            raise AdapterConfigError(f"cannot open folder {folder!r}: "
+                                     f"{_text(response.lines)}", channel_type="email")
+        return next((int(match.group(1)) for line in response.lines if isinstance(line, bytes)
+                     and (match := _EXISTS.match(line)) is not None), 0)
 
     async def search(self, *criteria: str) -> list[int]:
         """UID SEARCH: the matching UIDs, ascending."""
@@ -457,9 +472,17 @@ def _text(lines: list[Any]) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """A reason ops can read: "Connection refused", not "[Errno 111] Connect call failed
+    ('10.0.0.5', 993)" (the caller names the host and port)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError | socket.gaierror) \
+            and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
+
+
+describe = _describe
 
 
 # ---------------------------------------------------------------- one mailbox, forever
