@@ -121,10 +121,10 @@ def _log_to_stderr() -> None:
 
     import structlog
 
-    from gateway.logging import _mask_secrets
+    from gateway.logging import mask_secrets
 
     structlog.configure(
-        processors=[structlog.processors.add_log_level, _mask_secrets,
+        processors=[structlog.processors.add_log_level, mask_secrets,
                     structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

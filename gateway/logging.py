@@ -83,7 +83,7 @@ def mask_text(text: str) -> str:
     return _SECRET_TEXT.sub(_mask_match, text)
 
 
-def _mask_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+def mask_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Mask values under secret-sounding keys, and credentials inside any text value."""
     for key, value in event.items():
         if value is None:
@@ -321,7 +321,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            _mask_secrets,  # after the exception is text, so that text is masked too
+            mask_secrets,  # after the exception is text, so that text is masked too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
