@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import os
 import re
+import socket
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -158,3 +161,27 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """Why a connection failed, as an operator reads it ("Connection refused", "timed
+    out", "host name not found", "TLS: CERTIFICATE_VERIFY_FAILED"), or None when ``exc`` is
+    no connection failure. Built from the OS error only, never from a library's message,
+    which may quote a URL holding a token (a Telegram bot's)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    os_error = getattr(exc, "os_error", None)  # aiohttp's ClientConnectorError wraps one
+    if isinstance(os_error, OSError):
+        exc = os_error
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or type(exc).__name__}"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return None
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """:func:`connection_failure`, else the error's type (never its message)."""
+    return connection_failure(exc) or type(exc).__name__

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 import re
 import socket
 import ssl
@@ -37,6 +36,7 @@ import structlog
 from adapters.email.config import ImapSettings, ServerSettings
 from gateway.backoff import Backoff
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterNotReady, StoreError
+from gateway.http import connection_failure
 from gateway.oauth2 import AccessTokens
 from gateway.store.base import CheckpointStore
 from gateway.supervisor import LoopGroup, SupervisedLoop
@@ -474,11 +474,11 @@ def _text(lines: list[Any]) -> str:
 def _describe(exc: BaseException) -> str:
     """A reason ops can read: "Connection refused", not "[Errno 111] Connect call failed
     ('10.0.0.5', 993)" (the caller names the host and port)."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError | socket.gaierror) \
-            and exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
+    if isinstance(exc, TimeoutError | OSError) and not isinstance(exc, ssl.SSLError |
+                                                                   socket.gaierror):
+        reason = connection_failure(exc)
+        if reason is not None:
+            return reason
     return str(exc) or type(exc).__name__
 
 

@@ -42,7 +42,12 @@ from gateway.errors import (
     SignatureInvalid,
     from_invalid_input,
 )
-from gateway.http import read_body, remote_error_excerpt, retry_after_seconds
+from gateway.http import (
+    read_body,
+    remote_error_excerpt,
+    retry_after_seconds,
+    unreachable_reason,
+)
 from gateway.media import MediaSource
 from gateway.media_links import MediaLinks
 from normalizer.errors import InvalidInput
@@ -142,7 +147,7 @@ class LineAdapter(ChannelAdapter):
                         channel_type=self.type, account=self.name) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AdapterNotReady(f"LINE at {self.config.api_base_url} did not answer: "
-                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  f"{unreachable_reason(exc)}", channel_type=self.type,
                                   account=self.name) from None
         finally:
             await client.close()

@@ -53,7 +53,7 @@ from gateway.errors import (
     ValidationFailed,
     from_invalid_input,
 )
-from gateway.http import json_response, read_body, retry_after_seconds
+from gateway.http import json_response, read_body, retry_after_seconds, unreachable_reason
 from gateway.media import MediaSource, ResolveFailed, source_name
 from gateway.receipts import DeliveryError, Receipt
 from gateway.store.base import StoredAttachment
@@ -190,7 +190,7 @@ class MetaAdapter(ChannelAdapter):
             status, answer, _ = await self.graph.get_json(path, token)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise AdapterNotReady(f"Graph API at {self.config.graph_url} did not answer: "
-                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  f"{unreachable_reason(exc)}", channel_type=self.type,
                                   account=self.name) from None
         if 200 <= status < 300 and "error" not in answer:
             return answer
@@ -587,4 +587,3 @@ def _ago(age: timedelta | None) -> str:
         return "at an unknown time (no message of theirs is answered)"
     hours = age.total_seconds() / 3600
     return f"{hours:.0f} hours ago" if hours < 72 else f"{hours / 24:.0f} days ago"
-

@@ -36,7 +36,7 @@ from gateway.errors import (
     RetryableSendError,
     from_invalid_input,
 )
-from gateway.http import read_body
+from gateway.http import read_body, unreachable_reason
 from gateway.media import MediaSource
 from gateway.media_links import MediaLinks
 from gateway.receipts import DeliveryError, Receipt, Receipts
@@ -152,7 +152,7 @@ class TwilioAdapter(ChannelAdapter):
             raise self._probe_error(exc) from None
         except (TimeoutError, aiohttp.ClientError, TwilioException) as exc:
             raise AdapterNotReady(f"Twilio at {self.config.api_base_url} did not answer: "
-                                  f"{type(exc).__name__}", channel_type=self.type,
+                                  f"{unreachable_reason(exc)}", channel_type=self.type,
                                   account=self.name) from None
         finally:
             await http.close()

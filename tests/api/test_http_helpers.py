@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 
 from gateway.config import parse_config
 from gateway.http import (
     TRUSTED_PROXIES_KEY,
     Network,
     client_address,
+    connection_failure,
     redact_url,
     redact_urls_in,
     remote_error_excerpt,
+    unreachable_reason,
 )
 from tests.conftest import free_port
 
@@ -122,3 +127,19 @@ def test_unnamed_webhooks_are_named_by_host_never_by_url() -> None:
     for name in names:
         for secret in ("bot", "hunter2", "key", "zzz", "hooks", "token"):
             assert secret not in name
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (TimeoutError(), "timed out"),
+    (ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('10.0.0.5', 443)"),
+     "Connection refused"),
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "host name not found"),
+    (aiohttp.ClientConnectorError(
+        ConnectionKey("api.example", 443, True, True, None, None, None),
+        OSError(errno.EHOSTUNREACH, "No route to host")), "No route to host"),
+    (ValueError("https://api.telegram.org/bot123:SECRET/getMe"), None),
+])
+def test_a_connection_failure_is_told_by_the_os_reason_never_the_message(
+        exc: BaseException, reason: str | None) -> None:
+    assert connection_failure(exc) == reason
+    assert "SECRET" not in unreachable_reason(exc)

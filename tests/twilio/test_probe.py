@@ -10,6 +10,7 @@ import pytest
 
 from adapters.base import ChannelAdapter
 from gateway.errors import AdapterAuthError, AdapterConfigError, AdapterError
+from tests.conftest import free_port
 from tests.probing import unstarted
 from tests.twilio.conftest import SERVICE_SID
 from tests.twilio.fake import SID, TOKEN, FakeTwilio, Scripted, StorageHost
@@ -109,3 +110,23 @@ async def test_an_unreachable_twilio_is_an_adapter_error_not_auth(
     assert not isinstance(caught.value, AdapterAuthError)
     assert TOKEN not in str(caught.value)
 
+
+
+async def test_a_closed_port_says_the_connection_was_refused(
+        http: aiohttp.ClientSession) -> None:
+    """What an operator reads when nothing listens at ``api_base_url``: the OS's reason."""
+    closed = free_port()  # nothing listens on it
+    adapter = unstarted(f"""
+[[channels]]
+type = "twilio"
+name = "us-sms"
+account_sid = "{SID}"
+auth_token = "{TOKEN}"
+from = "+15550001111"
+api_base_url = "http://127.0.0.1:{closed}"
+timeout = 1.0
+""", http)
+    with pytest.raises(AdapterError) as caught:
+        await adapter.probe()
+    assert f"Twilio at http://127.0.0.1:{closed} did not answer: Connection refused" \
+        in str(caught.value)
