@@ -212,9 +212,15 @@ async def test_media_is_fetched_after_the_commit_and_a_failed_fetch_is_retried(
                         headers={"Authorization": "Bearer test-admin-token-0123456789"}) as r:
         assert await r.read() == PNG
     assert fake.content_failures[message_id] == 0
-    events = await all_events(http, daemon.url)
-    assert any(e["type"] == "message.updated" and e["data"]["message"]["id"] == message["id"]
-               and "attachments" in e["data"]["changed"] for e in events)
+
+    async def announced() -> bool:
+        # The feed shows an event once its commit is synced, a moment after readers see it.
+        return any(e["type"] == "message.updated"
+                   and e["data"]["message"]["id"] == message["id"]
+                   and "attachments" in e["data"]["changed"]
+                   for e in await all_events(http, daemon.url))
+
+    assert await wait_until(announced, timeout=10)
 
 
 async def test_unsend_withdraws_the_message_and_removes_its_text_unless_kept(

@@ -139,9 +139,13 @@ async def test_mms_media_is_fetched_after_the_commit_without_credentials_on_the_
     assert api and all(h["Authorization"].startswith("Basic ") for h in api)
     storage = [h for p, h in env.storage.requests if p.endswith(media_sid)]
     assert storage and all("Authorization" not in h for h in storage)
-    updated = [e for e in await env.events() if e["type"] == "message.updated"
-               and e["data"]["message"]["id"] == message["id"]]
-    assert updated
+
+    async def announced() -> bool:
+        # The feed shows an event once its commit is synced, a moment after readers see it.
+        return any(e["type"] == "message.updated" and e["data"]["message"]["id"] == message["id"]
+                   for e in await env.events())
+
+    assert await wait_until(announced)
 
 
 async def test_a_failed_media_download_is_retried(env: Env) -> None:
