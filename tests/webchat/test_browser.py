@@ -6,6 +6,7 @@ it speaks the browser's language, the account's, or English.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -708,6 +709,135 @@ async def test_messages_queued_offline_in_two_tabs_are_all_sent_once(
         for page in (first, second):
             assert await page.locator("li.msg .text").all_text_contents() == [
                 order, broken, "", "thanks"]
+            assert await page.locator("li.msg.pending").count() == 0
+        assert [p for tab in tabs for p in tab.problems if p.startswith("pageerror")] == []
+    finally:
+        await context.close()
+
+
+class Relay:
+    """A tab's chat WebSocket through the test: cut (it opens, but nothing reaches the
+    server, so the widget waits as if offline), or passed on, with the frames ``hold_out``
+    picks held until ``release``; ``on_in`` sees each frame from the server and says
+    whether it goes to the page now (else the test sends it later with ``deliver``)."""
+
+    def __init__(self) -> None:
+        self.cut = False
+        self.page: Any = None
+        self.server: Any = None
+        self.hanging = asyncio.Event()
+        self.hold_out: Callable[[dict[str, Any]], bool] = lambda frame: False
+        self.held_out: list[str] = []
+        self.on_in: Callable[[dict[str, Any], str], bool] = lambda frame, raw: True
+
+    def __call__(self, ws: Any) -> None:
+        self.page, self.server = ws, None
+        if self.cut:
+            self.hanging.set()
+            return
+        self.server = server = ws.connect_to_server()
+        ws.on_message(self._out)
+        server.on_message(self._in)
+
+    def _out(self, message: str | bytes) -> None:
+        if self.hold_out(json.loads(message)):
+            self.held_out.append(str(message))
+        else:
+            self.server.send(message)
+
+    def _in(self, message: str | bytes) -> None:
+        if self.on_in(json.loads(message), str(message)):
+            self.page.send(message)
+
+    def release(self) -> None:
+        held, self.held_out = self.held_out, []
+        for message in held:
+            self.server.send(message)
+
+    def deliver(self, message: str) -> None:
+        self.page.send(message)
+
+    async def cut_off(self, page: Any) -> None:
+        """The connection drops; the widget's next ones reach nothing."""
+        self.cut = True
+        self.hanging.clear()
+        server = self.server
+        await self.page.close()
+        if server is not None:
+            await server.close()
+        await self.hanging.wait()
+
+    async def reconnect(self, page: Any) -> None:
+        """Let the widget through again, now (as when the device is back online)."""
+        self.cut = False
+        await self.page.close()
+        await page.wait_for_selector(f"{WIDGET}[data-state=offline]", state="attached")
+        await page.evaluate("window.dispatchEvent(new Event('online'))")
+
+
+async def test_a_message_confirmed_before_the_other_tab_connects_keeps_its_place(
+        chat_daemon: Daemon, api: aiohttp.ClientSession, shop: Site, browser: Any) -> None:
+    """Two tabs of one visitor wait with the same three messages. One connects first and
+    has the first stored (the other stops showing it as waiting); the other connects while
+    the second is being stored, so it hears of the second before its history brings the
+    first. Every tab shows them in the order written, as the store has them."""
+    context = await browser.new_context(viewport={"width": 900, "height": 640})
+    try:
+        tabs = [Watched(await context.new_page()), Watched(await context.new_page())]
+        first, second = tabs[0].page, tabs[1].page
+        relays = {first: Relay(), second: Relay()}
+        url = shop.daemon_url.replace("http://", "ws://") + "/chat/shop/ws"
+        for tab in tabs:  # one visitor: the second tab reads the token the first was given
+            await tab.page.route_web_socket(url, relays[tab.page])
+            await open_shop(tab, shop)
+        for page, relay in relays.items():
+            await relay.cut_off(page)
+        order, broken, more = (f"my order number is {uuid.uuid4().hex}",
+                               "and the parcel arrived broken", "the box was wet too")
+        for body in (order, broken, more):
+            await first.fill("#omnirelay-text", body)
+            await first.press("#omnirelay-text", "Enter")
+        await second.locator("li.msg.pending").nth(2).wait_for()
+
+        # The first tab has only its first message stored, for now.
+        ahead, behind = relays[first], relays[second]
+        ahead.hold_out = lambda frame: frame.get("type") == "message" \
+            and frame.get("text") != order
+        await ahead.reconnect(first)
+        await first.locator("li.msg.me:not(.pending)", has_text=order).wait_for()
+        await second.locator("li.msg", has_text=order).wait_for(state="detached")
+
+        # The second tab connects; the first's next message is stored once the server has
+        # the second's socket, and its confirmation reaches that tab before its history.
+        held: list[str] = []
+        confirmed = False
+
+        def to_second(frame: dict[str, Any], raw: str) -> bool:
+            nonlocal confirmed
+            if frame.get("type") == "welcome":
+                ahead.release()
+            elif frame.get("type") == "history" and not confirmed:
+                held.append(raw)
+                return False
+            elif frame.get("type") == "message" and frame["message"].get("text") == broken:
+                confirmed = True
+                behind.deliver(raw)
+                for message in held:
+                    behind.deliver(message)
+                held.clear()
+                return False
+            return True
+        behind.on_in = to_second
+        await behind.reconnect(second)
+        for page in (first, second):
+            await page.locator("li.msg.me:not(.pending)").nth(2).wait_for(timeout=20000)
+        conversation_id = await conversation_of(api, chat_daemon, order)
+        listed = await get_json(api, f"{chat_daemon.url}/v1/conversations/{conversation_id}"
+                                     "/messages")
+        assert [m["text"] for m in listed["messages"]] == [order, broken, more]
+        for page in (first, second):
+            assert await page.locator("li.msg .text").all_text_contents() == [
+                order, broken, more]
             assert await page.locator("li.msg.pending").count() == 0
         assert [p for tab in tabs for p in tab.problems if p.startswith("pageerror")] == []
     finally:

@@ -345,12 +345,37 @@
     if (message.id) { shown[message.id] = li; }
     if (clientId && shown[clientId] && shown[clientId] !== li) { shown[clientId].remove(); }
     if (clientId) { delete shown[clientId]; }
-    if (fresh) { insertSorted(li, message.id); }
+    // A waiting message confirmed in its place stays there, unless a message stored after
+    // it is already shown before it (this tab heard of that one first).
+    if (fresh || (message.id && misplaced(li, message.id))) { insertSorted(li, message.id); }
     return li;
   }
+  // Stored messages show in the order of their ids (they sort by the time they were stored,
+  // as the history does); a waiting one keeps its place among them, as written. A message
+  // goes right after the last stored one before it: a tab may hear of a message before its
+  // history brings an older one, whose waiting <li> another tab's confirmation removed.
+  function storedBefore(id) {  // the last <li> of a stored message older than id, or null
+    var lis = log.querySelectorAll("li.msg:not(.pending)");
+    for (var i = lis.length - 1; i >= 0; i--) {
+      var other = lis[i].getAttribute("data-id");
+      if (other && other < id) { return lis[i]; }
+    }
+    return null;
+  }
+  function misplaced(li, id) {
+    var lis = log.querySelectorAll("li.msg:not(.pending)"), after = false;
+    for (var i = 0; i < lis.length; i++) {
+      var other = lis[i].getAttribute("data-id");
+      if (lis[i] === li) { after = true; } else if (other && (after ? other < id : other > id)) { return true; }
+    }
+    return false;
+  }
   function insertSorted(li, id) {
-    var pendingFirst = log.querySelector("li.pending");
-    if (id && pendingFirst) { log.insertBefore(li, pendingFirst); } else { log.appendChild(li); }
+    if (li.parentNode) { li.remove(); }
+    if (!id) { log.appendChild(li); } else {
+      var before = storedBefore(id);
+      log.insertBefore(li, before ? before.nextSibling : log.firstChild);
+    }
     log.scrollTop = log.scrollHeight;
   }
   function renderPending(item) {
