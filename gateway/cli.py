@@ -206,7 +206,7 @@ def progress(description: str, stream: TextIO | None = None
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations (the daemon does this at start too); with
     ``--from``/``--to``, move a store between SQLite and PostgreSQL."""
-    from gateway.store.sqlite import apply_migrations
+    from gateway.store.migrate import migrate_file
 
     if args.source or args.target:
         return _transfer(args)
@@ -223,15 +223,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
     path = config.store.sqlite_path
     make_store_private(config.store)
-    with _store_locked(path, "the daemon migrates at start"):
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
-        conn.execute("PRAGMA journal_mode = WAL")
-        try:
-            with progress("applying migrations"):
-                applied = apply_migrations(conn)
-        finally:
-            conn.close()
+    with _store_locked(path, "the daemon migrates at start"), progress("applying migrations"):
+        applied = migrate_file(path)
     print(f"{path}: applied {applied or 'nothing'}; schema is current")
     return 0
 

@@ -165,19 +165,13 @@ class ProbeCheckpoints:
         """Make the database as ``omnirelay migrate`` (and the daemon at start) makes it."""
         from gateway.daemon import StoreLock
         from gateway.permissions import make_store_private
-        from gateway.store.sqlite import apply_migrations
+        from gateway.store.migrate import migrate_file
 
         make_store_private(self.config)  # creates the directories, private
         lock = StoreLock(self.config.sqlite_path)
         lock.acquire()  # a daemon holding it has made the schema: StoreError says whose
         try:
-            conn = sqlite3.connect(self.config.sqlite_path, isolation_level=None)
-            try:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                conn.execute("PRAGMA journal_mode = WAL")
-                apply_migrations(conn)
-            finally:
-                conn.close()
+            migrate_file(self.config.sqlite_path)
         finally:
             lock.release()
 

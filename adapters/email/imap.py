@@ -173,7 +173,7 @@ class ImapSession:
                                      channel_type="email") from exc
         except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             raise AdapterNotReady(f"cannot reach IMAP server {s.host}:{s.port}: "
-                                  f"{_describe(exc)}", channel_type="email") from exc
+                                  f"{describe(exc)}", channel_type="email") from exc
         if s.oauth2 is not None:
             await self._sign_in_with_token()
         elif s.username:
@@ -181,7 +181,7 @@ class ImapSession:
             try:
                 response = await self.client.login(s.username, s.password.reveal())
             except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
-                raise AdapterNotReady(f"IMAP login did not complete: {_describe(exc)}",
+                raise AdapterNotReady(f"IMAP login did not complete: {describe(exc)}",
                                       channel_type="email") from exc
             if response.result != "OK":
                 answer = _text(response.lines)  # the server's words, e.g. [AUTHENTICATIONFAILED]
@@ -223,7 +223,7 @@ class ImapSession:
         try:
             response = await self._call(protocol.execute(command, scrub=sasl), "AUTHENTICATE")
         except (OSError, TimeoutError, ImapFailure, aioimaplib.AioImapException) as exc:
-            raise AdapterNotReady(f"IMAP sign-in did not complete: {_describe(exc)}",
+            raise AdapterNotReady(f"IMAP sign-in did not complete: {describe(exc)}",
                                   channel_type="email") from exc
         if response.result == "OK":
             async with protocol.state_condition:
@@ -471,18 +471,14 @@ def _text(lines: list[Any]) -> str:
                     if isinstance(line, bytes))[:300]
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """A reason ops can read: "Connection refused", not "[Errno 111] Connect call failed
     ('10.0.0.5', 993)" (the caller names the host and port)."""
-    if isinstance(exc, TimeoutError | OSError) and not isinstance(exc, ssl.SSLError |
-                                                                   socket.gaierror):
-        reason = connection_failure(exc)
-        if reason is not None:
-            return reason
-    return str(exc) or type(exc).__name__
+    reason = None if isinstance(exc, ssl.SSLError | socket.gaierror) \
+        else connection_failure(exc)  # a TLS or name error's own text says more
+    return reason or str(exc) or type(exc).__name__
 
 
-describe = _describe
 
 
 # ---------------------------------------------------------------- one mailbox, forever
@@ -603,7 +599,7 @@ class Mailbox:
         except (AdapterNotReady, AdapterAuthError, AdapterConfigError, ImapFailure, StoreError,
                 OSError, TimeoutError, aioimaplib.AioImapException) as exc:
             self.log.warning("imap.disconnected",
-                             error=getattr(exc, "message", None) or _describe(exc))
+                             error=getattr(exc, "message", None) or describe(exc))
             raise
         finally:
             self.connected = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from importlib import resources
+from pathlib import Path
 
 from gateway.ids import iso, utcnow
 
@@ -42,6 +43,19 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
             raise
         applied.append(version)
     return applied
+
+
+def migrate_file(path: str | Path) -> list[int]:
+    """Make or bring up to date the SQLite database at ``path`` as the daemon's store
+    (WAL, freed pages reclaimable); the caller holds the store's lock. Return the versions
+    applied."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database (see engine.py)
+        conn.execute("PRAGMA journal_mode = WAL")
+        return apply_migrations(conn)
+    finally:
+        conn.close()
 
 
 def _split_sql(sql: str) -> list[str]:

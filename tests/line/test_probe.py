@@ -24,12 +24,6 @@ async def fake() -> AsyncIterator[FakeLine]:
     await server.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def account(fake: FakeLine, http: aiohttp.ClientSession,
             token: str = ACCESS_TOKEN) -> ChannelAdapter:
     return unstarted(f"""

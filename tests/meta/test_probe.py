@@ -30,12 +30,6 @@ async def fake() -> AsyncIterator[FakeGraph]:
     await graph.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def account(fake: FakeGraph, http: aiohttp.ClientSession, networks: str) -> ChannelAdapter:
     return unstarted(f"""
 [[channels]]

@@ -26,12 +26,6 @@ async def fake() -> AsyncIterator[FakeBotApi]:
     await api.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def account(fake: FakeBotApi, http: aiohttp.ClientSession, *, token: str = TOKEN,
             webhook: bool = False) -> ChannelAdapter:
     mode = f'mode = "webhook"\nwebhook_secret = "{WEBHOOK_SECRET}"\n' if webhook else ""

@@ -25,12 +25,6 @@ async def fake() -> AsyncIterator[FakeTwilio]:
     await twilio.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def account(fake: FakeTwilio, http: aiohttp.ClientSession, *, token: str = TOKEN,
             sender: str = 'from = "+15550001111"') -> ChannelAdapter:
     return unstarted(f"""
